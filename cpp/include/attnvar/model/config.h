@@ -1,0 +1,68 @@
+// Model configuration, mirroring the field names of Hugging Face `config.json`.
+// Torch-free: file readers (config.json, GGUF metadata) fill it, the engine reads it.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace attnvar {
+
+// HF `rope_scaling` / `rope_parameters.rope_type`.
+enum class RopeScalingType { kNone, kLinear, kLlama3 };
+
+struct RopeScaling {
+  RopeScalingType type = RopeScalingType::kNone;
+  double factor = 1.0;                                // linear and llama3
+  double low_freq_factor = 1.0;                       // llama3
+  double high_freq_factor = 4.0;                      // llama3
+  int64_t original_max_position_embeddings = 8192;    // llama3
+};
+
+// The decoder families the engine implements. SmolLM2 and TinyLlama are `llama`.
+//   llama / mistral: no biases unless attention_bias / mlp_bias.
+//   qwen2: q, k, v projections carry a bias (o does not).
+//   qwen3: RMSNorm over head_dim on q and k before RoPE.
+enum class Family { kLlama, kMistral, kQwen2, kQwen3 };
+
+struct ModelConfig {
+  std::string model_type = "llama";  // HF name: llama | mistral | qwen2 | qwen3
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;  // GQA: num_attention_heads % num_key_value_heads == 0
+  int64_t head_dim = 0;             // 0 in input means hidden_size / num_attention_heads
+  int64_t max_position_embeddings = 2048;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
+  std::string hidden_act = "silu";
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;  // bias on q, k, v and o (llama/mistral/qwen3 option)
+  bool mlp_bias = false;
+  std::optional<int64_t> sliding_window;  // mistral; sequences must stay shorter
+  std::optional<int64_t> bos_token_id;
+  std::vector<int64_t> eos_token_ids;
+
+  Family family() const;
+  // q/k/v projection bias: qwen2 always, others when attention_bias.
+  bool qkv_bias() const;
+  bool o_bias() const;
+  bool qk_norm() const;  // qwen3
+
+  // Fills derived fields (head_dim) and checks ranges and supported options.
+  // Throws ConfigError naming `origin` and the offending field.
+  void validate(const std::string& origin);
+};
+
+// Parses the text of an HF config.json (both the `rope_theta`/`rope_scaling` and the
+// newer `rope_parameters` spellings). `origin` (usually the path) appears in errors.
+ModelConfig config_from_hf_json(const std::string& json_text, const std::string& origin);
+
+// Reads and parses `<dir>/config.json`.
+ModelConfig load_hf_config(const std::string& model_dir);
+
+}  // namespace attnvar

@@ -1,0 +1,90 @@
+// HF config.json parsing: both rope spellings, derived fields, clear errors.
+#include <string>
+
+#include "attnvar/error.h"
+#include "attnvar/model/config.h"
+#include "catch_compat.h"
+
+using attnvar::ConfigError;
+using attnvar::config_from_hf_json;
+
+namespace {
+const std::string kSmol = R"({
+  "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
+  "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+  "num_key_value_heads": 3, "rms_norm_eps": 1e-05, "rope_theta": 100000,
+  "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": 2})";
+}
+
+TEST_CASE("config: SmolLM2-shaped llama config parses with derived head_dim", "[config]") {
+  auto c = config_from_hf_json(kSmol, "smol/config.json");
+  CHECK(c.family() == attnvar::Family::kLlama);
+  CHECK(c.head_dim == 64);
+  CHECK(c.num_key_value_heads == 3);
+  CHECK(c.rope_theta == 100000.0);
+  CHECK(c.tie_word_embeddings);
+  CHECK(c.bos_token_id == 1);
+  REQUIRE(c.eos_token_ids.size() == 1);
+  CHECK(c.eos_token_ids[0] == 2);
+  CHECK_FALSE(c.qkv_bias());
+}
+
+TEST_CASE("config: rope_parameters (transformers 5) with llama3 scaling", "[config]") {
+  auto c = config_from_hf_json(R"({
+    "model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+    "num_hidden_layers": 1, "num_attention_heads": 2, "eos_token_id": [5, 7],
+    "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+      "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 8192}})",
+                               "x");
+  CHECK(c.rope_theta == 500000.0);
+  CHECK(c.rope_scaling.type == attnvar::RopeScalingType::kLlama3);
+  CHECK(c.rope_scaling.factor == 32.0);
+  CHECK(c.num_key_value_heads == 2);
+  CHECK(c.eos_token_ids == std::vector<int64_t>{5, 7});
+}
+
+TEST_CASE("config: qwen2 has q/k/v bias, qwen3 has q/k norm", "[config]") {
+  std::string body = R"("vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+    "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1})";
+  auto q2 = config_from_hf_json(R"({"model_type": "qwen2", )" + body, "q2");
+  CHECK(q2.qkv_bias());
+  CHECK_FALSE(q2.o_bias());
+  CHECK_FALSE(q2.qk_norm());
+  auto q3 = config_from_hf_json(R"({"model_type": "qwen3", )" + body, "q3");
+  CHECK(q3.qk_norm());
+  CHECK_FALSE(q3.qkv_bias());
+}
+
+TEST_CASE("config: unsupported or inconsistent settings are errors naming the field",
+          "[config]") {
+  auto message_of = [](const std::string& json) -> std::string {
+    try {
+      config_from_hf_json(json, "bad/config.json");
+    } catch (const attnvar::Error& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  std::string body = R"("vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+    "num_hidden_layers": 1)";
+  auto m1 = message_of(R"({"model_type": "gpt2", "num_attention_heads": 2, )" + body + "}");
+  CHECK(m1.find("bad/config.json") != std::string::npos);
+  CHECK(m1.find("model_type") != std::string::npos);
+  auto m2 = message_of(
+      R"({"model_type": "llama", "num_attention_heads": 4, "num_key_value_heads": 3, )" + body +
+      "}");
+  CHECK(m2.find("num_key_value_heads") != std::string::npos);
+  auto m3 = message_of(
+      R"({"model_type": "llama", "num_attention_heads": 2, "rope_scaling": {"type": "yarn", "factor": 2}, )" +
+      body + "}");
+  CHECK(m3.find("yarn") != std::string::npos);
+  auto m4 = message_of(R"({"model_type": "llama", "num_attention_heads": 2})");
+  CHECK(m4.find("vocab_size") != std::string::npos);
+  CHECK_THROWS_AS(config_from_hf_json("{not json", "x"), attnvar::FormatError);
+  CHECK_THROWS_AS(config_from_hf_json(
+                      R"({"model_type": "llama", "hidden_act": "gelu", "num_attention_heads": 2, )" +
+                          body + "}",
+                      "x"),
+                  ConfigError);
+}
