@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer (build/asan). Only
+# attnvar's own code is instrumented; libtorch is not, and reports from its frames are
+# suppressed by the files in .ci/sanitizers/, never by disabling the sanitizers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+supp="$PWD/.ci/sanitizers"
+export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+export ASAN_OPTIONS="suppressions=$supp/asan.supp:detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_odr_violation=0"
+export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0"
+export UBSAN_OPTIONS="suppressions=$supp/ubsan.supp:print_stacktrace=1:halt_on_error=1"
+BUILD=build/asan
+if [[ ! -f "$BUILD/build.ninja" ]]; then
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTNVAR_BUILD_TESTS=ON \
+    -DATTNVAR_BUILD_PYTHON=OFF -DATTNVAR_SANITIZE=address,undefined \
+    -DPython_EXECUTABLE="$(command -v "${PYTHON:-python3}")" >/dev/null
+fi
+cmake --build "$BUILD" -j"$(nproc)" --target attnvar_tests
+# Guard against a silently uninstrumented build.
+ldd "$BUILD/tests/cpp/attnvar_tests" | grep -q libasan || { echo "attnvar_tests lacks ASan"; exit 1; }
+ldd "$BUILD/tests/cpp/attnvar_tests" | grep -q libubsan || { echo "attnvar_tests lacks UBSan"; exit 1; }
+echo "== C++ tests under ASan+UBSan ($BUILD)"
+(cd "$BUILD" && ctest --output-on-failure -j2)

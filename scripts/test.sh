@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test: installs what is missing, builds, then the C++ tests (ctest) and the
+# Python tests (pytest) against this build. Threads pinned to the reference 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+BUILD=${ATTNVAR_BUILD_DIR:-build/dev}
+bash scripts/setup.sh
+bash scripts/build.sh
+echo "== C++ tests (ctest, $BUILD)"
+(cd "$BUILD" && ctest --output-on-failure -j2)
+echo "== Python tests (pytest, PYTHONPATH=$BUILD/pkg)"
+PYTHONPATH="$PWD/$BUILD/pkg" "${PYTHON:-python3}" -m pytest -q tests/python "$@"
