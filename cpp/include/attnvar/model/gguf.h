@@ -70,7 +70,8 @@ enum class GgufValueType : uint32_t {
 };
 
 // One parsed metadata value. Integers of every width are widened to int64 (u64 values
-// above INT64_MAX are rejected as corrupt), floats to double. Arrays hold one element
+// above INT64_MAX are rejected as corrupt), floats to double (an f32 to the double
+// nearest its shortest decimal form: 1e-05 stays 1e-05). Arrays hold one element
 // type (GGUF arrays are homogeneous); nested arrays are kept as empty with
 // element_type kArray (no known key uses them).
 struct GgufValue {

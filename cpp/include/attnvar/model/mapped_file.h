@@ -1,0 +1,37 @@
+// A whole file mapped read-only into memory (RAII). Torch-free.
+//
+// Readers of model files (GGUF, safetensors) parse from the mapping and hand out
+// pointers into it, so weights are never copied before dequantization or conversion.
+// The mapping lives as long as the MappedFile; pointers from data() must not outlive it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace attnvar {
+
+class MappedFile {
+ public:
+  // Maps `path` read-only. Throws MissingError if the file does not exist, FormatError
+  // if it is not a regular file, is empty, or cannot be opened or mapped.
+  explicit MappedFile(const std::string& path);
+  ~MappedFile();
+  MappedFile(MappedFile&& other) noexcept;
+  MappedFile& operator=(MappedFile&& other) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const std::string& path() const { return path_; }
+  uint64_t size() const { return size_; }
+  const uint8_t* data() const { return data_; }
+
+ private:
+  void release() noexcept;
+
+  std::string path_;
+  const uint8_t* data_ = nullptr;  // (size_,) bytes, PROT_READ
+  uint64_t size_ = 0;
+};
+
+}  // namespace attnvar

@@ -1,0 +1,461 @@
+#include "attnvar/model/weights.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <vector>
+
+#include "attnvar/error.h"
+#include "attnvar/model/dequantize.h"
+#include "attnvar/model/sha256.h"
+
+namespace attnvar {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  return fmt::format("({})", fmt::join(s, ", "));
+}
+
+// ---- GGUF metadata -> config ------------------------------------------------------------
+
+int64_t require_int(const GgufFile& f, const std::string& key) {
+  auto v = f.get_int(key);
+  if (!v) throw FormatError(fmt::format("{}: required metadata key '{}' is missing", f.path(), key));
+  return *v;
+}
+
+double require_float(const GgufFile& f, const std::string& key) {
+  auto v = f.get_float(key);
+  if (!v) throw FormatError(fmt::format("{}: required metadata key '{}' is missing", f.path(), key));
+  return *v;
+}
+
+// llama.cpp's converter stores Llama 3 rope scaling as a `rope_freqs` tensor of per-
+// frequency divisors instead of the HF parameters. Recover the parameters by taking the
+// largest divisor as `factor` and checking the table against the llama3 formula with the
+// standard low/high frequency factors; anything else is not representable.
+void read_llama3_rope_freqs(const GgufFile& f, ModelConfig& c, const std::string& arch) {
+  const GgufTensorInfo* t = f.find_tensor("rope_freqs.weight");
+  if (!t) return;
+  if (t->type != static_cast<uint32_t>(GgmlType::F32) || t->shape.size() != 1 ||
+      t->shape[0] != c.head_dim / 2) {
+    throw FormatError(fmt::format("{}: tensor 'rope_freqs.weight': expected F32 ({},), got {} {}",
+                                  f.path(), c.head_dim / 2, ggml_type_name(t->type),
+                                  shape_str(t->shape)));
+  }
+  std::vector<float> freqs(static_cast<size_t>(t->shape[0]));
+  dequantize_row(t->type, f.tensor_data(*t), t->shape[0], freqs.data());
+  const double factor = *std::max_element(freqs.begin(), freqs.end());
+  if (factor == 1.0) return;  // all ones: no scaling
+  RopeScaling s;
+  s.type = RopeScalingType::kLlama3;
+  s.factor = factor;
+  s.low_freq_factor = 1.0;
+  s.high_freq_factor = 4.0;
+  s.original_max_position_embeddings =
+      f.get_int(arch + ".rope.scaling.original_context_length").value_or(8192);
+  const double orig = static_cast<double>(s.original_max_position_embeddings);
+  const double low_wavelen = orig / s.low_freq_factor;
+  const double high_wavelen = orig / s.high_freq_factor;
+  for (size_t i = 0; i < freqs.size(); ++i) {
+    const double inv_freq =
+        1.0 / std::pow(c.rope_theta, 2.0 * static_cast<double>(i) / static_cast<double>(c.head_dim));
+    const double wavelen = 2 * M_PI / inv_freq;
+    double want = 1.0;
+    if (wavelen > low_wavelen) {
+      want = factor;
+    } else if (wavelen >= high_wavelen) {
+      const double smooth =
+          (orig / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+      want = 1.0 / ((1 - smooth) / factor + smooth);
+    }
+    if (std::abs(freqs[i] - want) > 1e-4 * want) {
+      throw ConfigError(fmt::format(
+          "{}: tensor 'rope_freqs.weight': entry {} = {} does not match llama3 rope scaling "
+          "(factor {}, low_freq_factor 1, high_freq_factor 4, original context {}); other rope "
+          "frequency tables are not supported",
+          f.path(), i, freqs[i], factor, s.original_max_position_embeddings));
+    }
+  }
+  c.rope_scaling = s;
+}
+
+// ---- name mapping ------------------------------------------------------------------------
+
+const std::map<std::string, std::string>& block_names() {
+  static const std::map<std::string, std::string> kNames = {
+      {"attn_norm", "input_layernorm"},     {"ffn_norm", "post_attention_layernorm"},
+      {"attn_q", "self_attn.q_proj"},       {"attn_k", "self_attn.k_proj"},
+      {"attn_v", "self_attn.v_proj"},       {"attn_output", "self_attn.o_proj"},
+      {"attn_q_norm", "self_attn.q_norm"},  {"attn_k_norm", "self_attn.k_norm"},
+      {"ffn_gate", "mlp.gate_proj"},        {"ffn_up", "mlp.up_proj"},
+      {"ffn_down", "mlp.down_proj"}};
+  return kNames;
+}
+
+// Tensors a file may carry that the engine does not use.
+bool ignorable_gguf_tensor(const std::string& name) {
+  return name == "rope_freqs.weight" ||  // folded into config.rope_scaling
+         (name.rfind("blk.", 0) == 0 && name.find(".attn_rot_embd") != std::string::npos);
+}
+
+bool ignorable_hf_tensor(const std::string& name, const ModelConfig& c) {
+  if (name.size() >= 21 && name.compare(name.size() - 21, 21, "rotary_emb.inv_freq") == 0) {
+    return true;  // recomputed from the config
+  }
+  return c.tie_word_embeddings && name == "lm_head.weight";  // tied: the embedding is used
+}
+
+// ---- tensor conversion --------------------------------------------------------------------
+
+at::ScalarType torch_dtype(const SafetensorsTensor& t) {
+  static const std::map<std::string, at::ScalarType> kTypes = {
+      {"F32", at::kFloat},       {"F16", at::kHalf},   {"BF16", at::kBFloat16},
+      {"F64", at::kDouble},      {"I64", at::kLong},   {"I32", at::kInt},
+      {"I16", at::kShort},       {"I8", at::kChar},    {"U8", at::kByte},
+      {"BOOL", at::kBool},       {"U16", at::kUInt16}, {"U32", at::kUInt32},
+      {"U64", at::kUInt64},      {"F8_E4M3", at::kFloat8_e4m3fn},
+      {"F8_E5M2", at::kFloat8_e5m2}};
+  auto it = kTypes.find(t.dtype);
+  if (it == kTypes.end()) {
+    throw FormatError(fmt::format("{}: tensor '{}': dtype {} has no torch equivalent", t.file,
+                                  t.name, t.dtype));
+  }
+  return it->second;
+}
+
+std::string most_common(const std::map<std::string, int64_t>& counts) {
+  std::string best;
+  int64_t n = -1;
+  for (const auto& [name, c] : counts) {
+    if (c > n) best = name, n = c;
+  }
+  return best;
+}
+
+std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "f32";
+    case at::kBFloat16: return "bf16";
+    case at::kHalf: return "f16";
+    case at::kDouble: return "f64";
+    default: return c10::toString(t);
+  }
+}
+
+// Hash of the files' bytes concatenated in the given order (one file: its sha256sum).
+std::string sha256_files(const std::vector<std::string>& files) {
+  if (files.size() == 1) return sha256_file(files[0]);
+  Sha256 h;
+  std::vector<char> chunk(1 << 20);
+  for (const auto& path : files) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw MissingError(path + ": cannot open for hashing");
+    while (in) {
+      in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+      h.update(chunk.data(), static_cast<size_t>(in.gcount()));
+    }
+  }
+  return h.hex_digest();
+}
+
+void check_shape(const std::string& file, const std::string& tensor, const std::string& hf_name,
+                 const std::vector<int64_t>& got, const std::vector<int64_t>& want) {
+  if (got != want) {
+    const std::string alias = tensor == hf_name ? "" : fmt::format(" (HF '{}')", hf_name);
+    throw FormatError(fmt::format("{}: tensor '{}'{}: shape {} does not match the config's {}",
+                                  file, tensor, alias, shape_str(got), shape_str(want)));
+  }
+}
+
+Weights load_gguf(const std::string& path, at::ScalarType dtype, c10::Device device) {
+  GgufFile f(path);
+  Weights w;
+  w.config = config_from_gguf(f);
+  const ModelConfig& c = w.config;
+  const bool permuted = f.get_string("general.architecture").value_or("") == "llama";
+
+  std::map<std::string, const GgufTensorInfo*> by_hf;
+  std::map<std::string, int64_t> type_counts;
+  for (const auto& t : f.tensors()) {
+    type_counts[ggml_type_name(t.type)] += 1;
+    if (ignorable_gguf_tensor(t.name)) continue;
+    auto hf = gguf_to_hf_name(t.name);
+    if (!hf) {
+      throw FormatError(fmt::format("{}: tensor '{}': unexpected tensor (no HF name for it in the "
+                                    "{} architecture)",
+                                    path, t.name, c.model_type));
+    }
+    by_hf.emplace(*hf, &t);
+  }
+  auto expected = expected_tensors(c);
+  std::set<std::string> wanted;
+  for (const auto& [hf, shape] : expected) {
+    wanted.insert(hf);
+    auto it = by_hf.find(hf);
+    if (it == by_hf.end()) {
+      throw MissingError(fmt::format("{}: tensor for '{}' is missing (the config implies it)",
+                                     path, hf));
+    }
+    const GgufTensorInfo& t = *it->second;
+    std::vector<int64_t> torch_shape(t.shape.rbegin(), t.shape.rend());
+    // GGUF drops trailing unit dims of ne; 1-D tensors are already in HF shape.
+    check_shape(path, t.name, hf, torch_shape, shape);
+    if (!ggml_can_dequantize(t.type)) {
+      throw FormatError(fmt::format("{}: tensor '{}': type {} cannot be dequantized", path, t.name,
+                                    ggml_type_name(t.type)));
+    }
+  }
+  for (const auto& [hf, t] : by_hf) {
+    if (!wanted.count(hf)) {
+      throw FormatError(fmt::format("{}: tensor '{}': unexpected for this config (HF '{}')", path,
+                                    t->name, hf));
+    }
+  }
+  for (const auto& [hf, shape] : expected) {
+    const GgufTensorInfo& t = *by_hf.at(hf);
+    at::Tensor x = gguf_tensor_to_f32(f, t);
+    if (permuted) {
+      if (t.name.find(".attn_q.") != std::string::npos) {
+        x = unpermute_llama_qk(x, c.num_attention_heads);
+      } else if (t.name.find(".attn_k.") != std::string::npos) {
+        x = unpermute_llama_qk(x, c.num_key_value_heads);
+      }
+    }
+    w.tensors.emplace(hf, x.to(device, dtype));
+  }
+  w.identity.path = path;
+  w.identity.format = "gguf";
+  w.identity.sha256 = sha256_file(path);
+  w.identity.quantization = most_common(type_counts);
+  w.identity.note = "dequantized to f32";
+  if (dtype != at::kFloat) w.identity.note += ", cast to " + dtype_name(dtype);
+  return w;
+}
+
+Weights load_safetensors(const std::string& path, at::ScalarType dtype, c10::Device device) {
+  const fs::path p(path);
+  std::error_code ec;
+  const fs::path dir = fs::is_directory(p, ec) ? p : p.parent_path();
+  Weights w;
+  w.config = load_hf_config(dir.empty() ? "." : dir.string());
+  const ModelConfig& c = w.config;
+  SafetensorsModel model(path);
+
+  auto expected = expected_tensors(c);
+  std::set<std::string> wanted;
+  for (const auto& [hf, shape] : expected) {
+    wanted.insert(hf);
+    const SafetensorsTensor& t = model.at(hf);
+    check_shape(t.file, hf, hf, t.shape, shape);
+    if (t.dtype != "F32" && t.dtype != "F16" && t.dtype != "BF16" && t.dtype != "F64") {
+      throw FormatError(fmt::format("{}: tensor '{}': dtype {} is not a float type", t.file, hf,
+                                    t.dtype));
+    }
+  }
+  std::map<std::string, int64_t> dtype_counts;
+  for (const SafetensorsTensor* t : model.tensors()) {
+    if (!wanted.count(t->name) && !ignorable_hf_tensor(t->name, c)) {
+      throw FormatError(
+          fmt::format("{}: tensor '{}': unexpected for this config", t->file, t->name));
+    }
+    if (wanted.count(t->name)) dtype_counts[t->dtype] += 1;
+  }
+  for (const auto& [hf, shape] : expected) {
+    // Through f32, as the GGUF path does; exact for every float dtype loaded here.
+    at::Tensor x = safetensors_to_tensor(model.at(hf)).to(at::kFloat);
+    w.tensors.emplace(hf, x.to(device, dtype));
+  }
+  w.identity.path = path;
+  w.identity.format = "safetensors";
+  w.identity.sha256 = sha256_files(model.files());
+  w.identity.quantization = most_common(dtype_counts);
+  std::string source;
+  for (const auto& [name, n] : dtype_counts) source += (source.empty() ? "" : "/") + name;
+  if (source != "F32" || dtype != at::kFloat) {
+    w.identity.note = fmt::format("converted from {} to {}", source, dtype_name(dtype));
+  }
+  return w;
+}
+
+bool is_gguf_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[4] = {};
+  return in.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0;
+}
+
+}  // namespace
+
+std::optional<std::string> gguf_to_hf_name(const std::string& name) {
+  if (name == "token_embd.weight") return "model.embed_tokens.weight";
+  if (name == "output_norm.weight") return "model.norm.weight";
+  if (name == "output.weight") return "lm_head.weight";
+  static const std::regex kBlock(R"(blk\.(\d+)\.([a-z_]+)\.(weight|bias))");
+  std::smatch m;
+  if (!std::regex_match(name, m, kBlock)) return std::nullopt;
+  auto it = block_names().find(m[2].str());
+  if (it == block_names().end()) return std::nullopt;
+  return fmt::format("model.layers.{}.{}.{}", m[1].str(), it->second, m[3].str());
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const ModelConfig& c) {
+  const int64_t h = c.hidden_size, v = c.vocab_size, ffn = c.intermediate_size;
+  const int64_t q_rows = c.num_attention_heads * c.head_dim;
+  const int64_t kv_rows = c.num_key_value_heads * c.head_dim;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  out.push_back({"model.embed_tokens.weight", {v, h}});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l);
+    out.push_back({p + "input_layernorm.weight", {h}});
+    out.push_back({p + "self_attn.q_proj.weight", {q_rows, h}});
+    out.push_back({p + "self_attn.k_proj.weight", {kv_rows, h}});
+    out.push_back({p + "self_attn.v_proj.weight", {kv_rows, h}});
+    out.push_back({p + "self_attn.o_proj.weight", {h, q_rows}});
+    if (c.qkv_bias()) {
+      out.push_back({p + "self_attn.q_proj.bias", {q_rows}});
+      out.push_back({p + "self_attn.k_proj.bias", {kv_rows}});
+      out.push_back({p + "self_attn.v_proj.bias", {kv_rows}});
+    }
+    if (c.o_bias()) out.push_back({p + "self_attn.o_proj.bias", {h}});
+    if (c.qk_norm()) {
+      out.push_back({p + "self_attn.q_norm.weight", {c.head_dim}});
+      out.push_back({p + "self_attn.k_norm.weight", {c.head_dim}});
+    }
+    out.push_back({p + "post_attention_layernorm.weight", {h}});
+    out.push_back({p + "mlp.gate_proj.weight", {ffn, h}});
+    out.push_back({p + "mlp.up_proj.weight", {ffn, h}});
+    out.push_back({p + "mlp.down_proj.weight", {h, ffn}});
+    if (c.mlp_bias) {
+      out.push_back({p + "mlp.gate_proj.bias", {ffn}});
+      out.push_back({p + "mlp.up_proj.bias", {ffn}});
+      out.push_back({p + "mlp.down_proj.bias", {h}});
+    }
+  }
+  out.push_back({"model.norm.weight", {h}});
+  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {v, h}});
+  return out;
+}
+
+ModelConfig config_from_gguf(const GgufFile& f) {
+  auto arch_value = f.get_string("general.architecture");
+  if (!arch_value) {
+    throw FormatError(
+        fmt::format("{}: required metadata key 'general.architecture' is missing", f.path()));
+  }
+  const std::string arch = *arch_value;
+  ModelConfig c;
+  if (arch == "llama" || arch == "qwen2" || arch == "qwen3") {
+    c.model_type = arch;
+  } else {
+    throw ConfigError(fmt::format(
+        "{}: metadata key 'general.architecture': '{}' is not supported (supported: llama, "
+        "qwen2, qwen3)",
+        f.path(), arch));
+  }
+  const std::string a = arch + ".";
+  c.num_hidden_layers = require_int(f, a + "block_count");
+  c.hidden_size = require_int(f, a + "embedding_length");
+  c.intermediate_size = require_int(f, a + "feed_forward_length");
+  c.num_attention_heads = require_int(f, a + "attention.head_count");
+  c.num_key_value_heads = f.get_int(a + "attention.head_count_kv").value_or(c.num_attention_heads);
+  c.rms_norm_eps = require_float(f, a + "attention.layer_norm_rms_epsilon");
+  c.max_position_embeddings = require_int(f, a + "context_length");
+  c.rope_theta = f.get_float(a + "rope.freq_base").value_or(10000.0);
+  c.head_dim = f.get_int(a + "attention.key_length").value_or(0);
+  if (auto vl = f.get_int(a + "attention.value_length"); vl && c.head_dim && *vl != c.head_dim) {
+    throw ConfigError(fmt::format("{}: metadata key '{}attention.value_length': {} differs from "
+                                  "key_length {} (not supported)",
+                                  f.path(), a, *vl, c.head_dim));
+  }
+  if (auto n = f.array_size("tokenizer.ggml.tokens")) {
+    c.vocab_size = static_cast<int64_t>(*n);
+  } else if (auto vs = f.get_int(a + "vocab_size")) {
+    c.vocab_size = *vs;
+  } else {
+    throw FormatError(fmt::format(
+        "{}: required metadata key 'tokenizer.ggml.tokens' (or '{}vocab_size') is missing",
+        f.path(), a));
+  }
+  if (auto bos = f.get_int("tokenizer.ggml.bos_token_id")) c.bos_token_id = *bos;
+  if (auto eos = f.get_int("tokenizer.ggml.eos_token_id")) c.eos_token_ids.push_back(*eos);
+  c.tie_word_embeddings = f.find_tensor("output.weight") == nullptr;
+  // llama/qwen3 GGUF files carry biases only when the HF model had attention_bias.
+  if (arch != "qwen2" && f.find_tensor("blk.0.attn_q.bias")) c.attention_bias = true;
+  if (f.find_tensor("blk.0.ffn_up.bias")) c.mlp_bias = true;
+
+  if (auto type = f.get_string(a + "rope.scaling.type"); type && *type != "none") {
+    if (*type != "linear") {
+      throw ConfigError(fmt::format(
+          "{}: metadata key '{}rope.scaling.type': '{}' is not supported (supported: none, "
+          "linear)",
+          f.path(), a, *type));
+    }
+    c.rope_scaling.type = RopeScalingType::kLinear;
+    c.rope_scaling.factor = require_float(f, a + "rope.scaling.factor");
+  }
+  c.validate(f.path());
+  if (auto rd = f.get_int(a + "rope.dimension_count"); rd && *rd != c.head_dim) {
+    throw ConfigError(fmt::format("{}: metadata key '{}rope.dimension_count': {} differs from "
+                                  "head_dim {} (partial rotary is not supported)",
+                                  f.path(), a, *rd, c.head_dim));
+  }
+  if (c.rope_scaling.type == RopeScalingType::kNone) read_llama3_rope_freqs(f, c, arch);
+  return c;
+}
+
+at::Tensor gguf_tensor_to_f32(const GgufFile& f, const GgufTensorInfo& t) {
+  std::vector<int64_t> shape(t.shape.rbegin(), t.shape.rend());  // torch order: ne reversed
+  at::Tensor out = at::empty(shape, at::kFloat);
+  const int64_t n = out.numel();
+  if (n == 0) return out;
+  const int64_t row = t.shape[0];  // ne[0]: a whole number of blocks (checked at open)
+  const uint64_t row_bytes = ggml_nbytes(t.type, row);
+  const uint8_t* src = f.tensor_data(t);
+  float* dst = out.data_ptr<float>();
+  try {
+    at::parallel_for(0, n / row, 16, [&](int64_t begin, int64_t end) {
+      dequantize_row(t.type, src + begin * row_bytes, (end - begin) * row, dst + begin * row);
+    });
+  } catch (const FormatError& e) {
+    throw FormatError(fmt::format("{}: tensor '{}': {}", f.path(), t.name, e.what()));
+  }
+  return out;
+}
+
+at::Tensor unpermute_llama_qk(const at::Tensor& w, int64_t n_head) {
+  const int64_t rows = w.size(0);
+  if (n_head <= 0 || rows % (2 * n_head) != 0) {
+    throw FormatError(fmt::format("cannot un-permute {} rows into {} heads of even size", rows,
+                                  n_head));
+  }
+  // (n_head, head_dim/2, 2, rest...) -> (n_head, 2, head_dim/2, rest...)
+  std::vector<int64_t> split = {n_head, rows / n_head / 2, 2};
+  for (int64_t d = 1; d < w.dim(); ++d) split.push_back(w.size(d));
+  return w.reshape(split).transpose(1, 2).reshape(w.sizes()).contiguous();
+}
+
+at::Tensor safetensors_to_tensor(const SafetensorsTensor& t) {
+  // Copy: the mapping is read-only and its offsets need not be aligned for the dtype.
+  at::Tensor out = at::empty(t.shape, at::TensorOptions().dtype(torch_dtype(t)));
+  if (t.nbytes > 0) std::memcpy(out.data_ptr(), t.data, t.nbytes);
+  return out;
+}
+
+Weights load_weights(const std::string& path, at::ScalarType dtype, c10::Device device) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw MissingError(path + ": no such file or directory");
+  if (!fs::is_directory(path, ec) && is_gguf_file(path)) return load_gguf(path, dtype, device);
+  return load_safetensors(path, dtype, device);
+}
+
+}  // namespace attnvar
