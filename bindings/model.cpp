@@ -1,9 +1,16 @@
-// Bindings for the model area: configuration and RoPE.
+// Bindings for the model area: configuration, RoPE, visibility, KV cache, the decoder.
 #include <torch/csrc/utils/pybind.h>
 
 #include "attnvar/error.h"
+#include <pybind11/stl.h>
+
+#include <limits>
+
 #include "attnvar/model/config.h"
+#include "attnvar/model/kv_cache.h"
+#include "attnvar/model/llama.h"
 #include "attnvar/model/rope.h"
+#include "attnvar/model/visibility.h"
 #include "bindings.h"
 
 namespace py = pybind11;
@@ -34,9 +41,134 @@ RopeParams rope_params(int64_t head_dim, double theta, const std::string& scalin
   return p;
 }
 
+CaptureSpec capture_spec(bool capture, std::optional<std::vector<int64_t>> layers,
+                         std::optional<std::vector<int64_t>> heads, bool probabilities,
+                         bool scores, bool value_norms, const std::string& dtype) {
+  CaptureSpec spec;
+  spec.enabled = capture;
+  spec.layers = layers.value_or(std::vector<int64_t>{});
+  spec.heads = heads.value_or(std::vector<int64_t>{});
+  spec.probabilities = probabilities;
+  spec.scores = scores;
+  spec.value_norms = value_norms;
+  if (dtype == "float32") {
+    spec.dtype = CaptureDtype::kFloat32;
+  } else if (dtype == "float16") {
+    spec.dtype = CaptureDtype::kFloat16;
+  } else {
+    throw ConfigError("capture dtype '" + dtype + "' is not one of float32, float16");
+  }
+  return spec;
+}
+
+std::vector<KeyBias> key_biases(const py::list& items) {
+  std::vector<KeyBias> out;
+  for (const auto& item : items) {
+    auto d = item.cast<py::dict>();
+    KeyBias b;
+    b.layer_begin = d["layer_begin"].cast<int64_t>();
+    b.layer_end = d["layer_end"].cast<int64_t>();
+    if (d.contains("heads") && !d["heads"].is_none()) b.heads = d["heads"].cast<std::vector<int64_t>>();
+    b.key_slots = d["key_slots"].cast<std::vector<int64_t>>();
+    b.delta = d.contains("delta") ? d["delta"].cast<double>()
+                                  : -std::numeric_limits<double>::infinity();
+    out.push_back(std::move(b));
+  }
+  return out;
+}
+
+py::dict forward_output(ForwardOutput&& out) {
+  py::dict d;
+  d["logits"] = out.logits;
+  py::list layers, probs, scores, norms;
+  for (auto& c : out.captures) {
+    layers.append(c.layer);
+    probs.append(c.probabilities.defined() ? py::cast(c.probabilities) : py::none());
+    scores.append(c.scores.defined() ? py::cast(c.scores) : py::none());
+    norms.append(c.value_norms.defined() ? py::cast(c.value_norms) : py::none());
+  }
+  d["layers"] = layers;
+  d["attention"] = probs;
+  d["scores"] = scores;
+  d["value_norms"] = norms;
+  return d;
+}
+
 }  // namespace
 
 void bind_model(py::module_& m) {
+  m.def("causal_visibility", &causal_visibility, py::arg("num_new"), py::arg("num_prev") = 0,
+        "(T, S_prev + T) bool: every earlier slot, causal among the new tokens.");
+  m.def(
+      "set_visibility",
+      [](int64_t k, int64_t num_prev, const std::string& mode) {
+        return set_visibility(k, num_prev, sibling_visibility_from_string(mode));
+      },
+      py::arg("num_members"), py::arg("num_prev"), py::arg("mode") = "isolated",
+      "(k, S_prev + k) bool for one parallel set: every earlier slot; siblings per mode "
+      "(isolated | visible | causal).");
+
+  py::class_<KVCache>(m, "KVCache", "Keys and values by slot; positions are metadata.")
+      .def_property_readonly("size", &KVCache::size)
+      .def_property_readonly("capacity", &KVCache::capacity)
+      .def_property_readonly("positions", &KVCache::positions)
+      .def_property_readonly("token_ids",
+                             [](const KVCache& c) {
+                               std::vector<int64_t> ids;
+                               for (const auto& s : c.slots()) ids.push_back(s.token_id);
+                               return ids;
+                             })
+      .def("keys", [](const KVCache& c, int64_t layer) { return c.keys(layer, c.size()).clone(); },
+           py::arg("layer"), "(num_kv_heads, size, head_dim) copy of one layer's keys (after RoPE).")
+      .def("values",
+           [](const KVCache& c, int64_t layer) { return c.values(layer, c.size()).clone(); },
+           py::arg("layer"))
+      .def("truncate", &KVCache::truncate, py::arg("num_slots"))
+      .def("remove_slots", &KVCache::remove_slots, py::arg("slots"));
+
+  py::class_<LlamaModel>(m, "Model", "A Llama-family decoder on LibTorch.")
+      .def_static(
+          "from_tensors",
+          [](const std::string& config_json, const std::map<std::string, at::Tensor>& tensors,
+             at::ScalarType dtype, const std::string& origin) {
+            return LlamaModel(config_from_hf_json(config_json, origin), tensors, origin, dtype);
+          },
+          py::arg("config_json"), py::arg("tensors"), py::arg("dtype") = at::kFloat,
+          py::arg("origin") = "<tensors>",
+          "Build from an HF config.json text and an HF-named state dict.")
+      .def_property_readonly("num_layers",
+                             [](const LlamaModel& m) { return m.config().num_hidden_layers; })
+      .def_property_readonly("num_heads",
+                             [](const LlamaModel& m) { return m.config().num_attention_heads; })
+      .def_property_readonly("vocab_size", [](const LlamaModel& m) { return m.config().vocab_size; })
+      .def("new_cache", &LlamaModel::new_cache, py::arg("initial_capacity") = 256)
+      .def(
+          "forward",
+          [](const LlamaModel& model, KVCache& cache, const at::Tensor& ids,
+             const at::Tensor& positions, const at::Tensor& visibility, bool capture,
+             std::optional<std::vector<int64_t>> layers, std::optional<std::vector<int64_t>> heads,
+             bool probabilities, bool scores, bool value_norms, const std::string& capture_dtype,
+             const py::list& interventions, bool last_logits_only) {
+            PassInput in{ids, positions, visibility, {}, key_biases(interventions),
+                         last_logits_only};
+            auto spec = capture_spec(capture, layers, heads, probabilities, scores, value_norms,
+                                     capture_dtype);
+            ForwardOutput out;
+            {
+              py::gil_scoped_release release;
+              out = model.forward(cache, in, spec);
+            }
+            return forward_output(std::move(out));
+          },
+          py::arg("cache"), py::arg("ids"), py::arg("positions"), py::arg("visibility"),
+          py::arg("capture") = false, py::arg("layers") = py::none(),
+          py::arg("heads") = py::none(), py::arg("probabilities") = true,
+          py::arg("scores") = false, py::arg("value_norms") = false,
+          py::arg("capture_dtype") = "float32", py::arg("interventions") = py::list(),
+          py::arg("last_logits_only") = false,
+          "One pass over T new tokens: returns {'logits', 'layers', 'attention', 'scores', "
+          "'value_norms'} and appends the tokens' slots to the cache.");
+
   m.def(
       "rope_inv_freq",
       [](int64_t head_dim, double theta, const std::string& scaling, double factor,

@@ -1,0 +1,30 @@
+// What a forward pass records about attention (DESIGN.md §5). Torch-free.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace attnvar {
+
+enum class CaptureDtype { kFloat32, kFloat16 };  // f16 is for storage only
+
+struct CaptureSpec {
+  bool enabled = false;
+  std::vector<int64_t> layers;  // empty: every layer
+  std::vector<int64_t> heads;   // empty: every query head
+  bool probabilities = true;    // α[h, q, k]
+  bool scores = false;          // pre-softmax s[h, q, k] after the bias (−inf where masked)
+  bool value_norms = false;     // ‖v_k W_O^h‖ per head and key
+  CaptureDtype dtype = CaptureDtype::kFloat32;
+
+  bool captures_layer(int64_t layer) const {
+    if (!enabled) return false;
+    if (layers.empty()) return true;
+    for (int64_t l : layers) {
+      if (l == layer) return true;
+    }
+    return false;
+  }
+};
+
+}  // namespace attnvar

@@ -1,0 +1,60 @@
+// Multi-head (grouped-query) self-attention of one decoder layer over the KV cache, with
+// an explicit additive bias and optional capture of what every head attended to.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "attnvar/capture/capture_spec.h"
+#include "attnvar/model/config.h"
+#include "attnvar/model/kv_cache.h"
+#include "attnvar/model/rope.h"
+
+namespace attnvar {
+
+struct AttentionWeights {
+  at::Tensor q_proj;  // (num_heads * head_dim, hidden)
+  at::Tensor k_proj;  // (num_kv_heads * head_dim, hidden)
+  at::Tensor v_proj;  // (num_kv_heads * head_dim, hidden)
+  at::Tensor o_proj;  // (hidden, num_heads * head_dim)
+  at::Tensor q_bias, k_bias, v_bias, o_bias;  // undefined when the family has none
+  at::Tensor q_norm, k_norm;                  // (head_dim,) qwen3 only
+};
+
+// What one layer recorded for one pass. H' = captured heads, T = the pass's queries,
+// S = slots after the pass. Masked entries: 0 in probabilities, −inf in scores.
+struct LayerCapture {
+  int64_t layer = 0;
+  at::Tensor probabilities;  // (H', T, S)
+  at::Tensor scores;         // (H', T, S), pre-softmax, after the bias
+  at::Tensor value_norms;    // (H', S): ‖v_k W_O^h‖
+};
+
+class Attention {
+ public:
+  Attention(const ModelConfig& config, AttentionWeights weights, int64_t layer);
+
+  // x: (T, hidden), the normalised input of the pass's T new tokens; angles: the
+  // rope tables of their logical positions.
+  // bias: (T, S) or (1|H, T, S) f32 additive, S = cache.size() + T.
+  // Writes this layer's k, v for the new tokens into the cache's pending slots.
+  // Returns (T, hidden). When spec captures this layer, fills *capture.
+  at::Tensor forward(const at::Tensor& x, const Rope& rope, const RopeAngles& angles, KVCache& cache,
+                     const at::Tensor& bias, const CaptureSpec& spec,
+                     std::optional<LayerCapture>* capture) const;
+
+  const AttentionWeights& weights() const { return w_; }
+
+ private:
+  int64_t layer_;
+  int64_t num_heads_;
+  int64_t num_kv_heads_;
+  int64_t head_dim_;
+  double rms_norm_eps_;
+  double scale_;
+  AttentionWeights w_;
+};
+
+}  // namespace attnvar

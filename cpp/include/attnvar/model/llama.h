@@ -1,0 +1,89 @@
+// The Llama-family decoder (Llama 2/3, Mistral, Qwen2/2.5, Qwen3, SmolLM2, TinyLlama):
+// one forward pass over T new tokens at explicit logical positions, with explicit
+// visibility over the KV cache, optional interventions and optional capture.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <limits>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attnvar/capture/capture_spec.h"
+#include "attnvar/model/attention.h"
+#include "attnvar/model/config.h"
+#include "attnvar/model/feed_forward.h"
+#include "attnvar/model/kv_cache.h"
+#include "attnvar/model/rope.h"
+
+namespace attnvar {
+
+// An intervention on attention scores through the additive bias: add `delta` to the
+// scores of `key_slots` in layers [layer_begin, layer_end) for `heads` (empty: all).
+// delta = −inf knocks the keys out. Captured scores include it.
+struct KeyBias {
+  int64_t layer_begin = 0;
+  int64_t layer_end = 0;
+  std::vector<int64_t> heads;
+  std::vector<int64_t> key_slots;
+  double delta = -std::numeric_limits<double>::infinity();
+};
+
+// One forward pass: T new tokens appended to the cache in this order.
+struct PassInput {
+  at::Tensor token_ids;   // (T,) int64
+  at::Tensor positions;   // (T,) logical positions (float; may repeat or be fractional)
+  at::Tensor visibility;  // (T, S_prev + T) bool: query i may attend slot j
+  std::vector<SlotInfo> slots;     // per new token metadata; empty: positions + ids only
+  std::vector<KeyBias> interventions;
+  bool last_logits_only = false;   // logits for the last token only (saves memory)
+};
+
+struct ForwardOutput {
+  at::Tensor logits;                  // (T or 1, vocab) f32
+  std::vector<LayerCapture> captures;  // one per captured layer, in layer order
+};
+
+struct DecoderLayer {
+  at::Tensor input_layernorm;           // (hidden,)
+  at::Tensor post_attention_layernorm;  // (hidden,)
+  Attention attention;
+  FeedForwardWeights feed_forward;
+};
+
+class LlamaModel {
+ public:
+  // tensors: HF state-dict names (model.layers.N.self_attn.q_proj.weight, ...), any
+  // float dtype; converted to `dtype` on `device`. Missing tensors and shape mismatches
+  // throw FormatError naming `origin` and the tensor.
+  LlamaModel(ModelConfig config, const std::map<std::string, at::Tensor>& tensors,
+             const std::string& origin, at::ScalarType dtype = at::kFloat,
+             c10::Device device = c10::kCPU);
+
+  const ModelConfig& config() const { return config_; }
+  at::ScalarType dtype() const { return dtype_; }
+  c10::Device device() const { return device_; }
+
+  KVCache new_cache(int64_t initial_capacity = 256) const;
+
+  // Runs the pass, appends its T slots to `cache` and returns logits (+ captures).
+  // Validates shapes, ids and visibility first (ConfigError naming the input); on any
+  // error the cache is left as it was.
+  ForwardOutput forward(KVCache& cache, const PassInput& input, const CaptureSpec& capture) const;
+
+ private:
+  at::Tensor build_bias(const PassInput& input, int64_t num_prev, int64_t layer) const;
+
+  ModelConfig config_;
+  at::ScalarType dtype_;
+  c10::Device device_;
+  at::Tensor embed_tokens_;  // (vocab, hidden)
+  std::vector<DecoderLayer> layers_;
+  std::unique_ptr<Rope> rope_;  // shared by every layer: angles computed once per pass
+  at::Tensor norm_;     // (hidden,)
+  at::Tensor lm_head_;  // (vocab, hidden), the embedding when tied
+};
+
+}  // namespace attnvar

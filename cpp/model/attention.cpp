@@ -1,0 +1,100 @@
+#include "attnvar/model/attention.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "attnvar/model/rms_norm.h"
+
+namespace attnvar {
+namespace {
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+}
+
+at::Tensor select_heads(const at::Tensor& t, const std::vector<int64_t>& heads) {
+  if (heads.empty()) return t;
+  auto index = at::tensor(heads, at::TensorOptions().dtype(at::kLong)).to(t.device());
+  return t.index_select(0, index);
+}
+
+at::ScalarType capture_dtype(const CaptureSpec& spec) {
+  return spec.dtype == CaptureDtype::kFloat16 ? at::kHalf : at::kFloat;
+}
+
+}  // namespace
+
+Attention::Attention(const ModelConfig& config, AttentionWeights weights, int64_t layer)
+    : layer_(layer),
+      num_heads_(config.num_attention_heads),
+      num_kv_heads_(config.num_key_value_heads),
+      head_dim_(config.head_dim),
+      rms_norm_eps_(config.rms_norm_eps),
+      scale_(1.0 / std::sqrt(static_cast<double>(config.head_dim))),
+      w_(std::move(weights)) {}
+
+at::Tensor Attention::forward(const at::Tensor& x, const Rope& rope, const RopeAngles& angles,
+                              KVCache& cache,
+                              const at::Tensor& bias, const CaptureSpec& spec,
+                              std::optional<LayerCapture>* capture) const {
+  const int64_t T = x.size(0);
+  const int64_t S = cache.size() + T;
+  const int64_t group = num_heads_ / num_kv_heads_;  // query heads per kv head
+
+  // (T, heads * D) -> (T, heads, D); q/k norms (qwen3) act per head before RoPE.
+  auto q = linear(x, w_.q_proj, w_.q_bias).view({T, num_heads_, head_dim_});
+  auto k = linear(x, w_.k_proj, w_.k_bias).view({T, num_kv_heads_, head_dim_});
+  auto v = linear(x, w_.v_proj, w_.v_bias).view({T, num_kv_heads_, head_dim_});
+  if (w_.q_norm.defined()) {
+    q = rms_norm(q, w_.q_norm, rms_norm_eps_);
+    k = rms_norm(k, w_.k_norm, rms_norm_eps_);
+  }
+  q = rope.apply(q.transpose(0, 1), angles);  // (H, T, D)
+  k = rope.apply(k.transpose(0, 1), angles);  // (Hkv, T, D)
+  cache.write_pending(layer_, k, v.transpose(0, 1));
+  auto keys = cache.keys(layer_, S);      // (Hkv, S, D)
+  auto values = cache.values(layer_, S);  // (Hkv, S, D)
+
+  at::Tensor context;  // (H, T, D)
+  if (!spec.captures_layer(layer_)) {
+    // Fast path: fused attention, nothing materialised beyond what the kernel needs.
+    auto mask = bias.dim() == 2 ? bias.unsqueeze(0).unsqueeze(0) : bias.unsqueeze(0);
+    context = at::scaled_dot_product_attention(q.unsqueeze(0), keys.unsqueeze(0),
+                                               values.unsqueeze(0), mask.to(q.scalar_type()),
+                                               0.0, false, scale_, /*enable_gqa=*/true)
+                  .squeeze(0);
+  } else {
+    // Explicit path, as HF eager computes it: (q k^T) * scale + bias, softmax in f32.
+    // Query heads sharing a kv head are stacked so keys are never repeated in memory:
+    // (H, T, D) -> (Hkv, group * T, D).
+    auto qg = q.reshape({num_kv_heads_, group * T, head_dim_});
+    auto scores = at::matmul(qg, keys.transpose(1, 2)).mul_(scale_).view({num_heads_, T, S});
+    scores = scores + bias;  // broadcasts (T, S) or (1|H, T, S)
+    auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+    context = at::matmul(probs.view({num_kv_heads_, group * T, S}), values)
+                  .view({num_heads_, T, head_dim_});
+
+    LayerCapture c;
+    c.layer = layer_;
+    const auto dtype = capture_dtype(spec);
+    if (spec.probabilities) c.probabilities = select_heads(probs, spec.heads).to(dtype);
+    if (spec.scores) c.scores = select_heads(scores, spec.heads).to(dtype);
+    if (spec.value_norms) {
+      // ‖W_O^h v_k‖ for every query head h (its kv head h / group) and slot k.
+      const int64_t hidden = w_.o_proj.size(0);
+      auto o_heads = w_.o_proj.view({hidden, num_heads_, head_dim_}).permute({1, 2, 0});
+      auto head_kv = at::arange(num_heads_, at::TensorOptions().dtype(at::kLong))
+                         .div(group, "floor")
+                         .to(values.device());
+      auto v_per_head = values.index_select(0, head_kv);  // (H, S, D)
+      auto norms = at::bmm(v_per_head, o_heads).norm(2, -1);  // (H, S)
+      c.value_norms = select_heads(norms, spec.heads).to(dtype);
+    }
+    *capture = std::move(c);
+  }
+  auto merged = context.transpose(0, 1).reshape({T, num_heads_ * head_dim_});
+  return linear(merged, w_.o_proj, w_.o_bias);
+}
+
+}  // namespace attnvar

@@ -1,0 +1,229 @@
+#include "attnvar/model/llama.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <fmt/format.h>
+
+#include "attnvar/error.h"
+#include "attnvar/model/rms_norm.h"
+#include "attnvar/model/rope.h"
+
+namespace attnvar {
+namespace {
+
+// Looks up one HF tensor, checks its shape, converts it.
+class TensorSource {
+ public:
+  TensorSource(const std::map<std::string, at::Tensor>& tensors, const std::string& origin,
+               at::ScalarType dtype, c10::Device device)
+      : tensors_(tensors), origin_(origin), dtype_(dtype), device_(device) {}
+
+  at::Tensor get(const std::string& name, at::IntArrayRef shape) const {
+    auto it = tensors_.find(name);
+    if (it == tensors_.end()) {
+      throw FormatError(fmt::format("{}: missing tensor '{}'", origin_, name));
+    }
+    return convert(name, it->second, shape);
+  }
+
+  at::Tensor get_optional(const std::string& name, at::IntArrayRef shape) const {
+    auto it = tensors_.find(name);
+    return it == tensors_.end() ? at::Tensor() : convert(name, it->second, shape);
+  }
+
+  bool has(const std::string& name) const { return tensors_.count(name) > 0; }
+
+ private:
+  at::Tensor convert(const std::string& name, const at::Tensor& t, at::IntArrayRef shape) const {
+    if (t.sizes() != shape) {
+      throw FormatError(fmt::format("{}: tensor '{}' has shape {}, the config implies {}",
+                                    origin_, name, c10::str(t.sizes()), c10::str(shape)));
+    }
+    if (!at::isFloatingType(t.scalar_type())) {
+      throw FormatError(fmt::format("{}: tensor '{}' is not floating point ({})", origin_,
+                                    name, c10::toString(t.scalar_type())));
+    }
+    return t.to(device_, dtype_).contiguous();
+  }
+
+  const std::map<std::string, at::Tensor>& tensors_;
+  const std::string& origin_;
+  at::ScalarType dtype_;
+  c10::Device device_;
+};
+
+}  // namespace
+
+LlamaModel::LlamaModel(ModelConfig config, const std::map<std::string, at::Tensor>& tensors,
+                       const std::string& origin, at::ScalarType dtype, c10::Device device)
+    : config_(std::move(config)), dtype_(dtype), device_(device) {
+  config_.validate(origin);
+  rope_ = std::make_unique<Rope>(
+      RopeParams{config_.head_dim, config_.rope_theta, config_.rope_scaling}, device);
+  if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) {
+    throw ConfigError(fmt::format("{}: dtype {} is not supported (float32, bfloat16, float16)",
+                                  origin, c10::toString(dtype)));
+  }
+  c10::InferenceMode guard;
+  const ModelConfig& c = config_;
+  const int64_t hidden = c.hidden_size, q_dim = c.num_attention_heads * c.head_dim,
+                kv_dim = c.num_key_value_heads * c.head_dim;
+  TensorSource src(tensors, origin, dtype, device);
+  embed_tokens_ = src.get("model.embed_tokens.weight", {c.vocab_size, hidden});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = fmt::format("model.layers.{}.", i);
+    AttentionWeights a;
+    a.q_proj = src.get(p + "self_attn.q_proj.weight", {q_dim, hidden});
+    a.k_proj = src.get(p + "self_attn.k_proj.weight", {kv_dim, hidden});
+    a.v_proj = src.get(p + "self_attn.v_proj.weight", {kv_dim, hidden});
+    a.o_proj = src.get(p + "self_attn.o_proj.weight", {hidden, q_dim});
+    if (c.qkv_bias()) {
+      a.q_bias = src.get(p + "self_attn.q_proj.bias", {q_dim});
+      a.k_bias = src.get(p + "self_attn.k_proj.bias", {kv_dim});
+      a.v_bias = src.get(p + "self_attn.v_proj.bias", {kv_dim});
+    }
+    if (c.o_bias()) a.o_bias = src.get(p + "self_attn.o_proj.bias", {hidden});
+    if (c.qk_norm()) {
+      a.q_norm = src.get(p + "self_attn.q_norm.weight", {c.head_dim});
+      a.k_norm = src.get(p + "self_attn.k_norm.weight", {c.head_dim});
+    }
+    FeedForwardWeights f{src.get(p + "mlp.gate_proj.weight", {c.intermediate_size, hidden}),
+                         src.get(p + "mlp.up_proj.weight", {c.intermediate_size, hidden}),
+                         src.get(p + "mlp.down_proj.weight", {hidden, c.intermediate_size})};
+    layers_.push_back(DecoderLayer{src.get(p + "input_layernorm.weight", {hidden}),
+                                   src.get(p + "post_attention_layernorm.weight", {hidden}),
+                                   Attention(c, std::move(a), i), std::move(f)});
+  }
+  norm_ = src.get("model.norm.weight", {hidden});
+  if (c.tie_word_embeddings) {
+    lm_head_ = embed_tokens_;
+  } else {
+    lm_head_ = src.get("lm_head.weight", {c.vocab_size, hidden});
+  }
+}
+
+KVCache LlamaModel::new_cache(int64_t initial_capacity) const {
+  return KVCache(config_.num_hidden_layers, config_.num_key_value_heads, config_.head_dim,
+                 at::TensorOptions().dtype(dtype_).device(device_), initial_capacity);
+}
+
+at::Tensor LlamaModel::build_bias(const PassInput& input, int64_t num_prev, int64_t layer) const {
+  const int64_t T = input.token_ids.size(0), S = num_prev + T;
+  auto opts = at::TensorOptions().dtype(at::kFloat).device(device_);
+  auto bias = at::zeros({T, S}, opts).masked_fill_(
+      input.visibility.to(device_).logical_not(), -std::numeric_limits<float>::infinity());
+  bool per_head = false;
+  at::Tensor extra;  // (H, T, S)
+  for (const auto& iv : input.interventions) {
+    if (layer < iv.layer_begin || layer >= iv.layer_end) continue;
+    if (!extra.defined()) extra = at::zeros({config_.num_attention_heads, T, S}, opts);
+    auto keys = at::tensor(iv.key_slots, at::TensorOptions().dtype(at::kLong)).to(device_);
+    if (iv.heads.empty()) {
+      extra.index_add_(2, keys, at::full({config_.num_attention_heads, T, (int64_t)iv.key_slots.size()}, iv.delta, opts));
+    } else {
+      for (int64_t h : iv.heads) {
+        extra[h].index_add_(1, keys, at::full({T, (int64_t)iv.key_slots.size()}, iv.delta, opts));
+      }
+    }
+    per_head = true;
+  }
+  if (!per_head) return bias;
+  auto full = bias.unsqueeze(0) + extra;
+  // A query whose every key is hidden would produce NaN probabilities.
+  auto dead = at::isinf(full).logical_and(full < 0).all(-1);
+  if (dead.any().item<bool>()) {
+    auto idx = dead.nonzero()[0];
+    throw ConfigError(fmt::format(
+        "interventions hide every key from query {} of the pass (head {}) in layer {}",
+        idx[1].item<int64_t>(), idx[0].item<int64_t>(), layer));
+  }
+  return full;
+}
+
+ForwardOutput LlamaModel::forward(KVCache& cache, const PassInput& input,
+                                  const CaptureSpec& capture) const {
+  c10::InferenceMode guard;
+  const ModelConfig& c = config_;
+  const auto& ids = input.token_ids;
+  if (!ids.defined() || ids.dim() != 1 || ids.size(0) == 0) {
+    throw ConfigError("forward: token_ids must be a non-empty 1-D tensor");
+  }
+  if (at::isFloatingType(ids.scalar_type())) {
+    throw ConfigError("forward: token_ids must be integers");
+  }
+  const int64_t T = ids.size(0), S_prev = cache.size(), S = S_prev + T;
+  auto ids_long = ids.to(at::kLong);
+  const int64_t lo = ids_long.min().item<int64_t>(), hi = ids_long.max().item<int64_t>();
+  if (lo < 0 || hi >= c.vocab_size) {
+    throw ConfigError(fmt::format("forward: token id {} is outside the vocabulary [0, {})",
+                                  lo < 0 ? lo : hi, c.vocab_size));
+  }
+  if (!input.positions.defined() || input.positions.dim() != 1 || input.positions.size(0) != T) {
+    throw ConfigError(fmt::format("forward: positions must have shape ({}), one per token", T));
+  }
+  if (!input.visibility.defined() || input.visibility.scalar_type() != at::kBool ||
+      input.visibility.sizes() != at::IntArrayRef({T, S})) {
+    throw ConfigError(fmt::format(
+        "forward: visibility must be a bool tensor of shape ({}, {}) (new tokens x slots)", T, S));
+  }
+  auto visible_any = input.visibility.any(-1);
+  if (!visible_any.all().item<bool>()) {
+    throw ConfigError(fmt::format("forward: query {} of the pass sees no slot",
+                                  visible_any.logical_not().nonzero()[0][0].item<int64_t>()));
+  }
+  if (!input.slots.empty() && static_cast<int64_t>(input.slots.size()) != T) {
+    throw ConfigError("forward: slots metadata must have one entry per token");
+  }
+  if (c.sliding_window && S > *c.sliding_window) {
+    throw ConfigError(fmt::format("forward: {} slots exceed the model's sliding_window {}; "
+                                  "sliding-window attention is not implemented",
+                                  S, *c.sliding_window));
+  }
+  for (const auto& iv : input.interventions) {
+    for (int64_t k : iv.key_slots) {
+      if (k < 0 || k >= S) throw ConfigError(fmt::format("intervention key slot {} outside [0, {})", k, S));
+    }
+    for (int64_t h : iv.heads) {
+      if (h < 0 || h >= c.num_attention_heads) throw ConfigError(fmt::format("intervention head {} outside [0, {})", h, c.num_attention_heads));
+    }
+    if (iv.layer_begin < 0 || iv.layer_end > c.num_hidden_layers || iv.layer_begin >= iv.layer_end) {
+      throw ConfigError(fmt::format("intervention layer window [{}, {}) is not inside [0, {})",
+                                    iv.layer_begin, iv.layer_end, c.num_hidden_layers));
+    }
+  }
+
+  cache.reserve(T);
+  ids_long = ids_long.to(device_);
+  const RopeAngles angles = rope_->angles(input.positions);
+  const bool any_intervention = !input.interventions.empty();
+  at::Tensor shared_bias = build_bias(input, S_prev, /*layer=*/-1);
+
+  ForwardOutput out;
+  auto h = embed_tokens_.index_select(0, ids_long);  // (T, hidden)
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const DecoderLayer& layer = layers_[l];
+    at::Tensor bias = any_intervention ? build_bias(input, S_prev, l) : shared_bias;
+    std::optional<LayerCapture> layer_capture;
+    auto attn = layer.attention.forward(rms_norm(h, layer.input_layernorm, c.rms_norm_eps),
+                                        *rope_, angles, cache, bias, capture, &layer_capture);
+    h = h + attn;
+    h = h + feed_forward(rms_norm(h, layer.post_attention_layernorm, c.rms_norm_eps),
+                         layer.feed_forward);
+    if (layer_capture) out.captures.push_back(std::move(*layer_capture));
+  }
+  if (input.last_logits_only) h = h.narrow(0, T - 1, 1);
+  out.logits = at::linear(rms_norm(h, norm_, c.rms_norm_eps), lm_head_).to(at::kFloat);
+
+  std::vector<SlotInfo> new_slots = input.slots;
+  if (new_slots.empty()) {
+    auto pos = input.positions.to(at::kDouble).cpu();
+    auto id_cpu = ids_long.cpu();
+    for (int64_t i = 0; i < T; ++i) {
+      new_slots.push_back(SlotInfo{pos[i].item<double>(), -1, 0, id_cpu[i].item<int64_t>()});
+    }
+  }
+  cache.append(new_slots);
+  return out;
+}
+
+}  // namespace attnvar

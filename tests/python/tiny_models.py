@@ -1,0 +1,83 @@
+"""Tiny random-initialised HF models of each family, built in the tests (no downloads)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+FAMILIES = ["llama", "llama3_scaled", "smollm2_tied", "mistral", "qwen2", "qwen3"]
+
+
+def tiny_config(family: str):
+    import transformers
+
+    common = dict(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    if family == "llama":
+        return transformers.LlamaConfig(**common, rope_theta=10000.0)
+    if family == "llama3_scaled":
+        return transformers.LlamaConfig(
+            **common,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        )
+    if family == "smollm2_tied":
+        return transformers.LlamaConfig(
+            **{**common, "num_key_value_heads": 1}, rope_theta=100000.0, tie_word_embeddings=True
+        )
+    if family == "mistral":
+        return transformers.MistralConfig(**common, sliding_window=None)
+    if family == "qwen2":
+        return transformers.Qwen2Config(**common, tie_word_embeddings=False)
+    if family == "qwen3":
+        return transformers.Qwen3Config(**common, head_dim=16, tie_word_embeddings=False)
+    raise ValueError(family)
+
+
+def tiny_hf_model(family: str, seed: int = 0):
+    """An eager-attention HF model with weights large enough for non-uniform attention."""
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = tiny_config(family)
+    cfg._attn_implementation = "eager"
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.15 * torch.randn_like(p))
+    return model.eval()
+
+
+def attnvar_model(hf_model, dtype=torch.float32):
+    from attnvar import _core
+
+    cfg = hf_model.config.to_dict()
+    tensors = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
+    return _core.Model.from_tensors(json.dumps(cfg), tensors, dtype=dtype, origin="tiny")
+
+
+def additive_mask(visible: torch.Tensor) -> torch.Tensor:
+    """(N, N) bool visibility -> HF's explicit 4-D additive mask (1, 1, N, N)."""
+    mask = torch.zeros(visible.shape, dtype=torch.float32)
+    mask.masked_fill_(~visible, float("-inf"))
+    return mask[None, None]
