@@ -7,6 +7,7 @@ namespace attnvar::python {
 
 void bind_errors(pybind11::module_& m);
 void bind_model(pybind11::module_& m);
+void bind_tokenizer(pybind11::module_& m);
 void bind_formats(pybind11::module_& m);
 
 }  // namespace attnvar::python
