@@ -103,6 +103,20 @@ const std::map<std::string, std::string>& block_names() {
   return kNames;
 }
 
+// The GGUF name of an HF tensor name, for error messages ("" when outside the mapping).
+std::string hf_to_gguf_name(const std::string& hf) {
+  if (hf == "model.embed_tokens.weight") return "token_embd.weight";
+  if (hf == "model.norm.weight") return "output_norm.weight";
+  if (hf == "lm_head.weight") return "output.weight";
+  static const std::regex kLayer(R"(model\.layers\.(\d+)\.(.+)\.(weight|bias))");
+  std::smatch m;
+  if (!std::regex_match(hf, m, kLayer)) return "";
+  for (const auto& [gguf, name] : block_names()) {
+    if (name == m[2].str()) return fmt::format("blk.{}.{}.{}", m[1].str(), gguf, m[3].str());
+  }
+  return "";
+}
+
 // Tensors a file may carry that the engine does not use.
 bool ignorable_gguf_tensor(const std::string& name) {
   return name == "rope_freqs.weight" ||  // folded into config.rope_scaling
@@ -204,8 +218,8 @@ Weights load_gguf(const std::string& path, at::ScalarType dtype, c10::Device dev
     wanted.insert(hf);
     auto it = by_hf.find(hf);
     if (it == by_hf.end()) {
-      throw MissingError(fmt::format("{}: tensor for '{}' is missing (the config implies it)",
-                                     path, hf));
+      throw MissingError(fmt::format("{}: tensor '{}' (HF '{}') is missing (the config implies it)",
+                                     path, hf_to_gguf_name(hf), hf));
     }
     const GgufTensorInfo& t = *it->second;
     std::vector<int64_t> torch_shape(t.shape.rbegin(), t.shape.rend());
