@@ -46,7 +46,12 @@ void KVCache::reserve(int64_t n) {
 }
 
 void KVCache::write_pending(int64_t layer, const at::Tensor& k, const at::Tensor& v) {
-  const int64_t t = k.size(1);
+  const int64_t t = k.dim() == 3 ? k.size(1) : -1;
+  if (t < 0 || k.size(0) != num_kv_heads_ || k.size(2) != head_dim_ || v.sizes() != k.sizes()) {
+    throw Error(fmt::format("kv_cache: k and v must be (num_kv_heads={}, T, head_dim={}), got {} "
+                            "and {}",
+                            num_kv_heads_, head_dim_, c10::str(k.sizes()), c10::str(v.sizes())));
+  }
   if (layer < 0 || layer >= num_layers_ || size() + t > capacity_) {
     throw Error(fmt::format("kv_cache: write of {} slots at layer {} exceeds capacity {} "
                             "(size {}); call reserve first",

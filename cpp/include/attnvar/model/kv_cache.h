@@ -29,6 +29,8 @@ class KVCache {
           int64_t initial_capacity = 256);
 
   int64_t num_layers() const { return num_layers_; }
+  int64_t num_kv_heads() const { return num_kv_heads_; }
+  int64_t head_dim() const { return head_dim_; }
   int64_t size() const { return static_cast<int64_t>(slots_.size()); }  // slots in use
   int64_t capacity() const { return capacity_; }
   const std::vector<SlotInfo>& slots() const { return slots_; }
