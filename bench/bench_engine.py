@@ -1,0 +1,136 @@
+"""Engine speed beside HF transformers (eager) on the same weights and inputs, one run.
+
+A random model of SmolLM2-135M's shape (f32), threads pinned. Prints prefill tokens/s and
+decode steps/s, with and without attention capture, and attnvar ÷ HF ratios.
+
+    PYTHONPATH=build/dev/pkg python bench/bench_engine.py [--quick] [--out bench/results/engine.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import torch  # noqa: E402
+
+THREADS = int(os.environ["OMP_NUM_THREADS"])
+torch.set_num_threads(THREADS)
+
+
+def smollm2_shape_model():
+    import transformers
+
+    cfg = transformers.LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+        rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    model.config._attn_implementation = "eager"
+    return model
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, shorter contexts")
+    ap.add_argument("--out", default=None, help="write the Markdown table here")
+    args = ap.parse_args()
+
+    import transformers
+    from transformers import DynamicCache
+
+    import attnvar
+    from attnvar import _core
+
+    hf = smollm2_shape_model()
+    ours = _core.Model.from_tensors(json.dumps(hf.config.to_dict()), dict(hf.state_dict()),
+                                    origin="smollm2-shape-random")
+    repeats = 2 if args.quick else 5
+    prefill_lengths = [128] if args.quick else [128, 512]
+    decode_contexts = [128] if args.quick else [128, 512]
+    decode_steps = 8 if args.quick else 16
+    rows = []
+
+    def add(case, ours_s, hf_s, unit_count, unit):
+        rows.append((case, unit_count / ours_s, unit_count / hf_s, hf_s / ours_s, unit))
+
+    gen = torch.Generator().manual_seed(1)
+    for T in prefill_lengths:
+        ids = torch.randint(0, 49152, (T,), generator=gen)
+        pos = torch.arange(float(T))
+        vis = _core.causal_visibility(T, 0)
+        for capture in (False, True):
+            t_ours = timed(lambda: ours.forward(ours.new_cache(), ids, pos, vis, capture=capture,
+                                                last_logits_only=True), repeats)
+            with torch.inference_mode():
+                t_hf = timed(lambda: hf(input_ids=ids[None], output_attentions=capture,
+                                        use_cache=True, logits_to_keep=1), repeats)
+            add(f"prefill T={T}" + (" +capture" if capture else ""), t_ours, t_hf, T, "tok/s")
+
+    for ctx in decode_contexts:
+        ids = torch.randint(0, 49152, (ctx + decode_steps,), generator=gen)
+        for capture in (False, True):
+            def run_ours():
+                cache = ours.new_cache(initial_capacity=ctx + decode_steps)
+                ours.forward(cache, ids[:ctx], torch.arange(float(ctx)),
+                             _core.causal_visibility(ctx, 0), last_logits_only=True)
+                t0 = time.perf_counter()
+                for t in range(ctx, ctx + decode_steps):
+                    ours.forward(cache, ids[t : t + 1], torch.tensor([float(t)]),
+                                 _core.causal_visibility(1, t), capture=capture)
+                return time.perf_counter() - t0
+
+            def run_hf():
+                with torch.inference_mode():
+                    cache = DynamicCache(config=hf.config)
+                    hf(input_ids=ids[None, :ctx], past_key_values=cache, use_cache=True,
+                       logits_to_keep=1)
+                    t0 = time.perf_counter()
+                    for t in range(ctx, ctx + decode_steps):
+                        hf(input_ids=ids[None, t : t + 1], past_key_values=cache, use_cache=True,
+                           position_ids=torch.tensor([[t]]), output_attentions=capture)
+                    return time.perf_counter() - t0
+
+            run_ours(), run_hf()  # warm-up
+            t_ours = statistics.median(run_ours() for _ in range(repeats))
+            t_hf = statistics.median(run_hf() for _ in range(repeats))
+            add(f"decode ctx={ctx}" + (" +capture" if capture else ""), t_ours, t_hf,
+                decode_steps, "steps/s")
+
+    header = (
+        f"attnvar {attnvar.__version__} · torch {torch.__version__} · transformers "
+        f"{transformers.__version__} · threads {torch.get_num_threads()} "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}) · {platform.processor() or platform.machine()}"
+        f" · model: random SmolLM2-135M shape, f32"
+    )
+    lines = [header, "", "| case | attnvar | HF eager | attnvar ÷ HF |", "|---|---|---|---|"]
+    for case, a, h, ratio, unit in rows:
+        lines.append(f"| {case} | {a:.1f} {unit} | {h:.1f} {unit} | {ratio:.2f}× |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
