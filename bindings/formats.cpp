@@ -21,9 +21,12 @@ py::object gguf_value_to_py(const GgufValue& v) {
 
 const char* rope_type_name(RopeScalingType t) {
   switch (t) {
-    case RopeScalingType::kNone: return "default";
-    case RopeScalingType::kLinear: return "linear";
-    case RopeScalingType::kLlama3: return "llama3";
+    case RopeScalingType::kNone:
+      return "default";
+    case RopeScalingType::kLinear:
+      return "linear";
+    case RopeScalingType::kLlama3:
+      return "llama3";
   }
   return "default";
 }

@@ -17,25 +17,38 @@ namespace attnvar {
 namespace {
 
 constexpr uint64_t kFixedHeader = 4 + 4 + 8 + 8;  // magic, version, n_tensors, n_kv
-constexpr uint32_t kMaxDims = 4;                   // GGML_MAX_DIMS
+constexpr uint32_t kMaxDims = 4;                  // GGML_MAX_DIMS
 constexpr uint64_t kMaxAlignment = 1 << 20;
 constexpr int kMaxArrayDepth = 8;  // nested arrays: no known key uses them; bound recursion
 
 const char* value_type_name(GgufValueType t) {
   switch (t) {
-    case GgufValueType::kUint8: return "uint8";
-    case GgufValueType::kInt8: return "int8";
-    case GgufValueType::kUint16: return "uint16";
-    case GgufValueType::kInt16: return "int16";
-    case GgufValueType::kUint32: return "uint32";
-    case GgufValueType::kInt32: return "int32";
-    case GgufValueType::kFloat32: return "float32";
-    case GgufValueType::kBool: return "bool";
-    case GgufValueType::kString: return "string";
-    case GgufValueType::kArray: return "array";
-    case GgufValueType::kUint64: return "uint64";
-    case GgufValueType::kInt64: return "int64";
-    case GgufValueType::kFloat64: return "float64";
+    case GgufValueType::kUint8:
+      return "uint8";
+    case GgufValueType::kInt8:
+      return "int8";
+    case GgufValueType::kUint16:
+      return "uint16";
+    case GgufValueType::kInt16:
+      return "int16";
+    case GgufValueType::kUint32:
+      return "uint32";
+    case GgufValueType::kInt32:
+      return "int32";
+    case GgufValueType::kFloat32:
+      return "float32";
+    case GgufValueType::kBool:
+      return "bool";
+    case GgufValueType::kString:
+      return "string";
+    case GgufValueType::kArray:
+      return "array";
+    case GgufValueType::kUint64:
+      return "uint64";
+    case GgufValueType::kInt64:
+      return "int64";
+    case GgufValueType::kFloat64:
+      return "float64";
   }
   return "unknown";
 }
@@ -102,8 +115,8 @@ class Cursor {
 
   void need(uint64_t n, const std::string& field) const {
     if (n > remaining()) {
-      fail(field, fmt::format("needs {} bytes at offset {} but the file ends at {} (truncated?)",
-                              n, pos_, size_));
+      fail(field, fmt::format("needs {} bytes at offset {} but the file ends at {} (truncated?)", n,
+                              pos_, size_));
     }
   }
 
@@ -142,13 +155,20 @@ class Cursor {
 
 int64_t read_int(Cursor& c, GgufValueType t, const std::string& field) {
   switch (t) {
-    case GgufValueType::kUint8: return c.read<uint8_t>(field);
-    case GgufValueType::kInt8: return c.read<int8_t>(field);
-    case GgufValueType::kUint16: return c.read<uint16_t>(field);
-    case GgufValueType::kInt16: return c.read<int16_t>(field);
-    case GgufValueType::kUint32: return c.read<uint32_t>(field);
-    case GgufValueType::kInt32: return c.read<int32_t>(field);
-    case GgufValueType::kInt64: return c.read<int64_t>(field);
+    case GgufValueType::kUint8:
+      return c.read<uint8_t>(field);
+    case GgufValueType::kInt8:
+      return c.read<int8_t>(field);
+    case GgufValueType::kUint16:
+      return c.read<uint16_t>(field);
+    case GgufValueType::kInt16:
+      return c.read<int16_t>(field);
+    case GgufValueType::kUint32:
+      return c.read<uint32_t>(field);
+    case GgufValueType::kInt32:
+      return c.read<int32_t>(field);
+    case GgufValueType::kInt64:
+      return c.read<int64_t>(field);
     case GgufValueType::kUint64: {
       const uint64_t v = c.read<uint64_t>(field);
       if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
@@ -228,8 +248,8 @@ GgufValue read_value(Cursor& c, GgufValueType t, const std::string& field) {
     const uint64_t n = c.read<uint64_t>(field + " (array length)");
     // Bound the count by what the rest of the file could hold before allocating.
     if (n > c.remaining() / min_value_size(et)) {
-      c.fail(field, fmt::format("array length {} ({} elements) runs past the end of the file",
-                                n, value_type_name(et)));
+      c.fail(field, fmt::format("array length {} ({} elements) runs past the end of the file", n,
+                                value_type_name(et)));
     }
     if (is_int_type(et) || et == GgufValueType::kBool) {
       std::vector<int64_t> out(static_cast<size_t>(n));
@@ -272,8 +292,7 @@ void GgufFile::parse() {
   }
   const auto magic = c.read<uint32_t>("magic");
   if (std::memcmp(file_->data(), "GGUF", 4) != 0) {
-    c.fail("magic", fmt::format("not a GGUF file (first bytes 0x{:08x}, expected 'GGUF')",
-                                magic));
+    c.fail("magic", fmt::format("not a GGUF file (first bytes 0x{:08x}, expected 'GGUF')", magic));
   }
   version_ = c.read<uint32_t>("version");
   if (version_ != 2 && version_ != 3) {
@@ -288,8 +307,8 @@ void GgufFile::parse() {
   // A key/value pair takes at least 8 + 4 + 1 bytes and a tensor info 8 + 4 + 8 + 4 + 8:
   // counts beyond what the file could hold are corrupt, not allocations to attempt.
   if (n_kv > c.remaining() / 13) {
-    c.fail("metadata_kv_count", fmt::format("{} key/value pairs cannot fit in {} bytes", n_kv,
-                                            file_->size()));
+    c.fail("metadata_kv_count",
+           fmt::format("{} key/value pairs cannot fit in {} bytes", n_kv, file_->size()));
   }
   if (n_tensors > c.remaining() / 32) {
     c.fail("tensor_count",
@@ -355,8 +374,8 @@ void GgufFile::parse() {
                static_cast<uint64_t>(traits->type_size);
     relative[i] = c.read<uint64_t>(field + " offset");
     if (relative[i] % alignment_ != 0) {
-      c.fail(field, fmt::format("data offset {} is not a multiple of the alignment {}",
-                                relative[i], alignment_));
+      c.fail(field, fmt::format("data offset {} is not a multiple of the alignment {}", relative[i],
+                                alignment_));
     }
     if (tensor_index_.count(t.name)) c.fail(field, "appears twice");
     tensor_index_.emplace(t.name, tensors_.size());

@@ -41,8 +41,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
     : path_(path), file_(std::make_unique<MappedFile>(path)) {
   const uint64_t size = file_->size();
   if (size < 8) {
-    fail(path, "header length", fmt::format("file is {} bytes, shorter than the 8-byte length",
-                                            size));
+    fail(path, "header length",
+         fmt::format("file is {} bytes, shorter than the 8-byte length", size));
   }
   uint64_t header_len;
   std::memcpy(&header_len, file_->data(), 8);
@@ -52,8 +52,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
                      size));
   }
   if (header_len > kMaxHeaderBytes) {
-    fail(path, "header length", fmt::format("{} bytes exceeds the {} byte limit", header_len,
-                                            kMaxHeaderBytes));
+    fail(path, "header length",
+         fmt::format("{} bytes exceeds the {} byte limit", header_len, kMaxHeaderBytes));
   }
   const auto* text = reinterpret_cast<const char*>(file_->data() + 8);
   json header;
@@ -93,8 +93,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
     uint64_t n_elements = 1;
     for (const auto& d : *sh) {
       if (!d.is_number_unsigned() && !(d.is_number_integer() && d.get<int64_t>() >= 0)) {
-        fail(path, field, fmt::format("shape {} has a non-integer or negative extent",
-                                      sh->dump()));
+        fail(path, field, fmt::format("shape {} has a non-integer or negative extent", sh->dump()));
       }
       const uint64_t ne = d.get<uint64_t>();
       if (ne > (1ull << 62) || (ne != 0 && n_elements > (1ull << 62) / ne)) {
@@ -220,8 +219,8 @@ SafetensorsModel::SafetensorsModel(const std::string& path) : origin_(path) {
     const SafetensorsFile& shard = shards_[shard_of_file.at(f)];
     const SafetensorsTensor* t = shard.find(name);
     if (!t) {
-      throw MissingError(fmt::format("{}: tensor '{}' listed in weight_map is not in {}", ip,
-                                     name, shard.path()));
+      throw MissingError(
+          fmt::format("{}: tensor '{}' listed in weight_map is not in {}", ip, name, shard.path()));
     }
     by_name_.emplace(name, t);
   }
@@ -261,8 +260,8 @@ const SafetensorsTensor& SafetensorsModel::at(const std::string& name) const {
   if (!t) {
     std::string where;
     for (const auto& f : files()) where += (where.empty() ? "" : ", ") + f;
-    throw MissingError(fmt::format("{}: tensor '{}' not found (searched {})", origin_, name,
-                                   where));
+    throw MissingError(
+        fmt::format("{}: tensor '{}' not found (searched {})", origin_, name, where));
   }
   return *t;
 }

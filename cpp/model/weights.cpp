@@ -30,13 +30,15 @@ std::string shape_str(const std::vector<int64_t>& s) {
 
 int64_t require_int(const GgufFile& f, const std::string& key) {
   auto v = f.get_int(key);
-  if (!v) throw FormatError(fmt::format("{}: required metadata key '{}' is missing", f.path(), key));
+  if (!v)
+    throw FormatError(fmt::format("{}: required metadata key '{}' is missing", f.path(), key));
   return *v;
 }
 
 double require_float(const GgufFile& f, const std::string& key) {
   auto v = f.get_float(key);
-  if (!v) throw FormatError(fmt::format("{}: required metadata key '{}' is missing", f.path(), key));
+  if (!v)
+    throw FormatError(fmt::format("{}: required metadata key '{}' is missing", f.path(), key));
   return *v;
 }
 
@@ -68,8 +70,8 @@ void read_llama3_rope_freqs(const GgufFile& f, ModelConfig& c, const std::string
   const double low_wavelen = orig / s.low_freq_factor;
   const double high_wavelen = orig / s.high_freq_factor;
   for (size_t i = 0; i < freqs.size(); ++i) {
-    const double inv_freq =
-        1.0 / std::pow(c.rope_theta, 2.0 * static_cast<double>(i) / static_cast<double>(c.head_dim));
+    const double inv_freq = 1.0 / std::pow(c.rope_theta, 2.0 * static_cast<double>(i) /
+                                                             static_cast<double>(c.head_dim));
     const double wavelen = 2 * M_PI / inv_freq;
     double want = 1.0;
     if (wavelen > low_wavelen) {
@@ -94,11 +96,11 @@ void read_llama3_rope_freqs(const GgufFile& f, ModelConfig& c, const std::string
 
 const std::map<std::string, std::string>& block_names() {
   static const std::map<std::string, std::string> kNames = {
-      {"attn_norm", "input_layernorm"},     {"ffn_norm", "post_attention_layernorm"},
-      {"attn_q", "self_attn.q_proj"},       {"attn_k", "self_attn.k_proj"},
-      {"attn_v", "self_attn.v_proj"},       {"attn_output", "self_attn.o_proj"},
-      {"attn_q_norm", "self_attn.q_norm"},  {"attn_k_norm", "self_attn.k_norm"},
-      {"ffn_gate", "mlp.gate_proj"},        {"ffn_up", "mlp.up_proj"},
+      {"attn_norm", "input_layernorm"},    {"ffn_norm", "post_attention_layernorm"},
+      {"attn_q", "self_attn.q_proj"},      {"attn_k", "self_attn.k_proj"},
+      {"attn_v", "self_attn.v_proj"},      {"attn_output", "self_attn.o_proj"},
+      {"attn_q_norm", "self_attn.q_norm"}, {"attn_k_norm", "self_attn.k_norm"},
+      {"ffn_gate", "mlp.gate_proj"},       {"ffn_up", "mlp.up_proj"},
       {"ffn_down", "mlp.down_proj"}};
   return kNames;
 }
@@ -133,17 +135,25 @@ bool ignorable_hf_tensor(const std::string& name, const ModelConfig& c) {
 // ---- tensor conversion --------------------------------------------------------------------
 
 at::ScalarType torch_dtype(const SafetensorsTensor& t) {
-  static const std::map<std::string, at::ScalarType> kTypes = {
-      {"F32", at::kFloat},       {"F16", at::kHalf},   {"BF16", at::kBFloat16},
-      {"F64", at::kDouble},      {"I64", at::kLong},   {"I32", at::kInt},
-      {"I16", at::kShort},       {"I8", at::kChar},    {"U8", at::kByte},
-      {"BOOL", at::kBool},       {"U16", at::kUInt16}, {"U32", at::kUInt32},
-      {"U64", at::kUInt64},      {"F8_E4M3", at::kFloat8_e4m3fn},
-      {"F8_E5M2", at::kFloat8_e5m2}};
+  static const std::map<std::string, at::ScalarType> kTypes = {{"F32", at::kFloat},
+                                                               {"F16", at::kHalf},
+                                                               {"BF16", at::kBFloat16},
+                                                               {"F64", at::kDouble},
+                                                               {"I64", at::kLong},
+                                                               {"I32", at::kInt},
+                                                               {"I16", at::kShort},
+                                                               {"I8", at::kChar},
+                                                               {"U8", at::kByte},
+                                                               {"BOOL", at::kBool},
+                                                               {"U16", at::kUInt16},
+                                                               {"U32", at::kUInt32},
+                                                               {"U64", at::kUInt64},
+                                                               {"F8_E4M3", at::kFloat8_e4m3fn},
+                                                               {"F8_E5M2", at::kFloat8_e5m2}};
   auto it = kTypes.find(t.dtype);
   if (it == kTypes.end()) {
-    throw FormatError(fmt::format("{}: tensor '{}': dtype {} has no torch equivalent", t.file,
-                                  t.name, t.dtype));
+    throw FormatError(
+        fmt::format("{}: tensor '{}': dtype {} has no torch equivalent", t.file, t.name, t.dtype));
   }
   return it->second;
 }
@@ -159,11 +169,16 @@ std::string most_common(const std::map<std::string, int64_t>& counts) {
 
 std::string dtype_name(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return "f32";
-    case at::kBFloat16: return "bf16";
-    case at::kHalf: return "f16";
-    case at::kDouble: return "f64";
-    default: return c10::toString(t);
+    case at::kFloat:
+      return "f32";
+    case at::kBFloat16:
+      return "bf16";
+    case at::kHalf:
+      return "f16";
+    case at::kDouble:
+      return "f64";
+    default:
+      return c10::toString(t);
   }
 }
 
@@ -206,9 +221,10 @@ Weights load_gguf(const std::string& path, at::ScalarType dtype, c10::Device dev
     if (ignorable_gguf_tensor(t.name)) continue;
     auto hf = gguf_to_hf_name(t.name);
     if (!hf) {
-      throw FormatError(fmt::format("{}: tensor '{}': unexpected tensor (no HF name for it in the "
-                                    "{} architecture)",
-                                    path, t.name, c.model_type));
+      throw FormatError(
+          fmt::format("{}: tensor '{}': unexpected tensor (no HF name for it in the "
+                      "{} architecture)",
+                      path, t.name, c.model_type));
     }
     by_hf.emplace(*hf, &t);
   }
@@ -232,8 +248,8 @@ Weights load_gguf(const std::string& path, at::ScalarType dtype, c10::Device dev
   }
   for (const auto& [hf, t] : by_hf) {
     if (!wanted.count(hf)) {
-      throw FormatError(fmt::format("{}: tensor '{}': unexpected for this config (HF '{}')", path,
-                                    t->name, hf));
+      throw FormatError(
+          fmt::format("{}: tensor '{}': unexpected for this config (HF '{}')", path, t->name, hf));
     }
   }
   for (const auto& [hf, shape] : expected) {
@@ -273,8 +289,8 @@ Weights load_safetensors(const std::string& path, at::ScalarType dtype, c10::Dev
     const SafetensorsTensor& t = model.at(hf);
     check_shape(t.file, hf, hf, t.shape, shape);
     if (t.dtype != "F32" && t.dtype != "F16" && t.dtype != "BF16" && t.dtype != "F64") {
-      throw FormatError(fmt::format("{}: tensor '{}': dtype {} is not a float type", t.file, hf,
-                                    t.dtype));
+      throw FormatError(
+          fmt::format("{}: tensor '{}': dtype {} is not a float type", t.file, hf, t.dtype));
     }
   }
   std::map<std::string, int64_t> dtype_counts;
@@ -387,9 +403,10 @@ ModelConfig config_from_gguf(const GgufFile& f) {
   c.rope_theta = f.get_float(a + "rope.freq_base").value_or(10000.0);
   c.head_dim = f.get_int(a + "attention.key_length").value_or(0);
   if (auto vl = f.get_int(a + "attention.value_length"); vl && c.head_dim && *vl != c.head_dim) {
-    throw ConfigError(fmt::format("{}: metadata key '{}attention.value_length': {} differs from "
-                                  "key_length {} (not supported)",
-                                  f.path(), a, *vl, c.head_dim));
+    throw ConfigError(
+        fmt::format("{}: metadata key '{}attention.value_length': {} differs from "
+                    "key_length {} (not supported)",
+                    f.path(), a, *vl, c.head_dim));
   }
   if (auto n = f.array_size("tokenizer.ggml.tokens")) {
     c.vocab_size = static_cast<int64_t>(*n);
@@ -419,9 +436,10 @@ ModelConfig config_from_gguf(const GgufFile& f) {
   }
   c.validate(f.path());
   if (auto rd = f.get_int(a + "rope.dimension_count"); rd && *rd != c.head_dim) {
-    throw ConfigError(fmt::format("{}: metadata key '{}rope.dimension_count': {} differs from "
-                                  "head_dim {} (partial rotary is not supported)",
-                                  f.path(), a, *rd, c.head_dim));
+    throw ConfigError(
+        fmt::format("{}: metadata key '{}rope.dimension_count': {} differs from "
+                    "head_dim {} (partial rotary is not supported)",
+                    f.path(), a, *rd, c.head_dim));
   }
   if (c.rope_scaling.type == RopeScalingType::kNone) read_llama3_rope_freqs(f, c, arch);
   return c;
@@ -449,8 +467,8 @@ at::Tensor gguf_tensor_to_f32(const GgufFile& f, const GgufTensorInfo& t) {
 at::Tensor unpermute_llama_qk(const at::Tensor& w, int64_t n_head) {
   const int64_t rows = w.size(0);
   if (n_head <= 0 || rows % (2 * n_head) != 0) {
-    throw FormatError(fmt::format("cannot un-permute {} rows into {} heads of even size", rows,
-                                  n_head));
+    throw FormatError(
+        fmt::format("cannot un-permute {} rows into {} heads of even size", rows, n_head));
   }
   // (n_head, head_dim/2, 2, rest...) -> (n_head, 2, head_dim/2, rest...)
   std::vector<int64_t> split = {n_head, rows / n_head / 2, 2};

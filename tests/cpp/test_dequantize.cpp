@@ -94,7 +94,8 @@ TEST_CASE("dequantize: Q8_0 is d times a signed byte", "[dequantize]") {
   std::vector<uint8_t> b(34 * 2);
   for (int blk = 0; blk < 2; ++blk) {
     put_u16(b, 34 * blk, blk == 0 ? kHalfHalf : kHalfTwo);
-    for (int j = 0; j < 32; ++j) b[34 * blk + 2 + j] = static_cast<uint8_t>(static_cast<int8_t>(j - 16));
+    for (int j = 0; j < 32; ++j)
+      b[34 * blk + 2 + j] = static_cast<uint8_t>(static_cast<int8_t>(j - 16));
   }
   auto y = decode(GgmlType::Q8_0, b, 64);
   for (int j = 0; j < 32; ++j) {
@@ -103,8 +104,7 @@ TEST_CASE("dequantize: Q8_0 is d times a signed byte", "[dequantize]") {
   }
 }
 
-TEST_CASE("dequantize: Q4_0 and Q4_1 put low nibbles first, high nibbles second",
-          "[dequantize]") {
+TEST_CASE("dequantize: Q4_0 and Q4_1 put low nibbles first, high nibbles second", "[dequantize]") {
   std::vector<uint8_t> b0(18);
   put_u16(b0, 0, kHalfTwo);
   for (int j = 0; j < 16; ++j) b0[2 + j] = static_cast<uint8_t>(j | ((15 - j) << 4));

@@ -36,13 +36,14 @@ std::string tmp_path(const std::string& name) {
 
 void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
 }
 
 // Little-endian GGUF writer for tests. Fields are appended in file order; `raw` lets a
 // test write anything (including lies) where a field would go.
 struct GgufBuilder {
-  std::vector<uint8_t> kv;       // the key/value section
+  std::vector<uint8_t> kv;  // the key/value section
   uint64_t n_kv = 0;
   struct Tensor {
     std::string name;
@@ -217,9 +218,9 @@ TEST_CASE("gguf: metadata and tensors of a well-formed file read back", "[gguf]"
 
 TEST_CASE("gguf: a typed getter on a value of another type names the key", "[gguf]") {
   GgufFile f(small_file().write("types.gguf"));
-  expect_error<FormatError>([&] { f.get_int("general.architecture"); },
-                            {"types.gguf", "general.architecture", "expected an integer",
-                             "string"});
+  expect_error<FormatError>(
+      [&] { f.get_int("general.architecture"); },
+      {"types.gguf", "general.architecture", "expected an integer", "string"});
   expect_error<FormatError>([&] { f.get_string("llama.block_count"); },
                             {"llama.block_count", "uint32"});
   expect_error<FormatError>([&] { f.get_string_array("ids"); }, {"'ids'", "array of int32"});
@@ -485,10 +486,9 @@ TEST_CASE("gguf: config_from_gguf reads the llama keys", "[gguf]") {
 
 TEST_CASE("gguf: a missing required key or unsupported architecture names the file and key",
           "[gguf]") {
-  for (const std::string key : {"llama.block_count", "llama.embedding_length",
-                                "llama.attention.head_count", "llama.context_length",
-                                "llama.attention.layer_norm_rms_epsilon",
-                                "general.architecture"}) {
+  for (const std::string key :
+       {"llama.block_count", "llama.embedding_length", "llama.attention.head_count",
+        "llama.context_length", "llama.attention.layer_norm_rms_epsilon", "general.architecture"}) {
     const std::string path = tiny_llama(key).write("nokey.gguf");
     GgufFile f(path);
     expect_error<FormatError>([&] { attnvar::config_from_gguf(f); }, {"nokey.gguf", key});

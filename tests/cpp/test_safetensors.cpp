@@ -41,7 +41,8 @@ void write_text(const std::string& path, const std::string& text) {
 
 void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
 }
 
 // A safetensors file from a raw JSON header and data section.
@@ -66,8 +67,9 @@ struct StBuilder {
       const size_t begin = data.size();
       data.resize(begin + 4 * values.size());
       std::memcpy(data.data() + begin, values.data(), 4 * values.size());
-      header += fmt::format(R"(, "{}": {{"dtype": "F32", "shape": [{}], "data_offsets": [{}, {}]}})",
-                            name, dims, begin, data.size());
+      header +=
+          fmt::format(R"(, "{}": {{"dtype": "F32", "shape": [{}], "data_offsets": [{}, {}]}})",
+                      name, dims, begin, data.size());
     }
     return st_bytes(header + "}", data);
   }
@@ -199,7 +201,8 @@ TEST_CASE("safetensors: sharded index resolves each tensor in its shard", "[safe
   CHECK(m.at("z").file.find("00002") != std::string::npos);
   expect_error<MissingError>([&] { m.at("w"); }, {"'w'", "00001", "00002"});
 
-  write_text(dir + "/wrong.index.json", R"({"weight_map": {"z": "model-00001-of-00002.safetensors"}})");
+  write_text(dir + "/wrong.index.json",
+             R"({"weight_map": {"z": "model-00001-of-00002.safetensors"}})");
   expect_error<MissingError>([&] { SafetensorsModel x(dir + "/wrong.index.json"); },
                              {"wrong.index.json", "'z'", "00001"});
   write_text(dir + "/escape.index.json", R"({"weight_map": {"z": "../model.safetensors"}})");
@@ -291,10 +294,16 @@ TEST_CASE("safetensors: load_weights reads an HF directory with every tensor che
 
 TEST_CASE("safetensors: load_weights names a missing or misshapen tensor", "[safetensors]") {
   expect_error<MissingError>(
-      [] { attnvar::load_weights(write_tiny_qwen2("hf_missing", "model.layers.0.self_attn.k_proj.bias")); },
+      [] {
+        attnvar::load_weights(
+            write_tiny_qwen2("hf_missing", "model.layers.0.self_attn.k_proj.bias"));
+      },
       {"hf_missing", "model.layers.0.self_attn.k_proj.bias"});
   expect_error<FormatError>(
-      [] { attnvar::load_weights(write_tiny_qwen2("hf_shape", "", "model.layers.0.mlp.up_proj.weight")); },
+      [] {
+        attnvar::load_weights(
+            write_tiny_qwen2("hf_shape", "", "model.layers.0.mlp.up_proj.weight"));
+      },
       {"hf_shape/model.safetensors", "model.layers.0.mlp.up_proj.weight", "(9, 4)", "(8, 4)"});
   expect_error<MissingError>([] { attnvar::load_weights(tmp_dir("hf_empty")); }, {"hf_empty"});
 }

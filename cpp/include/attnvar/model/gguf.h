@@ -77,8 +77,8 @@ enum class GgufValueType : uint32_t {
 struct GgufValue {
   GgufValueType type = GgufValueType::kUint8;
   GgufValueType element_type = GgufValueType::kUint8;  // for kArray
-  std::variant<int64_t, double, bool, std::string, std::vector<int64_t>,
-               std::vector<double>, std::vector<std::string>>
+  std::variant<int64_t, double, bool, std::string, std::vector<int64_t>, std::vector<double>,
+               std::vector<std::string>>
       value;
 };
 

@@ -25,12 +25,12 @@ class MappedFile;
 // (safetensors offsets need not be aligned): copy before typed access.
 struct SafetensorsTensor {
   std::string name;
-  std::string dtype;            // safetensors spelling: "F32", "F16", "BF16", "I64", ...
-  int64_t element_size = 0;     // bytes per element of dtype
-  std::vector<int64_t> shape;   // row-major, as torch/numpy
-  const void* data = nullptr;   // nbytes bytes inside the owning file's mapping
+  std::string dtype;           // safetensors spelling: "F32", "F16", "BF16", "I64", ...
+  int64_t element_size = 0;    // bytes per element of dtype
+  std::vector<int64_t> shape;  // row-major, as torch/numpy
+  const void* data = nullptr;  // nbytes bytes inside the owning file's mapping
   uint64_t nbytes = 0;
-  std::string file;             // the file holding it
+  std::string file;  // the file holding it
 };
 
 // Bytes per element of a safetensors dtype; 0 for an unknown one. Known: BOOL, U8, I8,
