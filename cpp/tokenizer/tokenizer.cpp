@@ -40,6 +40,10 @@ struct Tokenizer::State {
   std::vector<AddedToken> added;
   std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>> model_ids;
   std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>> added_ids;
+  // What decode() feeds the decoder for each id. HF decodes an added token declared
+  // normalized=true from its normalized content ("<tool>" -> "▁<tool>" under a Prepend
+  // normalizer), while id_to_token/token_to_id keep the declared content.
+  std::vector<std::string> decode_text;
 
   void check_id(int32_t id, std::string_view what) const {
     if (id < 0 || id >= static_cast<int32_t>(id_to_token.size()) || !has_token[id]) {
@@ -96,6 +100,12 @@ Tokenizer::Tokenizer(TokenizerParts parts) : state_(std::make_unique<State>()) {
     s.added_index[t.id] = static_cast<int32_t>(s.added.size());
     s.added.push_back(t);
     s.added_ids.try_emplace(t.content, t.id);
+  }
+  s.decode_text = s.id_to_token;
+  if (s.normalizer) {
+    for (const AddedToken& t : s.added) {
+      if (t.normalized) s.normalizer->normalize(s.decode_text[t.id]);
+    }
   }
   s.matcher = std::make_unique<AddedTokenMatcher>(s.added, s.normalizer.get());
 
@@ -171,7 +181,7 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) c
   for (int32_t id : ids) {
     s.check_id(id, "decode");
     if (skip_special && s.added_index[id] >= 0 && s.added[s.added_index[id]].special) continue;
-    tokens.push_back(s.id_to_token[id]);
+    tokens.push_back(s.decode_text[id]);
   }
   if (!s.decoder) {
     std::string joined;
@@ -190,8 +200,12 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) c
 std::string Tokenizer::piece(int32_t id) const {
   const State& s = *state_;
   s.check_id(id, "piece");
-  const std::string& token = s.id_to_token[id];
-  if (s.added_index[id] >= 0) return utf8::render_bytes(token);
+  const std::string& token = s.decode_text[id];
+  // Special and raw added tokens show their text; a normalized added token shows like the
+  // model's own tokens (its normalized form may carry the space marker).
+  if (s.added_index[id] >= 0 && !s.added[s.added_index[id]].normalized) {
+    return utf8::render_bytes(token);
+  }
   if (s.family == TokenizerFamily::kByteLevelBpe) {
     const std::optional<std::string> bytes = byte_level::to_bytes(token);
     return utf8::render_bytes(bytes ? *bytes : token);
