@@ -3,11 +3,26 @@
 
 #include <pybind11/pybind11.h>
 
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "attnvar/capture/capture_spec.h"
+#include "attnvar/model/llama.h"
+
 namespace attnvar::python {
 
 void bind_errors(pybind11::module_& m);
 void bind_model(pybind11::module_& m);
 void bind_tokenizer(pybind11::module_& m);
 void bind_formats(pybind11::module_& m);
+void bind_generate(pybind11::module_& m);
+
+// Shared option conversions (capture_options.cpp).
+CaptureSpec capture_spec(bool capture, std::optional<std::vector<int64_t>> layers,
+                         std::optional<std::vector<int64_t>> heads, bool probabilities,
+                         bool scores, bool value_norms, const std::string& dtype);
+// Each item: dict(layer_begin, layer_end, key_slots, heads=None, delta=-inf).
+std::vector<KeyBias> key_biases(const pybind11::list& items);
 
 }  // namespace attnvar::python

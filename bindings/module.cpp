@@ -6,4 +6,5 @@ PYBIND11_MODULE(_core, m) {
   attnvar::python::bind_model(m);
   attnvar::python::bind_tokenizer(m);
   attnvar::python::bind_formats(m);
+  attnvar::python::bind_generate(m);
 }

@@ -1,0 +1,231 @@
+// Bindings for the generate area: trees, parallel generation, replay, the compat preset.
+#include <pybind11/stl.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "attnvar/capture/pass_capture.h"
+#include "attnvar/error.h"
+#include "attnvar/generate/compat_tempo.h"
+#include "attnvar/generate/encoding.h"
+#include "attnvar/generate/generator.h"
+#include "attnvar/generate/next_step.h"
+#include "attnvar/generate/replay.h"
+#include "attnvar/generate/selection.h"
+#include "attnvar/generate/tree.h"
+#include "bindings.h"
+
+namespace py = pybind11;
+
+namespace attnvar::python {
+namespace {
+
+// Runs between passes with the GIL released elsewhere: Ctrl-C becomes KeyboardInterrupt.
+void check_signals() {
+  py::gil_scoped_acquire gil;
+  if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+}
+
+CaptureField field_from_string(const std::string& f) {
+  if (f == "probabilities" || f == "attention") return CaptureField::kProbabilities;
+  if (f == "scores") return CaptureField::kScores;
+  throw ConfigError("capture field '" + f + "' is not one of probabilities, scores");
+}
+
+#define ATTNVAR_CAPTURE_ARGS                                                          \
+  py::arg("capture") = false, py::arg("layers") = py::none(), py::arg("heads") = py::none(), \
+      py::arg("probabilities") = true, py::arg("scores") = false,                     \
+      py::arg("value_norms") = false, py::arg("capture_dtype") = "float32"
+
+}  // namespace
+
+void bind_generate(py::module_& m) {
+  py::class_<Member>(m, "Member", "One token of a set S_t.")
+      .def(py::init<>())
+      .def_readwrite("token_id", &Member::token_id)
+      .def_readwrite("probability", &Member::probability)
+      .def_readwrite("rank", &Member::rank)
+      .def_readwrite("is_eos", &Member::is_eos)
+      .def_readwrite("slot", &Member::slot);
+  py::class_<TreeStep>(m, "TreeStep", "A set S_t: members in rank order.")
+      .def(py::init<>())
+      .def_readwrite("members", &TreeStep::members)
+      .def_readwrite("entropy", &TreeStep::entropy);
+  py::class_<Tree>(m, "Tree", "The prompt plus every set: everything needed to replay a run.")
+      .def(py::init<>())
+      .def_readwrite("prompt", &Tree::prompt)
+      .def_readwrite("steps", &Tree::steps)
+      .def_property_readonly("prompt_length", &Tree::prompt_length)
+      .def_property_readonly("num_steps", &Tree::num_steps)
+      .def_static("build", &Tree::build, py::arg("prompt"), py::arg("steps"),
+                  py::arg("eos_ids") = std::vector<int64_t>{},
+                  "A tree built by hand from token ids (steps[t] = S_t in rank order).");
+  py::class_<SlotRecord>(m, "SlotRecord", "What one slot holds.")
+      .def_readonly("token_id", &SlotRecord::token_id)
+      .def_readonly("position", &SlotRecord::position)
+      .def_readonly("step", &SlotRecord::step)
+      .def_readonly("member", &SlotRecord::member);
+  py::class_<LayerCapture>(m, "LayerCapture")
+      .def_readonly("layer", &LayerCapture::layer)
+      .def_readonly("probabilities", &LayerCapture::probabilities)
+      .def_readonly("scores", &LayerCapture::scores)
+      .def_readonly("value_norms", &LayerCapture::value_norms);
+  py::class_<PassCapture>(m, "PassCapture", "What one forward pass recorded.")
+      .def_readonly("step", &PassCapture::step)
+      .def_readonly("first_slot", &PassCapture::first_slot)
+      .def_readonly("num_queries", &PassCapture::num_queries)
+      .def_readonly("layers", &PassCapture::layers);
+
+  py::class_<GenerationResult>(m, "GenerationResult")
+      .def_readonly("tree", &GenerationResult::tree)
+      .def_readonly("slots", &GenerationResult::slots)
+      .def_readonly("passes", &GenerationResult::passes)
+      .def_readonly("distributions", &GenerationResult::distributions)
+      .def_readonly("stop_reason", &GenerationResult::stop_reason)
+      .def_readonly("prefill_seconds", &GenerationResult::prefill_seconds)
+      .def_readonly("generate_seconds", &GenerationResult::generate_seconds)
+      .def(
+          "dense",
+          [](const GenerationResult& r, const std::string& field) {
+            return assemble_dense(r.passes, static_cast<int64_t>(r.slots.size()),
+                                  field_from_string(field));
+          },
+          py::arg("field") = "probabilities", "[L', H', N, N] f32 lower-block view.")
+      .def("value_norms", [](const GenerationResult& r) {
+        return assemble_value_norms(r.passes, static_cast<int64_t>(r.slots.size()));
+      });
+
+  py::class_<Layout>(m, "Layout", "A tree laid out under an encoding.")
+      .def_property_readonly("encoding", [](const Layout& l) { return to_string(l.encoding); })
+      .def_readonly("slots", &Layout::slots)
+      .def_readonly("visibility", &Layout::visibility)
+      .def_readonly("step_begin", &Layout::step_begin)
+      .def_property_readonly("positions", &Layout::positions)
+      .def_property_readonly("token_ids", &Layout::token_ids);
+  py::class_<ReplayResult>(m, "ReplayResult")
+      .def_readonly("layout", &ReplayResult::layout)
+      .def_readonly("passes", &ReplayResult::passes)
+      .def_readonly("logits", &ReplayResult::logits)
+      .def_readonly("distributions", &ReplayResult::distributions)
+      .def(
+          "dense",
+          [](const ReplayResult& r, const std::string& field) {
+            return assemble_dense(r.passes, r.layout.size(), field_from_string(field));
+          },
+          py::arg("field") = "probabilities")
+      .def("value_norms", [](const ReplayResult& r) {
+        return assemble_value_norms(r.passes, r.layout.size());
+      });
+
+  m.def(
+      "encode",
+      [](const Tree& tree, const std::string& encoding) {
+        return encode(tree, encoding_from_string(encoding));
+      },
+      py::arg("tree"), py::arg("encoding"), "Lay a tree out under an encoding.");
+  m.def(
+      "select_set",
+      [](const at::Tensor& q, double threshold, int64_t max_width, bool sample, uint64_t seed) {
+        auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+        std::vector<std::pair<int64_t, double>> out;
+        for (const auto& s : select_set(q, SelectionOptions{threshold, max_width, sample}, gen)) {
+          out.emplace_back(s.token_id, s.probability);
+        }
+        return out;
+      },
+      py::arg("q"), py::arg("threshold") = 0.1, py::arg("max_width") = 32,
+      py::arg("sample") = false, py::arg("seed") = 0,
+      "S_t from q_t: [(token_id, probability)] in rank order.");
+  m.def(
+      "next_distribution",
+      [](const at::Tensor& logits, const std::vector<double>& weights, const std::string& policy,
+         double temperature) {
+        return next_distribution(logits, weights, next_step_policy_from_string(policy),
+                                 temperature);
+      },
+      py::arg("member_logits"), py::arg("weights"), py::arg("policy") = "mixture",
+      py::arg("temperature") = 1.0);
+
+  m.def(
+      "generate",
+      [](const LlamaModel& model, const std::vector<int64_t>& prompt, double threshold,
+         int64_t max_steps, const std::string& mode, const std::string& policy, int64_t max_width,
+         double temperature, bool sample, uint64_t seed, const std::string& stop_on,
+         const std::vector<int64_t>& eos_ids, bool keep_distributions, bool capture,
+         std::optional<std::vector<int64_t>> layers, std::optional<std::vector<int64_t>> heads,
+         bool probabilities, bool scores, bool value_norms, const std::string& capture_dtype) {
+        GenerateOptions o;
+        o.threshold = threshold;
+        o.max_steps = max_steps;
+        o.mode = sibling_visibility_from_string(mode);
+        o.policy = next_step_policy_from_string(policy);
+        o.max_width = max_width;
+        o.temperature = temperature;
+        o.sample = sample;
+        o.seed = seed;
+        o.stop_on = stop_on_from_string(stop_on);
+        o.eos_ids = eos_ids;
+        o.keep_distributions = keep_distributions;
+        o.capture = capture_spec(capture, layers, heads, probabilities, scores, value_norms,
+                                 capture_dtype);
+        py::gil_scoped_release release;
+        return generate(model, prompt, o, check_signals);
+      },
+      py::arg("model"), py::arg("prompt"), py::arg("threshold") = 0.1,
+      py::arg("max_steps") = 30, py::arg("mode") = "isolated", py::arg("policy") = "mixture",
+      py::arg("max_width") = 32, py::arg("temperature") = 1.0, py::arg("sample") = false,
+      py::arg("seed") = 0, py::arg("stop_on") = "any_eos",
+      py::arg("eos_ids") = std::vector<int64_t>{}, py::arg("keep_distributions") = false,
+      ATTNVAR_CAPTURE_ARGS,
+      "Parallel generation: every member of S_t fed in one pass at position P + t.");
+
+  m.def(
+      "replay",
+      [](const LlamaModel& model, const Tree& tree, const std::string& encoding,
+         const py::list& interventions, int64_t chunk_size, const std::string& policy,
+         double temperature, bool capture, std::optional<std::vector<int64_t>> layers,
+         std::optional<std::vector<int64_t>> heads, bool probabilities, bool scores,
+         bool value_norms, const std::string& capture_dtype) {
+        ReplayOptions o;
+        o.encoding = encoding_from_string(encoding);
+        o.interventions = key_biases(interventions);
+        o.chunk_size = chunk_size;
+        o.policy = next_step_policy_from_string(policy);
+        o.temperature = temperature;
+        o.capture = capture_spec(capture, layers, heads, probabilities, scores, value_norms,
+                                 capture_dtype);
+        py::gil_scoped_release release;
+        return replay(model, tree, o);
+      },
+      py::arg("model"), py::arg("tree"), py::arg("encoding") = "shared_isolated",
+      py::arg("interventions") = py::list(), py::arg("chunk_size") = 0,
+      py::arg("policy") = "mixture", py::arg("temperature") = 1.0, ATTNVAR_CAPTURE_ARGS,
+      "Teacher-force a tree under an encoding (one pass, or chunks of whole steps).");
+
+  m.def("printed_set_starts", &printed_set_starts, py::arg("tree"),
+        "Printed-sequence index of each set's first member (compat bookkeeping).");
+  m.def("tempo_bug_visibility", &tempo_bug_visibility, py::arg("tree"), py::arg("query_slot"));
+  m.def(
+      "generate_tempo2025",
+      [](const LlamaModel& model, const std::vector<int64_t>& prompt, double threshold,
+         int64_t max_steps, bool emulate_isolation_bug, const std::vector<int64_t>& eos_ids,
+         bool capture, std::optional<std::vector<int64_t>> layers,
+         std::optional<std::vector<int64_t>> heads, bool probabilities, bool scores,
+         bool value_norms, const std::string& capture_dtype) {
+        TempoOptions o;
+        o.threshold = threshold;
+        o.max_steps = max_steps;
+        o.emulate_isolation_bug = emulate_isolation_bug;
+        o.eos_ids = eos_ids;
+        o.capture = capture_spec(capture, layers, heads, probabilities, scores, value_norms,
+                                 capture_dtype);
+        py::gil_scoped_release release;
+        return generate_tempo2025(model, prompt, o, check_signals);
+      },
+      py::arg("model"), py::arg("prompt"), py::arg("threshold") = 0.15,
+      py::arg("max_steps") = 30, py::arg("emulate_isolation_bug") = false,
+      py::arg("eos_ids") = std::vector<int64_t>{}, ATTNVAR_CAPTURE_ARGS,
+      "The compat preset `tempo-2025` (the prototype's bookkeeping, not the mechanism).");
+}
+
+}  // namespace attnvar::python

@@ -1,0 +1,51 @@
+#include "attnvar/generate/selection.h"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "attnvar/error.h"
+
+namespace attnvar {
+
+void validate(const SelectionOptions& o) {
+  if (!(o.threshold > 0.0 && o.threshold <= 1.0)) {
+    throw ConfigError(fmt::format("threshold must be in (0, 1], got {}", o.threshold));
+  }
+  if (o.max_width < 1) throw ConfigError(fmt::format("max_width must be ≥ 1, got {}", o.max_width));
+}
+
+std::vector<Selected> select_set(const at::Tensor& q_in, const SelectionOptions& o,
+                                 at::Generator generator) {
+  validate(o);
+  auto q = q_in.to(at::kCPU, at::kDouble).contiguous();
+  // Stable descending sort: equal probabilities keep ascending token-id order.
+  auto [values, indices] = at::sort(q, /*stable=*/true, /*dim=*/0, /*descending=*/true);
+  auto vals = values.accessor<double, 1>();
+  auto idx = indices.accessor<int64_t, 1>();
+  std::vector<Selected> set;
+  const int64_t V = q.size(0);
+  for (int64_t i = 0; i < V && static_cast<int64_t>(set.size()) < o.max_width; ++i) {
+    if (vals[i] < o.threshold) break;
+    set.push_back({idx[i], vals[i]});
+  }
+  if (set.empty()) set.push_back({idx[0], vals[0]});  // argmax, lowest id on ties
+  if (o.sample) {
+    const int64_t drawn = at::multinomial(q, 1, /*replacement=*/false, generator).item<int64_t>();
+    const bool present = std::any_of(set.begin(), set.end(),
+                                     [&](const Selected& s) { return s.token_id == drawn; });
+    if (!present) {
+      if (static_cast<int64_t>(set.size()) == o.max_width) set.pop_back();
+      Selected s{drawn, q[drawn].item<double>()};
+      auto pos = std::find_if(set.begin(), set.end(), [&](const Selected& m) {
+        return m.probability < s.probability ||
+               (m.probability == s.probability && m.token_id > s.token_id);
+      });
+      set.insert(pos, s);
+    }
+  }
+  return set;
+}
+
+}  // namespace attnvar

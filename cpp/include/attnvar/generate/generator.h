@@ -1,0 +1,66 @@
+// Parallel generation done as described (DESIGN.md §3): every non-EOS member of S_t is fed
+// in ONE forward pass, all at logical position P + t, each in its own slot, with sibling
+// visibility per mode; q_{t+1} comes from the fed members by a next-step policy.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "attnvar/capture/capture_spec.h"
+#include "attnvar/capture/pass_capture.h"
+#include "attnvar/generate/next_step.h"
+#include "attnvar/generate/tree.h"
+#include "attnvar/model/llama.h"
+#include "attnvar/model/visibility.h"
+
+namespace attnvar {
+
+enum class StopOn {
+  kAnyEos,  // stop once any member of a set is EOS (as the reference does)
+  kTopEos,  // stop once the rank-0 member is EOS
+};
+StopOn stop_on_from_string(const std::string& name);
+
+struct GenerateOptions {
+  double threshold = 0.1;  // θ ∈ (0, 1]
+  int64_t max_steps = 30;  // ≥ 0 sets
+  SiblingVisibility mode = SiblingVisibility::kIsolated;
+  NextStepPolicy policy = NextStepPolicy::kMixture;
+  int64_t max_width = 32;
+  double temperature = 1.0;  // > 0; scales logits before every softmax
+  bool sample = false;       // seeded stochastic selection
+  uint64_t seed = 0;
+  StopOn stop_on = StopOn::kAnyEos;
+  std::vector<int64_t> eos_ids;  // empty: the model config's eos ids
+  CaptureSpec capture;
+  bool keep_distributions = false;  // keep every q_t (steps, V)
+};
+
+// Throws ConfigError naming the offending option.
+void validate(const GenerateOptions& options, int64_t vocab_size);
+
+struct GenerationResult {
+  Tree tree;
+  std::vector<SlotRecord> slots;     // every fed token, in slot order
+  std::vector<PassCapture> passes;   // prefill, then one per fed set (when capturing)
+  at::Tensor distributions;          // (steps, V) f32: q_t, if keep_distributions
+  std::string stop_reason;           // "max_steps" | "eos"
+  double prefill_seconds = 0.0;
+  double generate_seconds = 0.0;
+};
+
+// Called between passes; may throw to stop (the Python binding raises KeyboardInterrupt
+// there). The model is left usable: each run has its own cache.
+using InterruptCheck = std::function<void()>;
+// Called after each pass with its capture when streaming; the result then keeps none.
+using PassSink = std::function<void(PassCapture&&)>;
+
+GenerationResult generate(const LlamaModel& model, const std::vector<int64_t>& prompt,
+                          const GenerateOptions& options, const InterruptCheck& interrupt = {},
+                          const PassSink& sink = {});
+
+}  // namespace attnvar
