@@ -6,6 +6,7 @@
 
 #include <limits>
 
+#include "attnvar/load_model.h"
 #include "attnvar/model/config.h"
 #include "attnvar/model/kv_cache.h"
 #include "attnvar/model/llama.h"
@@ -61,6 +62,30 @@ py::dict forward_output(ForwardOutput&& out) {
 }  // namespace
 
 void bind_model(py::module_& m) {
+  m.def(
+      "load_model",
+      [](const std::string& path, at::ScalarType dtype) {
+        LoadedModel loaded;
+        {
+          py::gil_scoped_release release;
+          loaded = load_model(path, dtype);
+        }
+        py::dict d;
+        d["model"] = py::cast(std::move(*loaded.decoder));
+        d["tokenizer"] = loaded.tokenizer ? py::cast(std::move(*loaded.tokenizer)) : py::none();
+        py::dict id;
+        id["path"] = loaded.identity.path;
+        id["format"] = loaded.identity.format;
+        id["sha256"] = loaded.identity.sha256;
+        id["quantization"] = loaded.identity.quantization;
+        id["note"] = loaded.identity.note;
+        d["identity"] = id;
+        d["eos_ids"] = loaded.eos_ids;
+        return d;
+      },
+      py::arg("path"), py::arg("dtype") = at::kFloat,
+      "Load a .gguf file or an HF directory: {'model', 'tokenizer', 'identity', 'eos_ids'}.");
+
   m.def("causal_visibility", &causal_visibility, py::arg("num_new"), py::arg("num_prev") = 0,
         "(T, S_prev + T) bool: every earlier slot, causal among the new tokens.");
   m.def(

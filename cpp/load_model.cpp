@@ -1,0 +1,44 @@
+#include "attnvar/load_model.h"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "attnvar/error.h"
+
+namespace attnvar {
+namespace fs = std::filesystem;
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
+  const fs::path p(path);
+  if (!fs::exists(p)) throw MissingError(path + ": no such file or directory");
+  if (p.extension() == ".gguf") return std::make_unique<Tokenizer>(Tokenizer::from_gguf_file(p));
+  if (fs::is_directory(p)) {
+    if (!fs::exists(p / "tokenizer.json")) return nullptr;
+    return std::make_unique<Tokenizer>(Tokenizer::from_json_file(p / "tokenizer.json"));
+  }
+  if (p.filename() == "tokenizer.json" || p.extension() == ".json") {
+    return std::make_unique<Tokenizer>(Tokenizer::from_json_file(p));
+  }
+  // A weights file inside an HF directory: the tokenizer sits beside it.
+  return load_tokenizer(p.parent_path().string());
+}
+
+LoadedModel load_model(const std::string& path, at::ScalarType dtype, c10::Device device) {
+  Weights w = load_weights(path, dtype, device);
+  LoadedModel m;
+  m.identity = w.identity;
+  m.decoder = std::make_unique<LlamaModel>(w.config, w.tensors, path, dtype, device);
+  w.tensors.clear();  // the decoder holds its own (converted) references
+  m.tokenizer = load_tokenizer(path);
+  m.eos_ids = w.config.eos_token_ids;
+  if (m.tokenizer) {
+    for (int32_t id : m.tokenizer->eos_ids()) {
+      if (std::find(m.eos_ids.begin(), m.eos_ids.end(), id) == m.eos_ids.end()) {
+        m.eos_ids.push_back(id);
+      }
+    }
+  }
+  return m;
+}
+
+}  // namespace attnvar
