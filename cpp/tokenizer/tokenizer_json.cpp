@@ -91,6 +91,7 @@ std::unique_ptr<Normalizer> parse_normalizer(const json& j, const Where& w) {
     return std::make_unique<SequenceNormalizer>(std::move(parsed));
   }
   if (type == "Prepend") return std::make_unique<PrependNormalizer>(get_string(j, "prepend", w));
+  if (type == "NFC") return std::make_unique<NfcNormalizer>();
   if (type == "Replace") {
     const Pattern p = get_pattern(j, w);
     std::string content = get_string(j, "content", w);
@@ -101,7 +102,7 @@ std::unique_ptr<Normalizer> parse_normalizer(const json& j, const Where& w) {
     return std::make_unique<ReplaceNormalizer>(p.text, std::move(content));
   }
   unsupported(w, fmt::format("normalizer type {:?} is not supported (supported: Sequence, "
-                             "Prepend, Replace)",
+                             "Prepend, Replace, NFC)",
                              type));
 }
 

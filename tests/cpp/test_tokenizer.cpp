@@ -19,6 +19,7 @@
 
 #include "attnvar/error.h"
 #include "attnvar/tokenizer/byte_level.h"
+#include "attnvar/tokenizer/normalizer.h"
 #include "attnvar/tokenizer/tokenizer.h"
 #include "attnvar/tokenizer/utf8.h"
 #include "catch_compat.h"
@@ -518,4 +519,20 @@ TEST_CASE("encode time grows roughly linearly also on pathological input", "[tok
     // 4x the input: linear is ~4x, quadratic 16x. Generous for noisy shared machines.
     CHECK(t_large < 10 * t_small + 0.05);
   }
+}
+
+TEST_CASE("NFC composes, reorders marks and keeps exclusions decomposed", "[tokenizer]") {
+  const attnvar::NfcNormalizer nfc;
+  auto norm = [&](std::string s) {
+    nfc.normalize(s);
+    return s;
+  };
+  CHECK(norm("plain ascii") == "plain ascii");
+  CHECK(norm("e\xCC\x81") == "\xC3\xA9");     // e + U+0301 -> é
+  CHECK(norm("\xE2\x84\xAB") == "\xC3\x85");  // U+212B ANGSTROM SIGN -> Å (singleton)
+  CHECK(norm("\xE1\x84\x92\xE1\x85\xA1\xE1\x86\xAB") == "\xED\x95\x9C");  // jamo -> 한
+  CHECK(norm("\xE0\xA5\x98") == "\xE0\xA4\x95\xE0\xA4\xBC");  // U+0958 is a composition exclusion
+  // a + grave (230) + dot below (220): reordered to dot below first, which composes with a
+  // to U+1EA1 (ạ); ạ + grave has no composite, so the grave stays.
+  CHECK(norm("a\xCC\x80\xCC\xA3") == "\xE1\xBA\xA1\xCC\x80");
 }

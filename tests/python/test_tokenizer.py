@@ -47,12 +47,15 @@ def sentencepiece_vocab() -> tuple[list[str], list[tuple[str, str]]]:
 WORD_TOKENS = ["Ġpotato", "Ġlighthouse", "committee"]
 
 
-def byte_level_tokenizer(vocab, merges, pre, *, ignore_merges=False, bos=False) -> HFTokenizer:
+def byte_level_tokenizer(
+    vocab, merges, pre, *, ignore_merges=False, bos=False, normalizer=None
+) -> HFTokenizer:
     if ignore_merges:
         vocab = dict(vocab)
         for word in WORD_TOKENS:
             vocab.setdefault(word, len(vocab))
     tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges))
+    tok.normalizer = normalizer
     tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(
@@ -103,7 +106,9 @@ BYTE_LEVEL_CONFIGS: dict[str, Callable[[dict, list], HFTokenizer]] = {
     "llama3": lambda v, m: byte_level_tokenizer(
         v, m, byte_level_split(LLAMA3_SPLIT), ignore_merges=True, bos=True
     ),
-    "qwen2": lambda v, m: byte_level_tokenizer(v, m, byte_level_split(QWEN2_SPLIT)),
+    "qwen2": lambda v, m: byte_level_tokenizer(
+        v, m, byte_level_split(QWEN2_SPLIT), normalizer=normalizers.NFC()
+    ),
     # Split behaviours other than "isolated", and digit runs kept together.
     "split_behaviours": lambda v, m: byte_level_tokenizer(
         v,
@@ -233,9 +238,32 @@ def test_byte_level_tokenizer_json_matches_oracle(tmp_path: Path, byte_level_voc
         assert ours.piece(i) == expected_piece(
             oracle.id_to_token(i), family="byte_level_bpe", added=i in added
         )
-    if name in ("gpt2", "smollm2", "llama3", "qwen2"):  # lossless layouts
+    if name in ("gpt2", "smollm2", "llama3"):  # lossless layouts (qwen2 normalizes to NFC)
         for text in corpus_samples():
             assert ours.decode(ours.encode(text, False)) == text
+
+
+def test_nfc_normalizer_matches_hf_on_random_combining_sequences(byte_level_vocab):
+    """Qwen2 declares NFC: canonical reordering, composition, exclusions, Hangul, singletons."""
+    vocab, merges = byte_level_vocab
+    oracle = BYTE_LEVEL_CONFIGS["qwen2"](vocab, merges)
+    ours = Tokenizer.from_json(oracle.to_str())
+    pool = [
+        *"aeiouAEOUnczsgkyw",
+        *"\u0300\u0301\u0302\u0303\u0308\u030a\u030c\u0323\u0327\u0328\u031b\u0345",
+        *"\u05b0\u05b8\u05bc\u0651\u064e\u093c\u0915\u0958\u0f71\u0f72\u0f80",
+        *"\u1100\u1161\u11a8\u1173\uac00\uac01\ud55c\u3131",
+        *"\u2126\u212b\u1e9b\u0344\u0385\u1fee\u00c5\u00e9\u01d5\u0f73\u2add",
+        *"\U0001d15e\U0001d165\U000110ab\U000110ba\U00011131\U00011127",
+    ]
+    rng = random.Random(9)
+    texts = ["".join(rng.choice(pool) for _ in range(rng.randint(1, 12))) for _ in range(3000)]
+    bad = [
+        t for t in texts if ours.decode(ours.encode(t, False)) != oracle.normalizer.normalize_str(t)
+    ]
+    print(f"[oracle] NFC on {len(texts)} random combining sequences: {len(bad)} mismatches")
+    assert not bad, [ascii(t) for t in bad[:5]]
+    assert all(ours.encode(t, False) == oracle.encode(t).ids for t in texts[:500])
 
 
 def test_legacy_string_merges_load_the_same(tmp_path: Path, byte_level_vocab):

@@ -42,6 +42,13 @@ class ReplaceNormalizer final : public Normalizer {
   std::string content_;
 };
 
+// Unicode Normalization Form C (canonical decomposition, then canonical composition), as
+// Qwen2's tokenizer.json declares. Tables from Unicode 14 (gen_nfc_tables.py).
+class NfcNormalizer final : public Normalizer {
+ public:
+  void normalize(std::string& text) const override;
+};
+
 class SequenceNormalizer final : public Normalizer {
  public:
   explicit SequenceNormalizer(std::vector<std::unique_ptr<Normalizer>> steps)
