@@ -69,7 +69,7 @@ def main() -> None:
         f"(Unicode {unicodedata.unidata_version}). Do not edit.\n"
     )
     w('#include "nfc_tables.h"\n\nnamespace attnvar::nfc_tables {\n\n')
-    w(f"const CombiningRange kCombiningRanges[] = {{\n")
+    w("const CombiningRange kCombiningRanges[] = {\n")
     for first, last, ccc in ranges:
         w(f"    {{0x{first:X}, 0x{last:X}, {ccc}}},\n")
     w("};\nconst std::size_t kCombiningRangeCount = std::size(kCombiningRanges);\n\n")
