@@ -118,6 +118,30 @@ void bind_generate(py::module_& m) {
       });
 
   m.def(
+      "assemble_dense",
+      [](const std::vector<int64_t>& first_slots,
+         const std::vector<std::vector<at::Tensor>>& per_pass_layers, int64_t num_slots,
+         const std::string& field) {
+        std::vector<PassCapture> passes;
+        for (size_t i = 0; i < first_slots.size(); ++i) {
+          PassCapture p;
+          p.first_slot = first_slots[i];
+          for (const auto& t : per_pass_layers.at(i)) {
+            LayerCapture c;
+            (field == "scores" ? c.scores : c.probabilities) = t;
+            p.layers.push_back(std::move(c));
+          }
+          p.num_queries = p.layers.empty() ? 0 : p.layers.front().probabilities.defined()
+                                                     ? p.layers.front().probabilities.size(1)
+                                                     : p.layers.front().scores.size(1);
+          passes.push_back(std::move(p));
+        }
+        return assemble_dense(passes, num_slots, field_from_string(field));
+      },
+      py::arg("first_slots"), py::arg("per_pass_layers"), py::arg("num_slots"),
+      py::arg("field") = "probabilities",
+      "Dense [L', H', N, N] f32 from per-pass (H', T, S) tensors (one list per pass).");
+  m.def(
       "encode",
       [](const Tree& tree, const std::string& encoding) {
         return encode(tree, encoding_from_string(encoding));

