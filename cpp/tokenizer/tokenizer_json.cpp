@@ -371,7 +371,7 @@ TokenizerParts parse_tokenizer_json(const json& root, const std::string& origin,
     }
     parts.merges.push_back({l->second, r->second, m->second, static_cast<int32_t>(i)});
   }
-  if (model.contains("dropout") && !model["dropout"].is_null() &&
+  if (model.contains("dropout") && model["dropout"].is_number() &&
       model["dropout"].get<double>() > 0.0) {
     unsupported(mw.at("dropout"), "BPE dropout is not supported (encoding must be deterministic)");
   }
