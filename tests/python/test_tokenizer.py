@@ -24,6 +24,7 @@ from tokenizer_oracles import (
     corpus_text,
     count_mismatches,
     expected_piece,
+    random_texts,
     train_byte_level_vocab,
     train_sentencepiece_vocab,
 )
@@ -264,6 +265,32 @@ def test_nfc_normalizer_matches_hf_on_random_combining_sequences(byte_level_voca
     print(f"[oracle] NFC on {len(texts)} random combining sequences: {len(bad)} mismatches")
     assert not bad, [ascii(t) for t in bad[:5]]
     assert all(ours.encode(t, False) == oracle.encode(t).ids for t in texts[:500])
+
+
+def test_random_strings_match_oracle_in_every_layout(byte_level_vocab, sentencepiece_vocab):
+    vocab, merges = byte_level_vocab
+    tokens, sp_merges = sentencepiece_vocab
+    oracles = {name: make(vocab, merges) for name, make in BYTE_LEVEL_CONFIGS.items()}
+    for layout in SENTENCEPIECE_LAYOUTS:
+        oracles[f"sentencepiece {layout}"] = sentencepiece_tokenizer(tokens, sp_merges, layout)
+    texts = random_texts(1000, seed=21)
+    failures = {}
+    for name, oracle in oracles.items():
+        ours = Tokenizer.from_json(oracle.to_str())
+        bad = count_mismatches(ours, oracle, texts, add_special=True)
+        bad_decode = [
+            t
+            for t in texts
+            if ours.decode(ids := ours.encode(t, True))
+            != oracle.decode(ids, skip_special_tokens=False)
+        ]
+        print(
+            f"[oracle] {name} on {len(texts)} random strings: {len(bad)} encode, "
+            f"{len(bad_decode)} decode mismatches"
+        )
+        if bad or bad_decode:
+            failures[name] = [ascii(t) for t, _, _ in bad[:2]] + [ascii(t) for t in bad_decode[:2]]
+    assert not failures, failures
 
 
 def test_legacy_string_merges_load_the_same(tmp_path: Path, byte_level_vocab):

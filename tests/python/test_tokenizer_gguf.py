@@ -29,6 +29,7 @@ from tokenizer_oracles import (
     gguf_tokenizer_metadata,
     hf_from_gguf_metadata,
     hf_pre_tokenizer,
+    random_texts,
     train_byte_level_vocab,
     train_sentencepiece_vocab,
     write_gguf,
@@ -68,6 +69,17 @@ def test_bundled_smollm2_encodes_the_corpus_like_the_oracle(smollm2, add_special
     bad = count_mismatches(ours, oracle, samples, add_special=add_special)
     print(f"[oracle] SmolLM2 GGUF, add_special={add_special}: {len(bad)}/{len(samples)} mismatches")
     assert not bad, bad[:3]
+
+
+@needs_bundled
+def test_bundled_smollm2_encodes_random_strings_like_the_oracle(smollm2):
+    ours, oracle, _ = smollm2
+    texts = random_texts(2000, seed=4)
+    bad = count_mismatches(ours, oracle, texts, add_special=False)
+    print(f"[oracle] SmolLM2 GGUF on {len(texts)} random strings: {len(bad)} mismatches")
+    assert not bad, [ascii(t) for t, _, _ in bad[:3]]
+    for text in texts:
+        assert ours.decode(ours.encode(text, False)) == text
 
 
 @needs_bundled

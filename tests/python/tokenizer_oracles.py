@@ -305,3 +305,36 @@ def train_sentencepiece_vocab(
     tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *pieces]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     return tokens, merges
+
+
+def random_texts(count: int, seed: int) -> list[str]:
+    """Adversarial strings: whitespace of every kind, contraction fragments in both cases,
+    numerals of several scripts, punctuation, multi-byte letters, emoji parts, combining marks
+    and special-token text and its near misses, in random order."""
+    import random
+
+    pool = [
+        *" \t\n\r\u00a0\u3000\u2028\u180e\u0085\x0b\x0c  ",
+        *"aAzZ'sStTrReEvVmMlLdD",
+        *"0123456789\u00bd\u00b2\u0661\u0663\u096a",
+        *".,;:!?-_()[]{}<>|/\\\"'`~@#$%^&*+=",
+        *"\u00e9\u00f1\u00fc\u00df\u00c6\u65e5\u672c\u8a9e\ud55c\uad6d\u03a9\u03c0\u0416\u0436",
+        "\U0001f600",
+        "\U0001f469\u200d\U0001f4bb",
+        "\u200d",
+        "\u0301",
+        "\ufe0f",
+        "\U0001f1eb\U0001f1f7",
+        "<|im_start|>",
+        "<|endoftext|>",
+        "<|im_end",
+        "<s>",
+        "</s>",
+        "<tool>",
+        "<mask>",
+        "'S",
+        "'LL",
+        "'re",
+    ]
+    rng = random.Random(seed)
+    return ["".join(rng.choice(pool) for _ in range(rng.randint(0, 40))) for _ in range(count)]
