@@ -34,6 +34,8 @@ def run_to_dict(run: Run) -> dict:
         "options": run.options,
         "stop_reason": run.stop_reason,
         "timings": run.timings,
+        "summary": run.summary(),
+        "bracketed": run.bracketed,
         "tree": tree_to_dict(run.tree),
         "slots": run.slot_records,
         "pieces": {str(k): v for k, v in run.pieces.items()},

@@ -1,0 +1,175 @@
+"""The ``attnvar`` command line: generate, replay, study (the main job), inspect."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _words(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="attnvar",
+        description="Parallel-token generation (shared RoPE positions) and attention capture.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate with parallel sets and print the bracketed text")
+    g.add_argument("prompt")
+    g.add_argument("--model", help="GGUF file or HF directory (default: the bundled SmolLM2)")
+    g.add_argument("--threshold", type=float, default=0.1, help="θ in (0, 1] (default 0.1)")
+    g.add_argument("--mode", default="isolated", help="isolated | visible | causal")
+    g.add_argument("--policy", default="mixture", help="mixture | top | last | mean_logits")
+    g.add_argument("--max-steps", type=int, default=30)
+    g.add_argument("--max-width", type=int, default=32)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--sample", action="store_true", help="a drawn token joins each set")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stop-on", default="any_eos", help="any_eos | top_eos")
+    g.add_argument("--preset", choices=["tempo-2025"], help="run the compat preset instead")
+    g.add_argument("--save", help="save the run (with capture) to this directory")
+
+    r = sub.add_parser("replay", help="replay a saved run's tree under another encoding")
+    r.add_argument("run", help="a saved run directory")
+    r.add_argument("--encoding", default="serial",
+                   help="shared_isolated | shared_visible | shared_causal | serial | fractional | top_only")
+    r.add_argument("--model")
+    r.add_argument("--save", help="save the replay to this directory")
+
+    s = sub.add_parser("study", help="run a study grid into a results directory (the main job)")
+    s.add_argument("--out", default="results", help="results directory (default ./results)")
+    s.add_argument("--suite", default="core-small",
+                   help="core-small (default, fast) | core | tempo13 | a prompt file")
+    s.add_argument("--config", help="a TOML/YAML study file (overrides the grid options)")
+    s.add_argument("--thresholds", type=_floats, default=[0.1])
+    s.add_argument("--modes", type=_words, default=["isolated", "visible"])
+    s.add_argument("--policies", type=_words, default=["mixture"])
+    s.add_argument("--replays", type=_words, default=["serial", "top_only"])
+    s.add_argument("--seeds", type=_ints, default=[0])
+    s.add_argument("--sample", action="store_true")
+    s.add_argument("--max-steps", type=int, default=20)
+    s.add_argument("--max-prompts", type=int, default=None, help="use the first N prompts only")
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--full", action="store_true",
+                   help="the full grid: core suite, θ 0.05/0.1/0.15, all modes and policies, "
+                        "all replays, 30 steps")
+    s.add_argument("--model")
+    s.add_argument("--no-progress", action="store_true")
+
+    i = sub.add_parser("inspect", help="describe a saved run or a model file")
+    i.add_argument("path")
+    return p
+
+
+def _cmd_generate(a) -> int:
+    from . import Capture, load_model
+
+    model = load_model(a.model)
+    capture = Capture(scores=True) if a.save else None
+    if a.preset == "tempo-2025":
+        run = model.tempo2025(a.prompt, threshold=a.threshold, max_steps=a.max_steps,
+                              capture=capture)
+    else:
+        run = model.generate(a.prompt, threshold=a.threshold, max_steps=a.max_steps, mode=a.mode,
+                             policy=a.policy, max_width=a.max_width, temperature=a.temperature,
+                             sample=a.sample, seed=a.seed, stop_on=a.stop_on, capture=capture)
+    print(run.bracketed)
+    if a.save:
+        run.save(a.save)
+        print(f"saved to {a.save}", file=sys.stderr)
+    return 0
+
+
+def _cmd_replay(a) -> int:
+    from . import Capture, load_model, load_run
+
+    src = load_run(a.run)
+    model = load_model(a.model or src.model.get("path"))
+    rep = model.replay(src.tree, a.encoding, capture=Capture(scores=True) if a.save else None)
+    print(json.dumps({"encoding": rep.encoding, **rep.summary()}, indent=1))
+    if a.save:
+        rep.save(a.save)
+    return 0
+
+
+FULL_GRID = dict(thresholds=[0.05, 0.1, 0.15], modes=["isolated", "visible", "causal"],
+                 policies=["mixture", "top", "last", "mean_logits"],
+                 replays=["shared_isolated", "shared_visible", "serial", "fractional", "top_only"],
+                 max_steps=30)
+
+
+def _cmd_study(a) -> int:
+    from . import prompts
+    from .study import Study
+    from .study_runner import format_summary
+
+    if a.config:
+        study = Study.from_file(a.config)
+    else:
+        suite = "core" if a.full and a.suite == "core-small" else a.suite
+        items = prompts.load_suite(suite) if Path(suite).exists() else prompts.suite(suite)
+        if a.max_prompts is not None:
+            if a.max_prompts < 1:
+                raise ValueError(f"--max-prompts must be ≥ 1, got {a.max_prompts}")
+            items = items[: a.max_prompts]
+        grid = dict(thresholds=a.thresholds, modes=a.modes, policies=a.policies,
+                    replays=a.replays, max_steps=a.max_steps)
+        if a.full:
+            grid.update(FULL_GRID)
+        study = Study(prompts=items, seeds=a.seeds, sample=a.sample, model_path=a.model, **grid)
+    study.run(a.out, workers=a.workers, progress=not a.no_progress)
+    print(format_summary(Path(a.out)))
+    return 0
+
+
+def _cmd_inspect(a) -> int:
+    from . import load_run
+    from .model import load_model
+
+    path = Path(a.path)
+    if path.is_dir() and (path / "run.json").exists():
+        run = load_run(path)
+        print(run.bracketed)
+        print(json.dumps({"kind": run.kind, "encoding": run.encoding, "model": run.model,
+                          "options": run.options, **run.summary()}, indent=1, default=str))
+        return 0
+    model = load_model(path)
+    print(json.dumps(model.info(), indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"generate": _cmd_generate, "replay": _cmd_replay, "study": _cmd_study,
+                "inspect": _cmd_inspect}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"attnvar: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("attnvar: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

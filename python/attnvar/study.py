@@ -1,0 +1,173 @@
+"""The study runner: a grid over prompts × thresholds × modes × policies × seeds, each
+generated tree replayed under chosen encodings. Runs are content-addressed and written
+atomically, so an interrupted study resumes with nothing lost or duplicated."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .capture import Capture
+from .model import ENCODINGS, MODES, POLICIES
+
+STUDY_FILE = "study.json"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One generation of the grid, and the replays of its tree."""
+
+    prompt_id: str
+    prompt_text: str
+    threshold: float
+    mode: str
+    policy: str
+    seed: int
+    sample: bool
+    max_steps: int
+    max_width: int
+
+    def key(self, model_sha: str) -> str:
+        payload = json.dumps({"model": model_sha, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def replay_key(cell_key: str, encoding: str) -> str:
+    return hashlib.sha256(f"{cell_key}/{encoding}".encode()).hexdigest()[:16]
+
+
+@dataclass
+class Study:
+    """A grid of runs.
+
+    Parameters
+    ----------
+    prompts : prompt texts or ``attnvar.prompts.Prompt`` records
+    thresholds, modes, policies, seeds : the grid axes (seeds matter with ``sample``)
+    replays : encodings each generated tree is replayed under (text held fixed)
+    capture : what every run records (default: all layers, probabilities and scores)
+    model_path : GGUF file or HF directory; None = the bundled default model
+    """
+
+    prompts: Sequence
+    thresholds: Sequence[float] = (0.1,)
+    modes: Sequence[str] = ("isolated",)
+    policies: Sequence[str] = ("mixture",)
+    replays: Sequence[str] = ()
+    seeds: Sequence[int] = (0,)
+    sample: bool = False
+    max_steps: int = 30
+    max_width: int = 32
+    capture: Capture | None = field(default_factory=lambda: Capture(scores=True))
+    model_path: str | None = None
+
+    def __post_init__(self) -> None:
+        from .prompts import Prompt
+
+        records = []
+        for i, p in enumerate(self.prompts):
+            if isinstance(p, str):
+                p = Prompt(id=f"prompt_{i:03d}", text=p, category="user",
+                           structure="incomplete", pair=None)
+            if not p.text.strip():
+                raise ValueError(f"prompt {p.id!r} is empty")
+            records.append(p)
+        if not records:
+            raise ValueError("a study needs at least one prompt")
+        self.prompts = records
+        for t in self.thresholds:
+            if not 0 < float(t) <= 1:
+                raise ValueError(f"thresholds: {t!r} is outside (0, 1]")
+        for name, values, choices in (("modes", self.modes, MODES),
+                                      ("policies", self.policies, POLICIES),
+                                      ("replays", self.replays, ENCODINGS)):
+            for v in values:
+                if v not in choices:
+                    raise ValueError(f"{name}: {v!r} is not one of {', '.join(choices)}")
+        if self.max_steps < 0:
+            raise ValueError(f"max_steps must be ≥ 0, got {self.max_steps}")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Study:
+        """A study defined in TOML (or YAML when PyYAML is installed): keys as the
+        constructor's, ``suite = "core"`` or ``prompts = [...]``, and a [capture] table."""
+        from . import prompts as prompt_suites
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"study file not found: {path}")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as e:
+                raise ValueError(f"{path}: invalid TOML: {e}") from e
+        data = dict(data)
+        if "suite" in data:
+            suite = data.pop("suite")
+            data["prompts"] = (prompt_suites.load_suite(suite) if Path(suite).exists()
+                               else prompt_suites.suite(suite))
+        if "capture" in data:
+            cap = data.pop("capture")
+            data["capture"] = None if cap is False else Capture(**cap)
+        allowed = set(cls.__dataclass_fields__)
+        unknown = set(data) - allowed
+        if unknown:
+            raise ValueError(f"{path}: unknown study keys {sorted(unknown)}")
+        return cls(**data)
+
+    def cells(self) -> list[Cell]:
+        seeds = self.seeds if self.sample else (self.seeds[0] if self.seeds else 0,)
+        return [
+            Cell(p.id, p.text, float(t), m, pol, int(s), self.sample, self.max_steps,
+                 self.max_width)
+            for p in self.prompts for t in self.thresholds for m in self.modes
+            for pol in self.policies for s in seeds
+        ]
+
+    def describe(self) -> dict:
+        cap = None if self.capture is None else {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.capture).items()
+        }
+        return {
+            "prompts": [asdict(p) for p in self.prompts],
+            "thresholds": list(self.thresholds), "modes": list(self.modes),
+            "policies": list(self.policies), "replays": list(self.replays),
+            "seeds": list(self.seeds), "sample": self.sample, "max_steps": self.max_steps,
+            "max_width": self.max_width, "capture": cap, "model_path": self.model_path,
+        }
+
+    def run(self, results_dir: str | os.PathLike, workers: int = 1, progress: bool = True):
+        """Run every cell not already complete in ``results_dir``; write tables.
+
+        Returns the runs table (pandas DataFrame, one row per run).
+        """
+        from .study_runner import run_study
+
+        return run_study(self, Path(results_dir), workers=workers, progress=progress)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def iter_completed(runs_dir: Path) -> Iterable[Path]:
+    if runs_dir.exists():
+        for p in sorted(runs_dir.iterdir()):
+            if p.is_dir() and not p.name.startswith(".") and (p / "run.json").exists():
+                yield p

@@ -1,0 +1,202 @@
+"""Executing a Study: cells in order (or in worker processes), each run written
+atomically under a content-addressed id, then tidy tables built from what is on disk."""
+
+from __future__ import annotations
+
+import io
+import json
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from .study import STUDY_FILE, Cell, Study, iter_completed, replay_key, write_atomic
+
+TABLES = "tables"
+RUNS = "runs"
+
+_worker_model = None
+
+
+def _load(model_path):
+    from .model import load_model
+
+    return load_model(model_path)
+
+
+def _init_worker(model_path, threads: int) -> None:
+    global _worker_model
+    import torch
+
+    torch.set_num_threads(threads)
+    _worker_model = _load(model_path)
+
+
+def _cell_options(cell: Cell, prompt) -> dict:
+    return {
+        "prompt_id": cell.prompt_id, "category": prompt.category, "structure": prompt.structure,
+        "pair": prompt.pair,
+    }
+
+
+def run_cell(model, study: Study, cell: Cell, prompt, runs_dir: Path) -> int:
+    """Generate (unless done) and replay (each missing encoding); returns steps generated."""
+    from .run_store import load_run
+
+    key = cell.key(model.identity["sha256"])
+    gen_dir = runs_dir / key
+    missing = [e for e in study.replays if not (runs_dir / replay_key(key, e) / "run.json").exists()]
+    run = None
+    if not (gen_dir / "run.json").exists():
+        run = model.generate(cell.prompt_text, threshold=cell.threshold, max_steps=cell.max_steps,
+                             mode=cell.mode, policy=cell.policy, max_width=cell.max_width,
+                             sample=cell.sample, seed=cell.seed, capture=study.capture)
+        run.options.update(_cell_options(cell, prompt), run_id=key, parent=None)
+        run.save(gen_dir)
+    if missing:
+        tree = run.tree if run is not None else load_run(gen_dir).tree
+        for enc in missing:
+            rid = replay_key(key, enc)
+            rep = model.replay(tree, enc, capture=study.capture)
+            rep.options.update(_cell_options(cell, prompt), run_id=rid, parent=key,
+                               threshold=cell.threshold, mode=cell.mode, policy=cell.policy,
+                               seed=cell.seed)
+            rep.save(runs_dir / rid)
+    return len(run.tree.steps) if run is not None else 0
+
+
+def _worker_cell(study: Study, cell: Cell, prompt, runs_dir: str) -> int:
+    return run_cell(_worker_model, study, cell, prompt, Path(runs_dir))
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="cell", desc="attnvar study")
+
+
+def run_study(study: Study, results: Path, workers: int = 1, progress: bool = True):
+    if workers < 1:
+        raise ValueError(f"workers must be ≥ 1, got {workers}")
+    results.mkdir(parents=True, exist_ok=True)
+    runs_dir = results / RUNS
+    runs_dir.mkdir(exist_ok=True)
+    write_atomic(results / STUDY_FILE, json.dumps(study.describe(), indent=1).encode())
+    model = _load(study.model_path)
+    sha = model.identity["sha256"]
+    prompts = {p.id: p for p in study.prompts}
+    cells = study.cells()
+
+    def done(cell: Cell) -> bool:
+        key = cell.key(sha)
+        return (runs_dir / key / "run.json").exists() and all(
+            (runs_dir / replay_key(key, e) / "run.json").exists() for e in study.replays)
+
+    todo = [c for c in cells if not done(c)]
+    bar = _progress(len(cells), progress)
+    if bar is not None:
+        bar.update(len(cells) - len(todo))
+    steps = 0
+    if workers == 1 or len(todo) <= 1:
+        for cell in todo:
+            steps += run_cell(model, study, cell, prompts[cell.prompt_id], runs_dir)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(steps=steps)
+    else:
+        import torch
+
+        threads = max(1, torch.get_num_threads() // workers)
+        with ProcessPoolExecutor(workers, initializer=_init_worker,
+                                 initargs=(study.model_path, threads)) as pool:
+            futures = [pool.submit(_worker_cell, study, c, prompts[c.prompt_id], str(runs_dir))
+                       for c in todo]
+            for f in as_completed(futures):
+                steps += f.result()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(steps=steps)
+    if bar is not None:
+        bar.close()
+    return write_tables(study, results, sha)
+
+
+def runs_table(study: Study, results: Path, model_sha: str):
+    """One row per run of this study (generations and replays), from run.json files."""
+    import pandas as pd
+
+    runs_dir = results / RUNS
+    wanted = {}
+    for cell in study.cells():
+        key = cell.key(model_sha)
+        wanted[key] = (cell, None)
+        for e in study.replays:
+            wanted[replay_key(key, e)] = (cell, key)
+    rows = []
+    for path in iter_completed(runs_dir):
+        if path.name not in wanted:
+            continue
+        cell, parent = wanted[path.name]
+        meta = json.loads((path / "run.json").read_text())
+        rows.append({
+            "run_id": path.name, "parent_id": parent, "kind": meta["kind"],
+            "encoding": meta["encoding"], "prompt_id": cell.prompt_id,
+            "category": meta["options"].get("category"),
+            "structure": meta["options"].get("structure"), "pair": meta["options"].get("pair"),
+            "threshold": cell.threshold, "mode": cell.mode, "policy": cell.policy,
+            "seed": cell.seed, **meta["summary"], "bracketed": meta.get("bracketed", ""),
+        })
+    frame = pd.DataFrame(rows)
+    if len(frame):
+        frame = frame.sort_values(["prompt_id", "threshold", "mode", "policy", "seed", "kind",
+                                   "encoding"]).reset_index(drop=True)
+    return frame
+
+
+def summary_table(runs):
+    """Mean per-run figures by condition (generation runs)."""
+    gen = runs[runs["kind"] == "generate"]
+    if gen.empty:
+        return gen
+    return (gen.groupby(["mode", "threshold", "policy"])
+            .agg(runs=("run_id", "count"), steps=("steps", "mean"),
+                 parallel_steps=("parallel_steps", "mean"), mean_width=("mean_width", "mean"),
+                 max_width=("max_width", "max"), mean_entropy=("mean_entropy", "mean"),
+                 eos_stops=("stop_reason", lambda s: int((s == "eos").sum())))
+            .reset_index())
+
+
+def markdown_table(frame) -> str:
+    """A pandas frame as a Markdown table (numbers to 3 significant digits)."""
+    def cell(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def write_tables(study: Study, results: Path, model_sha: str):
+    runs = runs_table(study, results, model_sha)
+    tables = results / TABLES
+    tables.mkdir(exist_ok=True)
+    buf = io.BytesIO()
+    runs.to_parquet(buf, index=False)
+    write_atomic(tables / "runs.parquet", buf.getvalue())
+    summary = summary_table(runs)
+    text = ("# attnvar study summary\n\n"
+            f"{len(runs)} runs ({int((runs['kind'] == 'generate').sum()) if len(runs) else 0} "
+            f"generations) in `{results}`.\n\n" + markdown_table(summary) + "\n")
+    write_atomic(results / "summary.md", text.encode())
+    return runs
+
+
+def format_summary(results: Path) -> str:
+    return (results / "summary.md").read_text()
+
+
+__all__ = ["run_study", "runs_table", "write_tables", "format_summary"]
