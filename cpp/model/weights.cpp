@@ -486,7 +486,11 @@ at::Tensor safetensors_to_tensor(const SafetensorsTensor& t) {
 Weights load_weights(const std::string& path, at::ScalarType dtype, c10::Device device) {
   std::error_code ec;
   if (!fs::exists(path, ec)) throw MissingError(path + ": no such file or directory");
-  if (!fs::is_directory(path, ec) && is_gguf_file(path)) return load_gguf(path, dtype, device);
+  // A .gguf name or GGUF magic goes to the GGUF reader, which names a wrong magic.
+  if (!fs::is_directory(path, ec) &&
+      (fs::path(path).extension() == ".gguf" || is_gguf_file(path))) {
+    return load_gguf(path, dtype, device);
+  }
   return load_safetensors(path, dtype, device);
 }
 

@@ -234,7 +234,7 @@ class Model:
                            temperature=float(temperature), **kw)
         options = dict(encoding=encoding, interventions=list(interventions),
                        chunk_size=chunk_size, policy=policy, temperature=temperature)
-        return self._run("replay", encoding, res, options, layers, heads,
+        return self._run("replay", encoding, res, options, layers, heads, tree=tree,
                          slots=res.layout.slots, visibility=res.layout.visibility)
 
     def tempo2025(
@@ -263,7 +263,9 @@ class Model:
                        emulate_isolation_bug=emulate_isolation_bug, preset="tempo-2025")
         return self._run("tempo-2025", "tempo-2025", res, options, layers, heads)
 
-    def _run(self, kind, encoding, res, options, layers, heads, slots=None, visibility=None) -> Run:
+    def _run(self, kind, encoding, res, options, layers, heads, tree=None, slots=None,
+             visibility=None) -> Run:
+        tree = res.tree if tree is None else tree
         records = [
             {"token_id": s.token_id, "position": s.position, "step": s.step, "member": s.member}
             for s in (res.slots if slots is None else slots)
@@ -274,9 +276,9 @@ class Model:
                 timings[name.replace("_seconds", "")] = getattr(res, name)
         dist = getattr(res, "distributions", None)
         return Run(
-            kind=kind, encoding=encoding, tree=res.tree, slot_records=records,
+            kind=kind, encoding=encoding, tree=tree, slot_records=records,
             passes=[PassRecord.from_core(p) for p in res.passes], options=options,
-            model=self.info(), pieces=self._pieces(res.tree), capture_layers=layers,
+            model=self.info(), pieces=self._pieces(tree), capture_layers=layers,
             capture_heads=heads, stop_reason=getattr(res, "stop_reason", ""), timings=timings,
             distributions=dist if dist is not None and dist.numel() else None,
             visibility=visibility,
