@@ -18,6 +18,7 @@ _check_torch_version(BUILT_WITH_TORCH, _torch.__version__)
 from . import _core  # noqa: E402
 from ._core import AttnvarError, ConfigError, FormatError  # noqa: E402
 from .capture import Capture  # noqa: E402
+from . import prompts  # noqa: E402
 from .model import Model, default_model_path, load_model  # noqa: E402
 from .run import Run  # noqa: E402
 from .run_store import load_run  # noqa: E402
@@ -47,5 +48,6 @@ __all__ = [
     "default_model_path",
     "load_model",
     "load_run",
+    "prompts",
     "_core",
 ]

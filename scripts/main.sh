@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The main job: installs what is missing, builds, then runs `attnvar study` with its
+# defaults (the core-small suite on the bundled SmolLM2-135M, isolated and visible modes,
+# serial and top_only replays; a few minutes on 2 cores) into ./results, printing the
+# summary table. Extra arguments go to `attnvar study` (e.g. --full, --out DIR).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+bash scripts/setup.sh
+bash scripts/build.sh >/dev/null
+PYTHONPATH="$PWD/${ATTNVAR_BUILD_DIR:-build/dev}/pkg" exec "${PYTHON:-python3}" -m attnvar study "$@"

@@ -1,0 +1,153 @@
+"""The study runner and the CLI: resumable, atomic, content-addressed; clear errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import attnvar as av
+from attnvar.study import Study
+
+REPO = Path(__file__).resolve().parents[2]
+PROMPTS = ["The cat sat on the", "The capital of France is", "I went to the",
+           "Once upon a time"]
+TIMING_COLUMNS = ["seconds"]
+
+
+def small_study(bundled_path, prompts=PROMPTS[:2], **kw):
+    opts = dict(thresholds=[0.1], modes=["isolated"], replays=["serial"], max_steps=4,
+                model_path=str(bundled_path))
+    opts.update(kw)
+    return Study(prompts=prompts, **opts)
+
+
+def stable(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=TIMING_COLUMNS).reset_index(drop=True)
+
+
+def run_json_times(results: Path) -> dict[str, float]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in (results / "runs").glob("*/run.json")}
+
+
+def test_study_writes_runs_tables_and_summary_and_resumes_without_redoing(bundled_path, tmp_path):
+    study = small_study(bundled_path)
+    table = study.run(tmp_path, progress=False)
+    assert len(table) == 4  # 2 generations + 2 serial replays
+    assert set(table["kind"]) == {"generate", "replay"}
+    assert (tmp_path / "tables" / "runs.parquet").exists()
+    assert "attnvar study summary" in (tmp_path / "summary.md").read_text()
+    before = run_json_times(tmp_path)
+    again = study.run(tmp_path, progress=False)
+    assert run_json_times(tmp_path) == before  # nothing recomputed
+    pd.testing.assert_frame_equal(stable(again), stable(table))
+    replay = table[table["kind"] == "replay"].iloc[0]
+    assert replay["parent_id"] in set(table["run_id"]) and replay["encoding"] == "serial"
+
+
+def test_sigkill_mid_study_then_rerun_loses_and_duplicates_nothing(bundled_path, tmp_path):
+    interrupted, clean = tmp_path / "interrupted", tmp_path / "clean"
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from test_study import small_study, PROMPTS\n"
+        "small_study(%r, prompts=PROMPTS, max_steps=8).run(%r, progress=False)\n"
+    ) % (str(Path(__file__).parent), str(bundled_path), str(interrupted))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
+    deadline = time.time() + 120
+    while time.time() < deadline and len(run_json_times(interrupted)) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = run_json_times(interrupted)
+    assert 2 <= len(done_before) < 8, "kill landed outside the study"
+    study = small_study(bundled_path, prompts=PROMPTS, max_steps=8)
+    resumed = study.run(interrupted, progress=False)
+    after = run_json_times(interrupted)
+    assert {k: after[k] for k in done_before} == done_before  # completed runs not redone
+    assert len(after) == 8 and len(resumed) == 8
+    reference = study.run(clean, progress=False)
+    pd.testing.assert_frame_equal(stable(resumed), stable(reference))
+    for run_id in after:  # every run on disk loads completely
+        av.load_run(interrupted / "runs" / run_id)
+
+
+def test_worker_processes_give_the_same_tables(bundled_path, tmp_path):
+    study = small_study(bundled_path, prompts=PROMPTS[:3])
+    one = study.run(tmp_path / "one", progress=False)
+    two = study.run(tmp_path / "two", workers=2, progress=False)
+    pd.testing.assert_frame_equal(stable(one), stable(two))
+
+
+def test_study_from_toml_and_bad_definitions(bundled_path, tmp_path):
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(
+        f'prompts = ["The cat sat on the"]\nthresholds = [0.2]\nmodes = ["visible"]\n'
+        f'max_steps = 3\nmodel_path = "{bundled_path}"\n[capture]\nscores = true\n'
+    )
+    study = Study.from_file(cfg)
+    assert study.modes == ["visible"] and study.capture.scores
+    table = study.run(tmp_path / "r", progress=False)
+    assert list(table["mode"]) == ["visible"]
+    with pytest.raises(ValueError, match="thresholds"):
+        Study(prompts=["x"], thresholds=[1.5])
+    with pytest.raises(ValueError, match="modes"):
+        Study(prompts=["x"], modes=["open"])
+    with pytest.raises(ValueError, match="replays"):
+        Study(prompts=["x"], replays=["sideways"])
+    cfg.write_text("prompts = [\"x\"]\nbogus = 1\n")
+    with pytest.raises(ValueError, match="bogus"):
+        Study.from_file(cfg)
+    with pytest.raises(FileNotFoundError):
+        Study.from_file(tmp_path / "none.toml")
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "attnvar", *args], capture_output=True,
+                          text=True, env=env or os.environ.copy(), timeout=600)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["generate", "Hi", "--threshold", "1.5"], "threshold"),
+        (["generate", "Hi", "--mode", "open"], "mode"),
+        (["generate", "Hi", "--max-steps", "-2"], "max_steps"),
+        (["generate", "Hi", "--model", "/nonexistent/model.gguf"], "/nonexistent/model.gguf"),
+        (["generate", ""], "tokenizes to nothing"),
+        (["study", "--modes", "open"], "modes"),
+        (["replay", "/nonexistent/run", "--encoding", "serial"], "/nonexistent/run"),
+    ],
+)
+def test_cli_errors_are_one_line_and_exit_non_zero(args, needle):
+    proc = cli(*args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("attnvar: error:") and needle in lines[0]
+
+
+def test_cli_generate_prints_bracketed_text_and_help_works():
+    proc = cli("generate", "The cat sat on the", "--max-steps", "6", "--threshold", "0.1")
+    assert proc.returncode == 0 and proc.stdout.startswith("The cat sat on the")
+    for sub in ("generate", "replay", "study", "inspect"):
+        assert cli(sub, "--help").returncode == 0
+
+
+def test_readme_main_job_command_with_a_tiny_grid(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "main.sh"), "--out", str(out), "--max-prompts", "2",
+         "--max-steps", "3", "--no-progress"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "attnvar study summary" in proc.stdout
+    table = pd.read_parquet(out / "tables" / "runs.parquet")
+    # 2 prompts × (isolated, visible) generations, each replayed as serial and top_only.
+    assert len(table) == 12 and (out / "summary.md").exists()
+    assert cli("inspect", str(out / "runs" / table["run_id"].iloc[0])).returncode == 0
