@@ -118,30 +118,6 @@ void bind_generate(py::module_& m) {
       });
 
   m.def(
-      "assemble_dense",
-      [](const std::vector<int64_t>& first_slots,
-         const std::vector<std::vector<at::Tensor>>& per_pass_layers, int64_t num_slots,
-         const std::string& field) {
-        std::vector<PassCapture> passes;
-        for (size_t i = 0; i < first_slots.size(); ++i) {
-          PassCapture p;
-          p.first_slot = first_slots[i];
-          for (const auto& t : per_pass_layers.at(i)) {
-            LayerCapture c;
-            (field == "scores" ? c.scores : c.probabilities) = t;
-            p.layers.push_back(std::move(c));
-          }
-          p.num_queries = p.layers.empty() ? 0 : p.layers.front().probabilities.defined()
-                                                     ? p.layers.front().probabilities.size(1)
-                                                     : p.layers.front().scores.size(1);
-          passes.push_back(std::move(p));
-        }
-        return assemble_dense(passes, num_slots, field_from_string(field));
-      },
-      py::arg("first_slots"), py::arg("per_pass_layers"), py::arg("num_slots"),
-      py::arg("field") = "probabilities",
-      "Dense [L', H', N, N] f32 from per-pass (H', T, S) tensors (one list per pass).");
-  m.def(
       "encode",
       [](const Tree& tree, const std::string& encoding) {
         return encode(tree, encoding_from_string(encoding));
@@ -177,7 +153,8 @@ void bind_generate(py::module_& m) {
          double temperature, bool sample, uint64_t seed, const std::string& stop_on,
          const std::vector<int64_t>& eos_ids, bool keep_distributions, bool capture,
          std::optional<std::vector<int64_t>> layers, std::optional<std::vector<int64_t>> heads,
-         bool probabilities, bool scores, bool value_norms, const std::string& capture_dtype) {
+         bool probabilities, bool scores, bool value_norms, const std::string& capture_dtype,
+         py::object sink) {
         GenerateOptions o;
         o.threshold = threshold;
         o.max_steps = max_steps;
@@ -192,16 +169,26 @@ void bind_generate(py::module_& m) {
         o.keep_distributions = keep_distributions;
         o.capture = capture_spec(capture, layers, heads, probabilities, scores, value_norms,
                                  capture_dtype);
+        PassSink pass_sink;
+        if (!sink.is_none()) {
+          // Streaming: each pass goes to the Python callable as soon as it is computed.
+          pass_sink = [sink](PassCapture&& pc) {
+            py::gil_scoped_acquire gil;
+            sink(py::cast(std::move(pc)));
+          };
+        }
         py::gil_scoped_release release;
-        return generate(model, prompt, o, check_signals);
+        return generate(model, prompt, o, check_signals, pass_sink);
       },
       py::arg("model"), py::arg("prompt"), py::arg("threshold") = 0.1,
       py::arg("max_steps") = 30, py::arg("mode") = "isolated", py::arg("policy") = "mixture",
       py::arg("max_width") = 32, py::arg("temperature") = 1.0, py::arg("sample") = false,
       py::arg("seed") = 0, py::arg("stop_on") = "any_eos",
       py::arg("eos_ids") = std::vector<int64_t>{}, py::arg("keep_distributions") = false,
-      ATTNVAR_CAPTURE_ARGS,
-      "Parallel generation: every member of S_t fed in one pass at position P + t.");
+      ATTNVAR_CAPTURE_ARGS, py::arg("sink") = py::none(),
+      "Parallel generation: every member of S_t fed in one pass at position P + t. With "
+      "`sink`, each pass's capture is handed to sink(PassCapture) as it is computed and "
+      "the result keeps none.");
 
   m.def(
       "replay",

@@ -178,12 +178,15 @@ class Model:
         add_bos: bool | None = None,
         capture: Capture | None = None,
         keep_distributions: bool = False,
+        stream_to: str | os.PathLike | None = None,
     ) -> Run:
         """Parallel generation (DESIGN.md §3): every member of S_t fed in one pass at
         logical position P + t; siblings ``isolated`` (default), ``visible`` or ``causal``.
 
-        Raises ValueError naming the option for out-of-range values. Ctrl-C stops it with
-        KeyboardInterrupt; the model stays usable.
+        ``stream_to``: a run directory; each pass's capture is written there as soon as
+        it is computed (memory holds one pass at a time) and the run is saved there at
+        the end, atomically. Raises ValueError naming the option for out-of-range values.
+        Ctrl-C stops it with KeyboardInterrupt; the model stays usable.
         """
         if not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
@@ -194,21 +197,42 @@ class Model:
         _check_choice("stop_on", stop_on, STOP_RULES)
         ids = self.encode(prompt, add_bos)
         kw, layers, heads = self._capture_kwargs(capture, len(ids) + max_steps * max_width)
-        res = _core.generate(
-            self.core, ids, threshold=float(threshold), max_steps=int(max_steps), mode=mode,
-            policy=policy, max_width=int(max_width), temperature=float(temperature),
-            sample=bool(sample), seed=int(seed), stop_on=stop_on,
-            eos_ids=list(self.eos_ids if eos_ids is None else eos_ids),
-            keep_distributions=keep_distributions, **kw,
-        )
+        stream = None
+        if stream_to is not None:
+            if capture is None:
+                raise ValueError("stream_to needs a capture spec (capture=Capture(...))")
+            from .run_store import PassStream, new_staging
+
+            stream = PassStream(new_staging(stream_to))
+            kw["sink"] = stream
+        try:
+            res = _core.generate(
+                self.core, ids, threshold=float(threshold), max_steps=int(max_steps),
+                mode=mode, policy=policy, max_width=int(max_width),
+                temperature=float(temperature), sample=bool(sample), seed=int(seed),
+                stop_on=stop_on, eos_ids=list(self.eos_ids if eos_ids is None else eos_ids),
+                keep_distributions=keep_distributions, **kw,
+            )
+        except BaseException:
+            if stream is not None:
+                import shutil
+
+                shutil.rmtree(stream.staging, ignore_errors=True)
+            raise
         options = dict(prompt_text=prompt if isinstance(prompt, str) else None,
                        threshold=threshold, max_steps=max_steps, mode=mode, policy=policy,
                        max_width=max_width, temperature=temperature, sample=sample, seed=seed,
                        stop_on=stop_on, add_bos=add_bos,
                        eos_ids=list(self.eos_ids if eos_ids is None else eos_ids))
         encoding = "shared_" + mode
-        return self._run("generate", encoding, res, options, layers, heads,
-                         visibility=_core.encode(res.tree, encoding).visibility)
+        run = self._run("generate", encoding, res, options, layers, heads,
+                        visibility=_core.encode(res.tree, encoding).visibility,
+                        passes=None if stream is None else stream.records)
+        if stream is not None:
+            from .run_store import save_run
+
+            save_run(run, stream_to, staging=stream.staging)
+        return run
 
     def replay(
         self,
@@ -264,7 +288,7 @@ class Model:
         return self._run("tempo-2025", "tempo-2025", res, options, layers, heads)
 
     def _run(self, kind, encoding, res, options, layers, heads, tree=None, slots=None,
-             visibility=None) -> Run:
+             visibility=None, passes=None) -> Run:
         tree = res.tree if tree is None else tree
         records = [
             {"token_id": s.token_id, "position": s.position, "step": s.step, "member": s.member}
@@ -277,7 +301,8 @@ class Model:
         dist = getattr(res, "distributions", None)
         return Run(
             kind=kind, encoding=encoding, tree=tree, slot_records=records,
-            passes=[PassRecord.from_core(p) for p in res.passes], options=options,
+            passes=passes if passes is not None else [PassRecord.from_core(p) for p in res.passes],
+            options=options,
             model=self.info(), pieces=self._pieces(tree), capture_layers=layers,
             capture_heads=heads, stop_reason=getattr(res, "stop_reason", ""), timings=timings,
             distributions=dist if dist is not None and dist.numel() else None,

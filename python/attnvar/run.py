@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass, field
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -14,26 +15,72 @@ from . import _core
 FIELDS = ("attention", "scores", "value_norms")
 
 
-@dataclass
 class PassRecord:
-    """What one forward pass recorded: queries are slots [first_slot, first_slot + T)."""
+    """What one forward pass recorded: queries are slots [first_slot, first_slot + T).
 
-    step: int
-    first_slot: int
-    num_queries: int
-    attention: list[torch.Tensor] = field(default_factory=list)  # per captured layer (H', T, S)
-    scores: list[torch.Tensor] = field(default_factory=list)
-    value_norms: list[torch.Tensor] = field(default_factory=list)  # (H', S)
+    Per captured layer: ``attention`` and ``scores`` (H', T, S), ``value_norms`` (H', S).
+    A record read from disk (or streamed there during generation) loads its tensors on
+    first access, so a long run need not hold every pass in memory.
+    """
+
+    def __init__(self, step: int, first_slot: int, num_queries: int,
+                 tensors: dict[str, list[torch.Tensor]] | None = None,
+                 source: Path | None = None) -> None:
+        self.step = step
+        self.first_slot = first_slot
+        self.num_queries = num_queries
+        self._tensors = tensors
+        self.source = source
 
     @classmethod
     def from_core(cls, p) -> PassRecord:
-        rec = cls(p.step, p.first_slot, p.num_queries)
+        tensors: dict[str, list[torch.Tensor]] = {name: [] for name in FIELDS}
         for c in p.layers:
             for name, t in (("attention", c.probabilities), ("scores", c.scores),
                             ("value_norms", c.value_norms)):
                 if t is not None:
-                    getattr(rec, name).append(t)
-        return rec
+                    tensors[name].append(t)
+        return cls(p.step, p.first_slot, p.num_queries, tensors)
+
+    def _fields(self) -> dict[str, list[torch.Tensor]]:
+        if self._tensors is None:
+            from safetensors.torch import load_file
+
+            flat = load_file(str(self.source))
+            self._tensors = {name: [] for name in FIELDS}
+            for name in FIELDS:
+                layer = 0
+                while f"layer{layer:03d}.{name}" in flat:
+                    self._tensors[name].append(flat[f"layer{layer:03d}.{name}"])
+                    layer += 1
+        return self._tensors
+
+    def release(self) -> None:
+        """Drop loaded tensors of a record backed by a file (they reload on access)."""
+        if self.source is not None:
+            self._tensors = None
+
+    @property
+    def attention(self) -> list[torch.Tensor]:
+        return self._fields()["attention"]
+
+    @property
+    def scores(self) -> list[torch.Tensor]:
+        return self._fields()["scores"]
+
+    @property
+    def value_norms(self) -> list[torch.Tensor]:
+        return self._fields()["value_norms"]
+
+    def write(self, path: Path) -> None:
+        """Write this pass's tensors to one safetensors file, atomically."""
+        from safetensors.torch import save_file
+
+        flat = {f"layer{i:03d}.{name}": t.contiguous()
+                for name, ts in self._fields().items() for i, t in enumerate(ts)}
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(flat, str(tmp))
+        os.replace(tmp, path)
 
 
 def tree_to_dict(tree: _core.Tree) -> dict:
@@ -196,15 +243,21 @@ class Run:
         if not self.passes or not getattr(self.passes[0], name):
             raise ValueError(f"this run did not capture {name} (pass capture=Capture(...))")
         if name == "value_norms":
-            widest = max(self.passes, key=lambda p: p.value_norms[0].shape[-1])
+            # A slot's values never change: the pass that saw the most slots has them all.
+            widest = max(self.passes, key=lambda p: p.first_slot + p.num_queries)
             out = torch.stack([t.float() for t in widest.value_norms])
+            widest.release()
         else:
-            out = _core.assemble_dense(
-                [p.first_slot for p in self.passes],
-                [getattr(p, name) for p in self.passes],
-                self.num_slots,
-                "scores" if name == "scores" else "probabilities",
-            )
+            # Pass by pass, so records backed by files are loaded one at a time. Pairs no
+            # pass recorded read like masked ones: 0 attention, −inf score.
+            first = getattr(self.passes[0], name)
+            n = self.num_slots
+            fill = float("-inf") if name == "scores" else 0.0
+            out = torch.full((len(first), first[0].shape[0], n, n), fill)
+            for p in self.passes:
+                for layer, t in enumerate(getattr(p, name)):
+                    out[layer, :, p.first_slot : p.first_slot + t.shape[1], : t.shape[2]] = t
+                p.release()
         self._dense[name] = out
         return out
 

@@ -1,5 +1,14 @@
-"""Runs on disk (DESIGN.md §7): a directory with run.json (everything but tensors) and
-capture.safetensors (per-pass capture tensors), written atomically (write, then rename)."""
+"""Runs on disk (DESIGN.md §7). A run is a directory:
+
+    run.json                      everything but tensors (schema version, kind, encoding,
+                                  versions, model identity, options, tree, slots, summary)
+    capture/pass_00000.safetensors  one file per forward pass: layer{L}.{attention|scores|
+                                  value_norms}
+    extras.safetensors            next-step distributions and visibility, when present
+
+It is written in a temporary sibling directory that is renamed into place, so a reader
+never sees a half-written run; a run streamed during generation fills that staging
+directory pass by pass."""
 
 from __future__ import annotations
 
@@ -15,13 +24,42 @@ from .run import PassRecord, Run, tree_from_dict, tree_to_dict
 
 SCHEMA_VERSION = 1
 RUN_JSON = "run.json"
-CAPTURE_FILE = "capture.safetensors"
+CAPTURE_DIR = "capture"
+EXTRAS_FILE = "extras.safetensors"
 
 
 def _versions() -> dict:
     from . import __version__
 
     return {"attnvar": __version__, "torch": torch.__version__}
+
+
+def pass_file(root: Path, index: int) -> Path:
+    return root / CAPTURE_DIR / f"pass_{index:05d}.safetensors"
+
+
+def new_staging(target: str | os.PathLike) -> Path:
+    """A fresh temporary directory beside ``target`` for a run being written."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    (staging / CAPTURE_DIR).mkdir(parents=True)
+    return staging
+
+
+class PassStream:
+    """A generate() sink that writes each pass's capture to the staging directory as it
+    is computed and keeps only file-backed records in memory."""
+
+    def __init__(self, staging: Path) -> None:
+        self.staging = staging
+        self.records: list[PassRecord] = []
+
+    def __call__(self, core_pass) -> None:
+        rec = PassRecord.from_core(core_pass)
+        path = pass_file(self.staging, len(self.records))
+        rec.write(path)
+        self.records.append(PassRecord(rec.step, rec.first_slot, rec.num_queries, source=path))
 
 
 def run_to_dict(run: Run) -> dict:
@@ -50,41 +88,49 @@ def run_to_dict(run: Run) -> dict:
     }
 
 
-def save_run(run: Run, path: str | os.PathLike) -> None:
-    """Write `run` to directory `path`. A reader never sees a half-written run: the files
-    go to a temporary sibling directory that is renamed into place."""
+def save_run(run: Run, path: str | os.PathLike, staging: Path | None = None) -> None:
+    """Write ``run`` to directory ``path`` (replacing any run there) atomically.
+
+    ``staging``: a directory from :func:`new_staging` that already holds streamed pass
+    files for this run.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    staging = staging or new_staging(target)
     try:
-        tensors = {}
         for i, p in enumerate(run.passes):
-            for name in ("attention", "scores", "value_norms"):
-                for l, t in enumerate(getattr(p, name)):
-                    tensors[f"pass{i:05d}.layer{l:03d}.{name}"] = t.contiguous()
+            dest = pass_file(staging, i)
+            if p.source is not None and Path(p.source) == dest:
+                continue
+            if p.source is not None and Path(p.source).exists():
+                shutil.copyfile(p.source, dest)
+            else:
+                p.write(dest)
+        extras = {}
         if run.distributions is not None:
-            tensors["distributions"] = run.distributions.contiguous()
+            extras["distributions"] = run.distributions.contiguous()
         if run.visibility is not None:
-            tensors["visibility"] = run.visibility.contiguous()
-        if tensors:
+            extras["visibility"] = run.visibility.contiguous()
+        if extras:
             from safetensors.torch import save_file
 
-            save_file(tensors, str(tmp / CAPTURE_FILE))
-        with open(tmp / RUN_JSON, "w") as f:
+            save_file(extras, str(staging / EXTRAS_FILE))
+        with open(staging / RUN_JSON, "w") as f:
             json.dump(run_to_dict(run), f)
             f.flush()
             os.fsync(f.fileno())
         if target.exists():
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
             target.rename(old)
-            tmp.rename(target)
+            staging.rename(target)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            tmp.rename(target)
+            staging.rename(target)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
+    for i, p in enumerate(run.passes):  # records backed by staging files now live here
+        if p.source is not None and Path(p.source).parent.parent == staging:
+            p.source = pass_file(target, i)
 
 
 def _migrate(d: dict, path: Path) -> dict:
@@ -105,7 +151,7 @@ def _migrate(d: dict, path: Path) -> dict:
 
 
 def load_run(path: str | os.PathLike) -> Run:
-    """Read a run written by :meth:`Run.save`."""
+    """Read a run written by :meth:`Run.save`; capture tensors load lazily, per pass."""
     root = Path(path)
     meta_path = root / RUN_JSON
     if not meta_path.exists():
@@ -115,20 +161,17 @@ def load_run(path: str | os.PathLike) -> Run:
     except json.JSONDecodeError as e:
         raise ValueError(f"{meta_path}: corrupt run file: {e}") from e
     d = _migrate(d, meta_path)
-    tensors = {}
-    if (root / CAPTURE_FILE).exists():
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(root / CAPTURE_FILE))
     passes = []
     for i, p in enumerate(d["capture"]["passes"]):
-        rec = PassRecord(p["step"], p["first_slot"], p["num_queries"])
-        for name in ("attention", "scores", "value_norms"):
-            l = 0
-            while f"pass{i:05d}.layer{l:03d}.{name}" in tensors:
-                getattr(rec, name).append(tensors[f"pass{i:05d}.layer{l:03d}.{name}"])
-                l += 1
-        passes.append(rec)
+        source = pass_file(root, i)
+        if not source.exists():
+            raise ValueError(f"{root}: capture file {source.name} is missing")
+        passes.append(PassRecord(p["step"], p["first_slot"], p["num_queries"], source=source))
+    extras = {}
+    if (root / EXTRAS_FILE).exists():
+        from safetensors.torch import load_file
+
+        extras = load_file(str(root / EXTRAS_FILE))
     return Run(
         kind=d["kind"],
         encoding=d["encoding"],
@@ -142,6 +185,6 @@ def load_run(path: str | os.PathLike) -> Run:
         capture_heads=d["capture"]["heads"],
         stop_reason=d.get("stop_reason", ""),
         timings=d.get("timings", {}),
-        distributions=tensors.get("distributions"),
-        visibility=tensors.get("visibility"),
+        distributions=extras.get("distributions"),
+        visibility=extras.get("visibility"),
     )

@@ -164,3 +164,33 @@ def test_ctrl_c_interrupts_generate_within_a_second_and_the_model_still_works(bu
     assert result["outcome"] == "interrupted"
     assert result["latency"] < 1.0
     assert result["same"]
+
+
+def test_streamed_capture_is_written_per_pass_and_equals_in_memory(model, tmp_path):
+    seen = []
+    import attnvar.run_store as store
+
+    original = store.PassStream.__call__
+
+    def spy(self, core_pass):
+        original(self, core_pass)
+        # The pass is on disk before the next one is computed.
+        seen.append(sorted(p.name for p in (self.staging / "capture").iterdir()))
+
+    store.PassStream.__call__ = spy
+    try:
+        streamed = model.generate("The cat sat on the", threshold=0.1, max_steps=6,
+                                  capture=av.Capture(scores=True), stream_to=tmp_path / "s")
+    finally:
+        store.PassStream.__call__ = original
+    assert [len(s) for s in seen] == list(range(1, len(seen) + 1))
+    assert all(p._tensors is None for p in streamed.passes)  # nothing held in memory
+    in_memory = model.generate("The cat sat on the", threshold=0.1, max_steps=6,
+                               capture=av.Capture(scores=True))
+    assert torch.equal(streamed.attention, in_memory.attention)
+    assert torch.equal(streamed.scores, in_memory.scores)
+    back = av.load_run(tmp_path / "s")
+    assert torch.equal(back.attention, in_memory.attention)
+    assert not list(tmp_path.glob(".*tmp*"))  # staging renamed into place
+    with pytest.raises(ValueError, match="capture"):
+        model.generate("Hi", stream_to=tmp_path / "x")
