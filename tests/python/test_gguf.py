@@ -505,3 +505,41 @@ def test_missing_required_key_and_tensor_are_named(tmp_path):
     no_tensor = rewrite(tmp_path / "notensor.gguf", drop_tensor="blk.1.attn_k.bias")
     with pytest.raises(FileNotFoundError, match=r"notensor\.gguf: tensor 'blk\.1\.attn_k\.bias'"):
         _core.load_weights(str(no_tensor))
+
+
+@pytest.mark.parametrize("model_type,qtype", [("llama", Q.F32), ("llama", Q.Q8_0),
+                                              ("qwen2", Q.F16), ("qwen3", Q.F32)])
+def test_tiny_model_gguf_logits_equal_the_same_model_from_safetensors(tmp_path, model_type,
+                                                                      qtype):
+    """Logits of the GGUF file (q/k permuted as llama.cpp does) equal those of the same
+    weights from safetensors: the HF directory itself for F32, or the dequantized tensors
+    written as safetensors for quantized types."""
+    import json
+
+    from safetensors.torch import save_file
+
+    hf_dir = tmp_path / "hf"
+    hf_config = tiny_hf_model(model_type, hf_dir)
+    path = tmp_path / f"tiny-{qtype.name}.gguf"
+    expected = write_gguf(hf_dir, hf_config, path, qtype)
+    ref_dir = hf_dir
+    if qtype != Q.F32:
+        ref_dir = tmp_path / "dequantized"
+        ref_dir.mkdir()
+        (ref_dir / "config.json").write_text((hf_dir / "config.json").read_text())
+        save_file({k: torch.as_tensor(np.ascontiguousarray(v)).float()
+                   for k, v in expected.items()}, str(ref_dir / "model.safetensors"))
+    ids = torch.tensor([1, 5, 9, 33, 7, 60, 2, 41])
+    config_text = (hf_dir / "config.json").read_text()
+    logits = []
+    for source in (path, ref_dir):
+        # The tiny GGUF carries no tokenizer: build the decoder from the loaded weights.
+        _, tensors, _ = _core.load_weights(str(source))
+        model = _core.Model.from_tensors(config_text, tensors, origin=str(source))
+        out = model.forward(model.new_cache(), ids, torch.arange(8.0),
+                            _core.causal_visibility(8, 0))
+        logits.append(out["logits"])
+    diff = (logits[0] - logits[1]).abs().max().item()
+    print(f"[parity] {model_type} {qtype.name} GGUF vs safetensors logits: max |diff| = {diff}")
+    assert diff <= 1e-6
+    assert json.loads((hf_dir / "config.json").read_text())["model_type"] == model_type
