@@ -1,0 +1,262 @@
+"""M1 (within-query score contrast), M1m (mass ratio) and M1p (position level).
+
+All read counted pairs (counting.py) and return tidy frames (frames.py): one row per
+(layer, head) and a prompt row (layer = head = −1, the mean over heads).
+
+- **M1 plain**: per query and head δ_i = mean_{P_i} s − mean_{N_i} s (queries with both
+  sets non-empty), averaged over queries; SE over queries. The prompt row's SE is that of
+  the per-query δ averaged over heads (queries as the within-prompt unit).
+- **M1 distance-matched**: all members of one step sit at one logical distance from a
+  query, and a step is either parallel or not, so P and N never share a distance within
+  one query. Matching is done across queries instead: s_ij = φ_i + ψ_{d_ij} + δ·[j ∈ P]
+  + ε, with query effects φ and one effect ψ per distinct logical distance. δ compares P
+  and N pairs at equal distances within query-demeaned scores; it is unbiased under any
+  distance profile f(d).
+- **M1m**: log(mean_P α / mean_N α) = LSE_P(s) − log|P| − LSE_N(s) + log|N| (``raw``,
+  Jensen-biased when |P| ≠ |N|), and ``size_matched``: random subsets of equal size m =
+  min(|P|, |N|) of P and N (``draws`` per query, averaged), where the log terms cancel.
+- **M1p** (``position``): each parallel set's counted members combined into one key by
+  LSE of their scores, against single (N) keys: δ_pos = mean over sets of LSE − mean_N s.
+  If every member behaved like an independent token δ_pos ≈ mean log k; if a position
+  kept its mass δ_pos ≈ 0. ``position_minus_log_k`` reports δ_pos − mean log k, so each
+  hypothesis has a row whose null is 0; ``mean_log_k`` is a column of both.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from .counting import CountedPairs, count_pairs
+from .fixed_effects import fit_within_query
+from .frames import frame, head_rows
+
+
+def _pairs(run: Any, kwargs: dict) -> CountedPairs:
+    return run if isinstance(run, CountedPairs) else count_pairs(run, **kwargs)
+
+
+def _sets(pairs: CountedPairs):
+    inc = pairs.include
+    lab = torch.from_numpy(pairs.key_parallel)
+    return inc & lab, inc & ~lab
+
+
+def _query_mean(per_query: torch.Tensor, valid: torch.Tensor):
+    """Mean and SE over valid queries of [L, H, Q] values; NaN where < 1 (< 2 for SE)."""
+    n = valid.sum(-1)
+    v = torch.where(valid, per_query, torch.zeros((), dtype=per_query.dtype))
+    mean = v.sum(-1) / n.clamp(min=1)
+    dev = torch.where(valid, per_query - mean[..., None], torch.zeros((), dtype=v.dtype))
+    var = (dev * dev).sum(-1) / (n - 1).clamp(min=1)
+    se = (var / n.clamp(min=1)).sqrt()
+    mean = torch.where(n > 0, mean, torch.full_like(mean, math.nan))
+    se = torch.where(n > 1, se, torch.full_like(se, math.nan))
+    return mean.numpy(), se.numpy(), n.numpy()
+
+
+def _prompt_se(per_query: torch.Tensor, valid: torch.Tensor) -> float:
+    """SE over queries of the per-query value averaged over the heads where it is valid."""
+    n = valid.sum((0, 1))
+    v = torch.where(valid, per_query, torch.zeros((), dtype=per_query.dtype)).sum((0, 1))
+    q = (v / n.clamp(min=1))[n > 0]
+    return float(q.std() / math.sqrt(q.numel())) if q.numel() > 1 else math.nan
+
+
+def _counts(pairs: CountedPairs, valid: torch.Tensor, in_p: torch.Tensor):
+    vq = valid[..., None]
+    return ((pairs.include & vq).sum((-1, -2)).numpy(), (in_p & vq).sum((-1, -2)).numpy())
+
+
+def score_contrast(
+    run: Any,
+    distance_matched: bool = False,
+    prompt: str | None = None,
+    **count_kwargs,
+):
+    """M1: the within-query score contrast δ = mean_P s − mean_N s, per head.
+
+    Parameters
+    ----------
+    run : a Run, CaptureView or CountedPairs (scores captured)
+    distance_matched : fit query and logical-distance fixed effects (see module doc)
+    prompt : the prompt id written into the table
+    **count_kwargs : sinks, exclude_sinks, labels (counting.count_pairs)
+
+    Returns
+    -------
+    pandas.DataFrame (frames.COLUMNS); metric "M1", variant "plain" or
+    "distance_matched"; estimate δ on the log scale.
+    """
+    pairs = _pairs(run, count_kwargs)
+    view = pairs.view
+    s = pairs.values("scores")
+    in_p, in_n = _sets(pairs)
+    if distance_matched:
+        rows = _distance_matched_rows(pairs, s)
+    else:
+        n_p, n_n = in_p.sum(-1), in_n.sum(-1)
+        valid = (n_p > 0) & (n_n > 0)
+        delta = (s * in_p).sum(-1) / n_p.clamp(min=1) - (s * in_n).sum(-1) / n_n.clamp(min=1)
+        est, se, nq = _query_mean(delta, valid)
+        n_pairs, n_par = _counts(pairs, valid, in_p)
+        rows = head_rows("M1", "plain", view.layers, view.heads, est, se, nq, n_pairs, n_par,
+                         prompt_se=_prompt_se(delta, valid))
+    return frame(rows, prompt=prompt, kind=view.kind, encoding=view.encoding,
+                 sinks_excluded=pairs.sinks_excluded)
+
+
+def distance_levels(pairs: CountedPairs) -> tuple[np.ndarray, np.ndarray]:
+    """[Q, K] level index of each pair's logical distance (rounded to 1e-6) and the
+    levels, most frequent first (so the level dropped as collinear is a rare one)."""
+    d = np.round(pairs.distance, 6)
+    levels, inverse, counts = np.unique(d[pairs.base], return_inverse=True, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    index = np.full(d.shape, -1)
+    index[pairs.base] = rank[inverse]
+    return index, levels[order]
+
+
+def _distance_matched_rows(pairs: CountedPairs, s: torch.Tensor) -> list[dict]:
+    view = pairs.view
+    L, H, Q, K = pairs.shape
+    index, levels = distance_levels(pairs)
+    x = np.zeros((Q, K, len(levels) + 1))
+    qi, ki = np.nonzero(index >= 0)
+    x[qi, ki, index[qi, ki]] = 1.0
+    x[:, :, -1] = pairs.key_parallel[None, :]
+    fit = fit_within_query(s.reshape(L * H, Q, K), pairs.include.reshape(L * H, Q, K),
+                           torch.from_numpy(x))
+    in_p, _ = _sets(pairs)
+    n_par = in_p.sum((-1, -2)).numpy()
+    return head_rows("M1", "distance_matched", view.layers, view.heads,
+                     fit.coef[:, -1].reshape(L, H), fit.se[:, -1].reshape(L, H),
+                     fit.n_queries.reshape(L, H), fit.n_pairs.reshape(L, H), n_par)
+
+
+def _masked_lse(s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(torch.where(mask, s, torch.full_like(s, -math.inf)), dim=-1)
+
+
+def mass_ratio(
+    run: Any,
+    draws: int = 16,
+    seed: int = 0,
+    prompt: str | None = None,
+    **count_kwargs,
+):
+    """M1m: log(mean_P α / mean_N α) from scores, raw and against size-matched subsets.
+
+    Parameters
+    ----------
+    run : a Run, CaptureView or CountedPairs (scores captured)
+    draws : random size-matched subset pairs per query (the same subsets for all heads
+        when their counted keys agree)
+    seed : seed of the subsets
+    prompt : the prompt id written into the table
+    **count_kwargs : sinks, exclude_sinks, labels
+
+    Returns
+    -------
+    pandas.DataFrame, metric "M1m", variants "raw" and "size_matched".
+    """
+    pairs = _pairs(run, count_kwargs)
+    view = pairs.view
+    s = pairs.values("scores")
+    in_p, in_n = _sets(pairs)
+    n_p, n_n = in_p.sum(-1), in_n.sum(-1)
+    valid = (n_p > 0) & (n_n > 0)
+    raw = (_masked_lse(s, in_p) - torch.log(n_p.clamp(min=1).double())
+           - _masked_lse(s, in_n) + torch.log(n_n.clamp(min=1).double()))
+    raw = torch.where(valid, raw, torch.zeros((), dtype=raw.dtype))
+    n_pairs, n_par = _counts(pairs, valid, in_p)
+    est, se, nq = _query_mean(raw, valid)
+    rows = head_rows("M1m", "raw", view.layers, view.heads, est, se, nq, n_pairs, n_par,
+                     prompt_se=_prompt_se(raw, valid))
+
+    gen = torch.Generator().manual_seed(seed)
+    L, H, Q, K = pairs.shape
+    m = torch.minimum(n_p, n_n)[..., None]  # (L, H, Q, 1)
+    # exp(s − row max) once; each draw then sums it over subsets (f64: no underflow for
+    # any realistic score range).
+    counted = in_p | in_n
+    top = torch.where(counted, s, torch.full_like(s, -math.inf)).amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    e = torch.where(counted, (s - top).exp(), torch.zeros((), dtype=torch.float64))
+    acc = torch.zeros(L, H, Q, dtype=torch.float64)
+    for _ in range(draws):
+        # One random key order per query, shared by the heads: the first m keys of P
+        # (and of N) in that order are a uniform random m-subset of each.
+        order = torch.rand(Q, K, generator=gen).argsort(-1).expand(L, H, Q, K)
+        e_o = e.gather(-1, order)
+        p_o, n_o = in_p.gather(-1, order), in_n.gather(-1, order)
+        mass_p = (e_o * (p_o & (p_o.cumsum(-1) <= m))).sum(-1)
+        mass_n = (e_o * (n_o & (n_o.cumsum(-1) <= m))).sum(-1)
+        acc += torch.where(valid, mass_p.log() - mass_n.log(),
+                           torch.zeros((), dtype=torch.float64))
+    matched = acc / max(draws, 1)
+    est, se, nq = _query_mean(matched, valid)
+    rows += head_rows("M1m", "size_matched", view.layers, view.heads, est, se, nq, n_pairs,
+                      n_par, prompt_se=_prompt_se(matched, valid))
+    return frame(rows, prompt=prompt, kind=view.kind, encoding=view.encoding,
+                 sinks_excluded=pairs.sinks_excluded)
+
+
+def position_contrast(run: Any, prompt: str | None = None, **count_kwargs):
+    """M1p: parallel sets combined into one key (LSE of members) against single keys.
+
+    Parameters
+    ----------
+    run : a Run, CaptureView or CountedPairs (scores captured)
+    prompt : the prompt id written into the table
+    **count_kwargs : sinks, exclude_sinks, labels
+
+    Returns
+    -------
+    pandas.DataFrame, metric "M1p", variants "position" and "position_minus_log_k", with
+    a ``mean_log_k`` column (mean over queries of the mean log of counted set sizes).
+    """
+    pairs = _pairs(run, count_kwargs)
+    view = pairs.view
+    s = pairs.values("scores")
+    in_p, in_n = _sets(pairs)
+    steps = np.unique(pairs.key_step[pairs.key_parallel])
+    L, H, Q, K = pairs.shape
+    # Members of a set as a padded (set, width) table of key columns; pad = column K.
+    width = max((int((pairs.key_step == t).sum()) for t in steps), default=0)
+    table = np.full((len(steps), width), K)
+    for i, t in enumerate(steps):
+        cols = np.flatnonzero(pairs.key_step == t)
+        table[i, : len(cols)] = cols
+    idx = torch.from_numpy(table).reshape(-1)
+    pad_mask = torch.cat([in_p, torch.zeros(L, H, Q, 1, dtype=torch.bool)], -1)
+    pad_s = torch.cat([s, torch.zeros(L, H, Q, 1, dtype=torch.float64)], -1)
+    grouped = pad_mask[..., idx].reshape(L, H, Q, len(steps), width)
+    size = grouped.sum(-1).double()
+    lse = _masked_lse(pad_s[..., idx].reshape(L, H, Q, len(steps), width), grouped)
+    has = size > 0
+    n_sets = has.sum(-1)
+    n_n = in_n.sum(-1)
+    valid = (n_sets > 0) & (n_n > 0)
+    zero = torch.zeros((), dtype=torch.float64)
+    pos_mean = torch.where(has, lse, zero).sum(-1) / n_sets.clamp(min=1)
+    log_k = torch.where(has, size.clamp(min=1).log(), zero).sum(-1) / n_sets.clamp(min=1)
+    single = (s * in_n).sum(-1) / n_n.clamp(min=1)
+    delta = torch.where(valid, pos_mean - single, zero)
+    log_k = torch.where(valid, log_k, zero)
+    n_pairs, n_par = _counts(pairs, valid, in_p)
+    mean_log_k, _, _ = _query_mean(log_k, valid)
+    est, se, nq = _query_mean(delta, valid)
+    rows = head_rows("M1p", "position", view.layers, view.heads, est, se, nq, n_pairs, n_par,
+                     prompt_se=_prompt_se(delta, valid), mean_log_k=mean_log_k)
+    est2, se2, _ = _query_mean(delta - log_k, valid)
+    rows += head_rows("M1p", "position_minus_log_k", view.layers, view.heads, est2, se2, nq,
+                      n_pairs, n_par, prompt_se=_prompt_se(delta - log_k, valid),
+                      mean_log_k=mean_log_k)
+    return frame(rows, prompt=prompt, kind=view.kind, encoding=view.encoding,
+                 sinks_excluded=pairs.sinks_excluded)
