@@ -20,17 +20,22 @@ std::vector<Selected> select_set(const at::Tensor& q_in, const SelectionOptions&
                                  at::Generator generator) {
   validate(o);
   auto q = q_in.to(at::kCPU, at::kDouble).contiguous();
-  // Stable descending sort: equal probabilities keep ascending token-id order.
-  auto [values, indices] = at::sort(q, /*stable=*/true, /*dim=*/0, /*descending=*/true);
-  auto vals = values.accessor<double, 1>();
-  auto idx = indices.accessor<int64_t, 1>();
+  // Only tokens at or above θ can be members: sort those, not the whole vocabulary.
+  // A stable descending sort of candidates taken in id order breaks ties by id.
+  auto candidates = (q >= o.threshold).nonzero().squeeze(1);  // ascending ids
   std::vector<Selected> set;
-  const int64_t V = q.size(0);
-  for (int64_t i = 0; i < V && static_cast<int64_t>(set.size()) < o.max_width; ++i) {
-    if (vals[i] < o.threshold) break;
-    set.push_back({idx[i], vals[i]});
+  if (candidates.numel() > 0) {
+    auto [values, order] = at::sort(q.index_select(0, candidates), /*stable=*/true, /*dim=*/0,
+                                    /*descending=*/true);
+    auto ids = candidates.index_select(0, order);
+    auto vals = values.accessor<double, 1>();
+    auto idx = ids.accessor<int64_t, 1>();
+    const int64_t n = std::min<int64_t>(ids.size(0), o.max_width);
+    for (int64_t i = 0; i < n; ++i) set.push_back({idx[i], vals[i]});
+  } else {
+    const int64_t top = q.argmax().item<int64_t>();  // first maximum: lowest id on ties
+    set.push_back({top, q[top].item<double>()});
   }
-  if (set.empty()) set.push_back({idx[0], vals[0]});  // argmax, lowest id on ties
   if (o.sample) {
     const int64_t drawn = at::multinomial(q, 1, /*replacement=*/false, generator).item<int64_t>();
     const bool present = std::any_of(set.begin(), set.end(),
