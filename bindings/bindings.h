@@ -8,7 +8,9 @@
 #include <vector>
 
 #include "attnvar/capture/capture_spec.h"
+#include "attnvar/model/config.h"
 #include "attnvar/model/llama.h"
+#include "attnvar/model/weights.h"
 
 namespace attnvar::python {
 
@@ -17,6 +19,10 @@ void bind_model(pybind11::module_& m);
 void bind_tokenizer(pybind11::module_& m);
 void bind_formats(pybind11::module_& m);
 void bind_generate(pybind11::module_& m);
+
+// Model configuration and identity as Python dicts (formats.cpp).
+pybind11::dict config_to_dict(const ModelConfig& config);
+pybind11::dict identity_to_dict(const ModelIdentity& identity);
 
 // Shared option conversions (capture_options.cpp).
 CaptureSpec capture_spec(bool capture, std::optional<std::vector<int64_t>> layers,

@@ -31,6 +31,8 @@ const char* rope_type_name(RopeScalingType t) {
   return "default";
 }
 
+}  // namespace
+
 py::dict config_to_dict(const ModelConfig& c) {
   py::dict d;
   d["model_type"] = c.model_type;
@@ -72,8 +74,6 @@ py::dict identity_to_dict(const ModelIdentity& id) {
   d["note"] = id.note;
   return d;
 }
-
-}  // namespace
 
 void bind_formats(py::module_& m) {
   m.def(

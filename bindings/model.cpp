@@ -73,13 +73,7 @@ void bind_model(py::module_& m) {
         py::dict d;
         d["model"] = py::cast(std::move(*loaded.decoder));
         d["tokenizer"] = loaded.tokenizer ? py::cast(std::move(*loaded.tokenizer)) : py::none();
-        py::dict id;
-        id["path"] = loaded.identity.path;
-        id["format"] = loaded.identity.format;
-        id["sha256"] = loaded.identity.sha256;
-        id["quantization"] = loaded.identity.quantization;
-        id["note"] = loaded.identity.note;
-        d["identity"] = id;
+        d["identity"] = identity_to_dict(loaded.identity);
         d["eos_ids"] = loaded.eos_ids;
         return d;
       },
@@ -190,20 +184,7 @@ void bind_model(py::module_& m) {
   m.def(
       "config_from_hf_json",
       [](const std::string& text, const std::string& origin) {
-        ModelConfig c = config_from_hf_json(text, origin);
-        py::dict d;
-        d["model_type"] = c.model_type;
-        d["vocab_size"] = c.vocab_size;
-        d["hidden_size"] = c.hidden_size;
-        d["intermediate_size"] = c.intermediate_size;
-        d["num_hidden_layers"] = c.num_hidden_layers;
-        d["num_attention_heads"] = c.num_attention_heads;
-        d["num_key_value_heads"] = c.num_key_value_heads;
-        d["head_dim"] = c.head_dim;
-        d["rms_norm_eps"] = c.rms_norm_eps;
-        d["rope_theta"] = c.rope_theta;
-        d["tie_word_embeddings"] = c.tie_word_embeddings;
-        return d;
+        return config_to_dict(config_from_hf_json(text, origin));
       },
       py::arg("text"), py::arg("origin") = "<config>",
       "Parse the text of an HF config.json into a dict of the fields attnvar uses.");
