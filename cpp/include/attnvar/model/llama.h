@@ -36,8 +36,8 @@ struct PassInput {
   at::Tensor token_ids;   // (T,) int64
   at::Tensor positions;   // (T,) logical positions (float; may repeat or be fractional)
   at::Tensor visibility;  // (T, S_prev + T) bool: query i may attend slot j
-  std::vector<SlotInfo> slots;     // per new token metadata; empty: positions + ids only
-  std::vector<KeyBias> interventions;
+  std::vector<SlotInfo> slots = {};  // per new token metadata; empty: positions + ids only
+  std::vector<KeyBias> interventions = {};
   bool last_logits_only = false;   // logits for the last token only (saves memory)
 };
 
