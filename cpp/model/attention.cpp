@@ -59,10 +59,14 @@ at::Tensor Attention::forward(const at::Tensor& x, const Rope& rope, const RopeA
   at::Tensor context;  // (H, T, D)
   if (!spec.captures_layer(layer_)) {
     // Fast path: fused attention, nothing materialised beyond what the kernel needs.
-    auto mask = bias.dim() == 2 ? bias.unsqueeze(0).unsqueeze(0) : bias.unsqueeze(0);
+    std::optional<at::Tensor> mask;
+    if (bias.defined()) {
+      mask = (bias.dim() == 2 ? bias.unsqueeze(0).unsqueeze(0) : bias.unsqueeze(0))
+                 .to(q.scalar_type());
+    }
     context = at::scaled_dot_product_attention(q.unsqueeze(0), keys.unsqueeze(0),
-                                               values.unsqueeze(0), mask.to(q.scalar_type()),
-                                               0.0, false, scale_, /*enable_gqa=*/true)
+                                               values.unsqueeze(0), mask, 0.0, false, scale_,
+                                               /*enable_gqa=*/true)
                   .squeeze(0);
   } else {
     // Explicit path, as HF eager computes it: (q k^T) * scale + bias, softmax in f32.
@@ -70,7 +74,7 @@ at::Tensor Attention::forward(const at::Tensor& x, const Rope& rope, const RopeA
     // (H, T, D) -> (Hkv, group * T, D).
     auto qg = q.reshape({num_kv_heads_, group * T, head_dim_});
     auto scores = at::matmul(qg, keys.transpose(1, 2)).mul_(scale_).view({num_heads_, T, S});
-    scores = scores + bias;  // broadcasts (T, S) or (1|H, T, S)
+    if (bias.defined()) scores = scores + bias;  // broadcasts (T, S) or (1|H, T, S)
     auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
     context = at::matmul(probs.view({num_kv_heads_, group * T, S}), values)
                   .view({num_heads_, T, head_dim_});

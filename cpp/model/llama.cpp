@@ -196,7 +196,10 @@ ForwardOutput LlamaModel::forward(KVCache& cache, const PassInput& input,
   ids_long = ids_long.to(device_);
   const RopeAngles angles = rope_->angles(input.positions);
   const bool any_intervention = !input.interventions.empty();
-  at::Tensor shared_bias = build_bias(input, S_prev, /*layer=*/-1);
+  // Every slot visible and no intervention (ordinary decoding): no bias at all, so the
+  // fused kernel runs unmasked.
+  const bool unmasked = !any_intervention && input.visibility.all().item<bool>();
+  at::Tensor shared_bias = unmasked ? at::Tensor() : build_bias(input, S_prev, /*layer=*/-1);
 
   ForwardOutput out;
   auto h = embed_tokens_.index_select(0, ids_long);  // (T, hidden)

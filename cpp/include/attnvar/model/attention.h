@@ -38,7 +38,8 @@ class Attention {
 
   // x: (T, hidden), the normalised input of the pass's T new tokens; angles: the
   // rope tables of their logical positions.
-  // bias: (T, S) or (1|H, T, S) f32 additive, S = cache.size() + T.
+  // bias: (T, S) or (1|H, T, S) f32 additive, S = cache.size() + T; undefined when every
+  // slot is visible to every query.
   // Writes this layer's k, v for the new tokens into the cache's pending slots.
   // Returns (T, hidden). When spec captures this layer, fills *capture.
   at::Tensor forward(const at::Tensor& x, const Rope& rope, const RopeAngles& angles, KVCache& cache,
