@@ -45,3 +45,24 @@ def test_import_with_a_different_torch_raises_import_error():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "9.9.9+fake" in proc.stdout and torch.__version__ in proc.stdout
+
+
+def test_the_extension_stub_lists_every_public_name():
+    import ast
+    from pathlib import Path
+
+    from attnvar import _core
+
+    stub = Path(__file__).resolve().parents[2] / "python" / "attnvar" / "_core.pyi"
+    tree = ast.parse(stub.read_text())
+    declared = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "__all__"
+    )
+    public = sorted(n for n in dir(_core) if not n.startswith("_"))
+    assert sorted(declared) == public, (
+        "python/attnvar/_core.pyi is stale; regenerate it: "
+        "PYTHONPATH=build/dev/pkg pybind11-stubgen attnvar._core -o /tmp/stubs && "
+        "cp /tmp/stubs/attnvar/_core.pyi python/attnvar/"
+    )

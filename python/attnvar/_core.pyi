@@ -1,0 +1,399 @@
+"""
+attnvar's C++ core (LibTorch). Use the `attnvar` package, not this module.
+"""
+from __future__ import annotations
+import collections.abc
+import torch
+import typing
+__all__: list[str] = ['AttnvarError', 'ConfigError', 'FormatError', 'GenerationResult', 'KVCache', 'LayerCapture', 'Layout', 'Member', 'Model', 'PassCapture', 'ReplayResult', 'SlotRecord', 'Tokenizer', 'Tree', 'TreeStep', 'causal_visibility', 'config_from_hf_json', 'encode', 'generate', 'generate_tempo2025', 'gguf_dequantize', 'gguf_metadata', 'gguf_tensor_infos', 'load_model', 'load_weights', 'next_distribution', 'printed_set_starts', 'replay', 'rope_apply', 'rope_inv_freq', 'safetensors_read', 'select_set', 'set_visibility', 'tempo_bug_visibility']
+class AttnvarError(RuntimeError):
+    pass
+class FormatError(ValueError):
+    pass
+class ConfigError(ValueError):
+    pass
+class KVCache:
+    """
+    Keys and values by slot; positions are metadata.
+    """
+    def keys(self, layer: typing.SupportsInt | typing.SupportsIndex) -> torch.Tensor:
+        """
+        (num_kv_heads, size, head_dim) copy of one layer's keys (after RoPE).
+        """
+    def remove_slots(self, slots: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> None:
+        ...
+    def truncate(self, num_slots: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def values(self, layer: typing.SupportsInt | typing.SupportsIndex) -> torch.Tensor:
+        ...
+    @property
+    def capacity(self) -> int:
+        ...
+    @property
+    def positions(self) -> torch.Tensor:
+        ...
+    @property
+    def size(self) -> int:
+        ...
+    @property
+    def token_ids(self) -> list[int]:
+        ...
+class Model:
+    """
+    A Llama-family decoder on LibTorch.
+    """
+    @staticmethod
+    def from_tensors(config_json: str, tensors: collections.abc.Mapping[str, torch.Tensor], dtype: torch.dtype = ..., origin: str = '<tensors>') -> Model:
+        """
+        Build from an HF config.json text and an HF-named state dict.
+        """
+    def forward(self, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor, visibility: torch.Tensor, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32', interventions: list = [], last_logits_only: bool = False) -> dict:
+        """
+        One pass over T new tokens: returns {'logits', 'layers', 'attention', 'scores', 'value_norms'} and appends the tokens' slots to the cache.
+        """
+    def new_cache(self, initial_capacity: typing.SupportsInt | typing.SupportsIndex = 256) -> KVCache:
+        ...
+    @property
+    def num_heads(self) -> int:
+        ...
+    @property
+    def num_layers(self) -> int:
+        ...
+    @property
+    def vocab_size(self) -> int:
+        ...
+class Tokenizer:
+    """
+    Text <-> token ids: byte-level BPE (GPT-2 family) and SentencePiece-style BPE with byte
+    fallback, loaded from an HF tokenizer.json or GGUF metadata; identical to HF tokenizers
+    configured as the file declares (see docs/tokenizers.md).
+    """
+    @staticmethod
+    def from_file(path: str) -> Tokenizer:
+        """
+        Load an HF tokenizer.json (tokenizer_config.json and generation_config.json next to it are read for BOS/EOS when present).
+        """
+    @staticmethod
+    def from_gguf(path: str) -> Tokenizer:
+        """
+        Load from the tokenizer.ggml.* metadata of a GGUF file.
+        """
+    @staticmethod
+    def from_json(json: str, origin: str = '<string>') -> Tokenizer:
+        """
+        Load from the text of a tokenizer.json.
+        """
+    def __len__(self) -> int:
+        ...
+    def __repr__(self) -> str:
+        ...
+    def decode(self, ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], skip_special: bool = False) -> str:
+        """
+        Text of `ids` through the declared decoder (skip_special leaves out special tokens).
+        """
+    def encode(self, text: str, add_special: bool = True) -> list[int]:
+        """
+        Token ids of `text` (str, or bytes: ill-formed UTF-8 is replaced by U+FFFD as errors='replace' does). add_special adds BOS/EOS as the model declares.
+        """
+    def id_to_token(self, id: typing.SupportsInt | typing.SupportsIndex) -> str:
+        """
+        The token string as stored (byte alphabet for byte-level BPE).
+        """
+    def is_special(self, id: typing.SupportsInt | typing.SupportsIndex) -> bool:
+        ...
+    def piece(self, id: typing.SupportsInt | typing.SupportsIndex) -> str:
+        """
+        One token as shown in a parallel set: leading space kept, bytes of an incomplete UTF-8 sequence as <0xNN>.
+        """
+    def token_to_id(self, token: str) -> int | None:
+        """
+        The id of a stored token string, or None.
+        """
+    @property
+    def add_bos(self) -> bool:
+        """
+        Whether encode(add_special=True) starts with BOS; assign to override.
+        """
+    @add_bos.setter
+    def add_bos(self, arg1: bool) -> None:
+        ...
+    @property
+    def bos_id(self) -> int | None:
+        ...
+    @property
+    def eos_ids(self) -> list[int]:
+        ...
+    @eos_ids.setter
+    def eos_ids(self, arg1: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> None:
+        ...
+    @property
+    def family(self) -> str:
+        ...
+    @property
+    def origin(self) -> str:
+        ...
+    @property
+    def vocab_size(self) -> int:
+        ...
+class Member:
+    """
+    One token of a set S_t.
+    """
+    is_eos: bool
+    def __init__(self) -> None:
+        ...
+    @property
+    def probability(self) -> float:
+        ...
+    @probability.setter
+    def probability(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def rank(self) -> int:
+        ...
+    @rank.setter
+    def rank(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def slot(self) -> int | None:
+        ...
+    @slot.setter
+    def slot(self, arg0: typing.SupportsInt | typing.SupportsIndex | None) -> None:
+        ...
+    @property
+    def token_id(self) -> int:
+        ...
+    @token_id.setter
+    def token_id(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+class TreeStep:
+    """
+    A set S_t: members in rank order.
+    """
+    def __init__(self) -> None:
+        ...
+    @property
+    def entropy(self) -> float:
+        ...
+    @entropy.setter
+    def entropy(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def members(self) -> list[Member]:
+        ...
+    @members.setter
+    def members(self, arg0: collections.abc.Sequence[Member]) -> None:
+        ...
+class Tree:
+    """
+    The prompt plus every set: everything needed to replay a run.
+    """
+    @staticmethod
+    def build(prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], steps: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]], eos_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = []) -> Tree:
+        """
+        A tree built by hand from token ids (steps[t] = S_t in rank order).
+        """
+    def __init__(self) -> None:
+        ...
+    @property
+    def num_steps(self) -> int:
+        ...
+    @property
+    def prompt(self) -> list[int]:
+        ...
+    @prompt.setter
+    def prompt(self, arg0: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> None:
+        ...
+    @property
+    def prompt_length(self) -> int:
+        ...
+    @property
+    def steps(self) -> list[TreeStep]:
+        ...
+    @steps.setter
+    def steps(self, arg0: collections.abc.Sequence[TreeStep]) -> None:
+        ...
+class SlotRecord:
+    """
+    What one slot holds.
+    """
+    @property
+    def member(self) -> int:
+        ...
+    @property
+    def position(self) -> float:
+        ...
+    @property
+    def step(self) -> int:
+        ...
+    @property
+    def token_id(self) -> int:
+        ...
+class LayerCapture:
+    @property
+    def layer(self) -> int:
+        ...
+    @property
+    def probabilities(self) -> torch.Tensor:
+        ...
+    @property
+    def scores(self) -> torch.Tensor:
+        ...
+    @property
+    def value_norms(self) -> torch.Tensor:
+        ...
+class PassCapture:
+    """
+    What one forward pass recorded.
+    """
+    @property
+    def first_slot(self) -> int:
+        ...
+    @property
+    def layers(self) -> list[LayerCapture]:
+        ...
+    @property
+    def num_queries(self) -> int:
+        ...
+    @property
+    def step(self) -> int:
+        ...
+class GenerationResult:
+    def dense(self, field: str = 'probabilities') -> torch.Tensor:
+        """
+        [L', H', N, N] f32 lower-block view.
+        """
+    def value_norms(self) -> torch.Tensor:
+        ...
+    @property
+    def distributions(self) -> torch.Tensor:
+        ...
+    @property
+    def generate_seconds(self) -> float:
+        ...
+    @property
+    def passes(self) -> list[PassCapture]:
+        ...
+    @property
+    def prefill_seconds(self) -> float:
+        ...
+    @property
+    def slots(self) -> list[SlotRecord]:
+        ...
+    @property
+    def stop_reason(self) -> str:
+        ...
+    @property
+    def tree(self) -> Tree:
+        ...
+class Layout:
+    """
+    A tree laid out under an encoding.
+    """
+    @property
+    def encoding(self) -> str:
+        ...
+    @property
+    def positions(self) -> torch.Tensor:
+        ...
+    @property
+    def slots(self) -> list[SlotRecord]:
+        ...
+    @property
+    def step_begin(self) -> list[int]:
+        ...
+    @property
+    def token_ids(self) -> torch.Tensor:
+        ...
+    @property
+    def visibility(self) -> torch.Tensor:
+        ...
+class ReplayResult:
+    def dense(self, field: str = 'probabilities') -> torch.Tensor:
+        ...
+    def value_norms(self) -> torch.Tensor:
+        ...
+    @property
+    def distributions(self) -> torch.Tensor:
+        ...
+    @property
+    def layout(self) -> Layout:
+        ...
+    @property
+    def logits(self) -> torch.Tensor:
+        ...
+    @property
+    def passes(self) -> list[PassCapture]:
+        ...
+def causal_visibility(num_new: typing.SupportsInt | typing.SupportsIndex, num_prev: typing.SupportsInt | typing.SupportsIndex = 0) -> torch.Tensor:
+    """
+    (T, S_prev + T) bool: every earlier slot, causal among the new tokens.
+    """
+def config_from_hf_json(text: str, origin: str = '<config>') -> dict:
+    """
+    Parse the text of an HF config.json into a dict of the fields attnvar uses.
+    """
+def encode(tree: Tree, encoding: str) -> Layout:
+    """
+    Lay a tree out under an encoding.
+    """
+def generate(model: Model, prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], threshold: typing.SupportsFloat | typing.SupportsIndex = 0.1, max_steps: typing.SupportsInt | typing.SupportsIndex = 30, mode: str = 'isolated', policy: str = 'mixture', max_width: typing.SupportsInt | typing.SupportsIndex = 32, temperature: typing.SupportsFloat | typing.SupportsIndex = 1.0, sample: bool = False, seed: typing.SupportsInt | typing.SupportsIndex = 0, stop_on: str = 'any_eos', eos_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], keep_distributions: bool = False, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32', sink: typing.Any = None) -> GenerationResult:
+    """
+    Parallel generation: every member of S_t fed in one pass at position P + t. With `sink`, each pass's capture is handed to sink(PassCapture) as it is computed and the result keeps none.
+    """
+def generate_tempo2025(model: Model, prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], threshold: typing.SupportsFloat | typing.SupportsIndex = 0.15, max_steps: typing.SupportsInt | typing.SupportsIndex = 30, emulate_isolation_bug: bool = False, eos_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32') -> GenerationResult:
+    """
+    The compat preset `tempo-2025` (the prototype's bookkeeping, not the mechanism).
+    """
+def gguf_dequantize(path: str, name: str) -> torch.Tensor:
+    """
+    One GGUF tensor dequantized to f32, in the file's row order with torch's dimension order (GGUF shape reversed), before any q/k un-permutation: what gguf.quants.dequantize returns.
+    """
+def gguf_metadata(path: str) -> dict:
+    """
+    GGUF metadata as {key: value} in file order (ints, floats, bools, strings, lists).
+    """
+def gguf_tensor_infos(path: str) -> list:
+    """
+    Tensor infos in file order: name, shape (GGUF order, ne[0] first), type (ggml number), type_name, offset (absolute, bytes), nbytes.
+    """
+def load_model(path: str, dtype: torch.dtype = ...) -> dict:
+    """
+    Load a .gguf file or an HF directory: {'model', 'tokenizer', 'identity', 'eos_ids'}.
+    """
+def load_weights(path: str, dtype: torch.dtype = ..., device: torch.device = ...) -> tuple[dict, dict, dict]:
+    """
+    Load an HF directory or a GGUF file: (config dict, {HF name: tensor}, identity dict).
+    """
+def next_distribution(member_logits: torch.Tensor, weights: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex], policy: str = 'mixture', temperature: typing.SupportsFloat | typing.SupportsIndex = 1.0) -> torch.Tensor:
+    ...
+def printed_set_starts(tree: Tree) -> list[int]:
+    """
+    Printed-sequence index of each set's first member (compat bookkeeping).
+    """
+def replay(model: Model, tree: Tree, encoding: str = 'shared_isolated', interventions: list = [], chunk_size: typing.SupportsInt | typing.SupportsIndex = 0, policy: str = 'mixture', temperature: typing.SupportsFloat | typing.SupportsIndex = 1.0, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32') -> ReplayResult:
+    """
+    Teacher-force a tree under an encoding (one pass, or chunks of whole steps).
+    """
+def rope_apply(x: torch.Tensor, positions: torch.Tensor, theta: typing.SupportsFloat | typing.SupportsIndex = 10000.0, scaling: str = 'default', factor: typing.SupportsFloat | typing.SupportsIndex = 1.0, low_freq_factor: typing.SupportsFloat | typing.SupportsIndex = 1.0, high_freq_factor: typing.SupportsFloat | typing.SupportsIndex = 4.0, original_max_position_embeddings: typing.SupportsInt | typing.SupportsIndex = 8192) -> torch.Tensor:
+    """
+    Rotate x (..., T, head_dim) by RoPE at float logical positions (T,), HF rotate_half layout. Positions may repeat and be fractional.
+    """
+def rope_inv_freq(head_dim: typing.SupportsInt | typing.SupportsIndex, theta: typing.SupportsFloat | typing.SupportsIndex = 10000.0, scaling: str = 'default', factor: typing.SupportsFloat | typing.SupportsIndex = 1.0, low_freq_factor: typing.SupportsFloat | typing.SupportsIndex = 1.0, high_freq_factor: typing.SupportsFloat | typing.SupportsIndex = 4.0, original_max_position_embeddings: typing.SupportsInt | typing.SupportsIndex = 8192) -> torch.Tensor:
+    """
+    RoPE inverse frequencies (head_dim/2,) f32, computed as transformers does.
+    """
+def safetensors_read(path: str) -> dict:
+    """
+    All tensors of one .safetensors file, in their own dtypes.
+    """
+def select_set(q: torch.Tensor, threshold: typing.SupportsFloat | typing.SupportsIndex = 0.1, max_width: typing.SupportsInt | typing.SupportsIndex = 32, sample: bool = False, seed: typing.SupportsInt | typing.SupportsIndex = 0) -> list[tuple[int, float]]:
+    """
+    S_t from q_t: [(token_id, probability)] in rank order.
+    """
+def set_visibility(num_members: typing.SupportsInt | typing.SupportsIndex, num_prev: typing.SupportsInt | typing.SupportsIndex, mode: str = 'isolated') -> torch.Tensor:
+    """
+    (k, S_prev + k) bool for one parallel set: every earlier slot; siblings per mode (isolated | visible | causal).
+    """
+def tempo_bug_visibility(tree: Tree, query_slot: typing.SupportsInt | typing.SupportsIndex) -> torch.Tensor:
+    ...
