@@ -20,9 +20,9 @@ WIDTH_P = np.array([98, 105, 45, 11]) / 259.0
 WORDS = [" the", " cat", " sat", " on", " a", " mat", ",", ".", " and", "ing", "\n", " of"]
 
 
-def distance_profile(d: np.ndarray) -> np.ndarray:
+def distance_profile(d: np.ndarray, slope: float = 1.5) -> np.ndarray:
     """Scores fall with log distance (recency), as in real heads."""
-    return -1.5 * np.log1p(d)
+    return -slope * np.log1p(d)
 
 
 def toy_view(
@@ -34,12 +34,14 @@ def toy_view(
     heads: int = 2,
     sink: float = 8.0,
     placement: str = "random",
+    slope: float = 1.5,
 ) -> CaptureView:
     """One simulated prompt.
 
     ``placement="early"`` puts every parallel set in the first half of the steps (the
     widths are drawn as usual, then sorted so wide sets come first): a distance confound
-    that the plain M1 cannot remove and the distance-matched variants can.
+    that the plain M1 cannot remove and the distance-matched variants can. ``slope`` is
+    the fall of scores per unit of log(1 + d); 0 makes every key exchangeable.
     """
     widths = rng.choice(WIDTHS, p=WIDTH_P, size=steps)
     if placement == "early":
@@ -64,7 +66,7 @@ def toy_view(
     else:
         raise ValueError(mode)
     d = position[:, None] - position[None, :]
-    s = (distance_profile(np.abs(d))[None, None]
+    s = (distance_profile(np.abs(d), slope)[None, None]
          + rng.normal(size=(layers, heads, n, 1))
          + rng.normal(size=(layers, heads, n, n)))
     s[:, :, :, 0] += sink

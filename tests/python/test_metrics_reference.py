@@ -85,30 +85,44 @@ def test_count_pairs_follows_the_rules_pair_by_pair(view, sinks):
     assert np.array_equal(pairs.distance[q, k], d)
 
 
-def test_m1_plain_equals_a_loop_over_queries(view, sinks):
-    df = am.score_contrast(view, sinks=sinks)
+def aggregate(values: dict[int, float], unit: dict[int, int]):
+    """Mean over queries within a unit (step, or the query itself), then mean and SE
+    over units."""
+    units: dict[int, list[float]] = {}
+    for q, v in values.items():
+        units.setdefault(unit[q], []).append(v)
+    means = [np.mean(v) for v in units.values()]
+    se = np.std(means, ddof=1) / math.sqrt(len(means)) if len(means) > 1 else math.nan
+    return np.mean(means), se, {u: np.mean(v) for u, v in units.items()}
+
+
+@pytest.mark.parametrize("weighting", ["step", "query"])
+def test_m1_plain_equals_a_loop_over_queries(view, sinks, weighting):
+    df = am.score_contrast(view, sinks=sinks, weighting=weighting)
     pairs = loop_pairs(view, sinks.mask_for(view))
     s = view.scores.double().numpy()
+    unit = {q: int(view.step[q]) if weighting == "step" else q for q in range(view.num_slots)}
     est = np.full((2, 3), np.nan)
-    all_deltas: dict[int, list[float]] = {}
+    by_unit: dict[int, list[float]] = {}
     for (li, hi), pp in pairs.items():
-        deltas = []
+        deltas = {}
         for q in sorted({q for q, _ in pp}):
             keys = [k for qq, k in pp if qq == q]
             par = [s[li, hi, q, k] for k in keys if view.is_parallel[k]]
             non = [s[li, hi, q, k] for k in keys if not view.is_parallel[k]]
             if par and non:
-                deltas.append(np.mean(par) - np.mean(non))
-                all_deltas.setdefault(q, []).append(deltas[-1])
-        est[li, hi] = np.mean(deltas)
+                deltas[q] = np.mean(par) - np.mean(non)
+        est[li, hi], se, units = aggregate(deltas, unit)
+        for u, v in units.items():
+            by_unit.setdefault(u, []).append(v)
         got = df[(df.layer == li) & (df["head"] == hi)].iloc[0]
         assert got.estimate == pytest.approx(est[li, hi], abs=1e-10)
-        assert got.se == pytest.approx(np.std(deltas, ddof=1) / math.sqrt(len(deltas)), abs=1e-10)
+        assert got.se == pytest.approx(se, abs=1e-10)
         assert got.n_queries == len(deltas)
     row = prompt_row(df, "M1", "plain")
     assert row.estimate == pytest.approx(np.mean(est), abs=1e-10)
-    per_query = [np.mean(v) for v in all_deltas.values()]
-    assert row.se == pytest.approx(np.std(per_query, ddof=1) / math.sqrt(len(per_query)),
+    over_heads = [np.mean(v) for v in by_unit.values()]
+    assert row.se == pytest.approx(np.std(over_heads, ddof=1) / math.sqrt(len(over_heads)),
                                    abs=1e-10)
     assert row.effect_pct == pytest.approx(100 * (1 - math.exp(row.estimate)))
 
@@ -174,7 +188,7 @@ def test_m1m_raw_and_size_matched_equal_loops(view, sinks):
     inc = pairs.include.numpy()
     for li in range(2):
         for hi in range(3):
-            raw, matched = [], []
+            raw, matched = {}, {}
             for qi in range(Q):
                 keys = np.flatnonzero(inc[li, hi, qi])
                 sc = s[li, hi, pairs.query_slots[qi], pairs.key_slots]
@@ -182,19 +196,20 @@ def test_m1m_raw_and_size_matched_equal_loops(view, sinks):
                 non = [k for k in keys if not pairs.key_parallel[k]]
                 if not par or not non:
                     continue
-                raw.append(np.log(np.mean(np.exp(sc[par]))) - np.log(np.mean(np.exp(sc[non]))))
+                raw[qi] = np.log(np.mean(np.exp(sc[par]))) - np.log(np.mean(np.exp(sc[non])))
                 m = min(len(par), len(non))
                 acc = 0.0
                 for order in orders:
                     p_sub = [k for k in order[qi] if k in par][:m]
                     n_sub = [k for k in order[qi] if k in non][:m]
                     acc += np.log(np.sum(np.exp(sc[p_sub]))) - np.log(np.sum(np.exp(sc[n_sub])))
-                matched.append(acc / draws)
+                matched[qi] = acc / draws
+            step = dict(enumerate(pairs.query_step))
             got = df[(df.layer == li) & (df["head"] == hi)]
             assert got[got.variant == "raw"].estimate.iloc[0] == pytest.approx(
-                np.mean(raw), abs=1e-10)
+                aggregate(raw, step)[0], abs=1e-10)
             assert got[got.variant == "size_matched"].estimate.iloc[0] == pytest.approx(
-                np.mean(matched), abs=1e-10)
+                aggregate(matched, step)[0], abs=1e-10)
 
 
 def test_m1p_equals_a_loop_over_sets(view, sinks):
@@ -204,7 +219,7 @@ def test_m1p_equals_a_loop_over_sets(view, sinks):
     inc = pairs.include.numpy()
     for li in range(2):
         for hi in range(3):
-            deltas, logk = [], []
+            deltas, logk = {}, {}
             for qi in range(len(pairs.query_slots)):
                 keys = np.flatnonzero(inc[li, hi, qi])
                 sc = s[li, hi, pairs.query_slots[qi], pairs.key_slots]
@@ -216,14 +231,16 @@ def test_m1p_equals_a_loop_over_sets(view, sinks):
                 if not sets or not non:
                     continue
                 lse = [np.log(np.sum(np.exp(sc[m]))) for m in sets.values()]
-                deltas.append(np.mean(lse) - np.mean(sc[non]))
-                logk.append(np.mean([np.log(len(m)) for m in sets.values()]))
+                deltas[qi] = np.mean(lse) - np.mean(sc[non])
+                logk[qi] = np.mean([np.log(len(m)) for m in sets.values()])
+            step = dict(enumerate(pairs.query_step))
             got = df[(df.layer == li) & (df["head"] == hi)]
             pos = got[got.variant == "position"].iloc[0]
-            assert pos.estimate == pytest.approx(np.mean(deltas), abs=1e-10)
-            assert pos.mean_log_k == pytest.approx(np.mean(logk), abs=1e-10)
+            assert pos.estimate == pytest.approx(aggregate(deltas, step)[0], abs=1e-10)
+            assert pos.mean_log_k == pytest.approx(aggregate(logk, step)[0], abs=1e-10)
             minus = got[got.variant == "position_minus_log_k"].iloc[0]
-            assert minus.estimate == pytest.approx(np.mean(deltas) - np.mean(logk), abs=1e-10)
+            diff = {q: deltas[q] - logk[q] for q in deltas}
+            assert minus.estimate == pytest.approx(aggregate(diff, step)[0], abs=1e-10)
 
 
 def test_m0_legacy_and_corrected_equal_loops(view, sinks):

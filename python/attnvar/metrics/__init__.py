@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .contrast import mass_ratio, position_contrast, score_contrast
+from .contrast import contrast_estimates, mass_ratio, position_contrast, score_contrast
 from .counting import (
     CaptureView,
     CountedPairs,
@@ -30,7 +30,7 @@ from .covariates import CLOSED_CLASS_WORDS, PIECE_TYPES, piece_type, token_covar
 from .fixed_effects import fit_within_query
 from .frames import COLUMNS, effect_pct, frame
 from .legacy import corrected_rows, legacy_reduction
-from .regression import logit_regression, natural_spline_basis
+from .regression import logit_regression, natural_spline_basis, regression_fit
 
 METRICS = ("M0", "M1", "M1m", "M1p", "M2")
 
@@ -97,6 +97,7 @@ __all__ = [
     "Sinks",
     "analyze",
     "as_view",
+    "contrast_estimates",
     "count_pairs",
     "effect_pct",
     "find_sinks",
@@ -108,6 +109,7 @@ __all__ = [
     "piece_type",
     "placebo_labels",
     "position_contrast",
+    "regression_fit",
     "score_contrast",
     "token_covariates",
 ]

@@ -4,8 +4,16 @@ All read counted pairs (counting.py) and return tidy frames (frames.py): one row
 (layer, head) and a prompt row (layer = head = −1, the mean over heads).
 
 - **M1 plain**: per query and head δ_i = mean_{P_i} s − mean_{N_i} s (queries with both
-  sets non-empty), averaged over queries; SE over queries. The prompt row's SE is that of
-  the per-query δ averaged over heads (queries as the within-prompt unit).
+  sets non-empty).
+
+Aggregation (all per-query metrics here): ``weighting="step"`` (default) averages the
+queries of one step (the members of a set share their history, hence their expected
+value), then the steps; ``weighting="query"`` averages queries directly, as METHODS.md
+words it. Query weighting is biased when scores depend on distance: a parallel step both
+adds queries to the denominator and moves the δ of the queries after it (toy null in
+docs/metrics.md: −0.035 ± 0.008 over 2 × 2,500 prompts, against ≈ 0 with step weighting).
+SE: over steps (or queries) per head; the prompt row's SE is that of the per-step value
+averaged over heads.
 - **M1 distance-matched**: all members of one step sit at one logical distance from a
   query, and a step is either parallel or not, so P and N never share a distance within
   one query. Matching is done across queries instead: s_ij = φ_i + ψ_{d_ij} + δ·[j ∈ P]
@@ -32,7 +40,7 @@ import torch
 
 from .counting import CountedPairs, count_pairs
 from .fixed_effects import fit_within_query
-from .frames import frame, head_rows
+from .frames import HeadEstimates, frame, head_block
 
 
 def _pairs(run: Any, kwargs: dict) -> CountedPairs:
@@ -45,35 +53,52 @@ def _sets(pairs: CountedPairs):
     return inc & lab, inc & ~lab
 
 
-def _query_mean(per_query: torch.Tensor, valid: torch.Tensor):
-    """Mean and SE over valid queries of [L, H, Q] values; NaN where < 1 (< 2 for SE)."""
-    n = valid.sum(-1)
-    v = torch.where(valid, per_query, torch.zeros((), dtype=per_query.dtype))
-    mean = v.sum(-1) / n.clamp(min=1)
-    dev = torch.where(valid, per_query - mean[..., None], torch.zeros((), dtype=v.dtype))
-    var = (dev * dev).sum(-1) / (n - 1).clamp(min=1)
-    se = (var / n.clamp(min=1)).sqrt()
+def _groups(pairs: CountedPairs, weighting: str) -> torch.Tensor:
+    """[Q, G] one-hot: the aggregation unit of each query (its step, or itself)."""
+    if weighting == "step":
+        steps, index = np.unique(pairs.query_step, return_inverse=True)
+        onehot = np.zeros((len(pairs.query_step), len(steps)))
+        onehot[np.arange(len(index)), index] = 1.0
+    elif weighting == "query":
+        onehot = np.eye(len(pairs.query_step))
+    else:
+        raise ValueError(f"weighting must be 'step' or 'query', got {weighting!r}")
+    return torch.from_numpy(onehot)
+
+
+def _aggregate(per_query: torch.Tensor, valid: torch.Tensor, groups: torch.Tensor):
+    """Mean over valid queries within each group, then mean and SE over the groups with
+    a valid query, for [L, H, Q] values; also the prompt SE (group values averaged over
+    heads). Returns (mean [L, H], se [L, H], valid queries [L, H], prompt SE)."""
+    zero = torch.zeros((), dtype=torch.float64)
+    v = torch.where(valid, per_query, zero)
+    count = valid.double() @ groups  # (L, H, G)
+    has = count > 0
+    g = torch.where(has, (v @ groups) / count.clamp(min=1), zero)
+    n = has.sum(-1)
+    mean = g.sum(-1) / n.clamp(min=1)
+    dev = torch.where(has, g - mean[..., None], zero)
+    se = ((dev * dev).sum(-1) / (n - 1).clamp(min=1) / n.clamp(min=1)).sqrt()
     mean = torch.where(n > 0, mean, torch.full_like(mean, math.nan))
     se = torch.where(n > 1, se, torch.full_like(se, math.nan))
-    return mean.numpy(), se.numpy(), n.numpy()
+    heads_per_group = has.sum((0, 1))
+    over_heads = (g.sum((0, 1)) / heads_per_group.clamp(min=1))[heads_per_group > 0]
+    prompt_se = (float(over_heads.std() / math.sqrt(over_heads.numel()))
+                 if over_heads.numel() > 1 else math.nan)
+    return mean.numpy(), se.numpy(), valid.sum(-1).numpy(), prompt_se
 
 
-def _prompt_se(per_query: torch.Tensor, valid: torch.Tensor) -> float:
-    """SE over queries of the per-query value averaged over the heads where it is valid."""
-    n = valid.sum((0, 1))
-    v = torch.where(valid, per_query, torch.zeros((), dtype=per_query.dtype)).sum((0, 1))
-    q = (v / n.clamp(min=1))[n > 0]
-    return float(q.std() / math.sqrt(q.numel())) if q.numel() > 1 else math.nan
-
-
-def _counts(pairs: CountedPairs, valid: torch.Tensor, in_p: torch.Tensor):
+def _estimates(per_query, valid, groups, pairs, in_p, **extra) -> HeadEstimates:
+    mean, se, nq, prompt_se = _aggregate(per_query, valid, groups)
     vq = valid[..., None]
-    return ((pairs.include & vq).sum((-1, -2)).numpy(), (in_p & vq).sum((-1, -2)).numpy())
+    return HeadEstimates(mean, se, nq, (pairs.include & vq).sum((-1, -2)).numpy(),
+                         (in_p & vq).sum((-1, -2)).numpy(), prompt_se=prompt_se, extra=extra)
 
 
 def score_contrast(
     run: Any,
     distance_matched: bool = False,
+    weighting: str = "step",
     prompt: str | None = None,
     **count_kwargs,
 ):
@@ -83,6 +108,7 @@ def score_contrast(
     ----------
     run : a Run, CaptureView or CountedPairs (scores captured)
     distance_matched : fit query and logical-distance fixed effects (see module doc)
+    weighting : "step" or "query" (plain variant; see module doc)
     prompt : the prompt id written into the table
     **count_kwargs : sinks, exclude_sinks, labels (counting.count_pairs)
 
@@ -93,25 +119,32 @@ def score_contrast(
     """
     pairs = _pairs(run, count_kwargs)
     view = pairs.view
+    est = contrast_estimates(pairs, distance_matched, weighting)
+    variant = "distance_matched" if distance_matched else "plain"
+    return frame([head_block("M1", variant, view.layers, view.heads, est)], prompt=prompt,
+                 kind=view.kind, encoding=view.encoding, sinks_excluded=pairs.sinks_excluded)
+
+
+def contrast_estimates(
+    pairs: CountedPairs,
+    distance_matched: bool = False,
+    weighting: str = "step",
+) -> HeadEstimates:
+    """M1 as arrays (no table): [L, H] estimates, SEs and counts plus the prompt value;
+    for loops that evaluate it thousands of times (placebo, permutation, simulation)."""
     s = pairs.values("scores")
     in_p, in_n = _sets(pairs)
     if distance_matched:
-        rows = _distance_matched_rows(pairs, s)
-    else:
-        n_p, n_n = in_p.sum(-1), in_n.sum(-1)
-        valid = (n_p > 0) & (n_n > 0)
-        delta = (s * in_p).sum(-1) / n_p.clamp(min=1) - (s * in_n).sum(-1) / n_n.clamp(min=1)
-        est, se, nq = _query_mean(delta, valid)
-        n_pairs, n_par = _counts(pairs, valid, in_p)
-        rows = head_rows("M1", "plain", view.layers, view.heads, est, se, nq, n_pairs, n_par,
-                         prompt_se=_prompt_se(delta, valid))
-    return frame(rows, prompt=prompt, kind=view.kind, encoding=view.encoding,
-                 sinks_excluded=pairs.sinks_excluded)
+        return _distance_matched(pairs, s, in_p)
+    n_p, n_n = in_p.sum(-1), in_n.sum(-1)
+    valid = (n_p > 0) & (n_n > 0)
+    delta = (s * in_p).sum(-1) / n_p.clamp(min=1) - (s * in_n).sum(-1) / n_n.clamp(min=1)
+    return _estimates(delta, valid, _groups(pairs, weighting), pairs, in_p)
 
 
 def distance_levels(pairs: CountedPairs) -> tuple[np.ndarray, np.ndarray]:
-    """[Q, K] level index of each pair's logical distance (rounded to 1e-6) and the
-    levels, most frequent first (so the level dropped as collinear is a rare one)."""
+    """[Q, K] level index of each pair's logical distance (rounded to 1e-6; −1 for pairs
+    outside the rules) and the levels, most frequent first (level 0 is the reference)."""
     d = np.round(pairs.distance, 6)
     levels, inverse, counts = np.unique(d[pairs.base], return_inverse=True, return_counts=True)
     order = np.argsort(-counts, kind="stable")
@@ -122,21 +155,19 @@ def distance_levels(pairs: CountedPairs) -> tuple[np.ndarray, np.ndarray]:
     return index, levels[order]
 
 
-def _distance_matched_rows(pairs: CountedPairs, s: torch.Tensor) -> list[dict]:
-    view = pairs.view
+def _distance_matched(pairs: CountedPairs, s: torch.Tensor, in_p) -> HeadEstimates:
     L, H, Q, K = pairs.shape
     index, levels = distance_levels(pairs)
-    x = np.zeros((Q, K, len(levels) + 1))
-    qi, ki = np.nonzero(index >= 0)
-    x[qi, ki, index[qi, ki]] = 1.0
+    # One dummy per distance but the most frequent (the query effects hold the level).
+    x = np.zeros((Q, K, len(levels)))
+    qi, ki = np.nonzero(index >= 1)
+    x[qi, ki, index[qi, ki] - 1] = 1.0
     x[:, :, -1] = pairs.key_parallel[None, :]
     fit = fit_within_query(s.reshape(L * H, Q, K), pairs.include.reshape(L * H, Q, K),
                            torch.from_numpy(x))
-    in_p, _ = _sets(pairs)
-    n_par = in_p.sum((-1, -2)).numpy()
-    return head_rows("M1", "distance_matched", view.layers, view.heads,
-                     fit.coef[:, -1].reshape(L, H), fit.se[:, -1].reshape(L, H),
-                     fit.n_queries.reshape(L, H), fit.n_pairs.reshape(L, H), n_par)
+    return HeadEstimates(fit.coef[:, -1].reshape(L, H), fit.se[:, -1].reshape(L, H),
+                         fit.n_queries.reshape(L, H), fit.n_pairs.reshape(L, H),
+                         in_p.sum((-1, -2)).numpy())
 
 
 def _masked_lse(s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -147,6 +178,7 @@ def mass_ratio(
     run: Any,
     draws: int = 16,
     seed: int = 0,
+    weighting: str = "step",
     prompt: str | None = None,
     **count_kwargs,
 ):
@@ -158,6 +190,7 @@ def mass_ratio(
     draws : random size-matched subset pairs per query (the same subsets for all heads
         when their counted keys agree)
     seed : seed of the subsets
+    weighting : "step" or "query" (see module doc)
     prompt : the prompt id written into the table
     **count_kwargs : sinks, exclude_sinks, labels
 
@@ -174,10 +207,9 @@ def mass_ratio(
     raw = (_masked_lse(s, in_p) - torch.log(n_p.clamp(min=1).double())
            - _masked_lse(s, in_n) + torch.log(n_n.clamp(min=1).double()))
     raw = torch.where(valid, raw, torch.zeros((), dtype=raw.dtype))
-    n_pairs, n_par = _counts(pairs, valid, in_p)
-    est, se, nq = _query_mean(raw, valid)
-    rows = head_rows("M1m", "raw", view.layers, view.heads, est, se, nq, n_pairs, n_par,
-                     prompt_se=_prompt_se(raw, valid))
+    groups = _groups(pairs, weighting)
+    blocks = [head_block("M1m", "raw", view.layers, view.heads,
+                         _estimates(raw, valid, groups, pairs, in_p))]
 
     gen = torch.Generator().manual_seed(seed)
     L, H, Q, K = pairs.shape
@@ -200,19 +232,20 @@ def mass_ratio(
         acc += torch.where(valid, mass_p.log() - mass_n.log(),
                            torch.zeros((), dtype=torch.float64))
     matched = acc / max(draws, 1)
-    est, se, nq = _query_mean(matched, valid)
-    rows += head_rows("M1m", "size_matched", view.layers, view.heads, est, se, nq, n_pairs,
-                      n_par, prompt_se=_prompt_se(matched, valid))
-    return frame(rows, prompt=prompt, kind=view.kind, encoding=view.encoding,
+    blocks.append(head_block("M1m", "size_matched", view.layers, view.heads,
+                             _estimates(matched, valid, groups, pairs, in_p)))
+    return frame(blocks, prompt=prompt, kind=view.kind, encoding=view.encoding,
                  sinks_excluded=pairs.sinks_excluded)
 
 
-def position_contrast(run: Any, prompt: str | None = None, **count_kwargs):
+def position_contrast(run: Any, weighting: str = "step", prompt: str | None = None,
+                      **count_kwargs):
     """M1p: parallel sets combined into one key (LSE of members) against single keys.
 
     Parameters
     ----------
     run : a Run, CaptureView or CountedPairs (scores captured)
+    weighting : "step" or "query" (see module doc)
     prompt : the prompt id written into the table
     **count_kwargs : sinks, exclude_sinks, labels
 
@@ -249,14 +282,14 @@ def position_contrast(run: Any, prompt: str | None = None, **count_kwargs):
     single = (s * in_n).sum(-1) / n_n.clamp(min=1)
     delta = torch.where(valid, pos_mean - single, zero)
     log_k = torch.where(valid, log_k, zero)
-    n_pairs, n_par = _counts(pairs, valid, in_p)
-    mean_log_k, _, _ = _query_mean(log_k, valid)
-    est, se, nq = _query_mean(delta, valid)
-    rows = head_rows("M1p", "position", view.layers, view.heads, est, se, nq, n_pairs, n_par,
-                     prompt_se=_prompt_se(delta, valid), mean_log_k=mean_log_k)
-    est2, se2, _ = _query_mean(delta - log_k, valid)
-    rows += head_rows("M1p", "position_minus_log_k", view.layers, view.heads, est2, se2, nq,
-                      n_pairs, n_par, prompt_se=_prompt_se(delta - log_k, valid),
-                      mean_log_k=mean_log_k)
-    return frame(rows, prompt=prompt, kind=view.kind, encoding=view.encoding,
+    groups = _groups(pairs, weighting)
+    mean_log_k = _aggregate(log_k, valid, groups)[0]
+    blocks = [
+        head_block("M1p", "position", view.layers, view.heads,
+                   _estimates(delta, valid, groups, pairs, in_p, mean_log_k=mean_log_k)),
+        head_block("M1p", "position_minus_log_k", view.layers, view.heads,
+                   _estimates(delta - log_k, valid, groups, pairs, in_p,
+                              mean_log_k=mean_log_k)),
+    ]
+    return frame(blocks, prompt=prompt, kind=view.kind, encoding=view.encoding,
                  sinks_excluded=pairs.sinks_excluded)

@@ -49,7 +49,17 @@ def select_columns(gram: np.ndarray, tol: float = COLLINEAR_TOL) -> list[int]:
     """Greedy, in column order: keep a column when its residual sum of squares given the
     kept ones is above ``tol`` times its own (and its own is not ~0)."""
     p = gram.shape[0]
-    scale = max(float(np.max(np.abs(np.diag(gram)), initial=0.0)), 1e-300)
+    diag = np.diag(gram)
+    scale = max(float(np.max(np.abs(diag), initial=0.0)), 1e-300)
+    candidates = [j for j in range(p) if diag[j] > tol * scale]
+    # Fast path: Cholesky's pivots L_jj² are the residual sums of squares of each column
+    # given the ones before it, i.e. the greedy criterion, when no column is dropped.
+    try:
+        chol = np.linalg.cholesky(gram[np.ix_(candidates, candidates)])
+        if np.all(np.diag(chol) ** 2 > tol * diag[candidates]):
+            return candidates
+    except np.linalg.LinAlgError:
+        pass
     kept: list[int] = []
     for j in range(p):
         own = gram[j, j]

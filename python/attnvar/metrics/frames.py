@@ -5,16 +5,21 @@ parallel tokens receive less attention. Log-scale estimates (M1, M1m, M1p, M2) k
 natural sign (negative = less) in ``estimate`` and convert as
 ``effect_pct = 100·(1 − e^estimate)``; ``ratio = e^estimate`` (for M2, the attention odds
 ratio e^β). M0 is a percentage already: ``estimate`` is the reduction %, ``ratio`` is
-mean_P / mean_N.
+mean_P / mean_N. ``effect_pct_low``/``effect_pct_high`` are the 95 % normal interval of
+the estimate in %, so ``low ≤ effect_pct ≤ high`` on both scales.
 
 Rows with ``layer == head == -1`` summarise the prompt (the mean over heads of the
 per-head estimates, or one pooled fit where ``variant`` says so).
+
+Tables are assembled column-wise (blocks of numpy arrays, one DataFrame at the end): the
+placebo and toy-null loops build thousands of them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,82 +38,105 @@ def effect_pct(estimate: float | np.ndarray) -> float | np.ndarray:
     return 100.0 * (1.0 - np.exp(estimate))
 
 
-def record(
-    *,
-    metric: str,
-    variant: str,
-    layer: int,
-    head: int,
-    estimate: float,
-    se: float = math.nan,
-    scale: str = "log",
-    term: str = "parallel",
-    n_queries: int = 0,
-    n_pairs: int = 0,
-    n_parallel_pairs: int = 0,
-    **extra,
-) -> dict:
-    """One row with the derived columns (ratio, effect_pct and its 95 % interval)."""
-    if scale == "log":
-        ratio = math.exp(estimate) if np.isfinite(estimate) else math.nan
-        pct = float(effect_pct(estimate))
-        # The interval flips: a larger log effect is a smaller reduction.
-        low = float(effect_pct(estimate + Z95 * se))
-        high = float(effect_pct(estimate - Z95 * se))
-    elif scale == "percent":
-        ratio = 1.0 - estimate / 100.0
-        pct = estimate
-        low, high = estimate - Z95 * se, estimate + Z95 * se
-    else:
-        raise ValueError(f"scale must be 'log' or 'percent', got {scale!r}")
-    return dict(metric=metric, variant=variant, layer=int(layer), head=int(head), term=term,
-                scale=scale, estimate=float(estimate), se=float(se), ratio=ratio,
-                effect_pct=pct, effect_pct_low=low, effect_pct_high=high,
-                n_queries=int(n_queries), n_pairs=int(n_pairs),
-                n_parallel_pairs=int(n_parallel_pairs), **extra)
+@dataclass
+class HeadEstimates:
+    """Per-head values of one metric variant ([L, H] arrays) and its prompt summary."""
+
+    estimate: np.ndarray
+    se: np.ndarray
+    n_queries: np.ndarray
+    n_pairs: np.ndarray
+    n_parallel_pairs: np.ndarray
+    prompt_estimate: float = math.nan
+    prompt_se: float = math.nan
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.prompt_estimate):
+            finite = np.isfinite(self.estimate)
+            if finite.any():
+                self.prompt_estimate = float(self.estimate[finite].mean())
 
 
-def frame(rows: Iterable[dict], *, prompt: str | None, kind: str, encoding: str,
+def block(metric: str, variant: str, layer, head, estimate, se=math.nan, *, scale: str = "log",
+          term="parallel", n_queries=0, n_pairs=0, n_parallel_pairs=0, **extra) -> dict:
+    """Columns of a run of rows with the derived ones (ratio, effect_pct and interval).
+    Scalars broadcast against the estimate array."""
+    est = np.atleast_1d(np.asarray(estimate, dtype=np.float64))
+    n = len(est)
+
+    def col(v, dtype=None):
+        return np.broadcast_to(np.asarray(v, dtype=dtype), (n,)).copy()
+
+    se = col(se, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if scale == "log":
+            ratio = np.exp(est)
+            pct = effect_pct(est)
+            low, high = effect_pct(est + Z95 * se), effect_pct(est - Z95 * se)
+        elif scale == "percent":
+            ratio = 1.0 - est / 100.0
+            pct = est.copy()
+            low, high = est - Z95 * se, est + Z95 * se
+        else:
+            raise ValueError(f"scale must be 'log' or 'percent', got {scale!r}")
+    out = dict(metric=col(metric, object), variant=col(variant, object),
+               layer=col(layer, np.int64), head=col(head, np.int64), term=col(term, object),
+               scale=col(scale, object), estimate=est, se=se, ratio=ratio, effect_pct=pct,
+               effect_pct_low=low, effect_pct_high=high,
+               n_queries=col(n_queries, np.int64), n_pairs=col(n_pairs, np.int64),
+               n_parallel_pairs=col(n_parallel_pairs, np.int64))
+    for k, v in extra.items():
+        out[k] = col(v, np.float64)
+    return out
+
+
+def record(**kwargs) -> dict:
+    """One row as a plain dict (see :func:`block`)."""
+    return {k: v[0].item() if hasattr(v[0], "item") else v[0] for k, v in block(**kwargs).items()}
+
+
+def head_block(metric: str, variant: str, layers, heads, est: HeadEstimates) -> dict:
+    """Per-head rows in (layer, head) order, then the prompt row."""
+    L, H = est.estimate.shape
+    layer = np.append(np.repeat(np.asarray(layers, dtype=np.int64), H), ALL)
+    head = np.append(np.tile(np.asarray(heads, dtype=np.int64), L), ALL)
+    finite = np.isfinite(est.estimate)
+
+    def with_prompt(values, prompt_value):
+        return np.append(np.asarray(values, dtype=np.float64).reshape(-1), prompt_value)
+
+    extra = {k: with_prompt(v, float(np.nanmean(v[finite])) if finite.any() else math.nan)
+             for k, v in est.extra.items()}
+    return block(
+        metric, variant, layer, head,
+        with_prompt(est.estimate, est.prompt_estimate), with_prompt(est.se, est.prompt_se),
+        n_queries=with_prompt(est.n_queries, est.n_queries.max(initial=0)),
+        n_pairs=with_prompt(est.n_pairs, est.n_pairs.sum()),
+        n_parallel_pairs=with_prompt(est.n_parallel_pairs, est.n_parallel_pairs.sum()),
+        **extra,
+    )
+
+
+def frame(blocks: Iterable[dict], *, prompt: str | None, kind: str, encoding: str,
           sinks_excluded: bool):
-    """A DataFrame with :data:`COLUMNS` first (extra metric-specific columns after)."""
+    """One DataFrame from column blocks: :data:`COLUMNS` first, extra columns after
+    (NaN in blocks that lack them)."""
     import pandas as pd
 
-    df = pd.DataFrame(list(rows))
-    if df.empty:
+    blocks = [b for b in blocks if len(b["estimate"])]
+    if not blocks:
         return pd.DataFrame(columns=list(COLUMNS))
-    df["prompt"] = prompt
-    df["kind"] = kind
-    df["encoding"] = encoding
-    df["sinks_excluded"] = sinks_excluded
-    extra = [c for c in df.columns if c not in COLUMNS]
+    names = [c for c in COLUMNS if c not in ("prompt", "kind", "encoding", "sinks_excluded")]
+    extra = sorted({k for b in blocks for k in b} - set(names))
+    cols = {}
+    for name in names + extra:
+        parts = [b[name] if name in b else np.full(len(b["estimate"]), np.nan) for b in blocks]
+        cols[name] = np.concatenate(parts)
+    n = len(cols["estimate"])
+    df = pd.DataFrame(cols)
+    df.insert(0, "prompt", pd.Series([prompt] * n, dtype=object))
+    df.insert(1, "kind", kind)
+    df.insert(2, "encoding", encoding)
+    df.insert(5, "sinks_excluded", sinks_excluded)
     return df[list(COLUMNS) + extra]
-
-
-def head_rows(metric: str, variant: str, layers, heads, est: np.ndarray, se: np.ndarray,
-              n_queries: np.ndarray, n_pairs: np.ndarray, n_parallel: np.ndarray,
-              prompt_se: float = math.nan, **extra_arrays) -> list[dict]:
-    """Per-head rows plus the prompt row (mean over heads with a finite estimate).
-
-    ``est`` etc. are [L, H]; ``extra_arrays`` are [L, H] metric-specific columns, averaged
-    the same way for the prompt row.
-    """
-    rows = []
-    for li, layer in enumerate(layers):
-        for hi, head in enumerate(heads):
-            rows.append(record(
-                metric=metric, variant=variant, layer=layer, head=head,
-                estimate=float(est[li, hi]), se=float(se[li, hi]),
-                n_queries=n_queries[li, hi], n_pairs=n_pairs[li, hi],
-                n_parallel_pairs=n_parallel[li, hi],
-                **{k: float(v[li, hi]) for k, v in extra_arrays.items()},
-            ))
-    finite = np.isfinite(est)
-    mean = float(est[finite].mean()) if finite.any() else math.nan
-    rows.append(record(
-        metric=metric, variant=variant, layer=ALL, head=ALL, estimate=mean, se=prompt_se,
-        n_queries=int(n_queries.max(initial=0)), n_pairs=int(n_pairs.sum()),
-        n_parallel_pairs=int(n_parallel.sum()),
-        **{k: float(np.nanmean(v[finite])) if finite.any() else math.nan
-           for k, v in extra_arrays.items()},
-    ))
-    return rows

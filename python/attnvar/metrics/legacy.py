@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .counting import CountedPairs, Sinks, as_view, count_pairs
-from .frames import ALL, frame, record
+from .frames import ALL, block, frame
 
 
 def legacy_labels(view) -> np.ndarray:
@@ -100,22 +100,20 @@ def legacy_reduction(
     if not corrected:
         mean_a = view.attention.double().mean((0, 1))
         sp, n_p, sn, n_n = _legacy_sums(view, mean_a)
-        rows.append(record(metric="M0", variant="legacy", layer=ALL, head=ALL,
-                           estimate=float(_reduction(sp, n_p, sn, n_n)), scale="percent",
-                           n_pairs=int(n_p + n_n), n_parallel_pairs=int(n_p),
-                           mean_parallel=float(sp / n_p) if n_p else math.nan,
-                           mean_nonparallel=float(sn / n_n) if n_n else math.nan))
+        rows.append(block(metric="M0", variant="legacy", layer=ALL, head=ALL,
+                          estimate=float(_reduction(sp, n_p, sn, n_n)), scale="percent",
+                          n_pairs=int(n_p + n_n), n_parallel_pairs=int(n_p),
+                          mean_parallel=float(sp / n_p) if n_p else math.nan,
+                          mean_nonparallel=float(sn / n_n) if n_n else math.nan))
         if by_head:
             sp, n_p, sn, n_n = _legacy_sums(view, view.attention)
-            red = _reduction(sp, n_p, sn, n_n)
-            for li, layer in enumerate(view.layers):
-                for hi, head in enumerate(view.heads):
-                    rows.append(record(
-                        metric="M0", variant="legacy", layer=layer, head=head,
-                        estimate=float(red[li, hi]), scale="percent",
-                        n_pairs=int(n_p + n_n), n_parallel_pairs=int(n_p),
-                        mean_parallel=float(sp[li, hi] / n_p) if n_p else math.nan,
-                        mean_nonparallel=float(sn[li, hi] / n_n) if n_n else math.nan))
+            L, H = sp.shape
+            rows.append(block(
+                "M0", "legacy", np.repeat(view.layers, H), np.tile(view.heads, L),
+                _reduction(sp, n_p, sn, n_n).reshape(-1), scale="percent",
+                n_pairs=int(n_p + n_n), n_parallel_pairs=int(n_p),
+                mean_parallel=(sp / n_p).reshape(-1) if n_p else math.nan,
+                mean_nonparallel=(sn / n_n).reshape(-1) if n_n else math.nan))
         return frame(rows, prompt=prompt, kind=view.kind, encoding=view.encoding,
                      sinks_excluded=False)
 
@@ -136,22 +134,21 @@ def corrected_rows(pairs: CountedPairs, by_head: bool = False) -> list[dict]:
     sn, n_n = (a * wn).sum((-1, -2)), wn.sum((-1, -2))
     q_any = pairs.include.any(-1).sum(-1)
     tot_p, tot_n = float(n_p.sum()), float(n_n.sum())
-    rows = [record(metric="M0", variant="corrected", layer=ALL, head=ALL,
-                   estimate=float(_reduction(float(sp.sum()), tot_p, float(sn.sum()), tot_n)),
-                   scale="percent", n_queries=int(q_any.max()) if q_any.numel() else 0,
-                   n_pairs=int(tot_p + tot_n), n_parallel_pairs=int(tot_p),
-                   mean_parallel=float(sp.sum() / tot_p) if tot_p else math.nan,
-                   mean_nonparallel=float(sn.sum() / tot_n) if tot_n else math.nan)]
+    rows = [block(metric="M0", variant="corrected", layer=ALL, head=ALL,
+                  estimate=float(_reduction(float(sp.sum()), tot_p, float(sn.sum()), tot_n)),
+                  scale="percent", n_queries=int(q_any.max()) if q_any.numel() else 0,
+                  n_pairs=int(tot_p + tot_n), n_parallel_pairs=int(tot_p),
+                  mean_parallel=float(sp.sum() / tot_p) if tot_p else math.nan,
+                  mean_nonparallel=float(sn.sum() / tot_n) if tot_n else math.nan)]
     if by_head:
         view = pairs.view
-        for li, layer in enumerate(view.layers):
-            for hi, head in enumerate(view.heads):
-                p_, n_ = float(n_p[li, hi]), float(n_n[li, hi])
-                rows.append(record(
-                    metric="M0", variant="corrected", layer=layer, head=head,
-                    estimate=float(_reduction(float(sp[li, hi]), p_, float(sn[li, hi]), n_)),
-                    scale="percent", n_queries=int(q_any[li, hi]), n_pairs=int(p_ + n_),
-                    n_parallel_pairs=int(p_),
-                    mean_parallel=float(sp[li, hi]) / p_ if p_ else math.nan,
-                    mean_nonparallel=float(sn[li, hi]) / n_ if n_ else math.nan))
+        L, H = sp.shape
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mp = (sp / n_p).reshape(-1).numpy()
+            mn = (sn / n_n).reshape(-1).numpy()
+        rows.append(block(
+            "M0", "corrected", np.repeat(view.layers, H), np.tile(view.heads, L),
+            (mn - mp) / mn * 100.0, scale="percent", n_queries=q_any.reshape(-1).numpy(),
+            n_pairs=(n_p + n_n).reshape(-1).numpy(), n_parallel_pairs=n_p.reshape(-1).numpy(),
+            mean_parallel=mp, mean_nonparallel=mn))
     return rows

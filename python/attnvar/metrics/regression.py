@@ -25,8 +25,8 @@ import torch
 from .contrast import _pairs
 from .counting import CountedPairs
 from .covariates import COVARIATES, covariate_matrix, token_covariates
-from .fixed_effects import fit_within_query
-from .frames import ALL, frame, record
+from .fixed_effects import WithinFit, fit_within_query
+from .frames import ALL, block, frame
 
 SPLINE_KNOTS = 4
 
@@ -82,6 +82,21 @@ def regression_design(
     return np.concatenate(cols, axis=-1), names
 
 
+def regression_fit(
+    pairs: CountedPairs,
+    covariates: Sequence[str] | None = COVARIATES,
+    knots: int = SPLINE_KNOTS,
+) -> tuple[WithinFit, list[str]]:
+    """M2 as arrays (no table): the within-query fit of every head (``coef[b, -1]`` is β
+    of head b = layer_index·H + head_index) and pooled, with the column names."""
+    L, H, Q, K = pairs.shape
+    x, names = regression_design(pairs, covariates, knots)
+    fit = fit_within_query(pairs.values("scores").reshape(L * H, Q, K),
+                           pairs.include.reshape(L * H, Q, K),
+                           torch.from_numpy(np.ascontiguousarray(x)))
+    return fit, names
+
+
 def logit_regression(
     run: Any,
     covariates: Sequence[str] | None = COVARIATES,
@@ -113,32 +128,26 @@ def logit_regression(
         raise ValueError(f"terms must be 'parallel' or 'all', got {terms!r}")
     pairs = _pairs(run, count_kwargs)
     view = pairs.view
-    s = pairs.values("scores")
-    L, H, Q, K = pairs.shape
-    x, names = regression_design(pairs, covariates, knots)
-    fit = fit_within_query(s.reshape(L * H, Q, K), pairs.include.reshape(L * H, Q, K),
-                           torch.from_numpy(np.ascontiguousarray(x)))
+    L, H = pairs.shape[:2]
+    fit, names = regression_fit(pairs, covariates, knots)
     lab = torch.from_numpy(pairs.key_parallel)
     n_par = (pairs.include & lab).sum((-1, -2)).reshape(-1).numpy()
     wanted = range(len(names)) if terms == "all" else [len(names) - 1]
-    rows = []
+    layer = np.repeat(np.asarray(view.layers, dtype=np.int64), H)
+    head = np.tile(np.asarray(view.heads, dtype=np.int64), L)
+    blocks = []
     for j in wanted:
-        for b in range(L * H):
-            rows.append(record(
-                metric="M2", variant="per_head", layer=view.layers[b // H],
-                head=view.heads[b % H], term=names[j], estimate=float(fit.coef[b, j]),
-                se=float(fit.se[b, j]), n_queries=fit.n_queries[b], n_pairs=fit.n_pairs[b],
-                n_parallel_pairs=n_par[b], df=float(fit.df[b])))
         finite = np.isfinite(fit.coef[:, j])
-        rows.append(record(
-            metric="M2", variant="per_head", layer=ALL, head=ALL, term=names[j],
-            estimate=float(fit.coef[finite, j].mean()) if finite.any() else float("nan"),
-            n_queries=int(fit.n_queries.max(initial=0)), n_pairs=int(fit.n_pairs.sum()),
-            n_parallel_pairs=int(n_par.sum()), df=float("nan")))
-        rows.append(record(
-            metric="M2", variant="pooled", layer=ALL, head=ALL, term=names[j],
-            estimate=float(fit.pooled_coef[j]), se=float(fit.pooled_se[j]),
-            n_queries=int(fit.n_queries.max(initial=0)), n_pairs=int(fit.n_pairs.sum()),
-            n_parallel_pairs=int(n_par.sum()), df=fit.pooled_df))
-    return frame(rows, prompt=prompt, kind=view.kind, encoding=view.encoding,
+        mean = float(fit.coef[finite, j].mean()) if finite.any() else float("nan")
+        blocks.append(block(
+            "M2", "per_head", np.append(layer, ALL), np.append(head, ALL),
+            np.append(fit.coef[:, j], mean), np.append(fit.se[:, j], np.nan), term=names[j],
+            n_queries=np.append(fit.n_queries, fit.n_queries.max(initial=0)),
+            n_pairs=np.append(fit.n_pairs, fit.n_pairs.sum()),
+            n_parallel_pairs=np.append(n_par, n_par.sum()), df=np.append(fit.df, np.nan)))
+        blocks.append(block(
+            "M2", "pooled", ALL, ALL, fit.pooled_coef[j], fit.pooled_se[j], term=names[j],
+            n_queries=fit.n_queries.max(initial=0), n_pairs=fit.n_pairs.sum(),
+            n_parallel_pairs=n_par.sum(), df=fit.pooled_df))
+    return frame(blocks, prompt=prompt, kind=view.kind, encoding=view.encoding,
                  sinks_excluded=pairs.sinks_excluded)
