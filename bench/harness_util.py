@@ -1,0 +1,165 @@
+"""Small helpers shared by the benchmark harness and its worker processes: thread pinning,
+timing, peak resident memory, directory sizes, machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def pin_threads_env(threads: int, wait_policy: str | None = None) -> None:
+    """Before torch is imported: every BLAS/OpenMP pool gets `threads`; `wait_policy`
+    ("passive"/"active") sets OMP_WAIT_POLICY, None leaves the environment's value."""
+    for name in THREAD_ENV:
+        os.environ[name] = str(threads)
+    if wait_policy:
+        os.environ["OMP_WAIT_POLICY"] = wait_policy.upper()
+
+
+def pin_threads_torch(threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    return thread_settings()
+
+
+def thread_settings() -> dict:
+    import torch
+
+    return {
+        "torch_num_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        **{name: os.environ.get(name) for name in (*THREAD_ENV, "OMP_WAIT_POLICY")},
+    }
+
+
+# ---- memory ---------------------------------------------------------------------------
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux ≥ 4.0: write 5 to /proc/self/clear_refs), so
+    the next reading is the peak of what follows, not of model loading. False if refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_now() -> dict:
+    """Current and peak resident set (MB), and ru_maxrss (whole process life, MB)."""
+    return {
+        "rss_mb": _status_kb("VmRSS") / 1024,
+        "peak_mb": _status_kb("VmHWM") / 1024,
+        "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+class PeakMemory:
+    """with PeakMemory() as m: ...; m.result -> {'before_mb', 'peak_mb', 'ru_maxrss_mb', 'reset'}"""
+
+    def __enter__(self):
+        import gc
+
+        gc.collect()
+        self.reset = reset_peak_rss()
+        self.before = memory_now()
+        return self
+
+    def __exit__(self, *exc):
+        after = memory_now()
+        self.result = {
+            "before_mb": self.before["rss_mb"],
+            "peak_mb": after["peak_mb"] if self.reset else after["ru_maxrss_mb"],
+            "ru_maxrss_mb": after["ru_maxrss_mb"],
+            "peak_reset": self.reset,
+        }
+        return False
+
+
+# ---- timing ---------------------------------------------------------------------------
+def median(xs) -> float:
+    return statistics.median(list(xs))
+
+
+def clock() -> float:
+    return time.perf_counter()
+
+
+def dir_bytes(path: str | os.PathLike) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+# ---- machine --------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 0
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+def uptime_line() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        la = load_average()
+        return f"load average: {la[0]:.2f}, {la[1]:.2f}, {la[2]:.2f}"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def mem_total_gb() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 1024 / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
