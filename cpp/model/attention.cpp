@@ -4,14 +4,11 @@
 
 #include <cmath>
 
+#include "attnvar/model/projection.h"
 #include "attnvar/model/rms_norm.h"
 
 namespace attnvar {
 namespace {
-
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
-}
 
 at::Tensor select_heads(const at::Tensor& t, const std::vector<int64_t>& heads) {
   if (heads.empty()) return t;
@@ -43,9 +40,9 @@ at::Tensor Attention::forward(const at::Tensor& x, const Rope& rope, const RopeA
   const int64_t group = num_heads_ / num_kv_heads_;  // query heads per kv head
 
   // (T, heads * D) -> (T, heads, D); q/k norms (qwen3) act per head before RoPE.
-  auto q = linear(x, w_.q_proj, w_.q_bias).view({T, num_heads_, head_dim_});
-  auto k = linear(x, w_.k_proj, w_.k_bias).view({T, num_kv_heads_, head_dim_});
-  auto v = linear(x, w_.v_proj, w_.v_bias).view({T, num_kv_heads_, head_dim_});
+  auto q = project(x, w_.q_proj, w_.q_bias).view({T, num_heads_, head_dim_});
+  auto k = project(x, w_.k_proj, w_.k_bias).view({T, num_kv_heads_, head_dim_});
+  auto v = project(x, w_.v_proj, w_.v_bias).view({T, num_kv_heads_, head_dim_});
   if (w_.q_norm.defined()) {
     q = rms_norm(q, w_.q_norm, rms_norm_eps_);
     k = rms_norm(k, w_.k_norm, rms_norm_eps_);
@@ -98,7 +95,7 @@ at::Tensor Attention::forward(const at::Tensor& x, const Rope& rope, const RopeA
     *capture = std::move(c);
   }
   auto merged = context.transpose(0, 1).reshape({T, num_heads_ * head_dim_});
-  return linear(merged, w_.o_proj, w_.o_bias);
+  return project(merged, w_.o_proj, w_.o_bias);
 }
 
 }  // namespace attnvar

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "attnvar/error.h"
+#include "attnvar/model/projection.h"
 #include "attnvar/model/rms_norm.h"
 #include "attnvar/model/rope.h"
 
@@ -215,7 +216,7 @@ ForwardOutput LlamaModel::forward(KVCache& cache, const PassInput& input,
     if (layer_capture) out.captures.push_back(std::move(*layer_capture));
   }
   if (input.last_logits_only) h = h.narrow(0, T - 1, 1);
-  out.logits = at::linear(rms_norm(h, norm_, c.rms_norm_eps), lm_head_).to(at::kFloat);
+  out.logits = project(rms_norm(h, norm_, c.rms_norm_eps), lm_head_).to(at::kFloat);
 
   std::vector<SlotInfo> new_slots = input.slots;
   if (new_slots.empty()) {
