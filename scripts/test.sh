@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+# Spinning OpenMP workers collapse throughput when cores are shared (measured 6x slower
+# decode, docs/benchmarks.md); passive waiting costs little on a quiet machine.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 BUILD=${ATTNVAR_BUILD_DIR:-build/dev}
 bash scripts/setup.sh
 bash scripts/build.sh
