@@ -12,5 +12,9 @@ bash scripts/setup.sh
 bash scripts/build.sh
 echo "== C++ tests (ctest, $BUILD)"
 (cd "$BUILD" && ctest --output-on-failure -j2)
-echo "== Python tests (pytest, PYTHONPATH=$BUILD/pkg)"
-PYTHONPATH="$PWD/$BUILD/pkg" "${PYTHON:-python3}" -m pytest -q tests/python "$@"
+# Statistical validations that take many minutes (placebo over hundreds of draws,
+# meta-analysis coverage) are marked `slow`; ATTNVAR_SLOW=1 includes them.
+marker=(-m "not slow")
+[[ "${ATTNVAR_SLOW:-0}" == 1 ]] && marker=()
+echo "== Python tests (pytest, PYTHONPATH=$BUILD/pkg${marker:+, not slow})"
+PYTHONPATH="$PWD/$BUILD/pkg" "${PYTHON:-python3}" -m pytest -q tests/python "${marker[@]}" "$@"
