@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -83,6 +84,10 @@ def run_study(study: Study, results: Path, workers: int = 1, progress: bool = Tr
     results.mkdir(parents=True, exist_ok=True)
     runs_dir = results / RUNS
     runs_dir.mkdir(exist_ok=True)
+    # Staging directories of runs a killed study never finished: never read as complete
+    # (their names start with "."), removed before the study goes on.
+    for stale in runs_dir.glob(".*.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     write_atomic(results / STUDY_FILE, json.dumps(study.describe(), indent=1).encode())
     model = _load(study.model_path)
     sha = model.identity["sha256"]

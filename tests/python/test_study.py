@@ -33,7 +33,9 @@ def stable(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_json_times(results: Path) -> dict[str, float]:
-    return {p.parent.name: p.stat().st_mtime_ns for p in (results / "runs").glob("*/run.json")}
+    """Completed runs: run.json in a run directory (staging directories start with '.')."""
+    return {p.parent.name: p.stat().st_mtime_ns for p in (results / "runs").glob("*/run.json")
+            if not p.parent.name.startswith(".")}
 
 
 def test_study_writes_runs_tables_and_summary_and_resumes_without_redoing(bundled_path, tmp_path):
@@ -71,6 +73,7 @@ def test_sigkill_mid_study_then_rerun_loses_and_duplicates_nothing(bundled_path,
     after = run_json_times(interrupted)
     assert {k: after[k] for k in done_before} == done_before  # completed runs not redone
     assert len(after) == 8 and len(resumed) == 8
+    assert not [p for p in (interrupted / "runs").iterdir() if p.name.startswith(".")]
     reference = study.run(clean, progress=False)
     pd.testing.assert_frame_equal(stable(resumed), stable(reference))
     for run_id in after:  # every run on disk loads completely
