@@ -5,15 +5,6 @@ All read counted pairs (counting.py) and return tidy frames (frames.py): one row
 
 - **M1 plain**: per query and head δ_i = mean_{P_i} s − mean_{N_i} s (queries with both
   sets non-empty).
-
-Aggregation (all per-query metrics here): ``weighting="step"`` (default) averages the
-queries of one step (the members of a set share their history, hence their expected
-value), then the steps; ``weighting="query"`` averages queries directly, as METHODS.md
-words it. Query weighting is biased when scores depend on distance: a parallel step both
-adds queries to the denominator and moves the δ of the queries after it (toy null in
-docs/metrics.md: −0.035 ± 0.008 over 2 × 2,500 prompts, against ≈ 0 with step weighting).
-SE: over steps (or queries) per head; the prompt row's SE is that of the per-step value
-averaged over heads.
 - **M1 distance-matched**: all members of one step sit at one logical distance from a
   query, and a step is either parallel or not, so P and N never share a distance within
   one query. Matching is done across queries instead: s_ij = φ_i + ψ_{d_ij} + δ·[j ∈ P]
@@ -28,6 +19,18 @@ averaged over heads.
   If every member behaved like an independent token δ_pos ≈ mean log k; if a position
   kept its mass δ_pos ≈ 0. ``position_minus_log_k`` reports δ_pos − mean log k, so each
   hypothesis has a row whose null is 0; ``mean_log_k`` is a column of both.
+
+Aggregation of the per-query metrics (M1 plain, M1m, M1p): ``weighting="step"``
+(default) averages the queries of one step (the members of a set share their history,
+hence their expected value), then the steps; ``weighting="query"`` averages the queries
+directly, as METHODS.md words it. Each δ_i is unbiased under the null, but an average
+whose weights depend on the labels is a ratio estimator, biased when scores depend on
+distance: a parallel step adds queries to the denominator and moves the δ of the queries
+after it. Toy null of docs/metrics.md (scores −1.5·log(1 + d) + noise), noise-free over
+40,000 prompts: −0.039 (query weighting), −0.027 (step weighting); 0 with a flat
+profile. Where distance matters, read the distance-matched variant beside it.
+SE: over steps (or queries) per head; the prompt row's SE is over steps of the per-step
+value averaged over heads.
 """
 
 from __future__ import annotations
