@@ -7,6 +7,7 @@
 #include <chrono>
 
 #include "attnvar/error.h"
+#include "attnvar/generate/next_step.h"
 #include "attnvar/generate/selection.h"
 
 namespace attnvar {
@@ -91,7 +92,7 @@ GenerationResult generate_tempo2025(const LlamaModel& model, const std::vector<i
   for (int64_t t = 0; t < o.max_steps; ++t) {
     if (interrupt) interrupt();
     TreeStep step;
-    step.entropy = -(q.to(at::kDouble) * at::log(q.to(at::kDouble).clamp_min(1e-300))).sum().item<double>();
+    step.entropy = entropy_nats(q);
     for (const auto& s : select_set(q, sel)) {
       Member m;
       m.token_id = s.token_id;

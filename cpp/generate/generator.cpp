@@ -16,11 +16,6 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-double entropy(const at::Tensor& q) {
-  auto p = q.to(at::kDouble);
-  return -(p * at::log(p.clamp_min(1e-300))).sum().item<double>();
-}
-
 }  // namespace
 
 StopOn stop_on_from_string(const std::string& name) {
@@ -91,7 +86,7 @@ GenerationResult generate(const LlamaModel& model, const std::vector<int64_t>& p
     if (interrupt) interrupt();
     if (o.keep_distributions) kept.push_back(q);
     TreeStep step;
-    step.entropy = entropy(q);
+    step.entropy = entropy_nats(q);
     std::vector<int64_t> fed_ids;
     std::vector<double> fed_probs;
     std::vector<SlotInfo> fed_slots;

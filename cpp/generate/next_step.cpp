@@ -25,6 +25,11 @@ std::string to_string(NextStepPolicy p) {
   return "?";
 }
 
+double entropy_nats(const at::Tensor& q) {
+  auto p = q.to(at::kDouble);
+  return -(p * at::log(p.clamp_min(1e-300))).sum().item<double>();
+}
+
 at::Tensor next_distribution(const at::Tensor& member_logits, const std::vector<double>& weights,
                              NextStepPolicy policy, double temperature) {
   const int64_t k = member_logits.size(0);

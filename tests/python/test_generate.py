@@ -284,3 +284,11 @@ def test_compat_preset_matches_an_independent_implementation(model, hf, bug):
     n = dense.shape[-1]
     hidden_causal = (dense[0, 0] == 0) & torch.ones(n, n, dtype=torch.bool).tril()
     assert bool(hidden_causal.any()) == bug
+
+
+def test_step_entropy_is_the_entropy_of_q_t(model):
+    run = gen(model, capture=False)
+    q = run.distributions.double()
+    expected = -(q * q.clamp_min(1e-300).log()).sum(-1)
+    got = torch.tensor([s.entropy for s in run.tree.steps], dtype=torch.float64)
+    assert torch.allclose(got, expected[: len(got)], atol=1e-9)

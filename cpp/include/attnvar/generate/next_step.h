@@ -18,6 +18,9 @@ enum class NextStepPolicy {
 NextStepPolicy next_step_policy_from_string(const std::string& name);
 std::string to_string(NextStepPolicy policy);
 
+// Entropy of a distribution q (V,) in nats (q_t's entropy is recorded per step).
+double entropy_nats(const at::Tensor& q);
+
 // member_logits: (k, V) f32, fed members in rank order; weights: their selection
 // probabilities (k). Returns q_{t+1}: (V,) f32.
 at::Tensor next_distribution(const at::Tensor& member_logits, const std::vector<double>& weights,
