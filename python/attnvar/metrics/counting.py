@@ -60,6 +60,8 @@ class CaptureView:
     printed_set_starts, set_widths : compat runs only: printed-sequence index of each
         set's first member and the sets' widths (to rebuild the prototype's labels)
     cache : values derived from the view alone (token covariates), computed once
+    value_norms : [L, H, N] f32 ‖v_k W_O^h‖ per captured layer, head and key slot, or None
+        (M3 reads it)
     """
 
     layers: list[int]
@@ -82,6 +84,7 @@ class CaptureView:
     printed_set_starts: list[int] | None = None
     set_widths: list[int] | None = None
     cache: dict = field(default_factory=dict, repr=False, compare=False)
+    value_norms: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not self.member_keys:
@@ -140,6 +143,7 @@ class CaptureView:
             encoding=run.encoding,
             printed_set_starts=list(_core.printed_set_starts(run.tree)) if compat else None,
             set_widths=[len(s.members) for s in run.tree.steps] if compat else None,
+            value_norms=_captured(run, "value_norms"),
         )
 
 

@@ -5,7 +5,9 @@ parallel tokens receive less attention. Log-scale estimates (M1, M1m, M1p, M2) k
 natural sign (negative = less) in ``estimate`` and convert as
 ``effect_pct = 100·(1 − e^estimate)``; ``ratio = e^estimate`` (for M2, the attention odds
 ratio e^β). M0 is a percentage already: ``estimate`` is the reduction %, ``ratio`` is
-mean_P / mean_N. ``effect_pct_low``/``effect_pct_high`` are the 95 % normal interval of
+mean_P / mean_N. M5 (knockout) estimates are in nats (``scale == "nats"``): KL and
+Δlog p carry no reduction %, so ratio and effect_pct are NaN except where knockout.py
+fills them. ``effect_pct_low``/``effect_pct_high`` are the 95 % normal interval of
 the estimate in %, so ``low ≤ effect_pct ≤ high`` on both scales.
 
 Rows with ``layer == head == -1`` summarise the prompt (the mean over heads of the
@@ -78,8 +80,12 @@ def block(metric: str, variant: str, layer, head, estimate, se=math.nan, *, scal
             ratio = 1.0 - est / 100.0
             pct = est.copy()
             low, high = est - Z95 * se, est + Z95 * se
+        elif scale == "nats":
+            # A quantity in nats that is not a log ratio of attention (M5's KL and Δlog p):
+            # no ratio or reduction % is implied.
+            ratio = pct = low = high = np.full(n, np.nan)
         else:
-            raise ValueError(f"scale must be 'log' or 'percent', got {scale!r}")
+            raise ValueError(f"scale must be 'log', 'percent' or 'nats', got {scale!r}")
     out = dict(metric=col(metric, object), variant=col(variant, object),
                layer=col(layer, np.int64), head=col(head, np.int64), term=col(term, object),
                scale=col(scale, object), estimate=est, se=se, ratio=ratio, effect_pct=pct,
