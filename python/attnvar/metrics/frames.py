@@ -83,7 +83,7 @@ def block(metric: str, variant: str, layer, head, estimate, se=math.nan, *, scal
         elif scale == "nats":
             # A quantity in nats that is not a log ratio of attention (M5's KL and Δlog p):
             # no ratio or reduction % is implied.
-            ratio = pct = low = high = np.full(n, np.nan)
+            ratio, pct, low, high = (np.full(n, np.nan) for _ in range(4))
         else:
             raise ValueError(f"scale must be 'log', 'percent' or 'nats', got {scale!r}")
     out = dict(metric=col(metric, object), variant=col(variant, object),
