@@ -590,3 +590,156 @@ def forest_plot(
         ax.set_title(title, fontsize=10)
     ax.autoscale(enable=True, axis="x")
     return fig
+
+
+# ---- study figures (attnvar.hypotheses, the report) --------------------------------------------
+def _groups(frame: pd.DataFrame, group: str | None):
+    if group is None or group not in frame:
+        return [(None, frame)]
+    return list(frame.groupby(group, sort=True))
+
+
+def profile_plot(
+    frame: pd.DataFrame, x: str, y: str, lower: str, upper: str, *, group: str | None = None,
+    xlabel: str | None = None, ylabel: str | None = None, title: str | None = None,
+) -> Figure:
+    """A line per ``group`` of ``y`` over ``x`` with a shaded ``lower``–``upper`` band
+    (e.g. the effect by query step with its 95 % CI), and a dashed zero line."""
+    fig = _new_figure(6.4, 3.6)
+    ax = fig.add_subplot()
+    for i, (name, sub) in enumerate(_groups(frame, group)):
+        sub = sub.sort_values(x)
+        color = SET_COLORS[i % len(SET_COLORS)]
+        ax.plot(sub[x], sub[y], marker="o", markersize=3, color=color,
+                label=None if name is None else str(name), gid="profile")
+        ax.fill_between(sub[x], sub[lower], sub[upper], color=color, alpha=0.18, linewidth=0)
+    ax.axhline(0, color="#6b7280", linestyle="--", linewidth=0.9)
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or y)
+    if group is not None and group in frame:
+        ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def paired_plot(
+    frame: pd.DataFrame, first: str, second: str, *, group: str | None = None,
+    ylabel: str | None = None, title: str | None = None,
+) -> Figure:
+    """One line per row joining ``first`` and ``second`` (e.g. the incomplete and
+    complete versions of a matched pair), one panel per ``group``, means in bold."""
+    parts = _groups(frame, group)
+    fig = _new_figure(3.2 * len(parts) + 0.6, 3.6)
+    axes = fig.subplots(1, len(parts), squeeze=False, sharey=True)[0]
+    for ax, (name, sub) in zip(axes, parts, strict=True):
+        for a, b in zip(sub[first], sub[second], strict=True):
+            ax.plot([0, 1], [a, b], color="#9ca3af", marker="o", markersize=3, linewidth=0.8)
+        ax.plot([0, 1], [sub[first].mean(), sub[second].mean()], color=PARALLEL_COLOR,
+                marker="s", linewidth=2.2, gid="mean")
+        ax.axhline(0, color="#6b7280", linestyle="--", linewidth=0.9)
+        ax.set_xticks([0, 1], [first, second])
+        ax.set_xlim(-0.3, 1.3)
+        if name is not None:
+            ax.set_title(str(name), fontsize=9)
+    axes[0].set_ylabel(ylabel or "effect")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def dose_plot(
+    summary: pd.DataFrame, x: str, *, group: str | None = None, xlabel: str | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Mean reduction in % with its 95 % CI over a dose variable, from a
+    ``stats.summarize_family`` table (columns ``mean_pct, ci_pct_low, ci_pct_high``)."""
+    fig = _new_figure(5.6, 3.6)
+    ax = fig.add_subplot()
+    for i, (name, sub) in enumerate(_groups(summary, group)):
+        sub = sub.sort_values(x)
+        color = SET_COLORS[i % len(SET_COLORS)]
+        err = np.vstack([sub["mean_pct"] - sub["ci_pct_low"], sub["ci_pct_high"] - sub["mean_pct"]])
+        ax.errorbar(sub[x], sub["mean_pct"], yerr=err, marker="o", capsize=3, color=color,
+                    label=None if name is None else str(name), gid="dose")
+    ax.axhline(0, color="#6b7280", linestyle="--", linewidth=0.9)
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel("reduction in % (positive = less)")
+    if group is not None and group in summary:
+        ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def spec_curve(spec: pd.DataFrame) -> Figure:
+    """The specification curve: every specification's mean reduction in % with its CI,
+    sorted, one panel per mode; the preregistered specification in colour."""
+    parts = _groups(spec, "mode")
+    fig = _new_figure(7.2, 2.8 * len(parts) + 0.6)
+    axes = fig.subplots(len(parts), 1, squeeze=False)[:, 0]
+    for ax, (name, sub) in zip(axes, parts, strict=True):
+        sub = sub.sort_values("mean_pct").reset_index(drop=True)
+        x = np.arange(len(sub))
+        colors = [PARALLEL_COLOR if p else "#374151" for p in sub["primary"]]
+        ax.vlines(x, sub["ci_pct_low"], sub["ci_pct_high"], colors=colors, linewidth=1)
+        ax.scatter(x, sub["mean_pct"], c=colors, s=14, zorder=3, gid="specification")
+        ax.axhline(0, color="#6b7280", linestyle="--", linewidth=0.9)
+        ax.set_xticks([])
+        ax.set_ylabel("reduction in %")
+        ax.set_title(f"{name}: {len(sub)} specifications (orange: preregistered)", fontsize=9)
+    return fig
+
+
+def head_heatmap(table: pd.DataFrame, value: str, mark: str | None = None, *,
+                 title: str | None = None) -> Figure:
+    """Layer × head map of ``value`` (diverging, centred on 0), with a dot on heads where
+    ``mark`` is true (e.g. rejected after BH)."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    layers = sorted(table["layer"].unique())
+    heads_ = sorted(table["head"].unique())
+    grid = np.full((len(layers), len(heads_)), np.nan)
+    li = {v: i for i, v in enumerate(layers)}
+    hi = {v: i for i, v in enumerate(heads_)}
+    for r in table.itertuples(index=False):
+        grid[li[r.layer], hi[r.head]] = getattr(r, value)
+    finite = grid[np.isfinite(grid)]
+    bound = float(np.max(np.abs(finite))) if finite.size else 1.0
+    bound = bound if bound > 0 else 1.0
+    fig = _new_figure(min(max(5.0, 1.6 + 0.45 * len(heads_)), 9.0),
+                      min(1.6 + 0.22 * len(layers), 10.0))
+    ax = fig.add_subplot()
+    image = ax.imshow(grid, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -bound, bound),
+                      aspect="auto", interpolation="nearest")
+    if mark is not None:
+        m = table[table[mark].astype(bool)]
+        ax.scatter([hi[h] for h in m["head"]], [li[v] for v in m["layer"]], s=10, c="black",
+                   gid="marked")
+    ax.set_xticks(range(len(heads_)), [str(h) for h in heads_], fontsize=7)
+    ax.set_yticks(range(len(layers)), [str(v) for v in layers], fontsize=7)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    fig.colorbar(image, ax=ax, shrink=0.8, label=value)
+    if title:
+        ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=8)
+    return fig
+
+
+def degeneracy_plot(rates: pd.DataFrame, flags: Sequence[str]) -> Figure:
+    """Flag and exclusion rates (share of runs) per condition, as grouped bars."""
+    cols = [*flags, "excluded"]
+    labels = [f"{r['mode']} θ={r['threshold']:g}" for _, r in rates.iterrows()]
+    fig = _new_figure(7.2, 3.4)
+    ax = fig.add_subplot()
+    width = 0.8 / len(cols)
+    x = np.arange(len(rates))
+    for i, c in enumerate(cols):
+        ax.bar(x + i * width, rates[c], width, label=c.removeprefix("flag_"),
+               color=SET_COLORS[i % len(SET_COLORS)] if c != "excluded" else "#111827")
+    ax.set_xticks(x + 0.4 - width / 2, labels, fontsize=8)
+    ax.set_ylabel("share of runs")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=4)
+    ax.set_title("Degeneracy flags and exclusions", fontsize=10)
+    return fig

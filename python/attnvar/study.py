@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 
 from .capture import Capture
 from .model import ENCODINGS, MODES, POLICIES
+from .preregistration import Preregistration
 
 STUDY_FILE = "study.json"
 
@@ -53,6 +54,8 @@ class Study:
     replays : encodings each generated tree is replayed under (text held fixed)
     capture : what every run records (default: all layers, probabilities and scores)
     model_path : GGUF file or HF directory; None = the bundled default model
+    preregistration : the analysis plan (primary metric, exclusion rule, tests), written
+        to the results directory before the first run (``attnvar.preregistration``)
     """
 
     prompts: Sequence
@@ -66,6 +69,7 @@ class Study:
     max_width: int = 32
     capture: Capture | None = field(default_factory=lambda: Capture(scores=True))
     model_path: str | None = None
+    preregistration: Preregistration = field(default_factory=Preregistration)
 
     def __post_init__(self) -> None:
         from .prompts import Prompt
@@ -92,6 +96,8 @@ class Study:
                     raise ValueError(f"{name}: {v!r} is not one of {', '.join(choices)}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be ≥ 0, got {self.max_steps}")
+        if isinstance(self.preregistration, dict):
+            self.preregistration = Preregistration.from_dict(self.preregistration)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Study:
@@ -120,6 +126,8 @@ class Study:
         if "capture" in data:
             cap = data.pop("capture")
             data["capture"] = None if cap is False else Capture(**cap)
+        if "preregistration" in data:
+            data["preregistration"] = Preregistration.from_dict(data.pop("preregistration"))
         allowed = set(cls.__dataclass_fields__)
         unknown = set(data) - allowed
         if unknown:
@@ -146,6 +154,10 @@ class Study:
             "seeds": list(self.seeds), "sample": self.sample, "max_steps": self.max_steps,
             "max_width": self.max_width, "capture": cap, "model_path": self.model_path,
         }
+
+    def describe_with_plan(self) -> dict:
+        """:meth:`describe` plus the preregistered plan (what study.json stores)."""
+        return {**self.describe(), "preregistration": self.preregistration.plan()}
 
     def run(self, results_dir: str | os.PathLike, workers: int = 1, progress: bool = True):
         """Run every cell not already complete in ``results_dir``; write tables.

@@ -9,6 +9,7 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from . import preregistration
 from .study import STUDY_FILE, Cell, Study, iter_completed, replay_key, write_atomic
 
 TABLES = "tables"
@@ -88,7 +89,10 @@ def run_study(study: Study, results: Path, workers: int = 1, progress: bool = Tr
     # (their names start with "."), removed before the study goes on.
     for stale in runs_dir.glob(".*.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    write_atomic(results / STUDY_FILE, json.dumps(study.describe(), indent=1).encode())
+    # The plan first: it must predate every run (the report checks), and a results
+    # directory keeps the plan it was started with.
+    preregistration.write(results, study.preregistration, study.describe())
+    write_atomic(results / STUDY_FILE, json.dumps(study.describe_with_plan(), indent=1).encode())
     model = _load(study.model_path)
     sha = model.identity["sha256"]
     prompts = {p.id: p for p in study.prompts}

@@ -162,7 +162,7 @@ def _distance_matched(pairs: CountedPairs, s: torch.Tensor, in_p) -> HeadEstimat
     L, H, Q, K = pairs.shape
     index, levels = distance_levels(pairs)
     # One dummy per distance but the most frequent (the query effects hold the level).
-    x = np.zeros((Q, K, len(levels)))
+    x = np.zeros((Q, K, max(len(levels), 1)))  # a run without counted pairs: β only
     qi, ki = np.nonzero(index >= 1)
     x[qi, ki, index[qi, ki] - 1] = 1.0
     x[:, :, -1] = pairs.key_parallel[None, :]

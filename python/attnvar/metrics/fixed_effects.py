@@ -113,7 +113,10 @@ def fit_within_query(y: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> Withi
     pooled_n = 0
     pooled_q = 0
 
-    patterns, group = torch.unique(w.reshape(B, -1), dim=0, return_inverse=True)
+    if Q * K == 0:  # no generated query or key (e.g. EOS at the first step): nothing counts
+        patterns, group = w.reshape(B, 0)[:0], torch.zeros(B, dtype=torch.long)
+    else:
+        patterns, group = torch.unique(w.reshape(B, -1), dim=0, return_inverse=True)
     for g in range(patterns.shape[0]):
         heads = torch.nonzero(group == g).flatten()
         wg = patterns[g].reshape(Q, K)

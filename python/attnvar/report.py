@@ -1,0 +1,265 @@
+"""The hypothesis report of a study: Markdown and self-contained HTML with the figures.
+
+``write_report(results)`` loads the study (:func:`attnvar.hypotheses.load`), runs every
+hypothesis function (:func:`attnvar.hypotheses.run_all`) and prints their tables,
+answers and figures; it computes nothing itself, so the report's numbers are the
+analysis functions' numbers. It also checks the study against its preregistration.
+
+Layout of ``<results>/report/``: ``report.md``, ``report.html`` (figures embedded as
+PNG data URIs, no external files), ``figures/<name>.png``, ``tables/<finding>__<table>.csv``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPORT_DIR = "report"
+
+# The columns each report table shows (all columns are in tables/*.csv).
+SHOW = {
+    ("dataset", "dataset"): None,
+    ("primary", "summary"): ["mode", "threshold", "policy", "n", "mean_pct", "ci_pct_low",
+                             "ci_pct_high", "mean", "p", "p_wilcoxon", "p_perm", "p_adj",
+                             "hl", "r_rb", "p_tost", "equivalent"],
+    ("primary", "meta"): None,
+    ("family", "family"): ["hypothesis", "mode", "test", "estimate", "ci_low", "ci_high",
+                           "unit", "n", "p", "p_adj", "reject"],
+    ("H1", "slope_summary"): ["mode", "n", "mean", "ci_low", "ci_high", "p", "p_adj"],
+    ("H1", "by_query_phase"): ["mode", "query_phase", "n", "mean_pct", "ci_pct_low",
+                               "ci_pct_high", "p", "p_adj"],
+    ("H1", "by_key_phase"): ["mode", "key_phase", "n", "mean_pct", "ci_pct_low",
+                             "ci_pct_high", "p", "p_adj"],
+    ("H1", "mixed"): None,
+    ("H2", "paired"): ["mode", "n", "mean_pct", "ci_pct_low", "ci_pct_high", "p", "p_adj"],
+    ("H2", "categories"): ["mode", "category", "n", "mean_pct", "ci_pct_low", "ci_pct_high",
+                           "p", "p_adj"],
+    ("H2", "kruskal"): None,
+    ("H3", "closed_vs_open"): ["mode", "n", "mean_pct", "ci_pct_low", "ci_pct_high", "p",
+                               "p_adj"],
+    ("H3", "classes"): ["mode", "class", "n", "mean_pct", "ci_pct_low", "ci_pct_high", "p",
+                        "p_adj", "reject"],
+    ("H3", "terms"): ["mode", "term", "n", "mean", "ci_low", "ci_high", "p", "p_adj"],
+    ("H4", "threshold_dose"): ["mode", "n", "mean", "ci_low", "ci_high", "p", "p_adj"],
+    ("H4", "association"): None,
+    ("H4", "by_threshold"): ["mode", "threshold", "n", "mean_pct", "ci_pct_low",
+                             "ci_pct_high", "p", "p_adj"],
+    ("H4", "steps_dose"): ["mode", "max_steps", "n", "mean_pct", "ci_pct_low", "ci_pct_high"],
+    ("predictability", "summary"): None,
+    ("robustness", "specifications"): ["mode", "metric", "variant", "sinks_excluded",
+                                       "design", "exclusions", "n", "mean_pct", "ci_pct_low",
+                                       "ci_pct_high", "p", "primary"],
+    ("heads", "heads"): None,  # too long: the heatmap shows it; the CSV has it
+    ("degeneracy", "rates"): None,
+    ("degeneracy", "excluded"): None,
+}
+HIDDEN = {("heads", "heads")}
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (float, np.floating)):
+        if not np.isfinite(v):
+            return "–"
+        return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+    return str(v)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "figure"
+
+
+@dataclass
+class Block:
+    kind: str  # "h1", "h2", "h3", "p", "table", "figure", "pre"
+    content: Any
+    caption: str = ""
+
+
+def _table_block(frame: pd.DataFrame, cols: list[str] | None, caption: str) -> Block:
+    shown = frame if cols is None else frame[[c for c in cols if c in frame]]
+    return Block("table", shown.reset_index(drop=True), caption)
+
+
+def compliance(res) -> dict[str, Any]:
+    """Whether the study followed its preregistration.
+
+    Returns a dict with ``followed`` (bool) and ``checks``: (description, ok, detail)
+    tuples — plan written before the first run, plan stored with the study unchanged,
+    every planned generation complete, analysis settings equal to the plan's.
+    """
+    from .study import iter_completed
+
+    checks = []
+    written = _dt.datetime.fromisoformat(res.prereg["written_at"])
+    run_times = [p.joinpath("run.json").stat().st_mtime
+                 for p in iter_completed(res.path / "runs")]
+    first = (_dt.datetime.fromtimestamp(min(run_times), _dt.timezone.utc)
+             if run_times else None)
+    checks.append(("plan written before the first run",
+                   first is None or written <= first + _dt.timedelta(seconds=1),
+                   f"plan {written.isoformat()}, first run "
+                   f"{first.isoformat(timespec='seconds') if first else 'none'}"))
+    stored = res.study.get("preregistration")
+    checks.append(("plan stored with the study equals the preregistered plan",
+                   stored == res.plan, "study.json vs preregistration.json"))
+    s = res.study
+    n_seeds = len(s.get("seeds") or [0]) if s.get("sample") else 1
+    expected = (len(s["prompts"]) * len(s["thresholds"]) * len(s["modes"])
+                * len(s["policies"]) * n_seeds)
+    runs = res.tables["runs"]
+    got = int((runs["kind"] == "generate").sum())
+    rep_expected = expected * len(s.get("replays", []))
+    rep_got = int((runs["kind"] == "replay").sum())
+    checks.append(("every planned run complete", got == expected and rep_got == rep_expected,
+                   f"{got}/{expected} generations, {rep_got}/{rep_expected} replays"))
+    dev = res.deviations()
+    checks.append(("analysis settings as planned", not dev, "; ".join(dev) or "none"))
+    if res.plan["contrast_encoding"] not in s.get("replays", []):
+        checks.append(("the planned contrast replay was run", False,
+                       f"{res.plan['contrast_encoding']} not among the replays: the primary "
+                       "design falls back to the observational contrast"))
+    return {"followed": all(ok for _, ok, _ in checks), "checks": checks}
+
+
+def build_blocks(res, findings: dict) -> list[Block]:
+    """The report as a list of blocks (shared by the Markdown and HTML writers)."""
+    b: list[Block] = []
+    plan = res.plan
+    b.append(Block("h1", f"attnvar hypothesis report — {res.path.name}"))
+    comp = compliance(res)
+    b.append(Block("p", (
+        f"Primary effect: **{res.metric} ({res.variant})**, sinks "
+        f"{'excluded' if res.sinks_excluded else 'included'}, "
+        f"{'generated run minus its ' + res.contrast_encoding + ' replay (text held fixed)' if res.design == 'replay' else 'observational (within the generated run)'}. "
+        "Effects in % are reductions: **positive = parallel tokens receive less attention**; "
+        f"log-scale effects keep their sign (negative = less). Unit: the prompt. Level "
+        f"α = {plan['alpha']}, H1–H4 corrected together ({plan['hypotheses_correction']}), "
+        f"heads by {plan['heads_correction']} at q = {plan['heads_q']}, equivalence margin "
+        f"±{plan['tost_margin_pct']} %.")))
+    b.append(Block("h2", "Preregistration"))
+    b.append(Block("p", "The study **followed** its preregistration." if comp["followed"] else
+                   "The study **did not fully follow** its preregistration (see the failed "
+                   "checks)."))
+    b.append(Block("table", pd.DataFrame(
+        [{"check": c, "ok": ok, "detail": d} for c, ok, d in comp["checks"]]), ""))
+    b.append(Block("pre", json.dumps(res.prereg["plan"], indent=1, ensure_ascii=False),
+                   f"Plan (sha256 {res.prereg['plan_sha256'][:12]}…, written "
+                   f"{res.prereg['written_at']})"))
+    order = ["dataset", "primary", "family", "H1", "H2", "H3", "H4", "predictability",
+             "robustness", "heads", "degeneracy"]
+    for key in order:
+        f = findings.get(key)
+        if f is None:
+            continue
+        b.append(Block("h2", f.title))
+        if f.answer:
+            b.append(Block("p", "**Answer.** " + f.answer))
+        for name, table in f.tables.items():
+            k = (key, name)
+            if k not in SHOW or k in HIDDEN or table is None or len(table) == 0:
+                continue
+            b.append(_table_block(table, SHOW[k], f"{key} — {name}"))
+        for name, fig in f.figures.items():
+            b.append(Block("figure", fig, name))
+    return b
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _inline_md_to_html(text: str) -> str:
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def write_report(results: str | Path, out: str | Path | None = None, predict: bool = True,
+                 **load_kwargs) -> Path:
+    """Write the report of the study in ``results`` to ``out`` (default
+    ``<results>/report``); returns the path of report.html. ``load_kwargs`` go to
+    :func:`attnvar.hypotheses.load` (deviations from the plan are reported as such)."""
+    from . import hypotheses
+
+    res = hypotheses.load(results, **load_kwargs)
+    findings = hypotheses.run_all(res, predict=predict)
+    out = Path(out) if out is not None else res.path / REPORT_DIR
+    staging = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "figures").mkdir(parents=True)
+    (staging / "tables").mkdir()
+    for key, f in findings.items():
+        for name, table in f.tables.items():
+            if table is not None and len(table):
+                table.to_csv(staging / "tables" / f"{_slug(key)}__{_slug(name)}.csv", index=False)
+    md, body = [], []
+    used: set[str] = set()
+    for block in build_blocks(res, findings):
+        if block.kind in ("h1", "h2", "h3"):
+            level = int(block.kind[1])
+            md.append("#" * level + " " + block.content)
+            body.append(f"<{block.kind}>{html.escape(block.content)}</{block.kind}>")
+        elif block.kind == "p":
+            md.append(block.content)
+            body.append(f"<p>{_inline_md_to_html(block.content)}</p>")
+        elif block.kind == "pre":
+            md.append(f"{block.caption}:\n\n```json\n{block.content}\n```")
+            body.append(f"<p>{html.escape(block.caption)}:</p><pre>{html.escape(block.content)}</pre>")
+        elif block.kind == "table":
+            frame = block.content
+            md.append((f"*{block.caption}*\n\n" if block.caption else "") + _md_table(frame))
+            shown = frame.map(_cell) if hasattr(frame, "map") else frame.applymap(_cell)
+            body.append((f"<p class='caption'>{html.escape(block.caption)}</p>"
+                         if block.caption else "") + shown.to_html(index=False, border=0,
+                                                                   escape=True))
+        elif block.kind == "figure":
+            name = _slug(block.caption)
+            while name in used:
+                name += "_"
+            used.add(name)
+            data = _png(block.content)
+            (staging / "figures" / f"{name}.png").write_bytes(data)
+            md.append(f"![{block.caption}](figures/{name}.png)")
+            uri = base64.b64encode(data).decode()
+            body.append(f"<figure><img alt='{html.escape(block.caption)}' "
+                        f"src='data:image/png;base64,{uri}'/><figcaption>"
+                        f"{html.escape(block.caption)}</figcaption></figure>")
+    (staging / "report.md").write_text("\n\n".join(md) + "\n")
+    page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'/>"
+            f"<title>attnvar report — {html.escape(res.path.name)}</title><style>"
+            "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;"
+            "padding:0 1em;line-height:1.45}table{border-collapse:collapse;font-size:12px;"
+            "margin:0.5em 0 1.5em}td,th{padding:2px 8px;border-bottom:1px solid #e5e7eb;"
+            "text-align:right}th{background:#f3f4f6}img{max-width:100%}"
+            "figure{margin:1em 0}figcaption,.caption{color:#4b5563;font-size:12px}"
+            "pre{background:#f9fafb;padding:0.8em;font-size:12px}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+    (staging / "report.html").write_text(page)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return out / "report.html"
+
+
+__all__ = ["REPORT_DIR", "build_blocks", "compliance", "write_report"]

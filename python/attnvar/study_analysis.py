@@ -1,0 +1,225 @@
+"""Analysing a study's runs: every metric, profile and degeneracy flag, per cell, on disk.
+
+For each generated run (a cell) and its replays, :func:`analyze_cell` computes
+
+- ``metrics``: :func:`attnvar.metrics.analyze` (M0, M1 plain and distance-matched, M1m,
+  M1p, M2) of the generated run and of every replay that keeps all members, with sinks
+  fixed on the cell's ``top_only`` replay when the study has one (else the first slot),
+  with and without the sink exclusion; per-head rows are kept for M1 and M2, prompt rows
+  (layer = head = −1) for all;
+- ``terms``: M2 with every coefficient (H3), prompt rows, generated run;
+- ``steps``: the per-query-step contrast (H1 and the max_steps dose–response);
+- ``classes``: the contrast within token classes (H3);
+- ``distance``: query-demeaned scores by logical distance;
+- ``degeneracy``: metrics, flags and the preregistered exclusion decision (generated run);
+
+each for the generated run and its replays, written atomically to
+``analysis/<cell>.<table>.parquet``. A killed analysis resumes where it stopped; tables
+in ``tables/`` are the concatenation. Every number of the hypothesis report comes from
+these tables (no second computation path).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from .study import iter_completed, write_atomic
+
+ANALYSIS = "analysis"
+ANALYSIS_VERSION = 1
+TABLE_NAMES = ("metrics", "terms", "steps", "classes", "distance", "degeneracy")
+HEAD_LEVEL_METRICS = ("M1", "M2")
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def _tag(frame: pd.DataFrame, **columns) -> pd.DataFrame:
+    for i, (k, v) in enumerate(columns.items()):
+        frame.insert(i, k, v)
+    return frame
+
+
+def analyze_cell(generated, replays: dict, rule, prompt_id: str, cell_id: str) -> dict[str, pd.DataFrame]:
+    """All tables of one cell. ``replays`` maps encoding → Run; ``rule`` is the study's
+    ExclusionRule."""
+    from . import degeneracy
+    from .metrics import analyze, as_view, count_pairs, find_sinks, logit_regression
+    from .metrics.profiles import class_contrasts, distance_profile, step_profile
+
+    out: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLE_NAMES}
+    # A pair counts only when its query's step is later than its key's: runs of fewer
+    # than two steps (EOS at once) have none, and no metric is defined for them.
+    analysable = len(generated.tree.steps) >= 2
+    sinks = find_sinks(replays["top_only"]) if analysable and "top_only" in replays else None
+    runs = [("generated", generated)] + [(e, r) for e, r in sorted(replays.items())
+                                         if e != "top_only"]
+    for source, run in (runs if analysable else []):
+        view = as_view(run)
+        tag = dict(cell_id=cell_id, source=source)
+        table = analyze(view, sinks=sinks, prompt=prompt_id)
+        keep = (table["layer"] < 0) | table["metric"].isin(HEAD_LEVEL_METRICS)
+        out["metrics"].append(_tag(table[keep].reset_index(drop=True), **tag))
+        pairs = count_pairs(view, sinks=sinks, exclude_sinks=True)
+        out["steps"].append(_tag(step_profile(pairs), **tag))
+        out["classes"].append(_tag(class_contrasts(pairs), **tag))
+        out["distance"].append(_tag(distance_profile(pairs), **tag))
+        if source == "generated":
+            terms = logit_regression(pairs, terms="all", prompt=prompt_id)
+            out["terms"].append(_tag(terms[terms["layer"] < 0].reset_index(drop=True), **tag))
+    flags = degeneracy.flags(generated, rule.thresholds())
+    out["degeneracy"].append(pd.DataFrame([{
+        "cell_id": cell_id, "analysable": analysable, **degeneracy.metrics(generated),
+        **{f"flag_{k}": v for k, v in flags.items()}, "excluded": rule.excludes(flags)}]))
+    return {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in out.items()}
+
+
+def _cell_paths(adir: Path, cell_id: str) -> dict[str, Path]:
+    return {name: adir / f"{cell_id}.{name}.parquet" for name in TABLE_NAMES}
+
+
+def _done(adir: Path, cell_id: str) -> bool:
+    return all(p.exists() for p in _cell_paths(adir, cell_id).values())
+
+
+def _analyze_one(results: str, cell_id: str, encodings: list[str], prompt_id: str,
+                 rule_fields: dict) -> str:
+    from .degeneracy import ExclusionRule
+    from .run_store import load_run
+    from .study import replay_key
+
+    runs_dir = Path(results) / "runs"
+    generated = load_run(runs_dir / cell_id)
+    replays = {e: load_run(runs_dir / replay_key(cell_id, e)) for e in encodings}
+    tables = analyze_cell(generated, replays, ExclusionRule(**rule_fields), prompt_id, cell_id)
+    adir = Path(results) / ANALYSIS
+    # The degeneracy file is written last: a cell is complete when all six exist.
+    for name in TABLE_NAMES:
+        write_atomic(_cell_paths(adir, cell_id)[name], _parquet_bytes(tables[name]))
+    return cell_id
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
+                  on_cell: Callable[[str], None] | None = None) -> dict[str, pd.DataFrame]:
+    """Analyse every generated run of the study in ``results`` (resumable), then write
+    ``tables/<name>.parquet`` for each table and return them.
+
+    The exclusion rule and the sink source come from the study's preregistration and
+    replays. Cells analysed by an earlier call (same analysis version) are not redone.
+    """
+    from . import preregistration
+    from .study_runner import RUNS, TABLES
+
+    results = Path(results)
+    runs_path = results / TABLES / "runs.parquet"
+    if not runs_path.exists():
+        raise FileNotFoundError(f"{runs_path}: no runs table; run the study first")
+    runs = pd.read_parquet(runs_path)
+    prereg = preregistration.Preregistration.from_dict(preregistration.load(results)["plan"])
+    rule = prereg.exclusion_rule()
+    rule_fields = {"always": rule.always, "any_k_of": rule.any_k_of, "k": rule.k}
+    adir = results / ANALYSIS
+    version_file = adir / "VERSION"
+    if adir.exists() and (not version_file.exists()
+                          or version_file.read_text().strip() != str(ANALYSIS_VERSION)):
+        shutil.rmtree(adir)  # written by another analysis version: recompute
+    adir.mkdir(exist_ok=True)
+    version_file.write_text(str(ANALYSIS_VERSION))
+    for stale in adir.glob(".*.tmp-*"):
+        stale.unlink(missing_ok=True)
+    gen = runs[runs["kind"] == "generate"]
+    replays = runs[runs["kind"] == "replay"]
+    completed = {p.name for p in iter_completed(results / RUNS)}
+    jobs = []
+    for row in gen.itertuples(index=False):
+        encs = sorted(replays.loc[replays["parent_id"] == row.run_id, "encoding"])
+        if row.run_id in completed and not _done(adir, row.run_id):
+            jobs.append((str(results), row.run_id, encs, row.prompt_id, rule_fields))
+    bar = None
+    if progress and jobs:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(jobs), unit="cell", desc="attnvar analysis")
+        except ImportError:
+            bar = None
+
+    def finished(cell_id: str) -> None:
+        if bar is not None:
+            bar.update(1)
+        if on_cell is not None:
+            on_cell(cell_id)
+
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            finished(_analyze_one(*job))
+    else:
+        import torch
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, torch.get_num_threads() // workers)
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(threads,)) as pool:
+            for f in as_completed([pool.submit(_analyze_one, *job) for job in jobs]):
+                finished(f.result())
+    if bar is not None:
+        bar.close()
+    return write_analysis_tables(results, list(gen["run_id"]))
+
+
+def write_analysis_tables(results: Path, cell_ids: list[str]) -> dict[str, pd.DataFrame]:
+    """Concatenate the per-cell files of ``cell_ids`` into ``tables/<name>.parquet``."""
+    from .study_runner import TABLES
+
+    adir = results / ANALYSIS
+    out = {}
+    for name in TABLE_NAMES:
+        parts = [pd.read_parquet(adir / f"{c}.{name}.parquet") for c in cell_ids
+                 if (adir / f"{c}.{name}.parquet").exists()]
+        parts = [p for p in parts if len(p)]
+        frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        write_atomic(results / TABLES / f"{name}.parquet", _parquet_bytes(frame))
+        out[name] = frame
+    return out
+
+
+def load_tables(results: str | Path) -> dict[str, pd.DataFrame]:
+    """The study's tables (runs and every analysis table) as written by the study and
+    :func:`analyze_study`."""
+    from .study_runner import TABLES
+
+    tdir = Path(results) / TABLES
+    names = ("runs", *TABLE_NAMES)
+    missing = [n for n in names if not (tdir / f"{n}.parquet").exists()]
+    if missing:
+        raise FileNotFoundError(f"{tdir}: missing {', '.join(m + '.parquet' for m in missing)}; "
+                                "run the study and attnvar.study_analysis.analyze_study first")
+    return {n: pd.read_parquet(tdir / f"{n}.parquet") for n in names}
+
+
+def read_study(results: str | Path) -> dict:
+    """The study description (study.json) of a results directory."""
+    from .study import STUDY_FILE
+
+    path = Path(results) / STUDY_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not a study results directory")
+    return json.loads(path.read_text())
+
+
+__all__ = ["ANALYSIS_VERSION", "TABLE_NAMES", "analyze_cell", "analyze_study", "load_tables",
+           "read_study", "write_analysis_tables"]
