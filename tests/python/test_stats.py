@@ -37,6 +37,20 @@ def test_wilcoxon_by_hand():
     assert h["ci_level"] == pytest.approx(54 / 64)
 
 
+def test_wilcoxon_with_zeros_and_ties_by_hand():
+    # d = 1, −1, 2, 2, 0, 3: the zero is dropped; |d| = 1 1 2 2 3 → midranks 1.5 1.5 3.5
+    # 3.5 5. T⁺ = 1.5 + 3.5 + 3.5 + 5 = 13.5, T⁻ = 1.5, r_rb = 12/15 = 0.8. With ties scipy
+    # gives the p value (zeros dropped first, as here).
+    d = [1.0, -1.0, 2.0, 2.0, 0.0, 3.0]
+    w = S.wilcoxon_signed_rank(d)
+    assert (w["n_nonzero"], w["t_plus"], w["t_minus"]) == (5, 13.5, 1.5)
+    assert w["r_rb"] == pytest.approx(0.8)
+    assert w["p"] == pytest.approx(sst.wilcoxon([1.0, -1.0, 2.0, 2.0, 3.0]).pvalue)
+    # HL over all six differences (zero included): 21 Walsh averages, median 1.0
+    i, j = np.triu_indices(6)
+    assert w["hl"] == pytest.approx(np.median((np.array(d)[i] + np.array(d)[j]) / 2)) == 1.0
+
+
 def test_paired_form_equals_differences():
     x = np.array([3.0, 1.0, 4.0, 1.5, 5.0, 9.0])
     y = x - np.array(SIX)
@@ -116,6 +130,35 @@ def test_bca_near_t_interval_for_normal_data_and_constant_case():
     assert hi_e - te["mean"] > te["mean"] - lo_e
 
 
+def test_bca_equals_scipy_bootstrap():
+    rng = np.random.default_rng(15)
+    d = rng.gamma(2.0, 1.0, size=30)
+    lo, hi = S.bca_ci(d, n_resamples=3000, seed=4, alpha=0.1)
+    ref = sst.bootstrap((d,), np.mean, method="BCa", n_resamples=3000, confidence_level=0.9,
+                        rng=np.random.default_rng(4)).confidence_interval
+    assert (lo, hi) == (pytest.approx(ref.low), pytest.approx(ref.high))
+    assert np.isnan(S.bca_ci([1.0, 2.0])).all()  # n < 3
+
+
+def test_hierarchical_bootstrap_by_hand():
+    # Stage 1 by hand: two prompts whose queries are all 1.0 and all 3.0. A draw of two
+    # prompts gives mean 1, 2 or 3 with probability 1/4, 1/2, 1/4: the 2.5 / 97.5 %
+    # quantiles are 1 and 3, the SD is sqrt(1/2) = 0.7071.
+    f = pd.DataFrame({"prompt_id": [0] * 4 + [1] * 4, "step": [0, 1, 2, 3] * 2,
+                      "v": [1.0] * 4 + [3.0] * 4})
+    h = S.hierarchical_bootstrap(f, "v", n_resamples=20000, seed=1)
+    assert (h["estimate"], h["ci_low"], h["ci_high"]) == (2.0, 1.0, 3.0)
+    assert h["se"] == pytest.approx(math.sqrt(0.5), abs=0.01)
+    # Stage 2 by hand: one prompt, step A with one query (0), step B with three (4 each).
+    # Drawing two steps: AA → 0, AB → (0 + 3·4)/4 = 3, BB → 4, probabilities 1/4, 1/2,
+    # 1/4 (queries of a step stay together; the pooled query mean). Bootstrap mean 2.5,
+    # SD sqrt(0.5·9 + 0.25·16 − 2.5²) = 1.5; the estimate is the pooled mean 12/4 = 3.
+    g = pd.DataFrame({"prompt_id": [0] * 4, "step": [0, 1, 1, 1], "v": [0.0, 4.0, 4.0, 4.0]})
+    h2 = S.hierarchical_bootstrap(g, "v", n_resamples=20000, seed=1)
+    assert (h2["estimate"], h2["ci_low"], h2["ci_high"]) == (3.0, 0.0, 4.0)
+    assert h2["se"] == pytest.approx(1.5, abs=0.02)
+
+
 def test_hierarchical_bootstrap():
     rng = np.random.default_rng(8)
     rows = []
@@ -192,6 +235,24 @@ def test_meta_reml_by_hand_equal_variances():
     if lo > 0:
         assert q_at(lo) == pytest.approx(sst.chi2.ppf(0.975, 5))
     assert q_at(hi) == pytest.approx(sst.chi2.ppf(0.025, 5))
+
+
+def test_meta_from_items_by_hand():
+    # Prompt a: 1, 2, 3 → mean 2, s² = 1, v = 1/3; prompt b: 4, 6 → mean 5, s² = 2, v = 1;
+    # prompt c: 0, 0, 3, 1 → mean 1, s² = 2, v = 1/2; prompt d: one item (dropped);
+    # prompt e: 7, 7 (zero spread, dropped).
+    f = pd.DataFrame({"prompt_id": list("aaabbccccdee"),
+                      "v": [1, 2, 3, 4, 6, 0, 0, 3, 1, 9, 7, 7]}, dtype=object)
+    f["v"] = f["v"].astype(float)
+    m = S.meta_from_items(f, "v", method="dl")
+    ref = S.meta_analysis([2.0, 5.0, 1.0], [1 / 3, 1.0, 0.5], method="dl")
+    assert m == ref
+    # DL by hand: w = 3, 1, 2; fixed mean = (6 + 5 + 2)/6 = 13/6; Q = 3(2 − 13/6)² +
+    # (5 − 13/6)² + 2(1 − 13/6)² = 3/36 + 289/36 + 98/36 = 65/6; C = 6 − 14/6 = 11/3;
+    # τ² = (Q − 2)/C = (53/6)·(3/11) = 53/22; I² = (Q − 2)/Q = 53/65.
+    assert m["k"] == 3 and m["Q"] == pytest.approx(65 / 6)
+    assert m["tau2"] == pytest.approx(53 / 22)
+    assert m["I2"] == pytest.approx(100 * 53 / 65)
 
 
 def _tau2_coverage(reps: int, seed: int) -> tuple[float, float]:
