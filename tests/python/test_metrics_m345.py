@@ -201,8 +201,10 @@ def test_m4_equals_an_independent_numpy_rollout_of_the_dense_matrices(model, rep
     table = am.rollout_contrast(replayed, top, sinks=None)
     # By hand: rank-0 query of each step u; parallel positions t < u.
     run_slots, top_slots = replayed.slots, top.slots
-    key_run = {(s, r): i for i, (s, r) in enumerate(zip(run_slots.step, run_slots["rank"]))}
-    key_top = {(s, r): i for i, (s, r) in enumerate(zip(top_slots.step, top_slots["rank"]))}
+    key_run = {(s, r): i for i, (s, r) in
+               enumerate(zip(run_slots.step, run_slots["rank"], strict=True))}
+    key_top = {(s, r): i for i, (s, r) in
+               enumerate(zip(top_slots.step, top_slots["rank"], strict=True))}
     widths = [len(s) for s in STEPS]
     expected = {"position_mass": [], "generated_share": []}
     for layer in range(r_run.shape[0]):
@@ -349,8 +351,9 @@ def test_m5_table_pairs_parallel_and_matched_knockouts(model, tree):
     table = am.knockout(model, tree, **kw)
     assert set(table.variant) == {"all_parallel", "parallel", "matched_nonparallel", "contrast"}
     assert set(table.term) == {"kl", "delta_logp"} and (table.scale == "nats").all()
-    for (a, b), g in table.groupby(["layer_begin", "layer_end"]):
-        est = {(v, t): e for v, t, e in zip(g.variant, g.term, g.estimate)}
+    assert len(table.groupby(["layer_begin", "layer_end"])) == 2
+    for _, g in table.groupby(["layer_begin", "layer_end"]):
+        est = {(v, t): e for v, t, e in zip(g.variant, g.term, g.estimate, strict=True)}
         for term in ("kl", "delta_logp"):
             assert est[("contrast", term)] == pytest.approx(
                 est[("parallel", term)] - est[("matched_nonparallel", term)], abs=1e-12)
@@ -368,5 +371,6 @@ def test_m5_table_pairs_parallel_and_matched_knockouts(model, tree):
     assert np.array_equal(table.estimate.to_numpy(), again.estimate.to_numpy())
     print("[M5] tiny tree, all layers: "
           + ", ".join(f"{v}/{t} {e:+.4f}" for v, t, e, a in
-                      zip(table.variant, table.term, table.estimate, table.layer_begin)
+                      zip(table.variant, table.term, table.estimate, table.layer_begin,
+                          strict=True)
                       if a == 0))

@@ -50,8 +50,9 @@ Rows (metric "M5", ``layer = head = −1``, the window in extra columns ``layer_
 
 ``estimate`` is the mean over evaluated steps, ``se`` their SE (steps as units,
 descriptive). ``n_queries``: evaluated steps; ``n_pairs`` and ``n_parallel_pairs``: the
-parallel keys knocked out per knockout (the matched knockout removes as many N keys). Extra: ``draws``, ``match_distance``
-(mean |Δ position| of matched pairs), ``class_match`` (share with equal piece type).
+parallel keys knocked out per knockout (the matched knockout removes as many N keys).
+Extra: ``draws``, ``match_distance`` (mean |Δ position| of matched pairs),
+``class_match`` (share of matched pairs with equal piece type).
 """
 
 from __future__ import annotations
@@ -340,7 +341,7 @@ def knockout(
 
     blocks = []
     for a, b in windows:
-        def effects(keys):
+        def effects(keys, a=a, b=b):
             ko = knockout_replay(model, tree, keys, a, b, **kw)
             return next_token_effects(base, ko, tree, steps)
 

@@ -135,7 +135,7 @@ def rollout_masses(
     parallel = {t: bool(lab[view.step == t].any()) for t in steps}
     members = {t: np.flatnonzero(view.step == t) for t in steps}
     queries = [u for u in steps if (u, 0) in run_slot and (u, 0) in top_slot]
-    L, Q = r_run.shape[0], len(queries)
+    Q = len(queries)
     w_run = np.zeros((2, Q, view.num_slots))  # (parallel | generated, query, key slot)
     w_top = np.zeros((2, Q, top.num_slots))
     n_pos = np.zeros(Q, dtype=np.int64)
@@ -189,7 +189,7 @@ def rollout_contrast(
     """
     view = as_view(run)
     m = rollout_masses(run, top_only, sinks, exclude_sinks, labels)
-    L, Q = m["mass_run"].shape
+    Q = m["mass_run"].shape[1]
     zero = torch.zeros((), dtype=torch.float64)
     groups = torch.eye(Q, dtype=torch.float64)  # one query per step
     blocks = []
