@@ -29,7 +29,23 @@ Attention::Attention(const ModelConfig& config, AttentionWeights weights, int64_
       head_dim_(config.head_dim),
       rms_norm_eps_(config.rms_norm_eps),
       scale_(1.0 / std::sqrt(static_cast<double>(config.head_dim))),
-      w_(std::move(weights)) {}
+      w_(std::move(weights)) {
+  const int64_t q_dim = w_.q_proj.size(0), kv_dim = w_.k_proj.size(0);
+  qkv_proj_ = at::cat({w_.q_proj, w_.k_proj, w_.v_proj}, 0);
+  w_.q_proj = qkv_proj_.narrow(0, 0, q_dim);
+  w_.k_proj = qkv_proj_.narrow(0, q_dim, kv_dim);
+  w_.v_proj = qkv_proj_.narrow(0, q_dim + kv_dim, kv_dim);
+  if (w_.q_bias.defined() || w_.k_bias.defined() || w_.v_bias.defined()) {
+    const auto or_zeros = [&](const at::Tensor& b, int64_t n) {
+      return b.defined() ? b : at::zeros({n}, qkv_proj_.options());
+    };
+    qkv_bias_ = at::cat({or_zeros(w_.q_bias, q_dim), or_zeros(w_.k_bias, kv_dim),
+                         or_zeros(w_.v_bias, kv_dim)});
+    w_.q_bias = qkv_bias_.narrow(0, 0, q_dim);
+    w_.k_bias = qkv_bias_.narrow(0, q_dim, kv_dim);
+    w_.v_bias = qkv_bias_.narrow(0, q_dim + kv_dim, kv_dim);
+  }
+}
 
 at::Tensor Attention::forward(const at::Tensor& x, const Rope& rope, const RopeAngles& angles,
                               KVCache& cache,
@@ -39,10 +55,13 @@ at::Tensor Attention::forward(const at::Tensor& x, const Rope& rope, const RopeA
   const int64_t S = cache.size() + T;
   const int64_t group = num_heads_ / num_kv_heads_;  // query heads per kv head
 
-  // (T, heads * D) -> (T, heads, D); q/k norms (qwen3) act per head before RoPE.
-  auto q = project(x, w_.q_proj, w_.q_bias).view({T, num_heads_, head_dim_});
-  auto k = project(x, w_.k_proj, w_.k_bias).view({T, num_kv_heads_, head_dim_});
-  auto v = project(x, w_.v_proj, w_.v_bias).view({T, num_kv_heads_, head_dim_});
+  // One projection for q, k, v: (T, (H + 2 Hkv) * D), then views (T, heads, D) of its
+  // column blocks. q/k norms (qwen3) act per head before RoPE.
+  const int64_t q_dim = num_heads_ * head_dim_, kv_dim = num_kv_heads_ * head_dim_;
+  auto qkv = project(x, qkv_proj_, qkv_bias_);
+  auto q = qkv.narrow(1, 0, q_dim).view({T, num_heads_, head_dim_});
+  auto k = qkv.narrow(1, q_dim, kv_dim).view({T, num_kv_heads_, head_dim_});
+  auto v = qkv.narrow(1, q_dim + kv_dim, kv_dim).view({T, num_kv_heads_, head_dim_});
   if (w_.q_norm.defined()) {
     q = rms_norm(q, w_.q_norm, rms_norm_eps_);
     k = rms_norm(k, w_.k_norm, rms_norm_eps_);

@@ -88,9 +88,11 @@ LlamaModel::LlamaModel(ModelConfig config, const std::map<std::string, at::Tenso
       a.q_norm = src.get(p + "self_attn.q_norm.weight", {c.head_dim});
       a.k_norm = src.get(p + "self_attn.k_norm.weight", {c.head_dim});
     }
-    FeedForwardWeights f{src.get(p + "mlp.gate_proj.weight", {c.intermediate_size, hidden}),
-                         src.get(p + "mlp.up_proj.weight", {c.intermediate_size, hidden}),
-                         src.get(p + "mlp.down_proj.weight", {hidden, c.intermediate_size})};
+    FeedForwardWeights f = fuse_gate_up(
+        {src.get(p + "mlp.gate_proj.weight", {c.intermediate_size, hidden}),
+         src.get(p + "mlp.up_proj.weight", {c.intermediate_size, hidden}),
+         src.get(p + "mlp.down_proj.weight", {hidden, c.intermediate_size}),
+         {}});
     layers_.push_back(DecoderLayer{src.get(p + "input_layernorm.weight", {hidden}),
                                    src.get(p + "post_attention_layernorm.weight", {hidden}),
                                    Attention(c, std::move(a), i), std::move(f)});

@@ -34,6 +34,8 @@ struct LayerCapture {
 
 class Attention {
  public:
+  // Concatenates q, k, v (and their biases) into one weight, one projection per pass;
+  // weights().q_proj, k_proj, v_proj (and biases) become views of it.
   Attention(const ModelConfig& config, AttentionWeights weights, int64_t layer);
 
   // x: (T, hidden), the normalised input of the pass's T new tokens; angles: the
@@ -56,6 +58,8 @@ class Attention {
   double rms_norm_eps_;
   double scale_;
   AttentionWeights w_;
+  at::Tensor qkv_proj_;  // (q_dim + 2 * kv_dim, hidden): q rows, then k, then v
+  at::Tensor qkv_bias_;  // (q_dim + 2 * kv_dim,) or undefined
 };
 
 }  // namespace attnvar

@@ -9,7 +9,13 @@ struct FeedForwardWeights {
   at::Tensor gate_proj;  // (intermediate, hidden)
   at::Tensor up_proj;    // (intermediate, hidden)
   at::Tensor down_proj;  // (hidden, intermediate)
+  // (2 * intermediate, hidden): gate rows, then up rows; when defined, gate_proj and
+  // up_proj are views of it and one projection computes both.
+  at::Tensor gate_up_proj;
 };
+
+// The same weights with gate and up concatenated into gate_up_proj (done at load).
+FeedForwardWeights fuse_gate_up(FeedForwardWeights w);
 
 // x: (T, hidden) -> (T, hidden)
 at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w);

@@ -6,9 +6,10 @@
 namespace attnvar {
 
 // x: (T, in), w: (out, in), b: (out,) or undefined -> (T, out), contiguous.
-// For a handful of rows (a parallel set's members) the weight-major product (W xᵀ)ᵀ
-// streams W faster than linear()'s gemm: ~30 % less time for 2–8 rows on SmolLM2's
-// shapes (bench/microbench_linear.py). One row stays a matrix-vector product.
+// x may have strided rows (unit stride within a row). Up to 16 rows of f32 on the CPU (a
+// decode step, a parallel set's members) go through gemv_rows, which reads w once for all
+// rows; BLAS gemm for small M re-reads it and costs ~2× at 4 rows. More rows, other dtypes
+// and devices: linear().
 at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
 
 }  // namespace attnvar

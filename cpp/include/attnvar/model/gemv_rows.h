@@ -1,0 +1,32 @@
+// A few rows times a row-major f32 weight matrix, reading the weight from memory once:
+// the projections of a parallel set (k ≤ 16 members) are bound by streaming the weights,
+// and a gemm that re-reads them per row tile, as BLAS does for small M, wastes bandwidth.
+#pragma once
+
+#include <cstdint>
+
+namespace attnvar {
+
+enum class GemvRowsKernel {
+  kAuto,      // AVX2 + FMA when the CPU has them (checked at run time), else portable
+  kPortable,  // plain C++ (what runs on CPUs without AVX2/FMA); for tests
+};
+
+// y[r, o] = Σ_i x[r, i] · w[o, i] (+ bias[o]) for r < rows, o < out, i < in.
+//   x: (rows, in), row stride ldx ≥ in (elements), unit stride within a row
+//   w: (out, in), row stride ldw ≥ in, unit stride within a row
+//   bias: (out,) or nullptr
+//   y: (rows, out), row stride ldy ≥ out; must not overlap x, w or bias
+// Each run of weight rows is loaded once and multiplied with every row of x (in blocks of
+// four rows while it sits in L1), so the time stays near one read of w for up to ~16 rows.
+// Outputs are split across the intra-op threads (at::parallel_for). Deterministic: a row's
+// result depends neither on the other rows nor on the thread count (each output is summed
+// by one thread in a fixed order).
+void gemv_rows(const float* x, int64_t ldx, int64_t rows, const float* w, int64_t ldw,
+               int64_t out, int64_t in, const float* bias, float* y, int64_t ldy,
+               GemvRowsKernel kernel = GemvRowsKernel::kAuto);
+
+// The kernel kAuto picks on this CPU: "avx2+fma" or "portable".
+const char* gemv_rows_auto_kernel();
+
+}  // namespace attnvar

@@ -1,0 +1,165 @@
+#include "attnvar/model/gemv_rows.h"
+
+#include <ATen/Parallel.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define ATTNVAR_GEMV_ROWS_X86 1
+#endif
+
+#include <algorithm>
+#include <array>
+
+namespace attnvar {
+namespace {
+
+// Outputs per parallel task at least: below ~64 KB of weights per task, waking a second
+// thread costs more than it saves.
+int64_t grain_outputs(int64_t in) { return std::max<int64_t>(16, (int64_t{1} << 14) / std::max<int64_t>(in, 1)); }
+
+// ---- portable kernel ---------------------------------------------------------------------
+// Eight partial sums per dot product (auto-vectorisable without reassociation), combined
+// pairwise; each weight row is used for every row of x while it sits in L1.
+void gemv_rows_portable(const float* x, int64_t ldx, int64_t rows, const float* w, int64_t ldw,
+                        int64_t o_begin, int64_t o_end, int64_t in, const float* bias, float* y,
+                        int64_t ldy) {
+  const int64_t main = in - in % 8;
+  for (int64_t o = o_begin; o < o_end; ++o) {
+    const float* wo = w + o * ldw;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = x + r * ldx;
+      std::array<float, 8> lane{};
+      for (int64_t i = 0; i < main; i += 8) {
+        for (int l = 0; l < 8; ++l) lane[l] += wo[i + l] * xr[i + l];
+      }
+      for (int64_t i = main; i < in; ++i) lane[i - main] += wo[i] * xr[i];
+      float sum = ((lane[0] + lane[1]) + (lane[2] + lane[3])) +
+                  ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+      if (bias != nullptr) sum += bias[o];
+      y[r * ldy + o] = sum;
+    }
+  }
+}
+
+#ifdef ATTNVAR_GEMV_ROWS_X86
+// ---- AVX2 + FMA kernel -------------------------------------------------------------------
+#define ATTNVAR_AVX2 __attribute__((target("avx2,fma")))
+
+// Horizontal sums of four accumulators, each ((a0+a1)+(a2+a3)) + ((a4+a5)+(a6+a7)): the
+// same order for every accumulator, whichever four are grouped, so a row's result does not
+// depend on how rows and outputs were blocked.
+ATTNVAR_AVX2 inline __m128 sum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+// Mask of the first n (0..7) lanes, for the tail of a row.
+ATTNVAR_AVX2 inline __m256i tail_mask(int64_t n) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lanes);
+}
+
+// One tile: R rows of x times O consecutive weight rows. Per 8 columns: O weight loads,
+// R x loads, R·O FMAs into R·O accumulators (R·O + O + 1 ≤ 16 ymm registers).
+template <int R, int O>
+ATTNVAR_AVX2 void tile_avx2(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t in,
+                            const float* bias, float* y, int64_t ldy) {
+  __m256 acc[O * R];
+  for (int j = 0; j < O * R; ++j) acc[j] = _mm256_setzero_ps();
+  const int64_t main = in - in % 8;
+  for (int64_t i = 0; i < main; i += 8) {
+    __m256 wv[O];
+    for (int o = 0; o < O; ++o) wv[o] = _mm256_loadu_ps(w + o * ldw + i);
+    for (int r = 0; r < R; ++r) {
+      const __m256 xv = _mm256_loadu_ps(x + r * ldx + i);
+      for (int o = 0; o < O; ++o) acc[o * R + r] = _mm256_fmadd_ps(wv[o], xv, acc[o * R + r]);
+    }
+  }
+  if (main < in) {
+    const __m256i mask = tail_mask(in - main);
+    __m256 wv[O];
+    for (int o = 0; o < O; ++o) wv[o] = _mm256_maskload_ps(w + o * ldw + main, mask);
+    for (int r = 0; r < R; ++r) {
+      const __m256 xv = _mm256_maskload_ps(x + r * ldx + main, mask);
+      for (int o = 0; o < O; ++o) acc[o * R + r] = _mm256_fmadd_ps(wv[o], xv, acc[o * R + r]);
+    }
+  }
+  constexpr int n = O * R, groups = (n + 3) / 4;
+  alignas(16) float sums[groups * 4];
+  const __m256 zero = _mm256_setzero_ps();
+  for (int g = 0; g < groups; ++g) {
+    const int j = 4 * g;
+    _mm_store_ps(sums + j, sum4(acc[j], j + 1 < n ? acc[j + 1] : zero,
+                                j + 2 < n ? acc[j + 2] : zero, j + 3 < n ? acc[j + 3] : zero));
+  }
+  for (int o = 0; o < O; ++o) {
+    const float b = bias != nullptr ? bias[o] : 0.0f;
+    for (int r = 0; r < R; ++r) {
+      y[r * ldy + o] = bias != nullptr ? sums[o * R + r] + b : sums[o * R + r];
+    }
+  }
+}
+
+// All rows against O weight rows starting at w: rows in blocks of four, then the rest.
+template <int O>
+ATTNVAR_AVX2 void rows_avx2(const float* x, int64_t ldx, int64_t rows, const float* w,
+                            int64_t ldw, int64_t in, const float* bias, float* y, int64_t ldy) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) tile_avx2<4, O>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
+  switch (rows - r) {
+    case 3: tile_avx2<3, O>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy); break;
+    case 2: tile_avx2<2, O>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy); break;
+    case 1: tile_avx2<1, O>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy); break;
+    default: break;
+  }
+}
+
+ATTNVAR_AVX2 void gemv_rows_avx2(const float* x, int64_t ldx, int64_t rows, const float* w,
+                                 int64_t ldw, int64_t o_begin, int64_t o_end, int64_t in,
+                                 const float* bias, float* y, int64_t ldy) {
+  int64_t o = o_begin;
+  const auto b = [&](int64_t at) { return bias != nullptr ? bias + at : nullptr; };
+  if (rows == 1) {
+    // One row: four weight rows per tile (four accumulators, one horizontal-sum group).
+    for (; o + 4 <= o_end; o += 4) tile_avx2<1, 4>(x, ldx, w + o * ldw, ldw, in, b(o), y + o, ldy);
+  } else {
+    for (; o + 2 <= o_end; o += 2) rows_avx2<2>(x, ldx, rows, w + o * ldw, ldw, in, b(o), y + o, ldy);
+  }
+  for (; o < o_end; ++o) rows_avx2<1>(x, ldx, rows, w + o * ldw, ldw, in, b(o), y + o, ldy);
+}
+
+bool cpu_has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif  // ATTNVAR_GEMV_ROWS_X86
+
+bool use_avx2(GemvRowsKernel kernel) {
+#ifdef ATTNVAR_GEMV_ROWS_X86
+  return kernel == GemvRowsKernel::kAuto && cpu_has_avx2_fma();
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+void gemv_rows(const float* x, int64_t ldx, int64_t rows, const float* w, int64_t ldw,
+               int64_t out, int64_t in, const float* bias, float* y, int64_t ldy,
+               GemvRowsKernel kernel) {
+  if (rows <= 0 || out <= 0) return;
+  const bool avx2 = use_avx2(kernel);
+  at::parallel_for(0, out, grain_outputs(in), [&](int64_t o_begin, int64_t o_end) {
+#ifdef ATTNVAR_GEMV_ROWS_X86
+    if (avx2) {
+      gemv_rows_avx2(x, ldx, rows, w, ldw, o_begin, o_end, in, bias, y, ldy);
+      return;
+    }
+#endif
+    gemv_rows_portable(x, ldx, rows, w, ldw, o_begin, o_end, in, bias, y, ldy);
+  });
+}
+
+const char* gemv_rows_auto_kernel() { return use_avx2(GemvRowsKernel::kAuto) ? "avx2+fma" : "portable"; }
+
+}  // namespace attnvar
