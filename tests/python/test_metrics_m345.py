@@ -4,6 +4,7 @@ transformers as the oracle for the knocked-out forward passes)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import attnvar
@@ -333,17 +334,31 @@ def test_m5_knockout_in_a_layer_window_equals_hf_with_masks_changed_in_those_lay
     assert diff < 1e-4 and moved > 1e-2
 
 
-def test_match_keys_takes_the_nearest_free_key_of_the_same_class():
+def test_match_keys_is_a_least_total_cost_assignment():
     position = np.array([0, 10, 10, 12, 9, 11, 13, 20, 10.0])
     cls = np.array(["a", "a", "b", "a", "a", "a", "b", "a", "b"])
     out = am.match_keys(np.array([1, 2, 3]), np.array([4, 5, 6, 7, 8]), position, cls,
                         np.random.default_rng(0), class_weight=2.0)
-    assert out[1] == 8  # same position, same class
-    assert set(out) <= {4, 5, 6, 8} and len(set(out)) == 3
-    assert 7 not in out  # far away
+    assert list(out) == [4, 8, 5]  # total cost 1 + 0 + 1
     short = am.match_keys(np.array([1, 2, 3]), np.array([4]), position, cls,
                           np.random.default_rng(0))
-    assert sorted(short) == [-1, -1, 4]
+    assert list(short) == [4, -1, -1]
+    # Against brute force over every injective assignment, more targets than candidates.
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        position = rng.integers(0, 12, size=10).astype(float)
+        cls = rng.choice(["a", "b"], size=10)
+        targets, cands = np.arange(6), np.arange(6, 10)
+        got = am.match_keys(targets, cands, position, cls, rng, class_weight=1.5)
+
+        def cost(t, c, position=position, cls=cls):
+            return abs(position[t] - position[c]) + 1.5 * (cls[t] != cls[c])
+
+        best = min(sum(cost(t, c) for t, c in zip(ts, cands, strict=True))
+                   for ts in itertools.permutations(targets, len(cands)))
+        total = sum(cost(t, c) for t, c in zip(targets, got, strict=True) if c >= 0)
+        assert (got >= 0).sum() == 4 and len(set(got[got >= 0])) == 4
+        assert total == pytest.approx(best)
 
 
 def test_m5_table_pairs_parallel_and_matched_knockouts(model, tree):

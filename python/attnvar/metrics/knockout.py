@@ -29,18 +29,18 @@ Keys. P: the members of parallel steps (k ≥ 2); N: members of single-member st
 generated slots only. Sinks (member-keyed, from ``find_sinks`` on the ``top_only``
 replay) leave both when ``exclude_sinks`` and they are a sink in any layer and head.
 Parallel keys outnumber non-parallel ones in most trees (62 % of steps parallel, mean
-width ≈ 2.3 at θ = 0.1), so the comparison is made at equal counts: per draw, a random
-subset of P of size m = min(|P|, |N|), and m N keys matched to it one by one
-(:func:`match_keys`: in a random order, each P key takes the free N key of least cost
-|Δ position| + ``class_weight`` · [piece type differs], ties at random; position
-matching makes the logical distance to every later query match at once). ``draws``
-draws from ``seed``; effects are averaged over draws per step.
+width ≈ 2.3 at θ = 0.1), so the comparison is made at equal counts m = min(|P|, |N|):
+an optimal assignment (:func:`match_keys`) pairs m P keys with m distinct N keys at
+least total cost |Δ position| + ``class_weight`` · [piece type differs] (position
+matching makes the logical distance to every later query match at once; when |P| > |N|
+the P keys that match best are the ones compared). Equal-cost alternatives are drawn at
+random: ``draws`` assignments from ``seed``, effects averaged over draws per step.
 
 Rows (metric "M5", ``layer = head = −1``, the window in extra columns ``layer_begin``,
 ``layer_end``), for ``term`` "kl" and "delta_logp", scale "nats":
 
 - ``all_parallel``: every eligible P key knocked out at once (no counterpart);
-- ``parallel``: the size-matched subsets of P;
+- ``parallel``: the matched subset of P;
 - ``matched_nonparallel``: their matched N keys;
 - ``contrast``: ``parallel`` − ``matched_nonparallel`` per step (positive KL contrast:
   cutting parallel keys moves the prediction more). For term "kl", ``ratio`` =
@@ -209,27 +209,30 @@ def match_keys(
     rng: np.random.Generator,
     class_weight: float = 2.0,
 ) -> np.ndarray:
-    """Match each target key to a distinct candidate key, greedily in a random order:
-    least |Δ logical position| + ``class_weight`` · [piece class differs], ties at
-    random.
+    """Match target keys to distinct candidate keys at least total cost, cost =
+    |Δ logical position| + ``class_weight`` · [piece class differs] (an optimal
+    assignment, scipy's ``linear_sum_assignment``). Equal-cost alternatives are chosen
+    at random: each cost gets a jitter below 10⁻⁶ drawn from ``rng``, far below the
+    smallest real difference between costs of integer positions and a class weight.
+    With more targets than candidates, the targets that match best get a partner.
 
     Returns
     -------
     [len(targets)] candidate slot per target (in ``targets``' order), −1 for targets
-    left without a candidate (more targets than candidates).
+    left without a candidate.
     """
-    free = list(np.asarray(candidates, dtype=np.int64))
+    from scipy.optimize import linear_sum_assignment
+
+    targets = np.asarray(targets, dtype=np.int64)
+    candidates = np.asarray(candidates, dtype=np.int64)
     out = np.full(len(targets), -1, dtype=np.int64)
-    for i in rng.permutation(len(targets)):
-        if not free:
-            break
-        j = targets[i]
-        f = np.asarray(free)
-        cost = np.abs(position[f] - position[j]) + class_weight * (piece_class[f] != piece_class[j])
-        best = np.flatnonzero(np.isclose(cost, cost.min(), rtol=0, atol=1e-9))
-        pick = int(f[rng.choice(best)])
-        out[i] = pick
-        free.remove(pick)
+    if not len(targets) or not len(candidates):
+        return out
+    cost = (np.abs(position[targets][:, None] - position[candidates][None, :])
+            + class_weight * (piece_class[targets][:, None] != piece_class[candidates][None, :]))
+    cost = cost + 1e-6 * rng.random(cost.shape)
+    rows, cols = linear_sum_assignment(cost)
+    out[rows] = candidates[cols]
     return out
 
 
@@ -329,9 +332,9 @@ def knockout(
     m = min(len(p_keys), len(n_keys))
     subsets, matches = [], []
     for _ in range(draws if m else 0):
-        sub = np.sort(rng.choice(p_keys, size=m, replace=False))
-        subsets.append(sub)
-        matches.append(match_keys(sub, n_keys, view.position, piece_class, rng, class_weight))
+        match = match_keys(p_keys, n_keys, view.position, piece_class, rng, class_weight)
+        subsets.append(p_keys[match >= 0])
+        matches.append(match[match >= 0])
     if subsets:
         sub_all, match_all = np.concatenate(subsets), np.concatenate(matches)
         match_distance = float(np.abs(view.position[sub_all] - view.position[match_all]).mean())
