@@ -1,4 +1,5 @@
-"""The ``attnvar`` command line: generate, replay, study (the main job), inspect."""
+"""The ``attnvar`` command line: generate, replay, study (the main job: runs, analysis and
+the hypothesis report), hypotheses (analysis and report of existing results), inspect."""
 
 from __future__ import annotations
 
@@ -74,6 +75,20 @@ def _parser() -> argparse.ArgumentParser:
                         "all replays, 30 steps")
     s.add_argument("--model")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-report", action="store_true",
+                   help="stop after the runs (default: analyse them and write the report)")
+
+    h = sub.add_parser("hypotheses",
+                       help="analyse a study's results and write the H1–H4 report (Markdown + HTML)")
+    h.add_argument("results", help="a study results directory")
+    h.add_argument("--out", help="report directory (default RESULTS/report)")
+    h.add_argument("--workers", type=int, default=1, help="processes for the per-run analysis")
+    h.add_argument("--metric", help="override the preregistered metric (reported as a deviation)")
+    h.add_argument("--variant", help="override the preregistered variant (a deviation)")
+    h.add_argument("--no-exclusions", action="store_true",
+                   help="do not apply the preregistered exclusion rule (a deviation)")
+    h.add_argument("--no-predict", action="store_true", help="skip the predictability model")
+    h.add_argument("--no-progress", action="store_true")
 
     i = sub.add_parser("inspect", help="describe a saved run or a model file")
     i.add_argument("path")
@@ -138,7 +153,47 @@ def _cmd_study(a) -> int:
         study = Study(prompts=items, seeds=a.seeds, sample=a.sample, model_path=a.model, **grid)
     study.run(a.out, workers=a.workers, progress=not a.no_progress)
     print(format_summary(Path(a.out)))
+    if a.no_report:
+        return 0
+    return _report(Path(a.out), workers=a.workers, progress=not a.no_progress)
+
+
+def _report(results: Path, workers: int = 1, progress: bool = True, out: str | None = None,
+            predict: bool = True, **load_kwargs) -> int:
+    from . import report
+    from .study_analysis import analyze_study
+
+    analyze_study(results, workers=workers, progress=progress)
+    path = report.write_report(results, out=out, predict=predict, **load_kwargs)
+    print(_answers(path))
+    print(f"report: {path} (and {path.with_suffix('.md').name})")
     return 0
+
+
+def _answers(path: Path) -> str:
+    """The report's answers (the "**Answer.**" paragraphs), one per section."""
+    lines, section = [], ""
+    for line in path.with_suffix(".md").read_text().splitlines():
+        if line.startswith("## "):
+            section = line[3:]
+        elif line.startswith("**Answer.** "):
+            lines.append(f"{section}: {line[len('**Answer.** '):]}")
+    return "\n".join(lines)
+
+
+def _cmd_hypotheses(a) -> int:
+    results = Path(a.results)
+    if not (results / "study.json").exists():
+        raise FileNotFoundError(f"{results}: not a study results directory (no study.json)")
+    kwargs = {}
+    if a.metric:
+        kwargs["metric"] = a.metric
+    if a.variant:
+        kwargs["variant"] = a.variant
+    if a.no_exclusions:
+        kwargs["apply_exclusions"] = False
+    return _report(results, workers=a.workers, progress=not a.no_progress, out=a.out,
+                   predict=not a.no_predict, **kwargs)
 
 
 def _cmd_inspect(a) -> int:
@@ -160,7 +215,7 @@ def _cmd_inspect(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"generate": _cmd_generate, "replay": _cmd_replay, "study": _cmd_study,
-                "inspect": _cmd_inspect}
+                "hypotheses": _cmd_hypotheses, "inspect": _cmd_inspect}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError) as e:

@@ -284,7 +284,7 @@ def primary(res: StudyResults) -> Finding:
                        pi_pct_low=stats.pct_from_log(m["pi_high"]),
                        pi_pct_high=stats.pct_from_log(m["pi_low"]))
         metas.append(row)
-    meta = pd.DataFrame(metas)
+    meta = pd.DataFrame(metas) if metas else pd.DataFrame(columns=CONDITION + ["metric"])
     figures = {}
     for key, sub in eff.groupby(CONDITION):
         srow = summary
@@ -362,7 +362,7 @@ def h1_temporal(res: StudyResults) -> Finding:
             r = mm[mm["term"] == "query_step"].iloc[0].to_dict()
             mixed.append({"mode": mode, **r, "converged": mm.attrs["converged"],
                           "n_prompts": mm.attrs["n_groups"], "n_obs": mm.attrs["n_obs"]})
-    mixed = pd.DataFrame(mixed)
+    mixed = pd.DataFrame(mixed) if mixed else pd.DataFrame(columns=["mode", "term", "estimate", "p"])
     rev = []
     for (cell, prompt, mode), sub in allk.groupby(["cell_id", "prompt_id", "mode"]):
         row = {"cell_id": cell, "prompt_id": prompt, "mode": mode}
@@ -374,7 +374,8 @@ def h1_temporal(res: StudyResults) -> Finding:
         row["reversal"] = bool((row["early_low"] > 0 and row["late_high"] < 0)
                                or (row["early_high"] < 0 and row["late_low"] > 0))
         rev.append(row)
-    rev = pd.DataFrame(rev)
+    rev = pd.DataFrame(rev, columns=["cell_id", "prompt_id", "mode", "early", "early_low",
+                                     "early_high", "late", "late_low", "late_high", "reversal"])
     prof = (allk.groupby(["mode", "query_step"])["effect"]
             .agg(["mean", "std", "count"]).reset_index())
     half = 1.96 * prof["std"] / np.sqrt(prof["count"].clip(lower=1))
@@ -437,7 +438,7 @@ def h2_structure(res: StudyResults) -> Finding:
         if len(groups) >= 2:
             h, p = kruskal(*groups)
             kw.append({"mode": mode, "H": float(h), "p": float(p), "categories": len(groups)})
-    kw = pd.DataFrame(kw)
+    kw = pd.DataFrame(kw, columns=["mode", "H", "p", "categories"])
     figures = {}
     if len(pairs):
         figures["matched pairs"] = paired_plot(
@@ -548,7 +549,8 @@ def h4_context(res: StudyResults) -> Finding:
         for cov in ("proportion_parallel", "parallel_steps", "mean_width"):
             assoc.append({"mode": mode, "covariate": cov,
                           **_ols(per[cov].to_numpy(float), per["effect"].to_numpy(float))})
-    assoc = pd.DataFrame(assoc)
+    assoc = pd.DataFrame(assoc, columns=["mode", "covariate", "slope", "ci_low", "ci_high",
+                                         "p", "n"])
     thresholds = sorted(eff["threshold"].unique())
     dose_rows = []
     if len(thresholds) >= 2:
@@ -604,37 +606,55 @@ def h4_context(res: StudyResults) -> Finding:
 
 # ---- predictability ---------------------------------------------------------------------------
 def predictability(res: StudyResults, first_steps: int = 3, n_splits: int = 5,
-                   seed: int = 0) -> Finding:
+                   seed: int = 0, n_permutations: int = 200) -> Finding:
     """Can the per-prompt effect's sign and magnitude be predicted from the prompt and the
-    first steps? A grouped (by prompt) cross-validated model
-    (:func:`attnvar.predictability.predict_effect`) on features from
-    :func:`attnvar.predictability.prompt_features` of each generated run."""
+    first steps? Per mode, a grouped (by prompt) cross-validated model
+    (:func:`attnvar.predictability.predict_effect`) on the features of
+    :func:`attnvar.predictability.prompt_features` of each generated run.
+
+    Tables: ``summary`` (per mode: cv_r2, sign_acc, baseline_acc, sign_gain, p_r2,
+    p_sign, n, n_groups, …), ``features`` (per cell: effect and features),
+    ``coefficients`` (per mode: standardised full-data coefficients, for reading).
+    """
     from . import predictability as pred
+    from .prompts import Prompt
     from .run_store import load_run
 
     eff = effects(res)
+    prompts = {p["id"]: Prompt(**p) for p in res.study.get("prompts", [])}
     rows = []
     for r in eff.itertuples(index=False):
         run = load_run(res.path / "runs" / r.cell_id)
+        feats = pred.prompt_features(run, first_steps=first_steps,
+                                     prompt=prompts.get(r.prompt_id))
         rows.append({"cell_id": r.cell_id, "prompt_id": r.prompt_id, "mode": r.mode,
-                     "effect": r.effect, **pred.prompt_features(run, first_steps=first_steps)})
+                     "threshold": r.threshold, "effect": r.effect, **feats})
     frame = pd.DataFrame(rows)
-    features = [c for c in frame.columns if c not in ("cell_id", "prompt_id", "mode", "effect")
-                and pd.api.types.is_numeric_dtype(frame[c])]
-    results, notes = [], []
-    for mode, sub in frame.groupby("mode"):
+    skip = {"cell_id", "prompt_id", "mode", "effect"}
+    features = [c for c in frame.columns if c not in skip]
+    summaries, coefs, notes = [], [], []
+    for mode, sub in frame.groupby("mode") if len(frame) else []:
+        usable = [c for c in features if sub[c].notna().any() and sub[c].nunique() > 1]
         try:
-            out = pred.predict_effect(sub, "effect", features, groups="prompt_id",
-                                      n_splits=n_splits, seed=seed)
-        except ValueError as e:
-            notes.append(f"{mode}: {e}")
+            out = pred.predict_effect(sub, "effect", usable, groups="prompt_id",
+                                      n_splits=min(n_splits, sub["prompt_id"].nunique()),
+                                      seed=seed, n_permutations=n_permutations)
+        except (ValueError, KeyError) as e:
+            notes.append(f"{mode}: not estimable ({e})")
             continue
-        results.append((mode, out))
-    summary = pd.DataFrame([{"mode": m, **pred.summary_row(o)} for m, o in results])
-    lines = [pred.describe(o, prefix=f"{m}: ") for m, o in results] + notes
+        summaries.append({"mode": mode, **out.summary})
+        coefs.append(out.coefficients.assign(mode=mode))
+    summary = pd.DataFrame(summaries) if summaries else pd.DataFrame(columns=["mode", "cv_r2"])
+    lines = [f"{s['mode']}: CV R² = {s['cv_r2']:+.2f} (permutation p = {_fmt_p(s['p_r2'])}), "
+             f"sign accuracy {s['sign_acc']:.2f} vs {s['baseline_acc']:.2f} for the majority "
+             f"sign (p = {_fmt_p(s['p_sign'])}), {s['n_groups']} prompts"
+             for s in summaries] + notes
+    answer = ("; ".join(lines) + ". CV R² ≤ 0 means the features predict the magnitude no "
+              "better than the mean of the other prompts.") if lines else "Not estimable."
     return Finding("predictability", "Predictability: can the direction and size be predicted?",
-                   {"summary": summary, "features": frame}, {}, pd.DataFrame(),
-                   "; ".join(lines) if lines else "Not estimable.")
+                   {"summary": summary, "features": frame,
+                    "coefficients": pd.concat(coefs, ignore_index=True) if coefs else
+                    pd.DataFrame()}, {}, pd.DataFrame(), answer)
 
 
 # ---- robustness, heads, degeneracy, dataset ---------------------------------------------------
@@ -777,13 +797,15 @@ def family(findings: dict[str, Finding], res: StudyResults) -> pd.DataFrame:
     return table
 
 
-def run_all(res: StudyResults, predict: bool = True) -> dict[str, Finding]:
+def run_all(res: StudyResults, predict: bool = True, n_permutations: int = 200
+            ) -> dict[str, Finding]:
     """Every finding of the report, in report order, plus ``family`` (a Finding whose
-    table ``family`` holds the corrected H1–H4 tests)."""
+    table ``family`` holds the corrected H1–H4 tests). ``n_permutations`` goes to the
+    predictability model's permutation p values."""
     out = {"dataset": dataset(res), "primary": primary(res), "H1": h1_temporal(res),
            "H2": h2_structure(res), "H3": h3_semantics(res), "H4": h4_context(res)}
     if predict:
-        out["predictability"] = predictability(res)
+        out["predictability"] = predictability(res, n_permutations=n_permutations)
     out["robustness"] = robustness(res)
     out["heads"] = heads(res)
     out["degeneracy"] = degeneracy_report(res)

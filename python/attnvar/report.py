@@ -56,7 +56,8 @@ SHOW = {
     ("H4", "by_threshold"): ["mode", "threshold", "n", "mean_pct", "ci_pct_low",
                              "ci_pct_high", "p", "p_adj"],
     ("H4", "steps_dose"): ["mode", "max_steps", "n", "mean_pct", "ci_pct_low", "ci_pct_high"],
-    ("predictability", "summary"): None,
+    ("predictability", "summary"): ["mode", "n", "n_groups", "cv_r2", "p_r2", "sign_acc",
+                                     "baseline_acc", "sign_gain", "p_sign", "rmse"],
     ("robustness", "specifications"): ["mode", "metric", "variant", "sinks_excluded",
                                        "design", "exclusions", "n", "mean_pct", "ci_pct_low",
                                        "ci_pct_high", "p", "primary"],
@@ -196,14 +197,14 @@ def _png(fig) -> bytes:
 
 
 def write_report(results: str | Path, out: str | Path | None = None, predict: bool = True,
-                 **load_kwargs) -> Path:
+                 n_permutations: int = 200, **load_kwargs) -> Path:
     """Write the report of the study in ``results`` to ``out`` (default
     ``<results>/report``); returns the path of report.html. ``load_kwargs`` go to
     :func:`attnvar.hypotheses.load` (deviations from the plan are reported as such)."""
     from . import hypotheses
 
     res = hypotheses.load(results, **load_kwargs)
-    findings = hypotheses.run_all(res, predict=predict)
+    findings = hypotheses.run_all(res, predict=predict, n_permutations=n_permutations)
     out = Path(out) if out is not None else res.path / REPORT_DIR
     staging = out.parent / f".{out.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)

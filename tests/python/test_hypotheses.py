@@ -1,0 +1,315 @@
+"""Study analysis, hypotheses H1–H4, the preregistration and the report (issue #10).
+
+One small study of the bundled model (3 matched pairs, θ 0.1 and 0.2, isolated and
+visible, 8 steps, serial and top_only replays) is run once per module; the profile
+functions are checked against plain loops on the synthetic toy view.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from metrics_toy import toy_view
+
+from attnvar import hypotheses, preregistration, prompts, report
+from attnvar.metrics import count_pairs, find_sinks, score_contrast
+from attnvar.metrics.profiles import (class_contrasts, distance_profile, key_classes,
+                                      phase_of, step_profile)
+from attnvar.run_store import load_run
+from attnvar.study import Study, replay_key
+from attnvar.study_analysis import TABLE_NAMES, analyze_study, load_tables
+
+PERMUTATIONS = 19
+
+
+# ---- profiles against loops --------------------------------------------------------------------
+def _loop_delta(s, inc, lab, q):
+    """Per-head δ of query row q: mean over P keys − mean over N keys, or None."""
+    p = [s[k] for k in range(len(lab)) if inc[q, k] and lab[k]]
+    n = [s[k] for k in range(len(lab)) if inc[q, k] and not lab[k]]
+    return (np.mean(p) - np.mean(n)) if p and n else None
+
+
+def test_step_profile_and_phases_equal_plain_loops():
+    view = toy_view(np.random.default_rng(3), steps=12, heads=2)
+    pairs = count_pairs(view)
+    prof = step_profile(pairs)
+    s = pairs.values("scores").numpy()
+    inc = pairs.include.numpy()
+    n_steps = int(view.step.max()) + 1
+    key_phase = phase_of(pairs.key_step, n_steps)
+    checked = 0
+    for phase_name, keep in [("all", None), ("early", 0), ("middle", 1), ("late", 2)]:
+        for t in np.unique(pairs.query_step):
+            head_means = []
+            for h in range(2):
+                vals = []
+                for q in np.flatnonzero(pairs.query_step == t):
+                    incq = inc[0, h].copy()
+                    if keep is not None:
+                        incq &= (key_phase == keep)[None, :]
+                    d = _loop_delta(s[0, h, q], incq, pairs.key_parallel, q)
+                    if d is not None:
+                        vals.append(d)
+                if vals:
+                    head_means.append(np.mean(vals))
+            row = prof[(prof["key_phase"] == phase_name) & (prof["query_step"] == t)]
+            if not head_means:
+                assert row.empty
+                continue
+            assert len(row) == 1
+            diff = abs(row["estimate"].iloc[0] - np.mean(head_means))
+            assert diff < 1e-10, (phase_name, t, diff)
+            checked += 1
+    print(f"step profile: {checked} (phase, step) cells equal the loops (tol 1e-10)")
+    assert checked > 10
+    assert set(prof["query_phase"]) <= {"early", "middle", "late"}
+
+
+def test_class_contrast_and_distance_profile_equal_plain_loops():
+    view = toy_view(np.random.default_rng(5), steps=14, heads=1)
+    pairs = count_pairs(view)
+    table = class_contrasts(pairs).set_index("class")
+    s = pairs.values("scores").numpy()[0, 0]
+    inc = pairs.include.numpy()[0, 0]
+    classes = key_classes(pairs)
+    compared = 0
+    for name, keys in classes.items():
+        per_step = {}
+        for q in range(len(pairs.query_slots)):
+            d = _loop_delta(s[q], inc & keys[None, :], pairs.key_parallel, q)
+            if d is not None:
+                per_step.setdefault(pairs.query_step[q], []).append(d)
+        if per_step:
+            expected = np.mean([np.mean(v) for v in per_step.values()])
+            assert abs(table.loc[name, "estimate"] - expected) < 1e-10, name
+            compared += 1
+        else:
+            assert np.isnan(table.loc[name, "estimate"])
+    assert compared >= 2
+    dist = distance_profile(pairs)
+    sums: dict = {}
+    for q in range(len(pairs.query_slots)):
+        ks = np.flatnonzero(inc[q])
+        if ks.size == 0:
+            continue
+        mean = s[q, ks].mean()
+        for k in ks:
+            key = (round(float(pairs.distance[q, k]), 3), bool(pairs.key_parallel[k]))
+            sums.setdefault(key, []).append(s[q, k] - mean)
+    for r in dist.itertuples(index=False):
+        vals = sums[(r.distance, r.set == "parallel")]
+        assert r.n_pairs == len(vals) and abs(r.mean_score - np.mean(vals)) < 1e-10
+    assert len(dist) == len(sums)
+
+
+# ---- the study -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def study_dir(bundled_path, tmp_path_factory):
+    items = [p for p in prompts.suite("core") if p.pair][:6]
+    study = Study(prompts=items, thresholds=[0.1, 0.2], modes=["isolated", "visible"],
+                  replays=["serial", "top_only"], max_steps=8, model_path=str(bundled_path))
+    out = tmp_path_factory.mktemp("study")
+    study.run(out, progress=False)
+    analyze_study(out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def findings(study_dir):
+    res = hypotheses.load(study_dir)
+    return res, hypotheses.run_all(res, n_permutations=PERMUTATIONS)
+
+
+def test_analysis_tables_resume_and_rebuild_identically(study_dir):
+    tables = load_tables(study_dir)
+    gen = tables["runs"][tables["runs"]["kind"] == "generate"]
+    assert set(tables["degeneracy"]["cell_id"]) == set(gen["run_id"])
+    assert {"cell_id", "source", "metric", "variant", "estimate"} <= set(tables["metrics"].columns)
+    adir = study_dir / "analysis"
+    victim = gen["run_id"].iloc[0]
+    for name in TABLE_NAMES:
+        (adir / f"{victim}.{name}.parquet").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in adir.glob("*.parquet")}
+    redone = []
+    again = analyze_study(study_dir, progress=False, on_cell=redone.append)
+    assert redone == [victim]  # only the missing cell was recomputed
+    after = {p.name: p.stat().st_mtime_ns for p in adir.glob("*.parquet")}
+    assert all(after[k] == v for k, v in before.items())
+    for name in TABLE_NAMES:
+        pd.testing.assert_frame_equal(again[name], tables[name], check_dtype=False)
+
+
+def test_primary_effect_is_the_metric_difference_of_generated_and_serial_replay(study_dir):
+    res = hypotheses.load(study_dir, apply_exclusions=False)
+    eff = hypotheses.effects(res).set_index("cell_id")
+    runs_dir = study_dir / "runs"
+    worst, compared = 0.0, 0
+    for cell in eff.index[:4]:
+        gen = load_run(runs_dir / cell)
+        rep = load_run(runs_dir / replay_key(cell, "serial"))
+        sinks = find_sinks(load_run(runs_dir / replay_key(cell, "top_only")))
+        rows = [score_contrast(r, distance_matched=True, sinks=sinks, exclude_sinks=True)
+                for r in (gen, rep)]
+        vals = [float(t[(t["layer"] < 0)]["estimate"].iloc[0]) for t in rows]
+        worst = max(worst, abs(eff.loc[cell, "effect"] - (vals[0] - vals[1])))
+        compared += 1
+    print(f"primary effect vs direct M1 difference: max diff {worst:.2e} over {compared} cells")
+    assert compared == 4 and worst < 1e-12
+
+
+DOCUMENTED = {
+    "primary": {"effects": ["prompt_id", "generated", "replayed", "effect", "effect_se",
+                            "effect_pct", "effect_pct_low", "effect_pct_high"],
+                "summary": ["mode", "threshold", "n", "mean_pct", "ci_pct_low", "ci_pct_high",
+                            "p", "p_adj", "equivalent"],
+                "meta": ["mode", "metric"]},
+    "H1": {"by_query_phase": ["mode", "query_phase", "mean_pct", "p_adj"],
+           "by_key_phase": ["mode", "key_phase", "mean_pct"],
+           "slopes": ["cell_id", "prompt_id", "mode", "slope"],
+           "slope_summary": ["mode", "mean", "ci_low", "ci_high", "p"],
+           "reversals": ["early", "late", "reversal"]},
+    "H2": {"pairs": ["pair", "incomplete", "complete", "difference"],
+           "paired": ["mode", "n", "mean_pct", "p"], "categories": ["category", "mean_pct"],
+           "kruskal": ["mode", "H", "p"]},
+    "H3": {"classes": ["mode", "class", "mean_pct", "reject"],
+           "closed_vs_open": ["mode", "mean_pct", "p"], "terms": ["mode", "term", "mean"]},
+    "H4": {"association": ["mode", "covariate", "slope", "p"],
+           "threshold_dose": ["mode", "mean", "p"],
+           "by_threshold": ["mode", "threshold", "mean_pct"],
+           "steps_dose": ["mode", "max_steps", "mean_pct"]},
+    "predictability": {"summary": ["mode", "cv_r2", "sign_acc", "baseline_acc", "p_r2"]},
+    "robustness": {"specifications": ["metric", "variant", "design", "mean_pct", "primary"]},
+    "heads": {"heads": ["mode", "layer", "head", "mean_pct", "p_adj", "reject"]},
+    "degeneracy": {"rates": ["mode", "threshold", "excluded"], "excluded": ["cell_id"]},
+    "dataset": {"dataset": ["mode", "threshold", "prompts", "runs", "excluded"]},
+}
+
+
+def test_every_hypothesis_function_returns_its_documented_tables(findings):
+    res, out = findings
+    for name, tables in DOCUMENTED.items():
+        f = out[name]
+        for table, cols in tables.items():
+            assert table in f.tables, (name, table)
+            missing = set(cols) - set(f.tables[table].columns)
+            assert not missing, (name, table, missing)
+        assert f.answer, name
+    fam = out["family"].tables["family"]
+    # H1–H4 × 2 modes, Holm: adjusted p never below the raw one, monotone in it.
+    assert set(fam["hypothesis"]) == {"H1", "H2", "H3", "H4"} and len(fam) == 8
+    assert (fam["p_adj"] >= fam["p"] - 1e-15).all()
+    order = np.argsort(fam["p"].to_numpy())
+    assert np.all(np.diff(fam["p_adj"].to_numpy()[order]) >= -1e-15)
+    # The specification curve includes the preregistered specification exactly once per mode.
+    spec = out["robustness"].tables["specifications"]
+    assert spec.groupby("mode")["primary"].sum().eq(1).all()
+    prim = out["primary"].tables["summary"].iloc[0]
+    assert prim["ci_pct_low"] <= prim["mean_pct"] <= prim["ci_pct_high"]
+    # H2 pairs: the difference column is incomplete − complete.
+    p = out["H2"].tables["pairs"]
+    assert np.allclose(p["difference"], p["incomplete"] - p["complete"])
+    print("primary:", out["primary"].answer)
+
+
+class _StrictHTML(HTMLParser):
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.errors, self.images = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs).get("src", ""))
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):  # <img .../>: nothing to close
+        if tag == "img":
+            self.images.append(dict(attrs).get("src", ""))
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+
+def test_report_renders_and_its_numbers_are_the_functions_numbers(study_dir, findings):
+    res, out = findings
+    html_path = report.write_report(study_dir, n_permutations=PERMUTATIONS)
+    parser = _StrictHTML()
+    parser.feed(html_path.read_text())
+    assert not parser.errors and not parser.stack, (parser.errors, parser.stack)
+    n_figures = sum(len(f.figures) for f in out.values())
+    assert len(parser.images) == n_figures >= 8
+    assert all(src.startswith("data:image/png;base64,") and len(src) > 1000
+               for src in parser.images)
+    md = html_path.with_suffix(".md").read_text()
+    rdir = html_path.parent
+    figs = sorted((rdir / "figures").glob("*.png"))
+    assert len(figs) == n_figures and all(f.stat().st_size > 1000 for f in figs)
+    for f in figs:
+        assert f"(figures/{f.name})" in md
+    # Every table the report wrote equals the table the functions return.
+    for key, f in out.items():
+        for name, table in f.tables.items():
+            if len(table) == 0:
+                continue
+            path = rdir / "tables" / f"{report._slug(key)}__{report._slug(name)}.csv"
+            written = pd.read_csv(path)
+            num = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])
+                   and not pd.api.types.is_bool_dtype(table[c])]
+            np.testing.assert_allclose(written[num].to_numpy(float),
+                                       table[num].to_numpy(float), rtol=1e-12, equal_nan=True,
+                                       err_msg=f"{key}/{name}")
+    # The primary table in the Markdown shows the summary's numbers.
+    for v in out["primary"].tables["summary"]["mean_pct"]:
+        assert f"| {report._cell(v)} |" in md
+    assert "followed** its preregistration" in md
+    for answer in (out[k].answer for k in ("primary", "H1", "H2", "H3", "H4")):
+        assert answer in md
+
+
+def test_preregistration_is_fixed_checked_and_deviations_are_reported(study_dir, tmp_path):
+    rec = preregistration.load(study_dir)
+    changed = preregistration.Preregistration(metric="M2", variant="pooled")
+    with pytest.raises(ValueError, match=r"different plan.*metric"):
+        preregistration.write(study_dir, changed, {})
+    with pytest.raises(ValueError, match="variant"):
+        preregistration.Preregistration(metric="M1", variant="pooled")
+    with pytest.raises(ValueError, match="unknown flags"):
+        preregistration.Preregistration(exclusion={"always": ["nonsense"]})
+    res = hypotheses.load(study_dir, metric="M1", variant="plain")
+    comp = report.compliance(res)
+    assert not comp["followed"]
+    assert any("variant: planned 'distance_matched'" in d for _, ok, d in comp["checks"] if not ok)
+    # An edited plan no longer matches its hash.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    edited = dict(rec, plan={**rec["plan"], "alpha": 0.1})
+    (copy / preregistration.PREREGISTRATION_FILE).write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="does not match its recorded hash"):
+        preregistration.load(copy)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "attnvar", *args], capture_output=True,
+                          text=True, env=os.environ.copy(), timeout=600)
+
+
+def test_cli_hypotheses_errors_are_one_line(tmp_path):
+    proc = _cli("hypotheses", str(tmp_path / "missing"))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not a study results directory" in lines[0]
+    assert _cli("hypotheses", "--help").returncode == 0
