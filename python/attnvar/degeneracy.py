@@ -16,8 +16,9 @@ entropies:
 
 Flags compare these with thresholds calibrated on the project's own greedy sequential
 runs of the same length (``tools/calibrate_degeneracy.py``, stored in
-``data/degeneracy_thresholds.json``): high-side metrics against the reference 95th
-percentile, low-side against the 5th. ``tail_loop`` is structural: at least
+``data/degeneracy_thresholds.json``, one set per calibrated generation length — 20 and
+30 steps — chosen by :func:`thresholds_for`): high-side metrics against the reference
+95th percentile, low-side against the 5th. ``tail_loop`` is structural: at least
 ``min_repeats`` repeats of a cycle of period ≤ ``max_period`` covering at least
 ``min_span`` tokens. An :class:`ExclusionRule` says which flags exclude a run; record its
 :meth:`ExclusionRule.describe` with the study.
@@ -50,10 +51,12 @@ __all__ = [
     "low_entropy_tail",
     "metrics",
     "load_thresholds",
+    "thresholds_for",
     "flags",
     "ExclusionRule",
     "report",
     "calibrate",
+    "flag_rates",
     "HIGH_SIDE",
     "LOW_SIDE",
     "FLAG_NAMES",
@@ -157,6 +160,18 @@ def _resolve(obj: Any) -> tuple[str, list, str, list[float]]:
     return "ids", ids, " ".join(map(str, ids)), []
 
 
+def _generation_length(obj: Any) -> int | None:
+    """The ``max_steps`` a run was generated with, when the object says so: a Run's
+    ``options["max_steps"]`` or a dict's ``max_steps`` key."""
+    if hasattr(obj, "tree") and hasattr(obj, "pieces"):
+        v = (getattr(obj, "options", None) or {}).get("max_steps")
+    elif isinstance(obj, dict):
+        v = obj.get("max_steps")
+    else:
+        v = None
+    return None if v is None else int(v)
+
+
 def metrics(run_or_ids: Any, max_period: int = LOOP_DEFAULTS["max_period"],
             tail_steps: int = TAIL_STEPS, entropy_floor: float = ENTROPY_FLOOR
             ) -> dict[str, Any]:
@@ -198,7 +213,34 @@ def _loop_flag(m: dict, loop: dict) -> bool:
             and m["tail_loop_span"] >= loop["min_span"])
 
 
-def flags(run_or_ids: Any, thresholds: dict | None = None) -> dict[str, bool]:
+def thresholds_for(record: dict, unit: str, length: int | None = None,
+                   n_tokens: int | None = None) -> tuple[dict[str, float], int | None]:
+    """The threshold set of one unit (``"ids"`` / ``"words"``) for a run, and the
+    calibrated length it belongs to.
+
+    A record with ``by_length`` (one calibration per generation length) is read as
+    follows: the calibrated length equal to ``length`` (the run's ``max_steps``) if there
+    is one; otherwise the smallest calibrated length ≥ ``length`` (or, without a length,
+    ≥ ``n_tokens`` for token ids), else the largest. Word-split text without a length
+    uses the record's ``default_length``. A record without ``by_length`` has one set
+    (``thresholds``; length None); a flat ``{metric: value}`` mapping is used as it is.
+    """
+    if "thresholds" not in record:
+        return record, None
+    by_length = record.get("by_length")
+    if not by_length:
+        return record["thresholds"][unit], None
+    lengths = sorted(int(k) for k in by_length)
+    want = length if length is not None else (n_tokens if unit == "ids" else None)
+    if want is None:
+        chosen = int(record.get("default_length", lengths[-1]))
+    else:
+        chosen = next((L for L in lengths if L >= want), lengths[-1])
+    return by_length[str(chosen)]["thresholds"][unit], chosen
+
+
+def flags(run_or_ids: Any, thresholds: dict | None = None, length: int | None = None
+          ) -> dict[str, bool]:
     """Degeneracy flags of one run against calibrated thresholds.
 
     Parameters
@@ -207,6 +249,10 @@ def flags(run_or_ids: Any, thresholds: dict | None = None) -> dict[str, bool]:
     thresholds : dict, optional
         A calibration record as from :func:`load_thresholds` (default: the packaged one),
         or a flat mapping ``{metric: value}`` applied whatever the unit.
+    length : int, optional
+        The generation length (``max_steps``) whose thresholds apply; default: the run's
+        own ``options["max_steps"]`` (a dict's ``max_steps``), else chosen from the
+        number of tokens (:func:`thresholds_for`).
 
     Returns
     -------
@@ -218,7 +264,9 @@ def flags(run_or_ids: Any, thresholds: dict | None = None) -> dict[str, bool]:
     rec = load_thresholds() if thresholds is None else thresholds
     loop = {**LOOP_DEFAULTS, **rec.get("tail_loop", {})}
     m = metrics(run_or_ids, max_period=int(loop["max_period"]))
-    th = rec["thresholds"][m["unit"]] if "thresholds" in rec else rec
+    th, _ = thresholds_for(rec, m["unit"],
+                           length if length is not None else _generation_length(run_or_ids),
+                           m["n_tokens"])
     out: dict[str, bool] = {}
     for k in HIGH_SIDE:
         out[k] = bool(k in th and m[k] > th[k])
@@ -279,9 +327,11 @@ class ExclusionRule:
             "k": self.k,
             "tail_loop": {**LOOP_DEFAULTS, **rec.get("tail_loop", {})},
             "thresholds": rec["thresholds"],
+            "thresholds_by_length": {L: v["thresholds"]
+                                     for L, v in (rec.get("by_length") or {}).items()},
             "calibration": {k: rec.get(k) for k in
                             ("command", "date", "model_file", "model_sha256", "n_runs",
-                             "generation", "percentiles")},
+                             "generation", "percentiles", "default_length")},
         }
 
 
@@ -291,79 +341,166 @@ def _is_flag_dict(obj: Any) -> bool:
 
 def report(runs: Iterable[Any], rule: ExclusionRule | None = None,
            ids: Sequence[Any] | None = None) -> pd.DataFrame:
-    """One row per run: every metric, every flag and ``excluded`` under ``rule``."""
+    """One row per run: every metric, ``threshold_length`` (the calibrated length whose
+    thresholds applied, None for a single-length record), every flag and ``excluded``
+    under ``rule``."""
     rule = rule or ExclusionRule()
     th = rule.thresholds()
     rows = []
     for i, r in enumerate(runs):
         f = flags(r, th)
-        rows.append({"run": ids[i] if ids is not None else i, **metrics(r),
+        m = metrics(r)
+        _, used = thresholds_for(th, m["unit"], _generation_length(r), m["n_tokens"])
+        rows.append({"run": ids[i] if ids is not None else i, **m, "threshold_length": used,
                      **{f"flag_{k}": v for k, v in f.items()}, "excluded": rule.excludes(f)})
     return pd.DataFrame(rows)
 
 
 # ---- calibration ------------------------------------------------------------------------------
-def calibrate(runs: Sequence[dict], low_q: float = 5.0, high_q: float = 95.0,
-              min_tokens: int = 20) -> dict[str, Any]:
-    """Reference percentiles of every metric over sequential runs (dicts with ``ids``,
-    ``text``, ``entropies``), per unit (token ids and the word split of the text).
+def _prefix(run: dict, length: int) -> dict:
+    """The first ``length`` tokens of a reference run (ids, entropies and, from the
+    per-token ``pieces``, the text)."""
+    if len(run["ids"]) <= length:
+        return run
+    if run.get("pieces") is None:
+        raise ValueError("a run longer than the calibration length needs per-token 'pieces' "
+                         "to rebuild its text")
+    return {**run, "ids": run["ids"][:length], "entropies": run["entropies"][:length],
+            "pieces": run["pieces"][:length], "text": "".join(run["pieces"][:length])}
 
-    Runs with fewer than ``min_tokens`` generated tokens (early EOS) are left out, so the
-    thresholds belong to runs of the calibration length. With fewer than
-    ``100/(100 − high_q)`` runs (20 for the 95th) the percentiles are not estimable and
-    the reference max (high side) / min (low side) is used instead; flags are strict
-    inequalities, so no reference run is then flagged. Returns the record written to
-    ``data/degeneracy_thresholds.json`` (without the provenance the tool adds).
-    """
-    kept = [r for r in runs if len(r["ids"]) >= min_tokens]
-    min_runs_for_percentile = math.ceil(100.0 / (100.0 - high_q) - 1e-9)
-    if len(kept) < 3:
-        raise ValueError(f"need ≥ 3 runs with ≥ {min_tokens} tokens, got {len(kept)}")
-    per_unit = {
-        "ids": [metrics({"ids": r["ids"], "text": r["text"], "entropies": r["entropies"]})
-                for r in kept],
-        "words": [metrics({"text": r["text"], "entropies": r["entropies"]}) for r in kept],
-    }
+
+def _as_input(run: dict, unit: str) -> dict:
+    if unit == "ids":
+        return {"ids": run["ids"], "text": run["text"], "entropies": run["entropies"]}
+    return {"text": run["text"], "entropies": run["entropies"]}
+
+
+def _reference_thresholds(kept: Sequence[dict], low_q: float, high_q: float
+                          ) -> tuple[dict, dict, bool]:
+    """Per unit: thresholds, min/median/max summaries, and whether percentiles were used
+    (else the reference extremes; see :func:`calibrate`)."""
+    use_pct = len(kept) >= math.ceil(100.0 / (100.0 - high_q) - 1e-9)
     thresholds: dict[str, dict[str, float]] = {}
     summary: dict[str, dict[str, dict[str, float]]] = {}
-    for unit, ms in per_unit.items():
-        frame = pd.DataFrame(ms)
-        thresholds[unit] = {}
-        summary[unit] = {}
+    for unit in ("ids", "words"):
+        frame = pd.DataFrame([metrics(_as_input(r, unit)) for r in kept])
+        thresholds[unit], summary[unit] = {}, {}
         for k in (*HIGH_SIDE, *LOW_SIDE):
             v = frame[k].dropna().to_numpy(dtype=float)
-            q = high_q if k in HIGH_SIDE else low_q
-            if len(v) >= min_runs_for_percentile:
-                thresholds[unit][k] = float(np.percentile(v, q))
+            if use_pct:
+                thresholds[unit][k] = float(np.percentile(v, high_q if k in HIGH_SIDE else low_q))
             else:  # the percentile is not estimable: use the reference extreme
                 thresholds[unit][k] = float(v.max() if k in HIGH_SIDE else v.min())
             summary[unit][k] = {"min": round(float(v.min()), 6),
+                                "p05": round(float(np.percentile(v, 5)), 6),
                                 "median": round(float(np.median(v)), 6),
+                                "p95": round(float(np.percentile(v, 95)), 6),
                                 "max": round(float(v.max()), 6)}
+    return thresholds, summary, use_pct
+
+
+def flag_rates(runs: Sequence[dict], record: dict, length: int | None = None,
+               rule: ExclusionRule | None = None) -> dict[str, dict[str, float]]:
+    """Share of ``runs`` (dicts with ``ids``, ``text``, ``entropies``) with each flag and
+    excluded under ``rule`` (default :class:`ExclusionRule`), per unit, against
+    ``record`` at generation length ``length``. Adds ``n``."""
+    rule = rule or ExclusionRule()
+    out = {}
+    for unit in ("ids", "words"):
+        fl = [flags(_as_input(r, unit), record, length=length) for r in runs]
+        out[unit] = {
+            **{k: round(float(np.mean([f[k] for f in fl])), 4) for k in FLAG_NAMES},
+            "excluded": round(float(np.mean([rule.excludes(f) for f in fl])), 4),
+            "n": len(fl),
+        }
+    return out
+
+
+def _split_half_rates(kept: Sequence[dict], low_q: float, high_q: float
+                      ) -> dict[str, dict[str, float]]:
+    """Held-out flag rates: thresholds from the even-numbered runs flag the odd ones and
+    vice versa; the two halves' rates pooled (weighted by size)."""
+    halves = [list(kept[0::2]), list(kept[1::2])]
+    pooled: dict[str, dict[str, float]] = {}
+    for fit, test in ((halves[0], halves[1]), (halves[1], halves[0])):
+        th, _, _ = _reference_thresholds(fit, low_q, high_q)
+        rates = flag_rates(test, {"thresholds": th, "tail_loop": dict(LOOP_DEFAULTS)})
+        for unit, r in rates.items():
+            acc = pooled.setdefault(unit, {})
+            for k, v in r.items():
+                acc[k] = acc.get(k, 0.0) + (v * r["n"] if k != "n" else v)
+    for r in pooled.values():
+        for k in r:
+            if k != "n":
+                r[k] = round(r[k] / r["n"], 4)
+    return pooled
+
+
+def calibrate(runs: Sequence[dict], low_q: float = 5.0, high_q: float = 95.0,
+              min_tokens: int = 20, lengths: Sequence[int] | None = None) -> dict[str, Any]:
+    """Reference percentiles of every metric over sequential runs (dicts with ``ids``,
+    ``text``, ``entropies`` and, for ``lengths``, per-token ``pieces``), per unit (token
+    ids and the word split of the text).
+
+    Without ``lengths``: one threshold set from the runs as they are; runs with fewer
+    than ``min_tokens`` tokens (early EOS) are left out. With ``lengths`` (e.g.
+    ``[20, 30]``): one set per length L from each run's first L tokens (greedy runs are
+    deterministic, so the prefix of a 30-step run is the 20-step run), keeping runs with
+    at least ``ceil(2L/3)`` tokens (20 of 30, as without lengths); the record gets
+    ``by_length`` and ``default_length = max(lengths)``, whose set is also the top-level
+    ``thresholds``.
+
+    With fewer than ``100/(100 − high_q)`` runs (20 for the 95th) the percentiles are not
+    estimable and the reference max (high side) / min (low side) is used instead; flags
+    are strict inequalities, so no reference run is then flagged. Each set comes with
+    in-sample flag rates and split-half held-out rates (:func:`_split_half_rates`).
+    Returns the record written to ``data/degeneracy_thresholds.json`` (without the
+    provenance the tool adds).
+    """
+    min_runs_for_percentile = math.ceil(100.0 / (100.0 - high_q) - 1e-9)
+    plan = ([(None, min_tokens, list(runs))] if lengths is None else
+            [(int(L), math.ceil(2 * int(L) / 3), [_prefix(r, int(L)) for r in runs])
+             for L in sorted(set(lengths))])
+    by_length: dict[str, dict[str, Any]] = {}
+    for L, need, cut in plan:
+        kept = [r for r in cut if len(r["ids"]) >= need]
+        if len(kept) < 3:
+            raise ValueError(f"need ≥ 3 runs with ≥ {need} tokens, got {len(kept)}")
+        th, summary, use_pct = _reference_thresholds(kept, low_q, high_q)
+        entry: dict[str, Any] = {
+            "thresholds": th,
+            "threshold_source": "percentile" if use_pct else "extreme",
+            "min_tokens": need,
+            "n_runs": len(kept),
+            "n_runs_generated": len(runs),
+            "reference_summary": summary,
+            "in_sample_flag_rates": flag_rates(
+                kept, {"thresholds": th, "tail_loop": dict(LOOP_DEFAULTS)}),
+        }
+        if len(kept) >= 2 * min_runs_for_percentile:
+            entry["split_half_flag_rates"] = _split_half_rates(kept, low_q, high_q)
+        by_length["all" if L is None else str(L)] = entry
+    default = "all" if lengths is None else str(max(int(L) for L in lengths))
+    top = by_length[default]
     rec: dict[str, Any] = {
-        "thresholds": thresholds,
+        "thresholds": top["thresholds"],
         "tail_loop": dict(LOOP_DEFAULTS),
         "threshold_rule": (
             f"{high_q:g}th / {low_q:g}th percentile of the reference runs when there are "
             f"≥ {min_runs_for_percentile} of them, else the reference max / min "
-            f"(used: {'percentile' if len(kept) >= min_runs_for_percentile else 'extreme'})"),
+            f"(used: {top['threshold_source']})"),
         "percentiles": {"high_side": high_q, "low_side": low_q,
                         "high_metrics": list(HIGH_SIDE), "low_metrics": list(LOW_SIDE)},
         "tail_steps": TAIL_STEPS,
-        "min_tokens": min_tokens,
-        "n_runs": len(kept),
+        "min_tokens": top["min_tokens"],
+        "n_runs": top["n_runs"],
         "n_runs_generated": len(runs),
-        "reference_summary": summary,
+        "reference_summary": top["reference_summary"],
+        "in_sample_flag_rates": top["in_sample_flag_rates"],
     }
-    rule = ExclusionRule()
-    in_sample = {}
-    for unit in per_unit:
-        fl = [flags({"ids": r["ids"], "text": r["text"], "entropies": r["entropies"]}
-                    if unit == "ids" else {"text": r["text"], "entropies": r["entropies"]}, rec)
-              for r in kept]
-        in_sample[unit] = {
-            **{k: round(float(np.mean([f[k] for f in fl])), 4) for k in FLAG_NAMES},
-            "excluded": round(float(np.mean([rule.excludes(f) for f in fl])), 4),
-        }
-    rec["in_sample_flag_rates"] = in_sample
+    if "split_half_flag_rates" in top:
+        rec["split_half_flag_rates"] = top["split_half_flag_rates"]
+    if lengths is not None:
+        rec["default_length"] = int(default)
+        rec["by_length"] = by_length
     return rec

@@ -94,11 +94,48 @@ def test_describe_records_rule_and_calibration():
     d = D.ExclusionRule().describe()
     assert d["rule"].startswith("exclude a run if tail_loop or ≥ 2 of (")
     cal = d["calibration"]
-    assert len(cal["model_sha256"]) == 64 and cal["n_runs"] >= 3
+    assert len(cal["model_sha256"]) == 64 and cal["n_runs"] >= 40
     assert cal["generation"]["threshold"] == 1.0 and cal["generation"]["max_steps"] == 30
+    assert cal["generation"]["lengths"] == [20, 30] and cal["default_length"] == 30
     assert set(d["thresholds"]) == {"ids", "words"}
     assert set(d["thresholds"]["ids"]) == {"seq_rep_4", "zlib_ratio", "distinct_1",
                                            "distinct_2", "tail_entropy"}
+    assert set(d["thresholds_by_length"]) == {"20", "30"}
+    assert d["thresholds_by_length"]["30"] == d["thresholds"]
+
+
+def test_packaged_calibration_uses_percentiles_at_both_lengths():
+    rec = D.load_thresholds()
+    for length in ("20", "30"):
+        entry = rec["by_length"][length]
+        assert entry["n_runs"] >= 40 and entry["threshold_source"] == "percentile"
+        assert entry["min_tokens"] == {"20": 14, "30": 20}[length]
+    assert rec["prefix_check"]["all_equal"]
+
+
+def test_thresholds_for_picks_the_generation_length():
+    def entry(v):
+        return {"thresholds": {"ids": {"seq_rep_4": v}, "words": {"seq_rep_4": v + 1}}}
+
+    rec = {"thresholds": entry(0.3)["thresholds"], "default_length": 30,
+           "by_length": {"20": entry(0.2), "30": entry(0.3)}}
+    assert D.thresholds_for(rec, "ids", length=20) == ({"seq_rep_4": 0.2}, 20)
+    assert D.thresholds_for(rec, "ids", length=25) == ({"seq_rep_4": 0.3}, 30)
+    assert D.thresholds_for(rec, "ids", length=50) == ({"seq_rep_4": 0.3}, 30)  # largest
+    assert D.thresholds_for(rec, "ids", n_tokens=12) == ({"seq_rep_4": 0.2}, 20)
+    assert D.thresholds_for(rec, "words") == ({"seq_rep_4": 1.3}, 30)  # default length
+    assert D.thresholds_for({"seq_rep_4": 0.5}, "ids") == ({"seq_rep_4": 0.5}, None)
+    # flags read a dict's max_steps (a Run's options["max_steps"]) to choose the set:
+    # 1 2 3 4 1 2 3 4 then 22 distinct ids: 27 4-grams, (1 2 3 4) twice → seq_rep_4 =
+    # 1/27 = 0.037, above 0.03 and below 0.05
+    ids = [1, 2, 3, 4, 1, 2, 3, 4, *range(10, 32)]
+    assert D.seq_rep_n(ids, 4) == pytest.approx(1 / 27)
+    low = {**rec, "by_length": {"20": entry(0.03), "30": entry(0.05)}}
+    assert D.flags({"ids": ids, "max_steps": 20}, low)["seq_rep_4"]
+    assert not D.flags({"ids": ids, "max_steps": 30}, low)["seq_rep_4"]
+    assert D.flags({"ids": ids}, low, length=20)["seq_rep_4"]
+    assert D.report([{"ids": ids, "max_steps": 20}], D.ExclusionRule())[
+        "threshold_length"].tolist() == [20]
 
 
 def test_calibrate_threshold_rule():
@@ -112,6 +149,30 @@ def test_calibrate_threshold_rule():
     rec40 = D.calibrate(many)
     # 5th percentile (linear) of 0.5 + 0.05 i, i = 0..39 → 0.5 + 0.05 · 1.95
     assert rec40["thresholds"]["ids"]["tail_entropy"] == pytest.approx(0.5975)
+
+
+def test_calibrate_by_length_uses_prefixes():
+    # 45 runs of 30 tokens: the first 20 tokens distinct, the last 10 repeat token 0, so
+    # seq_rep_4 is 0 on every 20-token prefix and 6/27 on the whole run.
+    runs = []
+    for i in range(45):
+        ids = [100 * i + t for t in range(20)] + [0] * 10
+        pieces = [f" w{t}" for t in ids]
+        runs.append({"ids": ids, "pieces": pieces, "text": "".join(pieces),
+                     "entropies": [1.0 + 0.01 * i] * 30})
+    runs.append({"ids": [1] * 12, "pieces": [" a"] * 12, "text": " a" * 12,
+                 "entropies": [1.0] * 12})  # early EOS: < 14 tokens, left out of both
+    rec = D.calibrate(runs, lengths=[20, 30])
+    assert rec["default_length"] == 30 and rec["thresholds"] == rec["by_length"]["30"][
+        "thresholds"]
+    assert rec["by_length"]["20"]["n_runs"] == rec["by_length"]["30"]["n_runs"] == 45
+    assert rec["by_length"]["20"]["thresholds"]["ids"]["seq_rep_4"] == 0.0
+    assert rec["by_length"]["30"]["thresholds"]["ids"]["seq_rep_4"] == pytest.approx(6 / 27)
+    assert rec["by_length"]["20"]["threshold_source"] == "percentile"
+    assert "split_half_flag_rates" in rec["by_length"]["20"]
+    with pytest.raises(ValueError, match="pieces"):
+        D.calibrate([{k: v for k, v in r.items() if k != "pieces"} for r in runs],
+                    lengths=[20])
 
 
 # ---- the bundled model ---------------------------------------------------------------
@@ -140,6 +201,29 @@ def test_bundled_model_loop_flagged_ordinary_not(bundled_path):
           m["tail_loop_repeats"])
     assert m["unit"] == "ids" and m["n_tokens"] == len(loop.tree.steps)
     assert D.ExclusionRule().excludes(loop)
+
+
+@pytest.mark.parametrize("name", ["one_dot", "phrase"])
+def test_hand_loops_as_bundled_model_tokens_flagged_at_both_lengths(bundled_path, name):
+    # "1. 1. 1. …" and a repeated phrase, tokenized by the bundled model and cut to a
+    # study's 20 or 30 generated tokens, against the token-id thresholds of that length.
+    # The n-gram flags exclude both at both lengths; the structural tail_loop needs ≥ 3
+    # repeats, which the 8-token phrase reaches only in 30 tokens (20 hold 2.5 repeats).
+    import attnvar
+
+    model = attnvar.load_model(bundled_path)
+    ids = model.encode(LOOPS[name].rstrip(), add_bos=False)  # no lone trailing " " token
+    for length in (20, 30):
+        cut = ids[-length:]
+        run = {"ids": cut, "text": "".join(model.tokenizer.piece(i) for i in cut),
+               "max_steps": length}
+        f = D.flags(run)
+        m = D.metrics(run)
+        assert f["seq_rep_4"] and f["distinct_2"], (name, length, f)
+        assert D.ExclusionRule(always=()).excludes(f) and D.ExclusionRule().excludes(f)
+        assert f["tail_loop"] == (m["tail_loop_repeats"] >= 3), (name, length, m)
+        if name == "one_dot" or length == 30:
+            assert f["tail_loop"], (name, length, m)
 
 
 @pytest.mark.slow
