@@ -389,3 +389,49 @@ def test_m5_table_pairs_parallel_and_matched_knockouts(model, tree):
                       zip(table.variant, table.term, table.estimate, table.layer_begin,
                           strict=True)
                       if a == 0))
+
+
+# ---- bundled model (slow: about 2 minutes of CPU) ----------------------------------------
+
+@pytest.mark.slow
+def test_m345_on_the_bundled_model(bundled_path):
+    """The figures quoted in docs/metrics.md, and M5's all-layer identity at full size:
+    knocking out every rank ≥ 1 member equals replaying the tree without them."""
+    import pandas as pd
+
+    model = attnvar.load_model(bundled_path)
+    run = model.generate("The cat sat on the", threshold=0.1, max_steps=30,
+                         capture=attnvar.Capture(scores=True, value_norms=True))
+    top = model.replay(run.tree, "top_only", capture=attnvar.Capture())
+    sinks = am.find_sinks(top)
+    print(f"\n{run.bracketed!r}: {run.num_slots} slots")
+    table = am.analyze(run, sinks=sinks, metrics=["M1", "M3", "M4"], top_only=top)
+    cols = ["metric", "variant", "sinks_excluded", "estimate", "se", "share",
+            "attention_share", "key_share", "mass_run", "mass_top_only", "share_run",
+            "share_top_only"]
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        print(table[(table.layer == -1) & table.metric.isin(["M3", "M4"])][cols])
+    m5 = am.knockout(model, run, windows=[(0, 30), (0, 10), (10, 20), (20, 30)],
+                     sinks=sinks, draws=4, seed=0)
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        print(m5[["variant", "term", "layer_begin", "layer_end", "estimate", "se", "ratio",
+                  "n_pairs", "match_distance", "class_match"]])
+    assert np.allclose(am.rollout(run)[-1].sum(-1).numpy(), 1.0, atol=1e-5)
+
+    tree = run.tree
+    layout = _core.encode(tree, "shared_isolated")
+    slots = layout.slots
+    extra = [i for i, s in enumerate(slots)
+             if s.step >= 0 and tree.steps[s.step].members[s.member].rank >= 1]
+    assert extra, "the generation has no parallel set"
+    ko = am.knockout_replay(model, tree, extra)
+    top_tree = _core.Tree.build(list(tree.prompt),
+                                [[s.members[0].token_id] for s in tree.steps], model.eos_ids)
+    rep = _core.replay(model.core, top_tree, "shared_isolated")
+    keep = [i for i in range(len(slots)) if i not in set(extra)]
+    first = min(slots[j].step for j in extra)
+    later = [k for k, i in enumerate(keep) if slots[i].step > first]
+    diff = (ko.logits[keep][later] - rep.logits[later]).abs().max().item()
+    print(f"[M5] bundled: {len(extra)} rank ≥ 1 members knocked out in all layers vs the "
+          f"tree without them, {len(later)} later queries: max |logit diff| = {diff:.2e}")
+    assert diff < 1e-3
