@@ -9,7 +9,8 @@ Two pieces:
 - :func:`predict_effect` — a grouped K-fold cross-validated model of an effect column
   from feature columns: ridge regression for the magnitude, L2-regularised logistic
   regression for the sign, both on features standardised inside each training fold, the
-  penalties chosen by an inner grouped CV on the training fold only. It reports the
+  penalties chosen by an inner grouped CV on the training fold only (the inner folds
+  reuse the training fold's standardisation). It reports the
   out-of-fold R² (against each fold's training mean), the sign accuracy against the
   majority-sign baseline (majority taken in-fold), one row per fold, and permutation p
   values from shuffling the target across groups.
@@ -211,40 +212,55 @@ def _ridge_path(x: np.ndarray, y: np.ndarray, penalties: np.ndarray
     return ym - coefs @ xm, coefs
 
 
-def _logistic_fit(x: np.ndarray, y: np.ndarray, lam: float, start: np.ndarray | None = None,
-                  max_iter: int = 50, tol: float = 1e-8) -> np.ndarray:
-    """L2-penalised logistic regression by Newton's method; returns ``(b0, β…)``.
+def _logistic_batch(x: np.ndarray, y: np.ndarray, weights: np.ndarray, lams: np.ndarray,
+                    max_iter: int = 100, tol: float = 1e-8) -> np.ndarray:
+    """B L2-penalised logistic regressions on the same rows, by damped Newton.
 
-    Objective: ``mean(log(1 + e^{η}) − y·η) + (λ/2)‖β‖²``, η = b0 + Xβ, intercept
-    unpenalised. The penalty makes the problem strictly convex in β, so Newton converges
-    even on separable data; the intercept alone can diverge only if one class is absent,
-    which the caller excludes.
+    Problem b minimises ``Σ_i w_bi·(log(1 + e^{η_i}) − y_i·η_i) / Σ_i w_bi +
+    (λ_b/2)‖β‖²`` with η = b0 + Xβ and the intercept unpenalised; weights are 0/1 row
+    masks (inner training folds). Each Newton step is halved until the objective does
+    not increase. The penalty makes the problem strictly convex in β; the intercept alone
+    diverges only if a problem's rows hold one class, which callers exclude.
+
+    Shapes: x (n, p), y (n,), weights (B, n), lams (B,) → (B, 1 + p) = (b0, β…).
     """
     n, p = x.shape
-    xa = np.hstack([np.ones((n, 1)), x])
-    w = np.zeros(p + 1) if start is None else start.copy()
-    pen = np.full(p + 1, lam)
-    pen[0] = 0.0
+    xa = np.hstack([np.ones((n, 1)), x])  # (n, 1 + p)
+    nw = weights.sum(axis=1)  # (B,)
+    pen = lams[:, None] * np.r_[0.0, np.ones(p)][None, :]  # (B, 1 + p)
+    eye = 1e-10 * np.eye(p + 1)
+
+    def objective(w: np.ndarray) -> np.ndarray:
+        eta = w @ xa.T
+        return ((weights * (np.logaddexp(0.0, eta) - y * eta)).sum(axis=1) / nw
+                + 0.5 * (pen * w**2).sum(axis=1))
+
+    w = np.zeros((lams.size, p + 1))
+    f = objective(w)
     for _ in range(max_iter):
-        eta = np.clip(xa @ w, -35, 35)
-        mu = 1.0 / (1.0 + np.exp(-eta))
-        grad = xa.T @ (mu - y) / n + pen * w
-        hess = (xa * (mu * (1 - mu))[:, None]).T @ xa / n + np.diag(pen) + 1e-10 * np.eye(p + 1)
-        step = np.linalg.solve(hess, grad)
-        w = w - step
-        if np.max(np.abs(step)) < tol:
+        mu = 1.0 / (1.0 + np.exp(-np.clip(w @ xa.T, -35, 35)))  # (B, n)
+        grad = (weights * (mu - y)) @ xa / nw[:, None] + pen * w
+        s = weights * mu * (1.0 - mu)
+        hess = np.einsum("bn,ni,nj->bij", s, xa, xa) / nw[:, None, None]
+        hess += pen[:, :, None] * np.eye(p + 1)[None] + eye
+        step = np.linalg.solve(hess, grad[:, :, None])[:, :, 0]
+        t = np.ones(lams.size)
+        for _ in range(30):
+            cand = w - t[:, None] * step
+            fc = objective(cand)
+            worse = fc > f + 1e-12 * np.maximum(1.0, np.abs(f))
+            if not worse.any():
+                break
+            t[worse] /= 2.0
+        w, f = cand, fc
+        if np.max(np.abs(t[:, None] * step)) < tol:
             break
     return w
 
 
-def _logistic_path(x: np.ndarray, y: np.ndarray, penalties: np.ndarray) -> np.ndarray:
-    """Fits for every penalty, largest first with warm starts; ``(L, 1 + p)``."""
-    out = np.empty((penalties.size, x.shape[1] + 1))
-    start = None
-    for i in np.argsort(-penalties):
-        start = _logistic_fit(x, y, float(penalties[i]), start)
-        out[i] = start
-    return out
+def _logistic_fit(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    """One fit of :func:`_logistic_batch` on all rows; returns ``(b0, β…)``."""
+    return _logistic_batch(x, y, np.ones((1, x.shape[0])), np.array([lam]))[0]
 
 
 def _inner_folds(groups: np.ndarray, n_inner: int) -> np.ndarray:
@@ -254,14 +270,14 @@ def _inner_folds(groups: np.ndarray, n_inner: int) -> np.ndarray:
 
 def _choose_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray, penalties: np.ndarray,
                   n_inner: int) -> float:
-    """The penalty with the smallest inner grouped-CV squared error (largest on ties)."""
+    """The penalty with the smallest inner grouped-CV squared error (largest on ties).
+    ``x`` is already standardised by the (outer) training fold."""
     folds = _inner_folds(groups, n_inner)
     sse = np.zeros(penalties.size)
     for f in np.unique(folds):
         tr, te = folds != f, folds == f
-        a, b = _standardise(x[tr], x[te])
-        b0, beta = _ridge_path(a, y[tr], penalties)
-        pred = b0[:, None] + beta @ b.T  # (L, n_test)
+        b0, beta = _ridge_path(x[tr], y[tr], penalties)
+        pred = b0[:, None] + beta @ x[te].T  # (L, n_test)
         sse += ((y[te][None, :] - pred) ** 2).sum(axis=1)
     best = np.flatnonzero(sse <= sse.min() * (1 + 1e-12))
     return float(penalties[best].max())
@@ -273,21 +289,29 @@ def _log_loss(y: np.ndarray, eta: np.ndarray) -> np.ndarray:
 
 def _choose_logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray, penalties: np.ndarray,
                      n_inner: int) -> float:
-    """The penalty with the smallest inner grouped-CV log-loss (largest on ties); an inner
-    training fold holding one class predicts that class's smoothed rate."""
+    """The penalty with the smallest inner grouped-CV log-loss (largest on ties); all
+    (inner fold, penalty) fits in one batch. An inner training fold holding one class
+    predicts that class's smoothed rate. ``x`` is standardised by the training fold."""
     folds = _inner_folds(groups, n_inner)
     loss = np.zeros(penalties.size)
+    fit_masks = []
     for f in np.unique(folds):
         tr, te = folds != f, folds == f
         ytr = y[tr]
         if ytr.min() == ytr.max():
             rate = (ytr.sum() + 0.5) / (ytr.size + 1.0)
             loss += _log_loss(y[te], np.full(te.sum(), math.log(rate / (1 - rate)))).sum()
-            continue
-        a, b = _standardise(x[tr], x[te])
-        w = _logistic_path(a, ytr, penalties)
-        eta = w[:, :1] + w[:, 1:] @ b.T
-        loss += _log_loss(y[te][None, :], eta).sum(axis=1)
+        else:
+            fit_masks.append(tr)
+    if fit_masks:
+        masks = np.asarray(fit_masks, dtype=float)  # (F, n)
+        n_pen = penalties.size
+        w = _logistic_batch(x, y, np.repeat(masks, n_pen, axis=0),
+                            np.tile(penalties, len(fit_masks)))  # (F·L, 1 + p)
+        eta = w[:, :1] + w[:, 1:] @ x.T  # (F·L, n)
+        test = 1.0 - np.repeat(masks, n_pen, axis=0)
+        per = (test * _log_loss(y[None, :], eta)).sum(axis=1)
+        loss += per.reshape(len(fit_masks), n_pen).sum(axis=0)
     best = np.flatnonzero(loss <= loss.min() * (1 + 1e-12))
     return float(penalties[best].max())
 
