@@ -29,7 +29,7 @@ STRIP_HINT = "strip outputs with: python tools/strip_notebook_outputs.py noteboo
 
 def test_the_documented_notebooks_are_present():
     names = {p.stem for p in NOTEBOOKS}
-    assert {"01_quickstart", "02_parallel_set_anatomy"} <= names
+    assert {"01_quickstart", "02_parallel_set_anatomy", "03_hypotheses"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

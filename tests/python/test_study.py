@@ -137,7 +137,7 @@ def test_cli_errors_are_one_line_and_exit_non_zero(args, needle):
 def test_cli_generate_prints_bracketed_text_and_help_works():
     proc = cli("generate", "The cat sat on the", "--max-steps", "6", "--threshold", "0.1")
     assert proc.returncode == 0 and proc.stdout.startswith("The cat sat on the")
-    for sub in ("generate", "replay", "study", "inspect"):
+    for sub in ("generate", "replay", "study", "hypotheses", "inspect"):
         assert cli(sub, "--help").returncode == 0
 
 
@@ -153,4 +153,8 @@ def test_readme_main_job_command_with_a_tiny_grid(tmp_path):
     table = pd.read_parquet(out / "tables" / "runs.parquet")
     # 2 prompts × (isolated, visible) generations, each replayed as serial and top_only.
     assert len(table) == 12 and (out / "summary.md").exists()
+    # ... then the analysis and the report (too few prompts for tests: it says so).
+    assert (out / "preregistration.json").exists() and (out / "tables" / "metrics.parquet").exists()
+    assert (out / "report" / "report.html").stat().st_size > 0
+    assert "Primary effect" in proc.stdout and "report:" in proc.stdout
     assert cli("inspect", str(out / "runs" / table["run_id"].iloc[0])).returncode == 0
