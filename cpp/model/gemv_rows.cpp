@@ -60,7 +60,7 @@ ATTNVAR_AVX2 inline __m256i tail_mask(int64_t n) {
 }
 
 // One tile: R rows of x times O consecutive weight rows. Per 8 columns: O weight loads,
-// R x loads, R·O FMAs into R·O accumulators (R·O + O + 1 ≤ 16 ymm registers).
+// R x loads, R·O FMAs into R·O accumulators (R·O + O + 1 ≤ 16 ymm registers: R ≤ 4, O ≤ 3).
 template <int R, int O>
 ATTNVAR_AVX2 void tile_avx2(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t in,
                             const float* bias, float* y, int64_t ldy) {
@@ -123,7 +123,9 @@ ATTNVAR_AVX2 void gemv_rows_avx2(const float* x, int64_t ldx, int64_t rows, cons
     // One row: four weight rows per tile (four accumulators, one horizontal-sum group).
     for (; o + 4 <= o_end; o += 4) tile_avx2<1, 4>(x, ldx, w + o * ldw, ldw, in, b(o), y + o, ldy);
   } else {
-    for (; o + 2 <= o_end; o += 2) rows_avx2<2>(x, ldx, rows, w + o * ldw, ldw, in, b(o), y + o, ldy);
+    // Three weight rows per tile: 4 × 3 accumulators (enough independent FMA chains to
+    // cover the FMA latency), 7 loads per 12 FMAs.
+    for (; o + 3 <= o_end; o += 3) rows_avx2<3>(x, ldx, rows, w + o * ldw, ldw, in, b(o), y + o, ldy);
   }
   for (; o < o_end; ++o) rows_avx2<1>(x, ldx, rows, w + o * ldw, ldw, in, b(o), y + o, ldy);
 }

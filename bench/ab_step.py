@@ -1,0 +1,105 @@
+"""A/B of two attnvar builds on the engine's hot paths: one pass of k members at one position
+after a 128-token context (isolated set, no capture), and decode steps. Each build runs in
+its own fresh process, the builds alternate round by round, so both see the same machine
+load; the report gives per-round medians and the ratio of the two builds.
+
+    python bench/ab_step.py build/perf-before/pkg build/perf/pkg [--rounds 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from harness_util import load_average, pin_threads_env  # noqa: E402
+
+KS = (1, 2, 4, 8, 16)
+
+
+def worker(reps: int, threads: int) -> dict:
+    import time
+
+    import attnvar
+    import torch
+    from attnvar import _core
+
+    torch.set_num_threads(threads)
+    core = attnvar.load_model().core
+    ids = torch.randint(32, core.vocab_size, (200,), generator=torch.Generator().manual_seed(0))
+    ctx = 128
+    cache = core.new_cache(initial_capacity=ctx + 64)
+    core.forward(cache, ids[:ctx], torch.arange(float(ctx)), _core.causal_visibility(ctx, 0),
+                 last_logits_only=True)
+    out = {}
+    for k in KS:
+        vis = _core.set_visibility(k, ctx, "isolated")
+        pos = torch.full((k,), float(ctx))
+        times = []
+        for _ in range(reps + 1):
+            t0 = time.perf_counter()
+            core.forward(cache, ids[ctx:ctx + k], pos, vis)
+            times.append(time.perf_counter() - t0)
+            cache.truncate(ctx)
+        out[f"k{k}_ms"] = 1000 * statistics.median(times[1:])
+    times = []
+    for i in range(reps * 2):
+        t0 = time.perf_counter()
+        core.forward(cache, ids[ctx + i:ctx + i + 1], torch.tensor([float(ctx + i)]),
+                     _core.causal_visibility(1, ctx + i))
+        times.append(time.perf_counter() - t0)
+    out["decode_ms"] = 1000 * statistics.median(times)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("builds", nargs="*", help="PYTHONPATH of each build (a dev pkg dir)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    pin_threads_env(args.threads, "passive")
+    if args.worker:
+        print(json.dumps(worker(args.reps, args.threads)))
+        return 0
+    print(f"threads {args.threads}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; "
+          f"load before {load_average()}")
+    results: dict[str, list[dict]] = {b: [] for b in args.builds}
+    for r in range(args.rounds):
+        for b in args.builds:
+            env = dict(os.environ, PYTHONPATH=b)
+            p = subprocess.run([sys.executable, __file__, "--worker", "--reps", str(args.reps),
+                                "--threads", str(args.threads)], env=env, capture_output=True,
+                               text=True, check=True)
+            res = json.loads(p.stdout.strip().splitlines()[-1])
+            results[b].append(res)
+            print(f"round {r} {b}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()),
+                  flush=True)
+    print(f"load after {load_average()}")
+    keys = list(next(iter(results.values()))[0])
+    print("\nmedian over rounds (ms); ratio k/k1 in brackets")
+    for b in args.builds:
+        med = {k: statistics.median(x[k] for x in results[b]) for k in keys}
+        print(f"{b}: " + ", ".join(
+            f"{k} {v:.1f}" + (f" [{v / med['k1_ms']:.2f}]" if k.startswith("k") else "")
+            for k, v in med.items()))
+    if len(args.builds) == 2:
+        a, b = args.builds
+        print(f"\nper-round ratio {a} ÷ {b} (speed-up of the second):")
+        for k in keys:
+            rs = [x[k] / y[k] for x, y in zip(results[a], results[b])]
+            print(f"  {k}: " + " ".join(f"{r:.2f}" for r in rs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
