@@ -268,8 +268,8 @@ def knockout(
     seed: int = 0,
     class_weight: float = 2.0,
     encoding: str | None = None,
-    policy: str = "mixture",
-    temperature: float = 1.0,
+    policy: str | None = None,
+    temperature: float | None = None,
     prompt: str | None = None,
 ):
     """M5: knockout of parallel keys vs as many matched non-parallel keys.
@@ -282,12 +282,13 @@ def knockout(
     sinks : from :func:`find_sinks` on the ``top_only`` replay; a key that is a sink in
         any layer and head is never knocked out (with ``exclude_sinks``)
     exclude_sinks : see ``sinks``
-    draws : size-matched P subsets and their N matches (see module doc)
+    draws : matchings drawn among equal-cost alternatives (see module doc)
     seed : seed of the subsets, the matching order and its ties
     class_weight : cost of a piece-type mismatch, in logical positions
     encoding : the layout when ``run`` is a tree (default ``shared_isolated``); a Run's
         own encoding otherwise
-    policy, temperature : next-step policy of the distributions
+    policy, temperature : next-step policy of the distributions (default: the run's own,
+        else ``mixture`` at temperature 1)
     prompt : the prompt id written into the table
 
     Returns
@@ -305,6 +306,10 @@ def knockout(
             raise ValueError(f"the run was made under {enc!r}, not {encoding!r}")
     else:
         tree, enc, kind = run, encoding or "shared_isolated", "replay"
+    options = getattr(run, "options", None) or {}
+    policy = policy or options.get("policy", "mixture")
+    temperature = float(temperature if temperature is not None
+                        else options.get("temperature", 1.0))
     core = _core_model(model)
     windows = [(0, core.num_layers)] if windows is None else [tuple(w) for w in windows]
     layout = _core.encode(tree, enc)
