@@ -283,7 +283,7 @@ def knockout(
         any layer and head is never knocked out (with ``exclude_sinks``)
     exclude_sinks : see ``sinks``
     draws : matchings drawn among equal-cost alternatives (see module doc)
-    seed : seed of the subsets, the matching order and its ties
+    seed : seed of the tie-breaking among equal-cost matchings
     class_weight : cost of a piece-type mismatch, in logical positions
     encoding : the layout when ``run`` is a tree (default ``shared_isolated``); a Run's
         own encoding otherwise
