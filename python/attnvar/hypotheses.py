@@ -660,8 +660,8 @@ def predictability(res: StudyResults, first_steps: int = 3, n_splits: int = 5,
 # ---- robustness, heads, degeneracy, dataset ---------------------------------------------------
 SPECIFICATIONS = [
     ("M1", "distance_matched"), ("M1", "plain"), ("M1m", "size_matched"), ("M1m", "raw"),
-    ("M1p", "position_minus_log_k"), ("M2", "per_head"), ("M2", "pooled"), ("M0", "corrected"),
-    ("M0", "legacy"),
+    ("M1p", "position_minus_log_k"), ("M2", "per_head"), ("M2", "pooled"),
+    ("M3", "log_contrast"), ("M4", "position_mass"), ("M0", "corrected"), ("M0", "legacy"),
 ]
 
 

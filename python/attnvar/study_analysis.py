@@ -3,7 +3,8 @@
 For each generated run (a cell) and its replays, :func:`analyze_cell` computes
 
 - ``metrics``: :func:`attnvar.metrics.analyze` (M0, M1 plain and distance-matched, M1m,
-  M1p, M2) of the generated run and of every replay that keeps all members, with sinks
+  M1p, M2; M3 when value norms were captured; M4 against the ``top_only`` replay when
+  the study has one) of the generated run and of every replay that keeps all members, with sinks
   fixed on the cell's ``top_only`` replay when the study has one (else the first slot),
   with and without the sink exclusion; per-head rows are kept for M1 and M2, prompt rows
   (layer = head = −1) for all;
@@ -32,7 +33,7 @@ import pandas as pd
 from .study import iter_completed, write_atomic
 
 ANALYSIS = "analysis"
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2
 TABLE_NAMES = ("metrics", "terms", "steps", "classes", "distance", "degeneracy")
 HEAD_LEVEL_METRICS = ("M1", "M2")
 
@@ -60,13 +61,14 @@ def analyze_cell(generated, replays: dict, rule, prompt_id: str, cell_id: str) -
     # A pair counts only when its query's step is later than its key's: runs of fewer
     # than two steps (EOS at once) have none, and no metric is defined for them.
     analysable = len(generated.tree.steps) >= 2
-    sinks = find_sinks(replays["top_only"]) if analysable and "top_only" in replays else None
+    top = as_view(replays["top_only"]) if analysable and "top_only" in replays else None
+    sinks = find_sinks(top) if top is not None else None
     runs = [("generated", generated)] + [(e, r) for e, r in sorted(replays.items())
                                          if e != "top_only"]
     for source, run in (runs if analysable else []):
         view = as_view(run)
         tag = dict(cell_id=cell_id, source=source)
-        table = analyze(view, sinks=sinks, prompt=prompt_id)
+        table = analyze(view, sinks=sinks, prompt=prompt_id, top_only=top)
         keep = (table["layer"] < 0) | table["metric"].isin(HEAD_LEVEL_METRICS)
         out["metrics"].append(_tag(table[keep].reset_index(drop=True), **tag))
         pairs = count_pairs(view, sinks=sinks, exclude_sinks=True)
