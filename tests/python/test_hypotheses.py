@@ -313,3 +313,15 @@ def test_cli_hypotheses_errors_are_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a study results directory" in lines[0]
     assert _cli("hypotheses", "--help").returncode == 0
+
+
+@pytest.mark.parametrize("steps", [[], [[" mat"]], [[" mat", " floor"]]])
+def test_metrics_of_a_run_without_counted_pairs_are_nan_not_errors(bundled_path, steps):
+    import attnvar as av
+    from attnvar.metrics import analyze
+
+    model = av.load_model(bundled_path)
+    run = model.replay(av.Tree.build(model, "The cat sat on the", steps), "shared_isolated",
+                       capture=av.Capture(scores=True))
+    table = analyze(run)  # fewer than two steps: no query later than a key
+    assert len(table) and not np.isfinite(table["estimate"]).any()

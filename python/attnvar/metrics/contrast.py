@@ -220,8 +220,11 @@ def mass_ratio(
     # exp(s − row max) once; each draw then sums it over subsets (f64: no underflow for
     # any realistic score range).
     counted = in_p | in_n
-    top = torch.where(counted, s, torch.full_like(s, -math.inf)).amax(-1, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    if K == 0:  # no generated key (EOS at the first step): nothing to draw from
+        top = torch.zeros(L, H, Q, 1, dtype=s.dtype)
+    else:
+        top = torch.where(counted, s, torch.full_like(s, -math.inf)).amax(-1, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     e = torch.where(counted, (s - top).exp(), torch.zeros((), dtype=torch.float64))
     acc = torch.zeros(L, H, Q, dtype=torch.float64)
     for _ in range(draws):
