@@ -269,3 +269,22 @@ def test_prompt_features_of_a_tiny_generated_run():
     assert not any(m.is_eos for s in run.tree.steps[:4] for m in s.members)
     assert f["threshold"] == 0.04
     print("tiny run features:", {k: v for k, v in f.items() if k.startswith("early")})
+
+
+@pytest.mark.slow
+def test_null_permutation_p_is_calibrated():
+    # docs/statistics.md, "no signal": 80 prompts, 8 noise features, 60 data sets, 49
+    # permutations each. With exchangeable rows P(p ≤ .05) = 2/50 = 4 %; over 60 data sets
+    # the count is Binomial(60, 0.04) (mean 2.4, P(count ≥ 7) ≈ 0.01).
+    r2, hits_r2, hits_sign = [], 0, 0
+    for s in range(60):
+        frame = linear_frame(500 + s, n=80, beta=(0.0,) * 8)
+        res = P.predict_effect(frame, "effect", [f"f{i}" for i in range(8)],
+                               n_permutations=49).summary
+        r2.append(res["cv_r2"])
+        hits_r2 += res["p_r2"] <= 0.05
+        hits_sign += res["p_sign"] <= 0.05
+    print(f"\nnull: CV R² {np.mean(r2):.4f} ± {np.std(r2, ddof=1):.4f}; p_r2 ≤ .05 in "
+          f"{hits_r2}/60, p_sign ≤ .05 in {hits_sign}/60")
+    assert hits_r2 <= 6 and hits_sign <= 6
+    assert np.mean(r2) < 0.005
