@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job: installs what is missing, builds, then runs `attnvar study` with its
-# defaults (the core-small suite on the bundled SmolLM2-135M, isolated and visible modes,
-# serial and top_only replays; a few minutes on 2 cores) into ./results: the
-# preregistered plan, the runs, their analysis and the H1–H4 report
+# defaults (the core-small suite on the bundled SmolLM2-135M, θ 0.1 and 0.2, isolated and
+# visible modes, serial and top_only replays, 20 steps; a few minutes on 2 cores) into
+# ./results: the preregistered plan, the runs, their analysis and the H1–H4 report
 # (results/report/report.html), printing the summary table and each hypothesis's answer.
 # Extra arguments go to `attnvar study` (e.g. --suite core, --full, --out DIR).
 set -euo pipefail

@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--suite", default="core-small",
                    help="core-small (default, fast) | core | tempo13 | a prompt file")
     s.add_argument("--config", help="a TOML/YAML study file (overrides the grid options)")
-    s.add_argument("--thresholds", type=_floats, default=[0.1])
+    s.add_argument("--thresholds", type=_floats, default=[0.1, 0.2],
+                   help="θ values, comma-separated (default 0.1,0.2: a dose–response for H4)")
     s.add_argument("--modes", type=_words, default=["isolated", "visible"])
     s.add_argument("--policies", type=_words, default=["mixture"])
     s.add_argument("--replays", type=_words, default=["serial", "top_only"])

@@ -300,6 +300,11 @@ def primary(res: StudyResults) -> Finding:
             sub.sort_values("effect_pct"), "effect_pct", "effect_pct_low", "effect_pct_high",
             "prompt_id", pooled=pooled, xlabel="reduction in % (positive = less attention)",
             title=f"{res.metric} {res.variant}, {res.design} design — {label}")
+    dist = distance_table(res)
+    if len(dist):
+        from .plots import distance_plot
+
+        figures["distance profile"] = distance_plot(dist)
     tests = []
     pcol = _p_column(res)
     lines = []
@@ -316,8 +321,23 @@ def primary(res: StudyResults) -> Finding:
               "receive less attention. " + ("; ".join(lines) if lines else
                                             "Too few prompts for a test."))
     return Finding("primary", "Primary effect: parallel tokens at a shared position",
-                   {"effects": eff, "summary": summary, "meta": meta}, figures,
+                   {"effects": eff, "summary": summary, "meta": meta, "distance": dist},
+                   figures,
                    pd.DataFrame(tests), answer)
+
+
+def distance_table(res: StudyResults, max_distance: float = 40.0) -> pd.DataFrame:
+    """The distance profile: per mode, source (generated run or a replay), key set
+    (parallel / non_parallel) and logical distance, the mean query-demeaned score over
+    the kept cells' counted pairs (pair-weighted), with the number of pairs."""
+    d = res.tables["distance"]
+    if d.empty:
+        return pd.DataFrame(columns=["mode", "source", "set", "distance", "mean_score", "n_pairs"])
+    d = d[d["distance"] <= max_distance].merge(res.kept_cells()[["cell_id", "mode"]], on="cell_id")
+    d = d.assign(weighted=d["mean_score"] * d["n_pairs"])
+    g = d.groupby(["mode", "source", "set", "distance"])[["weighted", "n_pairs"]].sum().reset_index()
+    g["mean_score"] = g["weighted"] / g["n_pairs"]
+    return g.drop(columns="weighted")
 
 
 # ---- H1 temporal ------------------------------------------------------------------------------

@@ -743,3 +743,25 @@ def degeneracy_plot(rates: pd.DataFrame, flags: Sequence[str]) -> Figure:
     ax.legend(fontsize=7, ncol=4)
     ax.set_title("Degeneracy flags and exclusions", fontsize=10)
     return fig
+
+
+def distance_plot(table: pd.DataFrame) -> Figure:
+    """Mean query-demeaned score by logical distance, parallel vs non-parallel keys, one
+    panel per mode, solid for the generated run and dashed for each replay."""
+    parts = _groups(table, "mode")
+    fig = _new_figure(4.2 * len(parts) + 0.6, 3.6)
+    axes = fig.subplots(1, len(parts), squeeze=False, sharey=True)[0]
+    colors = {"parallel": PARALLEL_COLOR, "non_parallel": "#374151"}
+    for ax, (name, sub) in zip(axes, parts, strict=True):
+        for (source, kind), line in sub.groupby(["source", "set"]):
+            line = line.sort_values("distance")
+            ax.plot(line["distance"], line["mean_score"], color=colors.get(kind, "#6b7280"),
+                    linestyle="-" if source == "generated" else "--", marker="o", markersize=2,
+                    label=f"{kind}, {source}", gid="distance")
+        ax.set_xscale("symlog", linthresh=2)
+        ax.set_xlabel("logical distance")
+        ax.set_title(str(name), fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("score − query mean")
+    fig.suptitle("Distance profile of counted pairs", fontsize=10)
+    return fig

@@ -151,8 +151,9 @@ def test_readme_main_job_command_with_a_tiny_grid(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "attnvar study summary" in proc.stdout
     table = pd.read_parquet(out / "tables" / "runs.parquet")
-    # 2 prompts × (isolated, visible) generations, each replayed as serial and top_only.
-    assert len(table) == 12 and (out / "summary.md").exists()
+    # 2 prompts × θ (0.1, 0.2) × (isolated, visible) generations, each replayed as serial
+    # and top_only.
+    assert len(table) == 24 and (out / "summary.md").exists()
     # ... then the analysis and the report (too few prompts for tests: it says so).
     assert (out / "preregistration.json").exists() and (out / "tables" / "metrics.parquet").exists()
     assert (out / "report" / "report.html").stat().st_size > 0
