@@ -142,7 +142,8 @@ def _se_diff(a: pd.Series, b: pd.Series) -> pd.Series:
 
 
 def contrast(frame: pd.DataFrame, keys: list[str], value: str = "estimate",
-             se: str | None = None, design: str = "replay", encoding: str = "serial") -> pd.DataFrame:
+             se: str | None = None, design: str = "replay",
+             encoding: str = "serial") -> pd.DataFrame:
     """Per ``keys``: the generated run's ``value`` (``generated``), the replay's
     (``replayed``) and the effect: generated − replayed (replay design) or generated
     (observational). With ``se``: ``effect_se`` (independent errors assumed, an upper
@@ -200,8 +201,10 @@ def _summary(frame: pd.DataFrame, by: list[str], res: StudyResults, unit: str = 
              correction: str = "bh", effect: str = "effect", scale: str = "log") -> pd.DataFrame:
     by = [b for b in by if b in frame and frame[b].notna().any()]
     frame = frame[np.isfinite(frame[effect].astype(float))]
-    counts = frame.groupby(by + [unit], dropna=False).size().groupby(level=by, dropna=False).size() \
-        if by else None
+    counts = None
+    if by:
+        counts = frame.groupby(by + [unit], dropna=False).size().groupby(
+            level=by, dropna=False).size()
     ok = frame
     if by:  # groups with fewer than 2 units have no test
         enough = counts[counts >= 2].index
@@ -310,9 +313,12 @@ def primary(res: StudyResults) -> Finding:
     lines = []
     for s in summary.itertuples(index=False):
         d = s._asdict()
-        lines.append(f"{_condition_label(d)}: {_fmt_pct(d['mean_pct'], d['ci_pct_low'], d['ci_pct_high'])}"
+        equivalence = (f"equivalent to 0 within ±{res.plan['tost_margin_pct']} %"
+                       if d["equivalent"] else "not shown equivalent to 0")
+        lines.append(f"{_condition_label(d)}: "
+                     f"{_fmt_pct(d['mean_pct'], d['ci_pct_low'], d['ci_pct_high'])}"
                      f" over {d['n']} prompts, p = {_fmt_p(d[pcol])} (Holm {_fmt_p(d['p_adj'])}),"
-                     f" {'equivalent to 0 within ±' + str(res.plan['tost_margin_pct']) + ' %' if d['equivalent'] else 'not shown equivalent to 0'}")
+                     f" {equivalence}")
         tests.append(_test_row("primary", d["mode"], res.plan["primary_test"], d["mean_pct"],
                                d["ci_pct_low"], d["ci_pct_high"], d[pcol], d["n"]))
     design = ("generated run minus its " + res.contrast_encoding + " replay"
@@ -335,7 +341,8 @@ def distance_table(res: StudyResults, max_distance: float = 40.0) -> pd.DataFram
         return pd.DataFrame(columns=["mode", "source", "set", "distance", "mean_score", "n_pairs"])
     d = d[d["distance"] <= max_distance].merge(res.kept_cells()[["cell_id", "mode"]], on="cell_id")
     d = d.assign(weighted=d["mean_score"] * d["n_pairs"])
-    g = d.groupby(["mode", "source", "set", "distance"])[["weighted", "n_pairs"]].sum().reset_index()
+    g = (d.groupby(["mode", "source", "set", "distance"])[["weighted", "n_pairs"]].sum()
+         .reset_index())
     g["mean_score"] = g["weighted"] / g["n_pairs"]
     return g.drop(columns="weighted")
 
@@ -382,7 +389,8 @@ def h1_temporal(res: StudyResults) -> Finding:
             r = mm[mm["term"] == "query_step"].iloc[0].to_dict()
             mixed.append({"mode": mode, **r, "converged": mm.attrs["converged"],
                           "n_prompts": mm.attrs["n_groups"], "n_obs": mm.attrs["n_obs"]})
-    mixed = pd.DataFrame(mixed) if mixed else pd.DataFrame(columns=["mode", "term", "estimate", "p"])
+    mixed = (pd.DataFrame(mixed) if mixed
+             else pd.DataFrame(columns=["mode", "term", "estimate", "p"]))
     rev = []
     for (cell, prompt, mode), sub in allk.groupby(["cell_id", "prompt_id", "mode"]):
         row = {"cell_id": cell, "prompt_id": prompt, "mode": mode}
@@ -412,7 +420,8 @@ def h1_temporal(res: StudyResults) -> Finding:
                                s["ci_low"], s["ci_high"], s[_p_column(res)], s["n"],
                                unit="log units per step"))
         lines.append(f"{s['mode']}: mean slope {s['mean']:+.4f} log units per step "
-                     f"(95 % CI {s['ci_low']:+.4f} to {s['ci_high']:+.4f}), p = {_fmt_p(s[_p_column(res)])}")
+                     f"(95 % CI {s['ci_low']:+.4f} to {s['ci_high']:+.4f}), "
+                     f"p = {_fmt_p(s[_p_column(res)])}")
     n_rev = int(rev["reversal"].sum()) if len(rev) else 0
     answer = ("The effect's trend over query steps — " + ("; ".join(lines) or "too few steps")
               + f". {n_rev} of {len(rev)} runs reverse sign between the early and late "
@@ -577,8 +586,8 @@ def h4_context(res: StudyResults) -> Finding:
         for (prompt, mode), sub in eff.groupby(["prompt_id", "mode"]):
             per = sub.groupby("threshold")["effect"].mean()
             if len(per) >= 2:
-                dose_rows.append({"prompt_id": prompt, "mode": mode,
-                                  "slope": np.polyfit(per.index.to_numpy(float), per.to_numpy(), 1)[0]})
+                slope = np.polyfit(per.index.to_numpy(float), per.to_numpy(), 1)[0]
+                dose_rows.append({"prompt_id": prompt, "mode": mode, "slope": slope})
     dose = pd.DataFrame(dose_rows, columns=["prompt_id", "mode", "slope"])
     threshold_dose = _summary(dose, ["mode"], res, effect="slope", correction="holm")
     by_theta = _summary(eff, ["mode", "threshold"], res) if len(thresholds) >= 1 else pd.DataFrame()

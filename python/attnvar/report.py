@@ -141,10 +141,11 @@ def build_blocks(res, findings: dict) -> list[Block]:
     plan = res.plan
     b.append(Block("h1", f"attnvar hypothesis report — {res.path.name}"))
     comp = compliance(res)
+    design = (f"generated run minus its {res.contrast_encoding} replay (text held fixed)"
+              if res.design == "replay" else "observational (within the generated run)")
     b.append(Block("p", (
         f"Primary effect: **{res.metric} ({res.variant})**, sinks "
-        f"{'excluded' if res.sinks_excluded else 'included'}, "
-        f"{'generated run minus its ' + res.contrast_encoding + ' replay (text held fixed)' if res.design == 'replay' else 'observational (within the generated run)'}. "
+        f"{'excluded' if res.sinks_excluded else 'included'}, {design}. "
         "Effects in % are reductions: **positive = parallel tokens receive less attention**; "
         f"log-scale effects keep their sign (negative = less). Unit: the prompt. Level "
         f"α = {plan['alpha']}, H1–H4 corrected together ({plan['hypotheses_correction']}), "

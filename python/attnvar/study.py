@@ -7,11 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tomllib
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+
+import tomllib
 
 from .capture import Capture
 from .model import ENCODINGS, MODES, POLICIES

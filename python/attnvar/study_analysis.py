@@ -50,7 +50,8 @@ def _tag(frame: pd.DataFrame, **columns) -> pd.DataFrame:
     return frame
 
 
-def analyze_cell(generated, replays: dict, rule, prompt_id: str, cell_id: str) -> dict[str, pd.DataFrame]:
+def analyze_cell(generated, replays: dict, rule, prompt_id: str,
+                 cell_id: str) -> dict[str, pd.DataFrame]:
     """All tables of one cell. ``replays`` maps encoding → Run; ``rule`` is the study's
     ExclusionRule."""
     from . import degeneracy
@@ -171,8 +172,9 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
         for job in jobs:
             finished(_analyze_one(*job))
     else:
-        import torch
         from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        import torch
 
         threads = max(1, torch.get_num_threads() // workers)
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(threads,)) as pool:

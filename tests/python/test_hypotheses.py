@@ -12,20 +12,23 @@ import os
 import subprocess
 import sys
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from metrics_toy import toy_view
-
 from attnvar import hypotheses, preregistration, prompts, report
 from attnvar.metrics import count_pairs, find_sinks, score_contrast
-from attnvar.metrics.profiles import (class_contrasts, distance_profile, key_classes,
-                                      phase_of, step_profile)
+from attnvar.metrics.profiles import (
+    class_contrasts,
+    distance_profile,
+    key_classes,
+    phase_of,
+    step_profile,
+)
 from attnvar.run_store import load_run
 from attnvar.study import Study, replay_key
 from attnvar.study_analysis import TABLE_NAMES, analyze_study, load_tables
+from metrics_toy import toy_view
 
 PERMUTATIONS = 19
 

@@ -38,7 +38,8 @@ def phase_of(step: np.ndarray, num_steps: int) -> np.ndarray:
     return np.minimum((3 * np.asarray(step)) // num_steps, 2)
 
 
-def _per_query_delta(pairs: CountedPairs, include: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _per_query_delta(pairs: CountedPairs,
+                     include: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[L, H, Q] δ_i and its validity under a restricted ``include``."""
     s = pairs.values("scores")
     lab = torch.from_numpy(pairs.key_parallel)
