@@ -421,7 +421,8 @@ def main() -> int:
     load_after = load_average()
 
     worker_threads = next((r["threads"] for r in R.values() if "threads" in r), threads)
-    cmd = "PYTHONPATH=build/dev/pkg python bench/harness.py " + " ".join(sys.argv[1:])
+    cmd = (f"PYTHONPATH={os.environ.get('PYTHONPATH', '')} python bench/harness.py "
+           + " ".join(sys.argv[1:]))
     try:
         head = subprocess.run(["git", "-C", str(repo_root()), "log", "-1", "--format=%h %cI"],
                               capture_output=True, text=True, timeout=10).stdout.strip()
