@@ -215,6 +215,7 @@ def _summary(frame: pd.DataFrame, by: list[str], res: StudyResults, unit: str = 
         return pd.DataFrame(columns=by + ["n", "mean", "ci_low", "ci_high", "p", "p_adj"])
     out = stats.summarize_family(ok, effect=effect, by=by or None, unit=unit,
                                  correction=correction, alpha=res.alpha, scale=scale,
+                                 correct_on=res.plan["primary_test"],
                                  margin_pct=float(res.plan["tost_margin_pct"]))
     if scale == "percent":
         out["mean_pct"], out["ci_pct_low"], out["ci_pct_high"] = (
@@ -258,8 +259,9 @@ def primary(res: StudyResults) -> Finding:
 
     Tables: ``effects`` (per cell: generated, replayed, effect, effect_se, effect_pct,
     effect_pct_low/high), ``summary`` (per condition: stats.summarize_family columns,
-    Holm across conditions), ``meta`` (per condition: random-effects meta-analysis, τ²,
-    I², prediction interval, in log units and %).
+    Holm across conditions, and ``mde_pct``: the smallest reduction, in %, detectable
+    with 80 % power at this n and the observed SD), ``meta`` (per condition:
+    random-effects meta-analysis, τ², I², prediction interval, in log units and %).
     """
     from .plots import forest_plot
 
@@ -267,6 +269,12 @@ def primary(res: StudyResults) -> Finding:
     eff["effect_pct_low"] = stats.pct_from_log(eff["effect"] + 1.96 * eff["effect_se"])
     eff["effect_pct_high"] = stats.pct_from_log(eff["effect"] - 1.96 * eff["effect_se"])
     summary = _summary(eff, CONDITION, res, correction="holm")
+    # How sure: the smallest reduction this many prompts detect with 80 % power at the
+    # observed spread (log scale, then in % either way).
+    if len(summary):
+        mde = [stats.mde_paired(int(n), float(sd), 0.8, res.alpha) if n >= 2 and sd > 0
+               else np.nan for n, sd in zip(summary["n"], summary["sd"], strict=True)]
+        summary["mde_pct"] = stats.pct_from_log(-np.abs(np.asarray(mde, dtype=float)))
     # The meta-analysis needs each prompt's sampling variance: the preregistered metric's
     # prompt SE when it has one (M1 plain, M1m, M1p, M2 pooled), else M1 plain's (the
     # distance-matched fit and the per-head means have none), named in the table.

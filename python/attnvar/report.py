@@ -32,7 +32,7 @@ SHOW = {
     ("dataset", "dataset"): None,
     ("primary", "summary"): ["mode", "threshold", "policy", "n", "mean_pct", "ci_pct_low",
                              "ci_pct_high", "mean", "p", "p_wilcoxon", "p_perm", "p_adj",
-                             "hl", "r_rb", "p_tost", "equivalent"],
+                             "hl", "r_rb", "p_tost", "equivalent", "mde_pct"],
     ("primary", "meta"): None,
     ("family", "family"): ["hypothesis", "mode", "test", "estimate", "ci_low", "ci_high",
                            "unit", "n", "p", "p_adj", "reject"],
@@ -135,6 +135,42 @@ def compliance(res) -> dict[str, Any]:
     return {"followed": all(ok for _, ok, _ in checks), "checks": checks}
 
 
+def summary_table(findings: dict) -> pd.DataFrame:
+    """One row per preregistered test: the primary effect per condition and the H1–H4
+    family, with estimate, CI, raw and corrected p and a verdict (read from the
+    findings' tables; nothing is recomputed)."""
+    rows = []
+    prim = findings.get("primary")
+    if prim is not None and len(prim.tables.get("summary", ())):
+        for s in prim.tables["summary"].to_dict("records"):
+            label = " ".join(str(s[c]) for c in ("mode", "threshold", "policy") if c in s)
+            rows.append({"question": "primary: less attention at a shared position?",
+                         "condition": label, "estimate": s["mean_pct"],
+                         "ci_low": s["ci_pct_low"], "ci_high": s["ci_pct_high"],
+                         "unit": "% reduction", "n": s["n"], "p": s["p"],
+                         "p_adj": s["p_adj"], "verdict": _verdict(s)})
+    fam = findings.get("family")
+    if fam is not None and len(fam.tables.get("family", ())):
+        names = {k: findings[k].title.split(":")[0] for k in ("H1", "H2", "H3", "H4")
+                 if k in findings}
+        for s in fam.tables["family"].to_dict("records"):
+            rows.append({"question": f"{names.get(s['hypothesis'], s['hypothesis'])}: {s['test']}",
+                         "condition": s["mode"], "estimate": s["estimate"],
+                         "ci_low": s["ci_low"], "ci_high": s["ci_high"], "unit": s["unit"],
+                         "n": s["n"], "p": s["p"], "p_adj": s["p_adj"],
+                         "verdict": "differs from 0" if s["reject"] else "not shown"})
+    return pd.DataFrame(rows, columns=["question", "condition", "estimate", "ci_low", "ci_high",
+                                       "unit", "n", "p", "p_adj", "verdict"])
+
+
+def _verdict(s: dict) -> str:
+    if s.get("reject"):
+        return "less attention" if s["mean_pct"] > 0 else "more attention"
+    if s.get("equivalent"):
+        return "equivalent to 0"
+    return "inconclusive"
+
+
 def build_blocks(res, findings: dict) -> list[Block]:
     """The report as a list of blocks (shared by the Markdown and HTML writers)."""
     b: list[Block] = []
@@ -151,6 +187,11 @@ def build_blocks(res, findings: dict) -> list[Block]:
         f"α = {plan['alpha']}, H1–H4 corrected together ({plan['hypotheses_correction']}), "
         f"heads by {plan['heads_correction']} at q = {plan['heads_q']}, equivalence margin "
         f"±{plan['tost_margin_pct']} %.")))
+    b.append(Block("h2", "Summary"))
+    b.append(Block("table", summary_table(findings), ""))
+    b.append(Block("p", "Each row is one preregistered test; *verdict* applies the plan's "
+                   "correction (primary: Holm across conditions; H1–H4: Holm across the "
+                   "family). The sections below give the tables and figures behind each row."))
     b.append(Block("h2", "Preregistration"))
     b.append(Block("p", "The study **followed** its preregistration." if comp["followed"] else
                    "The study **did not fully follow** its preregistration (see the failed "

@@ -280,6 +280,12 @@ def test_report_renders_and_its_numbers_are_the_functions_numbers(study_dir, fin
     for v in out["primary"].tables["summary"]["mean_pct"]:
         assert f"| {report._cell(v)} |" in md
     assert "followed** its preregistration" in md
+    # The summary at the top reads the same findings: primary rows, then the family.
+    top = report.summary_table(out)
+    prim, fam = out["primary"].tables["summary"], out["family"].tables["family"]
+    assert len(top) == len(prim) + len(fam)
+    np.testing.assert_allclose(top["estimate"], np.r_[prim["mean_pct"], fam["estimate"]])
+    np.testing.assert_allclose(top["p_adj"], np.r_[prim["p_adj"], fam["p_adj"]])
     for answer in (out[k].answer for k in ("primary", "H1", "H2", "H3", "H4")):
         assert answer in md
 
