@@ -335,3 +335,16 @@ def test_metrics_of_a_run_without_counted_pairs_are_nan_not_errors(bundled_path,
                        capture=av.Capture(scores=True))
     table = analyze(run)  # fewer than two steps: no query later than a key
     assert len(table) and not np.isfinite(table["estimate"]).any()
+
+
+def test_a_toml_study_carries_its_preregistration(tmp_path):
+    cfg = tmp_path / "study.toml"
+    cfg.write_text('prompts = ["The cat sat on the"]\nreplays = ["serial"]\n'
+                   '[preregistration]\nmetric = "M2"\nvariant = "pooled"\n'
+                   'notes = "H: parallel keys get lower odds"\n')
+    study = Study.from_file(cfg)
+    assert study.preregistration.metric == "M2" and study.preregistration.variant == "pooled"
+    assert study.describe_with_plan()["preregistration"]["notes"].startswith("H:")
+    cfg.write_text('prompts = ["x"]\n[preregistration]\nmetric = "M9"\n')
+    with pytest.raises(ValueError, match="M9"):
+        Study.from_file(cfg)
