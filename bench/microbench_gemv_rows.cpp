@@ -33,8 +33,8 @@ Timing time_passes(const std::function<void()>& pass) {
   for (int i = 0; i < 7; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     pass();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                     .count());
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   std::sort(ms.begin(), ms.end());
   return {ms.front(), ms[ms.size() / 2]};
@@ -73,10 +73,11 @@ int main(int argc, char** argv) {
     const Timing t = time_passes([&] {
       for (const auto& w : weights) at::mm(w, input(w).t());
     });
-    std::printf("M=%2lld  gemv_rows %6.1f / %6.1f (%4.1f GB/s)   linear %6.1f / %6.1f   "
-                "mm(W, X^T) %6.1f / %6.1f\n",
-                static_cast<long long>(m), g.min_ms, g.median_ms, bytes / g.min_ms / 1e6, l.min_ms,
-                l.median_ms, t.min_ms, t.median_ms);
+    std::printf(
+        "M=%2lld  gemv_rows %6.1f / %6.1f (%4.1f GB/s)   linear %6.1f / %6.1f   "
+        "mm(W, X^T) %6.1f / %6.1f\n",
+        static_cast<long long>(m), g.min_ms, g.median_ms, bytes / g.min_ms / 1e6, l.min_ms,
+        l.median_ms, t.min_ms, t.median_ms);
   }
   return 0;
 }

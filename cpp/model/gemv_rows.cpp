@@ -15,7 +15,9 @@ namespace {
 
 // Outputs per parallel task at least: below ~64 KB of weights per task, waking a second
 // thread costs more than it saves.
-int64_t grain_outputs(int64_t in) { return std::max<int64_t>(16, (int64_t{1} << 14) / std::max<int64_t>(in, 1)); }
+int64_t grain_outputs(int64_t in) {
+  return std::max<int64_t>(16, (int64_t{1} << 14) / std::max<int64_t>(in, 1));
+}
 
 // ---- portable kernel ---------------------------------------------------------------------
 // Eight partial sums per dot product (auto-vectorisable without reassociation), combined
@@ -33,8 +35,8 @@ void gemv_rows_portable(const float* x, int64_t ldx, int64_t rows, const float* 
         for (int l = 0; l < 8; ++l) lane[l] += wo[i + l] * xr[i + l];
       }
       for (int64_t i = main; i < in; ++i) lane[i - main] += wo[i] * xr[i];
-      float sum = ((lane[0] + lane[1]) + (lane[2] + lane[3])) +
-                  ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+      float sum =
+          ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
       if (bias != nullptr) sum += bias[o];
       y[r * ldy + o] = sum;
     }
@@ -102,15 +104,23 @@ ATTNVAR_AVX2 void tile_avx2(const float* x, int64_t ldx, const float* w, int64_t
 
 // All rows against O weight rows starting at w: rows in blocks of four, then the rest.
 template <int O>
-ATTNVAR_AVX2 void rows_avx2(const float* x, int64_t ldx, int64_t rows, const float* w,
-                            int64_t ldw, int64_t in, const float* bias, float* y, int64_t ldy) {
+ATTNVAR_AVX2 void rows_avx2(const float* x, int64_t ldx, int64_t rows, const float* w, int64_t ldw,
+                            int64_t in, const float* bias, float* y, int64_t ldy) {
   int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) tile_avx2<4, O>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
+  for (; r + 4 <= rows; r += 4)
+    tile_avx2<4, O>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
   switch (rows - r) {
-    case 3: tile_avx2<3, O>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy); break;
-    case 2: tile_avx2<2, O>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy); break;
-    case 1: tile_avx2<1, O>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy); break;
-    default: break;
+    case 3:
+      tile_avx2<3, O>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
+      break;
+    case 2:
+      tile_avx2<2, O>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
+      break;
+    case 1:
+      tile_avx2<1, O>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
+      break;
+    default:
+      break;
   }
 }
 
@@ -125,7 +135,8 @@ ATTNVAR_AVX2 void gemv_rows_avx2(const float* x, int64_t ldx, int64_t rows, cons
   } else {
     // Three weight rows per tile: 4 × 3 accumulators (enough independent FMA chains to
     // cover the FMA latency), 7 loads per 12 FMAs.
-    for (; o + 3 <= o_end; o += 3) rows_avx2<3>(x, ldx, rows, w + o * ldw, ldw, in, b(o), y + o, ldy);
+    for (; o + 3 <= o_end; o += 3)
+      rows_avx2<3>(x, ldx, rows, w + o * ldw, ldw, in, b(o), y + o, ldy);
   }
   for (; o < o_end; ++o) rows_avx2<1>(x, ldx, rows, w + o * ldw, ldw, in, b(o), y + o, ldy);
 }
@@ -146,11 +157,10 @@ bool use_avx2(GemvRowsKernel kernel) {
 
 }  // namespace
 
-void gemv_rows(const float* x, int64_t ldx, int64_t rows, const float* w, int64_t ldw,
-               int64_t out, int64_t in, const float* bias, float* y, int64_t ldy,
-               GemvRowsKernel kernel) {
+void gemv_rows(const float* x, int64_t ldx, int64_t rows, const float* w, int64_t ldw, int64_t out,
+               int64_t in, const float* bias, float* y, int64_t ldy, GemvRowsKernel kernel) {
   if (rows <= 0 || out <= 0) return;
-  const bool avx2 = use_avx2(kernel);
+  [[maybe_unused]] const bool avx2 = use_avx2(kernel);
   at::parallel_for(0, out, grain_outputs(in), [&](int64_t o_begin, int64_t o_end) {
 #ifdef ATTNVAR_GEMV_ROWS_X86
     if (avx2) {
@@ -162,6 +172,8 @@ void gemv_rows(const float* x, int64_t ldx, int64_t rows, const float* w, int64_
   });
 }
 
-const char* gemv_rows_auto_kernel() { return use_avx2(GemvRowsKernel::kAuto) ? "avx2+fma" : "portable"; }
+const char* gemv_rows_auto_kernel() {
+  return use_avx2(GemvRowsKernel::kAuto) ? "avx2+fma" : "portable";
+}
 
 }  // namespace attnvar

@@ -17,8 +17,8 @@ bool gemv_rows_applies(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   const auto f32_cpu = [](const at::Tensor& t) {
     return t.scalar_type() == at::kFloat && t.device().is_cpu();
   };
-  return x.dim() == 2 && w.dim() == 2 && x.size(0) <= kGemvRowsMax && f32_cpu(x) &&
-         f32_cpu(w) && w.stride(1) == 1 && x.size(1) == w.size(1) &&
+  return x.dim() == 2 && w.dim() == 2 && x.size(0) <= kGemvRowsMax && f32_cpu(x) && f32_cpu(w) &&
+         w.stride(1) == 1 && x.size(1) == w.size(1) &&
          (!b.defined() || (f32_cpu(b) && b.dim() == 1 && b.size(0) == w.size(0)));
 }
 
@@ -32,8 +32,8 @@ at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
   const at::Tensor xr = x.stride(1) == 1 ? x : x.contiguous();  // rows may be strided
   const at::Tensor bc = b.defined() ? b.contiguous() : b;
   auto y = at::empty({rows, out}, x.options());
-  gemv_rows(xr.data_ptr<float>(), xr.stride(0), rows, w.data_ptr<float>(), w.stride(0), out,
-            in, bc.defined() ? bc.data_ptr<float>() : nullptr, y.data_ptr<float>(), out);
+  gemv_rows(xr.data_ptr<float>(), xr.stride(0), rows, w.data_ptr<float>(), w.stride(0), out, in,
+            bc.defined() ? bc.data_ptr<float>() : nullptr, y.data_ptr<float>(), out);
   return y;
 }
 

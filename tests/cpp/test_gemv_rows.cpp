@@ -25,8 +25,8 @@ struct Shape {
 };
 
 // Odd sizes: in covers every length mod 8, out odd and even, one-element edge cases.
-const std::vector<Shape> kShapes = {{1, 1}, {3, 7}, {5, 8}, {7, 13}, {33, 577},
-                                    {130, 1537}, {64, 9}, {17, 300}};
+const std::vector<Shape> kShapes = {{1, 1},    {3, 7},      {5, 8},  {7, 13},
+                                    {33, 577}, {130, 1537}, {64, 9}, {17, 300}};
 
 // Inputs scaled so outputs are O(1): a fixed absolute tolerance means the same everywhere.
 at::Tensor weight(int64_t out, int64_t in, at::Generator& g) {
@@ -37,8 +37,8 @@ at::Tensor run_kernel(const at::Tensor& x, const at::Tensor& w, const at::Tensor
                       GemvRowsKernel kernel) {
   auto y = at::empty({x.size(0), w.size(0)});
   gemv_rows(x.data_ptr<float>(), x.stride(0), x.size(0), w.data_ptr<float>(), w.stride(0),
-            w.size(0), w.size(1), b.defined() ? b.data_ptr<float>() : nullptr,
-            y.data_ptr<float>(), y.stride(0), kernel);
+            w.size(0), w.size(1), b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(),
+            y.stride(0), kernel);
   return y;
 }
 
@@ -46,10 +46,8 @@ constexpr double kTol = 1e-5;
 
 }  // namespace
 
-TEST_CASE("gemv_rows equals at::matmul for 1..16 rows and odd sizes, both kernels",
-          "[gemv_rows]") {
-  std::cout << "[gemv_rows] auto kernel on this CPU: " << attnvar::gemv_rows_auto_kernel()
-            << "\n";
+TEST_CASE("gemv_rows equals at::matmul for 1..16 rows and odd sizes, both kernels", "[gemv_rows]") {
+  std::cout << "[gemv_rows] auto kernel on this CPU: " << attnvar::gemv_rows_auto_kernel() << "\n";
   auto g = at::make_generator<at::CPUGeneratorImpl>(11);
   for (const auto kernel : {GemvRowsKernel::kAuto, GemvRowsKernel::kPortable}) {
     const std::string kname = kernel == GemvRowsKernel::kAuto ? "auto" : "portable";
@@ -61,8 +59,7 @@ TEST_CASE("gemv_rows equals at::matmul for 1..16 rows and odd sizes, both kernel
         auto x = at::randn({rows, s.in}, g);
         auto expected = at::matmul(x, w.t());
         const double d = (run_kernel(x, w, {}, kernel) - expected).abs().max().item<double>();
-        const double db =
-            (run_kernel(x, w, b, kernel) - (expected + b)).abs().max().item<double>();
+        const double db = (run_kernel(x, w, b, kernel) - (expected + b)).abs().max().item<double>();
         INFO(kname << " rows " << rows << " out " << s.out << " in " << s.in);
         REQUIRE(d <= kTol);
         REQUIRE(db <= kTol);
@@ -109,11 +106,11 @@ TEST_CASE("project with strided and transposed inputs and weight views equals at
     // Transposed: unit stride across rows, not within a row.
     auto x_t = at::randn({203, rows}, g).t();
     if (rows > 1) REQUIRE(x_t.stride(1) != 1);
-    for (const auto& [label, x] : {std::pair{"row-strided", x_rows}, std::pair{"transposed", x_t}}) {
+    for (const auto& [label, x] :
+         {std::pair{"row-strided", x_rows}, std::pair{"transposed", x_t}}) {
       const std::string tag = std::string(label) + " x, rows " + std::to_string(rows);
       REQUIRE(max_abs_diff(project(x, w_view, b), at::linear(x, w_view, b), tag) <= kTol);
-      REQUIRE(max_abs_diff(project(x, fused), at::matmul(x, fused.t()), tag + ", fused w") <=
-              kTol);
+      REQUIRE(max_abs_diff(project(x, fused), at::matmul(x, fused.t()), tag + ", fused w") <= kTol);
       auto y = project(x, w_view);
       REQUIRE(y.is_contiguous());
       REQUIRE(y.sizes() == at::IntArrayRef({rows, 40}));

@@ -22,8 +22,8 @@ enum class GemvRowsKernel {
 // Outputs are split across the intra-op threads (at::parallel_for). Deterministic: a row's
 // result depends neither on the other rows nor on the thread count (each output is summed
 // by one thread in a fixed order).
-void gemv_rows(const float* x, int64_t ldx, int64_t rows, const float* w, int64_t ldw,
-               int64_t out, int64_t in, const float* bias, float* y, int64_t ldy,
+void gemv_rows(const float* x, int64_t ldx, int64_t rows, const float* w, int64_t ldw, int64_t out,
+               int64_t in, const float* bias, float* y, int64_t ldy,
                GemvRowsKernel kernel = GemvRowsKernel::kAuto);
 
 // The kernel kAuto picks on this CPU: "avx2+fma" or "portable".
