@@ -12,29 +12,37 @@
 namespace attnvar {
 namespace {
 
-// Looks up one HF tensor, checks its shape, converts it.
+// Looks up one HF tensor, checks its shape, converts it, and takes it out of the map: once
+// the caller drops the result (e.g. after copying it into a fused weight), its storage is
+// freed unless someone else still holds the tensor.
 class TensorSource {
  public:
-  TensorSource(const std::map<std::string, at::Tensor>& tensors, const std::string& origin,
+  TensorSource(std::map<std::string, at::Tensor>& tensors, const std::string& origin,
                at::ScalarType dtype, c10::Device device)
       : tensors_(tensors), origin_(origin), dtype_(dtype), device_(device) {}
 
-  at::Tensor get(const std::string& name, at::IntArrayRef shape) const {
+  at::Tensor get(const std::string& name, at::IntArrayRef shape) {
     auto it = tensors_.find(name);
     if (it == tensors_.end()) {
       throw FormatError(fmt::format("{}: missing tensor '{}'", origin_, name));
     }
-    return convert(name, it->second, shape);
+    return take(it, shape);
   }
 
-  at::Tensor get_optional(const std::string& name, at::IntArrayRef shape) const {
+  at::Tensor get_optional(const std::string& name, at::IntArrayRef shape) {
     auto it = tensors_.find(name);
-    return it == tensors_.end() ? at::Tensor() : convert(name, it->second, shape);
+    return it == tensors_.end() ? at::Tensor() : take(it, shape);
   }
 
   bool has(const std::string& name) const { return tensors_.count(name) > 0; }
 
  private:
+  at::Tensor take(std::map<std::string, at::Tensor>::iterator it, at::IntArrayRef shape) {
+    at::Tensor t = convert(it->first, it->second, shape);
+    tensors_.erase(it);
+    return t;
+  }
+
   at::Tensor convert(const std::string& name, const at::Tensor& t, at::IntArrayRef shape) const {
     if (t.sizes() != shape) {
       throw FormatError(fmt::format("{}: tensor '{}' has shape {}, the config implies {}",
@@ -47,7 +55,7 @@ class TensorSource {
     return t.to(device_, dtype_).contiguous();
   }
 
-  const std::map<std::string, at::Tensor>& tensors_;
+  std::map<std::string, at::Tensor>& tensors_;
   const std::string& origin_;
   at::ScalarType dtype_;
   c10::Device device_;
@@ -56,6 +64,11 @@ class TensorSource {
 }  // namespace
 
 LlamaModel::LlamaModel(ModelConfig config, const std::map<std::string, at::Tensor>& tensors,
+                       const std::string& origin, at::ScalarType dtype, c10::Device device)
+    : LlamaModel(std::move(config), std::map<std::string, at::Tensor>(tensors), origin, dtype,
+                 device) {}
+
+LlamaModel::LlamaModel(ModelConfig config, std::map<std::string, at::Tensor>&& tensors,
                        const std::string& origin, at::ScalarType dtype, c10::Device device)
     : config_(std::move(config)), dtype_(dtype), device_(device) {
   config_.validate(origin);

@@ -131,3 +131,33 @@ TEST_CASE("missing or misshapen weights name the tensor", "[llama]") {
     CHECK(msg.find("model.layers.1.self_attn.k_proj.weight") != std::string::npos);
   }
 }
+
+TEST_CASE("a model built from a moved map holds the fused weights only", "[llama]") {
+  auto c = attnvar::testing::tiny_config();
+  auto t = attnvar::testing::tiny_tensors(c, 1);
+  const auto q_name = "model.layers.1.self_attn.q_proj.weight";
+  const auto up_name = "model.layers.0.mlp.up_proj.weight";
+  const c10::weak_intrusive_ptr<c10::TensorImpl> q(t.at(q_name).getIntrusivePtr()),
+      up(t.at(up_name).getIntrusivePtr());
+  {
+    // Copied map: the caller's tensors stay as they were.
+    LlamaModel m(c, t, "tiny");
+    CHECK(t.count(q_name) == 1);
+    CHECK_FALSE(q.expired());
+  }
+  const PassInput input{ids({3, 5}), arange_positions(0, 2), causal_visibility(2, 0)};
+  at::Tensor expected;
+  {
+    LlamaModel ref(c, t, "tiny");
+    auto cache = ref.new_cache();
+    expected = ref.forward(cache, input, CaptureSpec{}).logits;
+  }
+  LlamaModel m(c, std::move(t), "tiny");
+  // Every tensor the model uses was taken out of the map, and the originals of the fused
+  // q/k/v and gate/up weights were freed (the model keeps views of the fused copies).
+  CHECK(t.empty());
+  CHECK(q.expired());
+  CHECK(up.expired());
+  auto cache = m.new_cache();
+  CHECK(max_abs_diff(m.forward(cache, input, CaptureSpec{}).logits, expected, "logits") == 0.0);
+}

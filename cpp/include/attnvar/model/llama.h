@@ -61,6 +61,13 @@ class LlamaModel {
   LlamaModel(ModelConfig config, const std::map<std::string, at::Tensor>& tensors,
              const std::string& origin, at::ScalarType dtype = at::kFloat,
              c10::Device device = c10::kCPU);
+  // The same, taking the tensors over: each is removed from `tensors` as it is used, so
+  // storage the caller no longer holds is freed layer by layer while q/k/v and gate/up are
+  // fused (the fused weight is then the only copy). `tensors` is left holding only names
+  // the model does not use.
+  LlamaModel(ModelConfig config, std::map<std::string, at::Tensor>&& tensors,
+             const std::string& origin, at::ScalarType dtype = at::kFloat,
+             c10::Device device = c10::kCPU);
 
   const ModelConfig& config() const { return config_; }
   at::ScalarType dtype() const { return dtype_; }
