@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .counting import CountedPairs, count_pairs
-from .fixed_effects import fit_within_query
+from .fixed_effects import fit_within_query, mean_over_heads_se
 from .frames import HeadEstimates, frame, head_block
 
 
@@ -166,11 +166,16 @@ def _distance_matched(pairs: CountedPairs, s: torch.Tensor, in_p) -> HeadEstimat
     qi, ki = np.nonzero(index >= 1)
     x[qi, ki, index[qi, ki] - 1] = 1.0
     x[:, :, -1] = pairs.key_parallel[None, :]
+    # Clusters: query steps (the members of a set share their history), as the SE of
+    # every other M1 variant is over steps.
+    _, step_index = np.unique(pairs.query_step, return_inverse=True)
     fit = fit_within_query(s.reshape(L * H, Q, K), pairs.include.reshape(L * H, Q, K),
-                           torch.from_numpy(x))
-    return HeadEstimates(fit.coef[:, -1].reshape(L, H), fit.se[:, -1].reshape(L, H),
+                           torch.from_numpy(x), clusters=step_index)
+    coef = fit.coef[:, -1]
+    return HeadEstimates(coef.reshape(L, H), fit.se[:, -1].reshape(L, H),
                          fit.n_queries.reshape(L, H), fit.n_pairs.reshape(L, H),
-                         in_p.sum((-1, -2)).numpy())
+                         in_p.sum((-1, -2)).numpy(),
+                         prompt_se=mean_over_heads_se(coef, fit.influence))
 
 
 def _masked_lse(s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

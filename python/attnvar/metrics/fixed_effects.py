@@ -33,6 +33,10 @@ class WithinFit:
     pooled_coef, pooled_se : [p] one fit over all heads (head × query fixed effects,
         common slopes)
     pooled_df : residual degrees of freedom of the pooled fit
+    influence : [B, G] with ``clusters`` given: each cluster's contribution to the last
+        coefficient of each head, Σ_{pairs in g} [(X'X)⁻¹ x_pair]_last · e_pair, so that
+        Σ_g influence² is the cluster-robust (sandwich) variance without small-sample
+        correction; NaN for heads whose last coefficient is not identified
     """
 
     coef: np.ndarray
@@ -43,6 +47,7 @@ class WithinFit:
     pooled_coef: np.ndarray
     pooled_se: np.ndarray
     pooled_df: float
+    influence: np.ndarray | None = None
 
 
 def select_columns(gram: np.ndarray, tol: float = COLLINEAR_TOL) -> list[int]:
@@ -85,7 +90,8 @@ def spd_inverse(gram: np.ndarray) -> np.ndarray:
     return linv.T @ linv
 
 
-def fit_within_query(y: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> WithinFit:
+def fit_within_query(y: torch.Tensor, w: torch.Tensor, x: torch.Tensor,
+                     clusters: np.ndarray | None = None) -> WithinFit:
     """Within-query least squares for every head, plus the pooled fit.
 
     Parameters
@@ -93,6 +99,8 @@ def fit_within_query(y: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> Withi
     y : [B, Q, K] responses (any value where ``w`` is False)
     w : [B, Q, K] bool, pairs that count
     x : [Q, K, p] regressors shared by all heads
+    clusters : [Q] int cluster index per query (0..G−1, e.g. the query's step); when
+        given, the per-cluster influence on the last coefficient is returned
 
     Returns
     -------
@@ -112,6 +120,8 @@ def fit_within_query(y: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> Withi
     pooled_yty = 0.0
     pooled_n = 0
     pooled_q = 0
+    n_clusters = int(clusters.max()) + 1 if clusters is not None and len(clusters) else 0
+    influence = np.full((B, n_clusters), np.nan) if clusters is not None else None
 
     if Q * K == 0:  # no generated query or key (e.g. EOS at the first step): nothing counts
         patterns, group = w.reshape(B, 0)[:0], torch.zeros(B, dtype=torch.long)
@@ -155,6 +165,14 @@ def fit_within_query(y: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> Withi
         sigma2 = np.where(dof > 0, np.maximum(rss, 0.0) / max(dof, 1), np.nan)
         coef[np.ix_(hs, kept)] = beta
         se[np.ix_(hs, kept)] = np.sqrt(sigma2[:, None] * np.diag(inv)[None, :])
+        if influence is not None and kept[-1] == p - 1:
+            # Residuals of each head, then each pair's share of the last coefficient.
+            resid = yd.numpy() - beta @ xd[:, kept].numpy().T  # (head, pair)
+            lever = xd[:, kept].numpy() @ inv[:, -1]  # (pair,)
+            cl = torch.as_tensor(clusters)[qi].numpy()
+            contrib = np.zeros((len(hs), n_clusters))
+            np.add.at(contrib.T, cl, (resid * lever).T)
+            influence[hs] = contrib
 
     pooled_coef = np.full(p, np.nan)
     pooled_se = np.full(p, np.nan)
@@ -167,4 +185,19 @@ def fit_within_query(y: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> Withi
         sigma2 = max(rss, 0.0) / pooled_df if pooled_df > 0 else np.nan
         pooled_coef[kept] = beta
         pooled_se[kept] = np.sqrt(sigma2 * np.diag(inv))
-    return WithinFit(coef, se, df, n_pairs, n_queries, pooled_coef, pooled_se, pooled_df)
+    return WithinFit(coef, se, df, n_pairs, n_queries, pooled_coef, pooled_se, pooled_df,
+                     influence)
+
+
+def mean_over_heads_se(coef: np.ndarray, influence: np.ndarray) -> float:
+    """Cluster-robust SE of the mean over heads of one coefficient ([B] ``coef``), from the
+    per-cluster influences ([B, G]) of :func:`fit_within_query`: the influences of the
+    heads with a finite coefficient are averaged per cluster, then
+    SE² = G/(G−1) · Σ_g ψ̄_g². Heads share their clusters (the query steps), so their
+    correlation is kept; NaN with fewer than 2 clusters."""
+    ok = np.isfinite(coef) & np.isfinite(influence).all(axis=1)
+    G = influence.shape[1]
+    if not ok.any() or G < 2:
+        return float("nan")
+    psi = influence[ok].mean(axis=0)
+    return float(np.sqrt(G / (G - 1) * np.sum(psi**2)))
