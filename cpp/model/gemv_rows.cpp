@@ -62,7 +62,7 @@ ATTNVAR_AVX2 inline __m256i tail_mask(int64_t n) {
 }
 
 // One tile: R rows of x times O consecutive weight rows. Per 8 columns: O weight loads,
-// R x loads, R·O FMAs into R·O accumulators (R·O + O + 1 ≤ 16 ymm registers: R ≤ 4, O ≤ 3).
+// R x loads, R·O FMAs into R·O accumulators (R·O + O + 1 ≤ 16 ymm registers).
 template <int R, int O>
 ATTNVAR_AVX2 void tile_avx2(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t in,
                             const float* bias, float* y, int64_t ldy) {
@@ -102,11 +102,16 @@ ATTNVAR_AVX2 void tile_avx2(const float* x, int64_t ldx, const float* w, int64_t
   }
 }
 
-// All rows against O weight rows starting at w: rows in blocks of four, then the rest.
+// All rows against O weight rows starting at w: rows in blocks of eight (one weight row) or
+// four, then the rest.
 template <int O>
 ATTNVAR_AVX2 void rows_avx2(const float* x, int64_t ldx, int64_t rows, const float* w, int64_t ldw,
                             int64_t in, const float* bias, float* y, int64_t ldy) {
   int64_t r = 0;
+  if constexpr (O == 1) {
+    for (; r + 8 <= rows; r += 8)
+      tile_avx2<8, 1>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
+  }
   for (; r + 4 <= rows; r += 4)
     tile_avx2<4, O>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
   switch (rows - r) {
@@ -132,12 +137,16 @@ ATTNVAR_AVX2 void gemv_rows_avx2(const float* x, int64_t ldx, int64_t rows, cons
   if (rows == 1) {
     // One row: four weight rows per tile (four accumulators, one horizontal-sum group).
     for (; o + 4 <= o_end; o += 4) tile_avx2<1, 4>(x, ldx, w + o * ldw, ldw, in, b(o), y + o, ldy);
-  } else {
-    // Three weight rows per tile: 4 × 3 accumulators (enough independent FMA chains to
-    // cover the FMA latency), 7 loads per 12 FMAs.
+  } else if (rows > 8) {
+    // Many rows: three weight rows per tile, 4 × 3 accumulators, 7 loads per 12 FMAs (at 16
+    // rows the one-weight-row tiles below were 5-15 % slower in an A/B of k = 16 passes).
     for (; o + 3 <= o_end; o += 3)
       rows_avx2<3>(x, ldx, rows, w + o * ldw, ldw, in, b(o), y + o, ldy);
   }
+  // 2..8 rows: one weight row per tile, all rows against it (up to 8 accumulators). On the
+  // 2-vCPU EPYC this streams the weights faster than 4 × 3 tiles: the model's projections
+  // at 4 rows take 43-44 ms instead of 62-63 (bench/microbench_gemv_rows, 2 threads), and a
+  // synthetic sweep put 2 × 4, 2 × 6, 4 × 2 and 4 × 3 tiles behind it at 3-8 rows.
   for (; o < o_end; ++o) rows_avx2<1>(x, ldx, rows, w + o * ldw, ldw, in, b(o), y + o, ldy);
 }
 
