@@ -33,7 +33,7 @@ import pandas as pd
 from .study import iter_completed, write_atomic
 
 ANALYSIS = "analysis"
-ANALYSIS_VERSION = 2
+ANALYSIS_VERSION = 3
 TABLE_NAMES = ("metrics", "terms", "steps", "classes", "distance", "degeneracy")
 HEAD_LEVEL_METRICS = ("M1", "M2")
 
