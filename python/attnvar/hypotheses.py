@@ -201,14 +201,9 @@ def _summary(frame: pd.DataFrame, by: list[str], res: StudyResults, unit: str = 
              correction: str = "bh", effect: str = "effect", scale: str = "log") -> pd.DataFrame:
     by = [b for b in by if b in frame and frame[b].notna().any()]
     frame = frame[np.isfinite(frame[effect].astype(float))]
-    counts = None
-    if by:
-        counts = frame.groupby(by + [unit], dropna=False).size().groupby(
-            level=by, dropna=False).size()
     ok = frame
     if by:  # groups with fewer than 2 units have no test
-        enough = counts[counts >= 2].index
-        ok = frame.set_index(by).loc[lambda f: f.index.isin(enough)].reset_index()
+        ok = frame[frame.groupby(by, dropna=False)[unit].transform("nunique") >= 2]
     elif frame[unit].nunique() < 2:
         ok = frame.iloc[:0]
     if ok.empty:
@@ -224,7 +219,8 @@ def _summary(frame: pd.DataFrame, by: list[str], res: StudyResults, unit: str = 
 
 
 def _p_column(res: StudyResults) -> str:
-    return {"t": "p", "wilcoxon": "p_wilcoxon", "perm": "p_perm"}[res.plan["primary_test"]]
+    """The summary column holding the plan's primary test's p value."""
+    return stats.P_COLUMNS[res.plan["primary_test"]]
 
 
 def _fmt_pct(mean: float, lo: float, hi: float) -> str:

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
+
+from .study_runner import format_cell as _cell
+from .study_runner import markdown_table as _md_table
 
 REPORT_DIR = "report"
 
@@ -66,16 +68,6 @@ SHOW = {
     ("degeneracy", "excluded"): None,
 }
 HIDDEN = {("heads", "heads")}
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, (float, np.floating)):
-        if not np.isfinite(v):
-            return "–"
-        return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
-    return str(v)
 
 
 def _slug(text: str) -> str:
@@ -218,14 +210,6 @@ def build_blocks(res, findings: dict) -> list[Block]:
         for name, fig in f.figures.items():
             b.append(Block("figure", fig, name))
     return b
-
-
-def _md_table(frame: pd.DataFrame) -> str:
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |")
-    return "\n".join(lines)
 
 
 def _inline_md_to_html(text: str) -> str:

@@ -528,7 +528,7 @@ def mde_paired(n: int, sd: float, power: float = 0.8, alpha: float = 0.05,
 
 
 # ---- families -----------------------------------------------------------------------------------
-_P_COLUMNS = {"t": "p", "wilcoxon": "p_wilcoxon", "perm": "p_perm"}
+P_COLUMNS = {"t": "p", "wilcoxon": "p_wilcoxon", "perm": "p_perm"}
 
 
 def _summarize_one(d: np.ndarray, alpha: float, bounds: tuple[float, float], n_boot: int,
@@ -590,8 +590,8 @@ def summarize_family(frame: pd.DataFrame, effect: str = "delta",
         ci_pct_high`` for log scale), then ``p_adj, reject`` (from ``correct_on``) and
         ``p_tost_adj, equivalent``. ``.attrs`` records the settings.
     """
-    if correct_on not in _P_COLUMNS:
-        raise ValueError(f"correct_on must be one of {sorted(_P_COLUMNS)}, got {correct_on!r}")
+    if correct_on not in P_COLUMNS:
+        raise ValueError(f"correct_on must be one of {sorted(P_COLUMNS)}, got {correct_on!r}")
     if scale not in ("log", "percent"):
         raise ValueError(f"scale must be 'log' or 'percent', got {scale!r}")
     by_cols = [] if by is None else ([by] if isinstance(by, str) else list(by))
@@ -613,7 +613,7 @@ def summarize_family(frame: pd.DataFrame, effect: str = "delta",
         out["mean_pct"] = pct_from_log(out["mean"])
         out["ci_pct_low"] = pct_from_log(out["ci_high"])
         out["ci_pct_high"] = pct_from_log(out["ci_low"])
-    c = correct(out[_P_COLUMNS[correct_on]], correction, alpha)
+    c = correct(out[P_COLUMNS[correct_on]], correction, alpha)
     out["p_adj"], out["reject"] = c["p_adj"].to_numpy(), c["reject"].to_numpy()
     ct = correct(out["p_tost"], correction, alpha)
     out["p_tost_adj"], out["equivalent"] = ct["p_adj"].to_numpy(), ct["reject"].to_numpy()
