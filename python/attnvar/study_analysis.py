@@ -126,7 +126,7 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
     replays. Cells analysed by an earlier call (same analysis version) are not redone.
     """
     from . import preregistration
-    from .study_runner import RUNS, TABLES
+    from .study_runner import RUNS, TABLES, _progress
 
     results = Path(results)
     runs_path = results / TABLES / "runs.parquet"
@@ -153,14 +153,7 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
         encs = sorted(replays.loc[replays["parent_id"] == row.run_id, "encoding"])
         if row.run_id in completed and not _done(adir, row.run_id):
             jobs.append((str(results), row.run_id, encs, row.prompt_id, rule_fields))
-    bar = None
-    if progress and jobs:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(jobs), unit="cell", desc="attnvar analysis")
-        except ImportError:
-            bar = None
+    bar = _progress(len(jobs), progress and bool(jobs), "attnvar analysis")
 
     def finished(cell_id: str) -> None:
         if bar is not None:

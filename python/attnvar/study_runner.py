@@ -69,14 +69,14 @@ def _worker_cell(study: Study, cell: Cell, prompt, runs_dir: str) -> int:
     return run_cell(_worker_model, study, cell, prompt, Path(runs_dir))
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, desc: str = "attnvar study"):
     if not enabled:
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, unit="cell", desc="attnvar study")
+    return tqdm(total=total, unit="cell", desc=desc)
 
 
 def run_study(study: Study, results: Path, workers: int = 1, progress: bool = True):
