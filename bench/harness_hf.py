@@ -119,7 +119,7 @@ def select_set(q: torch.Tensor, threshold: float, max_width: int) -> list[tuple[
 
 
 def mixture(logits: torch.Tensor, weights: list[float], temperature: float = 1.0) -> torch.Tensor:
-    w = torch.tensor(weights, dtype=torch.float64).float()
+    w = torch.tensor(weights, dtype=torch.float64).float().to(logits.device)
     w = w / w.sum()
     return (torch.softmax(logits.float() / temperature, -1) * w[:, None]).sum(0)
 
@@ -133,20 +133,25 @@ def entropy(q: torch.Tensor) -> float:
 def generate(model, prompt: list[int], threshold: float, max_steps: int, eos_ids: list[int],
              capture: bool, mode: str = "isolated", max_width: int = 32) -> dict:
     """Parallel generation done the best HF way: prefill, then per step S_t by threshold,
-    every non-EOS member fed in ONE pass at position P + t with the 4-D mask, mixture q."""
+    every non-EOS member fed in ONE pass at position P + t with the 4-D mask, mixture q.
+    On a GPU, inputs go to the model's device and captured attention comes back to the host
+    after each pass (as attnvar's capture does)."""
     from transformers import DynamicCache
 
+    dev = model.device
+    kept = (lambda a: a) if dev.type == "cpu" else (lambda a: tuple(x.cpu() for x in a))
     eos = set(eos_ids)
     passes = []  # (step, first_slot, attentions tuple)
     steps = []
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
         P = len(prompt)
-        ids = torch.tensor([prompt])
-        out = model(input_ids=ids, position_ids=torch.arange(P)[None], past_key_values=cache,
-                    use_cache=True, output_attentions=capture, logits_to_keep=1)
+        ids = torch.tensor([prompt], device=dev)
+        out = model(input_ids=ids, position_ids=torch.arange(P, device=dev)[None],
+                    past_key_values=cache, use_cache=True, output_attentions=capture,
+                    logits_to_keep=1)
         if capture:
-            passes.append((-1, 0, out.attentions))
+            passes.append((-1, 0, kept(out.attentions)))
         q = torch.softmax(out.logits[0, -1].float(), -1)
         for t in range(max_steps):
             members = select_set(q, threshold, max_width)
@@ -157,12 +162,12 @@ def generate(model, prompt: list[int], threshold: float, max_steps: int, eos_ids
             if fed:
                 k = len(fed)
                 s_prev = cache.get_seq_length()
-                out = model(input_ids=torch.tensor([[tok for tok, _ in fed]]),
-                            position_ids=torch.full((1, k), P + t),
-                            attention_mask=set_mask(k, s_prev, mode), past_key_values=cache,
-                            use_cache=True, output_attentions=capture)
+                out = model(input_ids=torch.tensor([[tok for tok, _ in fed]], device=dev),
+                            position_ids=torch.full((1, k), P + t, device=dev),
+                            attention_mask=set_mask(k, s_prev, mode).to(dev),
+                            past_key_values=cache, use_cache=True, output_attentions=capture)
                 if capture:
-                    passes.append((t, s_prev, out.attentions))
+                    passes.append((t, s_prev, kept(out.attentions)))
                 if not stop:
                     q = mixture(out.logits[0], [p for _, p in fed])
             if stop or not fed:

@@ -4,6 +4,10 @@
 #include "attnvar/error.h"
 #include <pybind11/stl.h>
 
+#include <ATen/Context.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <fmt/format.h>
+
 #include <limits>
 
 #include "attnvar/load_model.h"
@@ -42,6 +46,31 @@ RopeParams rope_params(int64_t head_dim, double theta, const std::string& scalin
   return p;
 }
 
+// 'cpu', 'cuda' or 'cuda:N'; a device this torch build cannot reach is refused by name.
+c10::Device parse_device(const std::string& name) {
+  std::optional<c10::Device> dev;
+  try {
+    dev.emplace(name);
+  } catch (const c10::Error&) {
+    throw ConfigError("device '" + name + "' is not a device name (cpu, cuda, cuda:N)");
+  }
+  if (!dev->is_cpu() && !dev->is_cuda()) {
+    throw ConfigError("device '" + name + "': only cpu and cuda devices are supported");
+  }
+  if (dev->is_cuda()) {
+    if (!at::hasCUDA()) {
+      throw ConfigError("device '" + name + "': this torch build has no CUDA device available");
+    }
+    const auto* cuda = c10::impl::getDeviceGuardImpl(c10::kCUDA);
+    if (!dev->has_index()) return cuda->getDevice();  // 'cuda' is the current device
+    if (dev->index() >= cuda->deviceCount()) {
+      throw ConfigError(fmt::format("device '{}': this machine has {} CUDA device(s)", name,
+                                    cuda->deviceCount()));
+    }
+  }
+  return *dev;
+}
+
 py::dict forward_output(ForwardOutput&& out) {
   py::dict d;
   d["logits"] = out.logits;
@@ -64,11 +93,12 @@ py::dict forward_output(ForwardOutput&& out) {
 void bind_model(py::module_& m) {
   m.def(
       "load_model",
-      [](const std::string& path, at::ScalarType dtype) {
+      [](const std::string& path, at::ScalarType dtype, const std::string& device) {
+        const c10::Device dev = parse_device(device);
         LoadedModel loaded;
         {
           py::gil_scoped_release release;
-          loaded = load_model(path, dtype);
+          loaded = load_model(path, dtype, dev);
         }
         py::dict d;
         d["model"] = py::cast(std::move(*loaded.decoder));
@@ -77,8 +107,9 @@ void bind_model(py::module_& m) {
         d["eos_ids"] = loaded.eos_ids;
         return d;
       },
-      py::arg("path"), py::arg("dtype") = at::kFloat,
-      "Load a .gguf file or an HF directory: {'model', 'tokenizer', 'identity', 'eos_ids'}.");
+      py::arg("path"), py::arg("dtype") = at::kFloat, py::arg("device") = "cpu",
+      "Load a .gguf file or an HF directory onto a device ('cpu', 'cuda', 'cuda:1'): "
+      "{'model', 'tokenizer', 'identity', 'eos_ids'}.");
 
   m.def("causal_visibility", &causal_visibility, py::arg("num_new"), py::arg("num_prev") = 0,
         "(T, S_prev + T) bool: every earlier slot, causal among the new tokens.");
@@ -113,17 +144,20 @@ void bind_model(py::module_& m) {
       .def_static(
           "from_tensors",
           [](const std::string& config_json, const std::map<std::string, at::Tensor>& tensors,
-             at::ScalarType dtype, const std::string& origin) {
-            return LlamaModel(config_from_hf_json(config_json, origin), tensors, origin, dtype);
+             at::ScalarType dtype, const std::string& origin, const std::string& device) {
+            return LlamaModel(config_from_hf_json(config_json, origin), tensors, origin, dtype,
+                              parse_device(device));
           },
           py::arg("config_json"), py::arg("tensors"), py::arg("dtype") = at::kFloat,
-          py::arg("origin") = "<tensors>",
+          py::arg("origin") = "<tensors>", py::arg("device") = "cpu",
           "Build from an HF config.json text and an HF-named state dict.")
       .def_property_readonly("num_layers",
                              [](const LlamaModel& m) { return m.config().num_hidden_layers; })
       .def_property_readonly("num_heads",
                              [](const LlamaModel& m) { return m.config().num_attention_heads; })
       .def_property_readonly("vocab_size", [](const LlamaModel& m) { return m.config().vocab_size; })
+      .def_property_readonly("device", [](const LlamaModel& m) { return m.device().str(); },
+                             "Where the weights and the KV cache live ('cpu', 'cuda:0').")
       .def("new_cache", &LlamaModel::new_cache, py::arg("initial_capacity") = 256)
       .def(
           "forward",

@@ -126,7 +126,7 @@ GenerationResult generate(const LlamaModel& model, const std::vector<int64_t>& p
       break;
     }
   }
-  if (o.keep_distributions && !kept.empty()) r.distributions = at::stack(kept);
+  if (o.keep_distributions && !kept.empty()) r.distributions = at::stack(kept).cpu();
   r.generate_seconds = seconds_since(t0);
   return r;
 }

@@ -98,7 +98,9 @@ ReplayResult replay(const LlamaModel& model, const Tree& tree, const ReplayOptio
     dists.push_back(next_distribution(r.logits.narrow(0, b, e - b), weights, o.policy,
                                       o.temperature));
   }
-  r.distributions = at::stack(dists);
+  // Results live on the host whatever the model's device (no-ops on CPU).
+  r.distributions = at::stack(dists).cpu();
+  r.logits = r.logits.cpu();
   return r;
 }
 

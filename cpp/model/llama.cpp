@@ -230,6 +230,14 @@ ForwardOutput LlamaModel::forward(KVCache& cache, const PassInput& input,
                          layer.feed_forward);
     if (layer_capture) out.captures.push_back(std::move(*layer_capture));
   }
+  if (!device_.is_cpu()) {
+    // Captures are for analysis on the host: one transfer per pass, after every layer ran.
+    for (auto& lc : out.captures) {
+      for (at::Tensor* t : {&lc.probabilities, &lc.scores, &lc.value_norms}) {
+        if (t->defined()) *t = t->cpu();
+      }
+    }
+  }
   if (input.last_logits_only) h = h.narrow(0, T - 1, 1);
   out.logits = project(rms_norm(h, norm_, c.rms_norm_eps), lm_head_).to(at::kFloat);
 

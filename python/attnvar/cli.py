@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate with parallel sets and print the bracketed text")
     g.add_argument("prompt")
     g.add_argument("--model", help="GGUF file or HF directory (default: the bundled SmolLM2)")
+    g.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     g.add_argument("--threshold", type=float, default=0.1, help="θ in (0, 1] (default 0.1)")
     g.add_argument("--mode", default="isolated", help="isolated | visible | causal")
     g.add_argument("--policy", default="mixture", help="mixture | top | last | mean_logits")
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--encoding", default="serial",
                    help="shared_isolated | shared_visible | shared_causal | serial | fractional | top_only")
     r.add_argument("--model")
+    r.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     r.add_argument("--save", help="save the replay to this directory")
 
     s = sub.add_parser("study", help="run a study grid into a results directory (the main job)")
@@ -75,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="the full grid: core suite, θ 0.05/0.1/0.15, all modes and policies, "
                         "all replays, 30 steps")
     s.add_argument("--model")
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--no-report", action="store_true",
                    help="stop after the runs (default: analyse them and write the report)")
@@ -99,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_generate(a) -> int:
     from . import Capture, load_model
 
-    model = load_model(a.model)
+    model = load_model(a.model, device=a.device)
     capture = Capture(scores=True) if a.save else None
     if a.preset == "tempo-2025":
         run = model.tempo2025(a.prompt, threshold=a.threshold, max_steps=a.max_steps,
@@ -119,7 +122,7 @@ def _cmd_replay(a) -> int:
     from . import Capture, load_model, load_run
 
     src = load_run(a.run)
-    model = load_model(a.model or src.model.get("path"))
+    model = load_model(a.model or src.model.get("path"), device=a.device)
     rep = model.replay(src.tree, a.encoding, capture=Capture(scores=True) if a.save else None)
     print(json.dumps({"encoding": rep.encoding, **rep.summary()}, indent=1))
     if a.save:
@@ -140,6 +143,7 @@ def _cmd_study(a) -> int:
 
     if a.config:
         study = Study.from_file(a.config)
+        study.device = a.device
     else:
         suite = "core" if a.full and a.suite == "core-small" else a.suite
         items = prompts.load_suite(suite) if Path(suite).exists() else prompts.suite(suite)
@@ -151,7 +155,8 @@ def _cmd_study(a) -> int:
                     replays=a.replays, max_steps=a.max_steps)
         if a.full:
             grid.update(FULL_GRID)
-        study = Study(prompts=items, seeds=a.seeds, sample=a.sample, model_path=a.model, **grid)
+        study = Study(prompts=items, seeds=a.seeds, sample=a.sample, model_path=a.model,
+                      device=a.device, **grid)
     study.run(a.out, workers=a.workers, progress=not a.no_progress)
     print(format_summary(Path(a.out)))
     if a.no_report:

@@ -48,8 +48,12 @@ def load_model(
 ) -> Model:
     """Load a GGUF file or an HF model directory; with no path, the bundled default model.
 
+    ``device``: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``; the weights and KV cache
+    live there, while runs, captures and distributions always come back on the host.
+
     Raises FileNotFoundError for a missing file, attnvar.FormatError / ConfigError for a
-    malformed or unsupported one (naming the file and field).
+    malformed or unsupported one (naming the file and field), ValueError for a device this
+    machine's torch cannot use.
     """
     if path is None:
         path = default_model_path()
@@ -61,12 +65,29 @@ def load_model(
             dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
         except KeyError:
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}") from None
-    if torch.device(device).type != "cpu":
-        raise ValueError("load_model: only device='cpu' is wired through load_model yet; "
-                         "the engine itself keeps tensors on the model's device")
-    loaded = _core.load_model(str(path), dtype)
+    device = _check_device(device)
+    loaded = _core.load_model(str(path), dtype, device)
     return Model(loaded["model"], loaded["tokenizer"], loaded["identity"], loaded["eos_ids"],
                  str(path), dtype)
+
+
+def _check_device(device: str | torch.device) -> str:
+    """The device as the engine names it; ValueError for one this machine cannot use."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}") from None
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.type != "cuda":
+        raise ValueError(f"device {str(dev)!r}: attnvar runs on cpu or cuda devices")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {str(dev)!r}: torch {torch.__version__} sees no CUDA device")
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    if not 0 <= index < torch.cuda.device_count():
+        raise ValueError(f"device {str(dev)!r}: this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
+    return f"cuda:{index}"
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -87,6 +108,12 @@ class Model:
         self.dtype = dtype
 
     @property
+    def device(self) -> torch.device:
+        """Where the weights and KV cache live; runs and captures always come back on the
+        host."""
+        return torch.device(self.core.device)
+
+    @property
     def num_layers(self) -> int:
         return self.core.num_layers
 
@@ -99,6 +126,7 @@ class Model:
         return {
             **self.identity,
             "dtype": str(self.dtype).replace("torch.", ""),
+            "device": self.core.device,
             "num_layers": self.num_layers,
             "num_heads": self.num_heads,
             "vocab_size": self.core.vocab_size,

@@ -55,6 +55,8 @@ class Study:
     replays : encodings each generated tree is replayed under (text held fixed)
     capture : what every run records (default: all layers, probabilities and scores)
     model_path : GGUF file or HF directory; None = the bundled default model
+    device : where the model runs ("cpu", "cuda", "cuda:N"); not part of the design, so a
+        study may be resumed on another device (each run records its device)
     preregistration : the analysis plan (primary metric, exclusion rule, tests), written
         to the results directory before the first run (``attnvar.preregistration``)
     """
@@ -70,6 +72,7 @@ class Study:
     max_width: int = 32
     capture: Capture | None = field(default_factory=lambda: Capture(scores=True))
     model_path: str | None = None
+    device: str = "cpu"
     preregistration: Preregistration = field(default_factory=Preregistration)
 
     def __post_init__(self) -> None:

@@ -18,18 +18,18 @@ RUNS = "runs"
 _worker_model = None
 
 
-def _load(model_path):
+def _load(model_path, device: str = "cpu"):
     from .model import load_model
 
-    return load_model(model_path)
+    return load_model(model_path, device=device)
 
 
-def _init_worker(model_path, threads: int) -> None:
+def _init_worker(model_path, device: str, threads: int) -> None:
     global _worker_model
     import torch
 
     torch.set_num_threads(threads)
-    _worker_model = _load(model_path)
+    _worker_model = _load(model_path, device)
 
 
 def _cell_options(cell: Cell, prompt) -> dict:
@@ -93,7 +93,7 @@ def run_study(study: Study, results: Path, workers: int = 1, progress: bool = Tr
     # directory keeps the plan it was started with.
     preregistration.write(results, study.preregistration, study.describe())
     write_atomic(results / STUDY_FILE, json.dumps(study.describe_with_plan(), indent=1).encode())
-    model = _load(study.model_path)
+    model = _load(study.model_path, study.device)
     sha = model.identity["sha256"]
     prompts = {p.id: p for p in study.prompts}
     cells = study.cells()
@@ -119,7 +119,7 @@ def run_study(study: Study, results: Path, workers: int = 1, progress: bool = Tr
 
         threads = max(1, torch.get_num_threads() // workers)
         with ProcessPoolExecutor(workers, initializer=_init_worker,
-                                 initargs=(study.model_path, threads)) as pool:
+                                 initargs=(study.model_path, study.device, threads)) as pool:
             futures = [pool.submit(_worker_cell, study, c, prompts[c.prompt_id], str(runs_dir))
                        for c in todo]
             for f in as_completed(futures):

@@ -68,12 +68,13 @@ def tiny_hf_model(family: str, seed: int = 0):
     return model.eval()
 
 
-def attnvar_model(hf_model, dtype=torch.float32):
+def attnvar_model(hf_model, dtype=torch.float32, device="cpu"):
     from attnvar import _core
 
     cfg = hf_model.config.to_dict()
-    tensors = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
-    return _core.Model.from_tensors(json.dumps(cfg), tensors, dtype=dtype, origin="tiny")
+    tensors = {k: v.detach().cpu().clone() for k, v in hf_model.state_dict().items()}
+    return _core.Model.from_tensors(json.dumps(cfg), tensors, dtype=dtype, origin="tiny",
+                                    device=device)
 
 
 def additive_mask(visible: torch.Tensor) -> torch.Tensor:
