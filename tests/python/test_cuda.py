@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import attnvar
+import numpy as np
 import pytest
 import torch
 from attnvar import _core
@@ -223,5 +224,11 @@ def test_load_model_on_cuda_runs_generate_save_and_metrics(tmp_path, hf_llama):
     ma, mb = analyze(a), analyze(loaded)
     assert list(ma.columns) == list(mb.columns) and len(ma) == len(mb)
     num = ma.select_dtypes("number").columns
-    assert report("metrics table (M0-M2)", torch.tensor(mb[num].to_numpy(float)).nan_to_num(),
-                  torch.tensor(ma[num].to_numpy(float)).nan_to_num()) < 1e-3
+    x, y = mb[num].to_numpy(float), ma[num].to_numpy(float)
+    assert (np.isnan(x) == np.isnan(y)).all()
+    # Columns span p-values to counts in the thousands: compare relative to each value.
+    rel = np.nan_to_num(np.abs(x - y) / (np.abs(y) + 1e-6))
+    worst = np.unravel_index(rel.argmax(), rel.shape)
+    print(f"[cuda parity] metrics table (M0-M2, {x.shape[0]} rows): max relative diff "
+          f"{rel.max():.3e} (column {num[worst[1]]})")
+    assert rel.max() < 1e-3
