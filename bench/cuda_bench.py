@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,20 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import harness_hf  # noqa: E402
-
-
-def smollm2_shape_model(layers: int):
-    import transformers
-
-    cfg = transformers.LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
-        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-        rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    model.config._attn_implementation = "eager"
-    return model
+from harness_util import median_seconds, smollm2_shape_model  # noqa: E402
 
 
 def attnvar_core(hf, device: str):
@@ -49,26 +34,6 @@ def attnvar_core(hf, device: str):
     cfg = json.dumps(hf.config.to_dict())
     tensors = {k: v.detach().clone() for k, v in hf.state_dict().items()}
     return _core.Model.from_tensors(cfg, tensors, origin="smollm2-shape", device=device)
-
-
-class Timer:
-    """Wall time of a block, the device drained before and after."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def __call__(self, fn, repeats: int) -> float:
-        fn()  # warm-up
-        samples = []
-        for _ in range(repeats):
-            if self.cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if self.cuda:
-                torch.cuda.synchronize()
-            samples.append(time.perf_counter() - t0)
-        return statistics.median(samples)
 
 
 def main() -> int:
@@ -84,7 +49,11 @@ def main() -> int:
     hf = smollm2_shape_model(layers)
     core = attnvar_core(hf, a.device)
     hf = hf.to(dev)
-    timer = Timer(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+
+    def timer(fn, repeats):
+        return median_seconds(fn, repeats, sync)
+
     ids = torch.randint(32, 49152, (ctx + 64,), generator=torch.Generator().manual_seed(0))
     ids_dev = ids.to(dev)
     rows: list[tuple[str, float, float]] = []  # case, attnvar s, HF s

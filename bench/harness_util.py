@@ -100,6 +100,40 @@ def clock() -> float:
     return time.perf_counter()
 
 
+def median_seconds(fn, repeats: int, sync=None) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls after one warm-up call; ``sync``
+    (e.g. torch.cuda.synchronize) drains a device before and after each timed call."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        if sync:
+            sync()
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+# ---- models ---------------------------------------------------------------------------
+def smollm2_shape_model(layers: int = 30):
+    """An HF Llama of SmolLM2-135M's shape (optionally fewer layers), random weights
+    (seed 0), eager attention: speed does not depend on the weights' values."""
+    import torch
+    import transformers
+
+    cfg = transformers.LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
+        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+        rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    model.config._attn_implementation = "eager"
+    return model
+
+
 def dir_bytes(path: str | os.PathLike) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
