@@ -52,7 +52,7 @@ def load_model(
     live there, while runs, captures and distributions always come back on the host.
 
     Raises FileNotFoundError for a missing file, attnvar.FormatError / ConfigError for a
-    malformed or unsupported one (naming the file and field), ValueError for a device this
+    malformed or unsupported one (naming the file and field), and for a device this
     machine's torch cannot use.
     """
     if path is None:
@@ -65,29 +65,9 @@ def load_model(
             dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
         except KeyError:
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}") from None
-    device = _check_device(device)
-    loaded = _core.load_model(str(path), dtype, device)
+    loaded = _core.load_model(str(path), dtype, str(device))
     return Model(loaded["model"], loaded["tokenizer"], loaded["identity"], loaded["eos_ids"],
                  str(path), dtype)
-
-
-def _check_device(device: str | torch.device) -> str:
-    """The device as the engine names it; ValueError for one this machine cannot use."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}") from None
-    if dev.type == "cpu":
-        return "cpu"
-    if dev.type != "cuda":
-        raise ValueError(f"device {str(dev)!r}: attnvar runs on cpu or cuda devices")
-    if not torch.cuda.is_available():
-        raise ValueError(f"device {str(dev)!r}: torch {torch.__version__} sees no CUDA device")
-    index = torch.cuda.current_device() if dev.index is None else dev.index
-    if not 0 <= index < torch.cuda.device_count():
-        raise ValueError(f"device {str(dev)!r}: this machine has "
-                         f"{torch.cuda.device_count()} CUDA device(s)")
-    return f"cuda:{index}"
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
