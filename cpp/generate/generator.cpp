@@ -116,10 +116,13 @@ GenerationResult generate(const LlamaModel& model, const std::vector<int64_t>& p
       PassInput in{at::tensor(fed_ids, at::TensorOptions().dtype(at::kLong)),
                    at::full({k}, static_cast<double>(P + t), dbl),
                    set_visibility(k, cache.size(), o.mode), std::move(fed_slots)};
+      // The last set is fed for its slots and capture only: no q_{t+1} after it.
+      const bool last = stop || t + 1 == o.max_steps;
+      in.no_logits = last;
       const int64_t first = cache.size();
       auto pass = model.forward(cache, in, o.capture);
       emit(PassCapture{t, first, k, std::move(pass.captures)});
-      if (!stop) q = next_distribution(pass.logits, fed_probs, o.policy, o.temperature);
+      if (!last) q = next_distribution(pass.logits, fed_probs, o.policy, o.temperature);
     }
     if (stop || fed_ids.empty()) {
       r.stop_reason = "eos";

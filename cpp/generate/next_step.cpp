@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include "attnvar/error.h"
+#include "attnvar/model/single_thread.h"
 
 namespace attnvar {
 
@@ -26,8 +27,14 @@ std::string to_string(NextStepPolicy p) {
 }
 
 double entropy_nats(const at::Tensor& q) {
-  auto p = q.to(at::kDouble);
-  return -(p * at::log(p.clamp_min(1e-300))).sum().item<double>();
+  at::Tensor terms;  // (V,) f64: p log p
+  {
+    SingleThreadScope one_thread;  // elementwise over the vocabulary (single_thread.h)
+    auto p = q.to(at::kDouble);
+    terms = p * at::log(p.clamp_min(1e-300));
+  }
+  // The sum stays on all threads: ATen splits a 1-D sum between them, which sets its rounding.
+  return -terms.sum().item<double>();
 }
 
 at::Tensor next_distribution(const at::Tensor& member_logits, const std::vector<double>& weights,
@@ -36,7 +43,12 @@ at::Tensor next_distribution(const at::Tensor& member_logits, const std::vector<
   if (k == 0 || static_cast<int64_t>(weights.size()) != k) {
     throw Error(fmt::format("next_distribution: {} member logits, {} weights", k, weights.size()));
   }
-  auto logits = member_logits.to(at::kFloat) / temperature;
+  // Elementwise ops, softmax along the vocabulary and a sum over the k members (the
+  // vocabulary dimension kept): the same results on one thread, without waking others.
+  SingleThreadScope one_thread;
+  // Dividing by 1 changes no bit; skip the (k, V) copy it would cost.
+  auto logits = temperature == 1.0 ? member_logits.to(at::kFloat)
+                                   : member_logits.to(at::kFloat) / temperature;
   switch (policy) {
     case NextStepPolicy::kTop:
       return at::softmax(logits[0], -1);

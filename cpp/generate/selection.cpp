@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "attnvar/error.h"
+#include "attnvar/model/single_thread.h"
 
 namespace attnvar {
 
@@ -19,6 +20,9 @@ void validate(const SelectionOptions& o) {
 std::vector<Selected> select_set(const at::Tensor& q_in, const SelectionOptions& o,
                                  at::Generator generator) {
   validate(o);
+  // Elementwise passes over the vocabulary, a sort of the few candidates: one thread is
+  // enough and wakes no other (single_thread.h).
+  SingleThreadScope one_thread;
   auto q = q_in.to(at::kCPU, at::kDouble).contiguous();
   // Only tokens at or above θ can be members: sort those, not the whole vocabulary.
   // A stable descending sort of candidates taken in id order breaks ties by id.

@@ -6,6 +6,7 @@
 
 #include "attnvar/model/projection.h"
 #include "attnvar/model/rms_norm.h"
+#include "attnvar/model/single_thread.h"
 
 namespace attnvar {
 namespace {
@@ -15,6 +16,11 @@ at::Tensor select_heads(const at::Tensor& t, const std::vector<int64_t>& heads) 
   auto index = at::tensor(heads, at::TensorOptions().dtype(at::kLong)).to(t.device());
   return t.index_select(0, index);
 }
+
+// Up to this many multiply-adds in q·kᵀ (heads × queries × slots × head_dim), the
+// capture path's attention runs on one thread: below it, waking the other threads costs
+// more than they save (a step of generation: ≤ 0.3 M; a 512-token prefill: 150 M).
+constexpr int64_t kSingleThreadAttentionMax = int64_t{1} << 20;
 
 at::ScalarType capture_dtype(const CaptureSpec& spec) {
   return spec.dtype == CaptureDtype::kFloat16 ? at::kHalf : at::kFloat;
@@ -51,30 +57,60 @@ at::Tensor Attention::forward(const at::Tensor& x, const Rope& rope, const RopeA
                               KVCache& cache,
                               const at::Tensor& bias, const CaptureSpec& spec,
                               std::optional<LayerCapture>* capture) const {
-  const int64_t T = x.size(0);
+  // One projection for q, k, v: (T, (H + 2 Hkv) * D); the weights stream on every thread.
+  auto qkv = project(x, qkv_proj_, qkv_bias_);
+  auto merged = attend(qkv, rope, angles, cache, bias, spec, capture);  // (T, H * D)
+  // Value norms multiply every slot's values by W_O: real work, on every thread.
+  if (*capture && spec.value_norms) {
+    (*capture)->value_norms =
+        select_heads(value_norms(cache.values(layer_, cache.size() + x.size(0))), spec.heads)
+            .to(capture_dtype(spec));
+  }
+  return project(merged, w_.o_proj, w_.o_bias);
+}
+
+at::Tensor Attention::value_norms(const at::Tensor& values) const {
+  // ‖W_O^h v_k‖ for every query head h (its kv head h / group) and slot k.
+  const int64_t group = num_heads_ / num_kv_heads_;
+  const int64_t hidden = w_.o_proj.size(0);
+  auto o_heads = w_.o_proj.view({hidden, num_heads_, head_dim_}).permute({1, 2, 0});
+  auto head_kv = at::arange(num_heads_, at::TensorOptions().dtype(at::kLong))
+                     .div(group, "floor")
+                     .to(values.device());
+  auto v_per_head = values.index_select(0, head_kv);  // (H, S, D)
+  return at::bmm(v_per_head, o_heads).norm(2, -1);    // (H, S)
+}
+
+at::Tensor Attention::attend(const at::Tensor& qkv, const Rope& rope, const RopeAngles& angles,
+                             KVCache& cache, const at::Tensor& bias, const CaptureSpec& spec,
+                             std::optional<LayerCapture>* capture) const {
+  const int64_t T = qkv.size(0);
   const int64_t S = cache.size() + T;
   const int64_t group = num_heads_ / num_kv_heads_;  // query heads per kv head
 
-  // One projection for q, k, v: (T, (H + 2 Hkv) * D), then views (T, heads, D) of its
-  // column blocks. q/k norms (qwen3) act per head before RoPE.
+  // Views (T, heads, D) of the column blocks of qkv. q/k norms (qwen3) act per head
+  // before RoPE.
   const int64_t q_dim = num_heads_ * head_dim_, kv_dim = num_kv_heads_ * head_dim_;
-  auto qkv = project(x, qkv_proj_, qkv_bias_);
   auto q = qkv.narrow(1, 0, q_dim).view({T, num_heads_, head_dim_});
   auto k = qkv.narrow(1, q_dim, kv_dim).view({T, num_kv_heads_, head_dim_});
   auto v = qkv.narrow(1, q_dim + kv_dim, kv_dim).view({T, num_kv_heads_, head_dim_});
-  if (w_.q_norm.defined()) {
-    q = rms_norm(q, w_.q_norm, rms_norm_eps_);
-    k = rms_norm(k, w_.k_norm, rms_norm_eps_);
+  {
+    SingleThreadScope one_thread;  // microsecond elementwise ops (single_thread.h)
+    if (w_.q_norm.defined()) {
+      q = rms_norm(q, w_.q_norm, rms_norm_eps_);
+      k = rms_norm(k, w_.k_norm, rms_norm_eps_);
+    }
+    q = rope.apply(q.transpose(0, 1), angles);  // (H, T, D)
+    k = rope.apply(k.transpose(0, 1), angles);  // (Hkv, T, D)
+    cache.write_pending(layer_, k, v.transpose(0, 1));
   }
-  q = rope.apply(q.transpose(0, 1), angles);  // (H, T, D)
-  k = rope.apply(k.transpose(0, 1), angles);  // (Hkv, T, D)
-  cache.write_pending(layer_, k, v.transpose(0, 1));
   auto keys = cache.keys(layer_, S);      // (Hkv, S, D)
   auto values = cache.values(layer_, S);  // (Hkv, S, D)
 
   at::Tensor context;  // (H, T, D)
   if (!spec.captures_layer(layer_)) {
-    // Fast path: fused attention, nothing materialised beyond what the kernel needs.
+    // Fast path: fused attention, nothing materialised beyond what the kernel needs. On
+    // all intra-op threads: its blocking, hence its rounding, depends on their number.
     std::optional<at::Tensor> mask;
     if (bias.defined()) {
       mask = (bias.dim() == 2 ? bias.unsqueeze(0).unsqueeze(0) : bias.unsqueeze(0))
@@ -87,34 +123,24 @@ at::Tensor Attention::forward(const at::Tensor& x, const Rope& rope, const RopeA
   } else {
     // Explicit path, as HF eager computes it: (q k^T) * scale + bias, softmax in f32.
     // Query heads sharing a kv head are stacked so keys are never repeated in memory:
-    // (H, T, D) -> (Hkv, group * T, D).
+    // (H, T, D) -> (Hkv, group * T, D). A step's few queries over the cache take
+    // microseconds: on this thread alone (single_thread.h), with the same results.
+    SingleThreadScope one_thread(num_heads_ * T * S * head_dim_ <= kSingleThreadAttentionMax);
     auto qg = q.reshape({num_kv_heads_, group * T, head_dim_});
-    auto scores = at::matmul(qg, keys.transpose(1, 2)).mul_(scale_).view({num_heads_, T, S});
-    if (bias.defined()) scores = scores + bias;  // broadcasts (T, S) or (1|H, T, S)
+    auto scores = at::bmm(qg, keys.transpose(1, 2)).mul_(scale_).view({num_heads_, T, S});
+    if (bias.defined()) scores.add_(bias);  // broadcasts (T, S) or (1|H, T, S)
     auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-    context = at::matmul(probs.view({num_kv_heads_, group * T, S}), values)
-                  .view({num_heads_, T, head_dim_});
+    context =
+        at::bmm(probs.view({num_kv_heads_, group * T, S}), values).view({num_heads_, T, head_dim_});
 
     LayerCapture c;
     c.layer = layer_;
     const auto dtype = capture_dtype(spec);
     if (spec.probabilities) c.probabilities = select_heads(probs, spec.heads).to(dtype);
     if (spec.scores) c.scores = select_heads(scores, spec.heads).to(dtype);
-    if (spec.value_norms) {
-      // ‖W_O^h v_k‖ for every query head h (its kv head h / group) and slot k.
-      const int64_t hidden = w_.o_proj.size(0);
-      auto o_heads = w_.o_proj.view({hidden, num_heads_, head_dim_}).permute({1, 2, 0});
-      auto head_kv = at::arange(num_heads_, at::TensorOptions().dtype(at::kLong))
-                         .div(group, "floor")
-                         .to(values.device());
-      auto v_per_head = values.index_select(0, head_kv);  // (H, S, D)
-      auto norms = at::bmm(v_per_head, o_heads).norm(2, -1);  // (H, S)
-      c.value_norms = select_heads(norms, spec.heads).to(dtype);
-    }
     *capture = std::move(c);
   }
-  auto merged = context.transpose(0, 1).reshape({T, num_heads_ * head_dim_});
-  return project(merged, w_.o_proj, w_.o_bias);
+  return context.transpose(0, 1).reshape({T, num_heads_ * head_dim_});
 }
 
 }  // namespace attnvar

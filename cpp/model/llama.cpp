@@ -238,8 +238,10 @@ ForwardOutput LlamaModel::forward(KVCache& cache, const PassInput& input,
       }
     }
   }
-  if (input.last_logits_only) h = h.narrow(0, T - 1, 1);
-  out.logits = project(rms_norm(h, norm_, c.rms_norm_eps), lm_head_).to(at::kFloat);
+  if (!input.no_logits) {
+    if (input.last_logits_only) h = h.narrow(0, T - 1, 1);
+    out.logits = project(rms_norm(h, norm_, c.rms_norm_eps), lm_head_).to(at::kFloat);
+  }
 
   std::vector<SlotInfo> new_slots = input.slots;
   if (new_slots.empty()) {

@@ -118,6 +118,21 @@ TEST_CASE("rope applies over leading (batch, head) dimensions", "[rope]") {
   }
 }
 
+TEST_CASE("rope's loop over (heads, T, D) f32 rows is bit-identical to the tensor form",
+          "[rope]") {
+  const int64_t D = 64, H = 9, T = 5;
+  at::manual_seed(4);
+  // As attention passes q: (T, H, D) columns of a wider projection, viewed as (H, T, D).
+  auto qkv = at::randn({T, (H + 2) * D});
+  auto x = qkv.narrow(1, 0, H * D).view({T, H, D}).transpose(0, 1);
+  Rope rope(RopeParams{D, 10000.0, {}}, c10::kCPU);
+  auto angles = rope.angles(positions_tensor({0, 13, 13, 13.5, 200}));
+  auto looped = rope.apply(x, angles);                            // 3-D f32: the loop
+  auto tensor_form = rope.apply(x.unsqueeze(0), angles).squeeze(0);  // 4-D: tensor ops
+  REQUIRE(looped.sizes() == tensor_form.sizes());
+  CHECK(at::equal(looped, tensor_form));
+}
+
 TEST_CASE("rope scaling: linear divides inv_freq, llama3 follows its band rule", "[rope]") {
   const int64_t D = 64;
   const double theta = 500000.0;

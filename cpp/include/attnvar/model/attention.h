@@ -51,6 +51,15 @@ class Attention {
   const AttentionWeights& weights() const { return w_; }
 
  private:
+  // Everything between the two projections, given qkv (T, (H + 2 Hkv) * D): q/k norms,
+  // RoPE, the cache write, attention (fused, or explicit with capture); returns the heads'
+  // outputs merged, (T, H * D). Fills *capture except value_norms, which run on all threads.
+  at::Tensor attend(const at::Tensor& qkv, const Rope& rope, const RopeAngles& angles,
+                    KVCache& cache, const at::Tensor& bias, const CaptureSpec& spec,
+                    std::optional<LayerCapture>* capture) const;
+  // ‖W_O^h v_k‖ of every query head h and slot k: (H, S), given values (Hkv, S, D).
+  at::Tensor value_norms(const at::Tensor& values) const;
+
   int64_t layer_;
   int64_t num_heads_;
   int64_t num_kv_heads_;

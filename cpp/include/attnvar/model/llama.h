@@ -39,10 +39,11 @@ struct PassInput {
   std::vector<SlotInfo> slots = {};  // per new token metadata; empty: positions + ids only
   std::vector<KeyBias> interventions = {};
   bool last_logits_only = false;   // logits for the last token only (saves memory)
+  bool no_logits = false;  // no final norm and lm_head: the caller reads only the cache/capture
 };
 
 struct ForwardOutput {
-  at::Tensor logits;                  // (T or 1, vocab) f32
+  at::Tensor logits;                  // (T or 1, vocab) f32; undefined with no_logits
   std::vector<LayerCapture> captures;  // one per captured layer, in layer order
 };
 

@@ -1,0 +1,105 @@
+"""A/B of two attnvar builds on the harness's generation case: a 30-step parallel generation
+(θ = 0.1, the core suite's second prompt, isolated) with full capture (α and scores), and
+without capture. Each build runs in its own fresh process and the builds alternate round by
+round (the order flips every round), so both see the same machine load; the report gives
+per-round medians and the ratio of the two builds. Also checks that both builds generate the
+same tree.
+
+    python bench/ab_generation.py build/base/pkg build/dev/pkg [--rounds 4] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from harness_util import load_average, pin_threads_env  # noqa: E402
+
+GEN_PROMPT_INDEX = 1  # as bench/harness.py: "Nobody in the village knew where the stranger ..."
+STEPS, THRESHOLD = 30, 0.1
+
+
+def worker(reps: int, threads: int) -> dict:
+    import time
+
+    import attnvar
+    import torch
+
+    torch.set_num_threads(threads)
+    model = attnvar.load_model()
+    prompt = attnvar.prompts.suite("core")[GEN_PROMPT_INDEX].text
+    variants = {"capture": attnvar.Capture(scores=True), "nocapture": None}
+
+    def once(capture):
+        t0 = time.perf_counter()
+        run = model.generate(prompt, threshold=THRESHOLD, max_steps=STEPS, capture=capture)
+        return time.perf_counter() - t0, run
+
+    once(None)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    tree = None
+    for _ in range(reps):
+        for name, capture in variants.items():
+            dt, run = once(capture)
+            times[name].append(dt)
+            tree = [[m.token_id for m in s.members] for s in run.tree.steps]
+    out = {f"gen_{name}_ms": 1000 * statistics.median(xs) for name, xs in times.items()}
+    out["tree"] = tree
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("builds", nargs="*", help="PYTHONPATH of the two builds (dev pkg dirs)")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    pin_threads_env(args.threads, "passive")
+    if args.worker:
+        print(json.dumps(worker(args.reps, args.threads)))
+        return 0
+    if len(args.builds) != 2:
+        ap.error("give two builds")
+    print(f"threads {args.threads}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; "
+          f"load before {load_average()}")
+    results: dict[str, list[dict]] = {b: [] for b in args.builds}
+    for r in range(args.rounds):
+        order = args.builds if r % 2 == 0 else args.builds[::-1]
+        for b in order:
+            env = dict(os.environ, PYTHONPATH=b)
+            p = subprocess.run([sys.executable, __file__, "--worker", "--reps", str(args.reps),
+                                "--threads", str(args.threads)], env=env, capture_output=True,
+                               text=True, check=True)
+            res = json.loads(p.stdout.strip().splitlines()[-1])
+            results[b].append(res)
+            print(f"round {r} {b}: " + ", ".join(
+                f"{k} {v:.0f}" for k, v in res.items() if k != "tree"), flush=True)
+    print(f"load after {load_average()}")
+    a, b = args.builds
+    same = all(x["tree"] == y["tree"] for x, y in zip(results[a], results[b], strict=True))
+    print(f"\ntrees identical across builds and rounds: {'yes' if same else 'NO'}")
+    keys = [k for k in results[a][0] if k != "tree"]
+    print("median over rounds (ms)")
+    for build in args.builds:
+        med = {k: statistics.median(x[k] for x in results[build]) for k in keys}
+        print(f"  {build}: " + ", ".join(f"{k} {v:.0f}" for k, v in med.items()))
+    print(f"per-round ratio {a} ÷ {b} (speed-up of the second):")
+    for k in keys:
+        rs = [x[k] / y[k] for x, y in zip(results[a], results[b], strict=True)]
+        print(f"  {k}: " + " ".join(f"{r:.2f}" for r in rs)
+              + f"  (median {statistics.median(rs):.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
