@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness_util import load_average, pin_threads_env  # noqa: E402
+from harness_util import ab_rounds, pin_threads_env  # noqa: E402
 
 GEN_PROMPT_INDEX = 1  # as bench/harness.py: "Nobody in the village knew where the stranger ..."
 STEPS, THRESHOLD = 30, 0.1
@@ -70,21 +68,7 @@ def main() -> int:
         return 0
     if len(args.builds) != 2:
         ap.error("give two builds")
-    print(f"threads {args.threads}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; "
-          f"load before {load_average()}")
-    results: dict[str, list[dict]] = {b: [] for b in args.builds}
-    for r in range(args.rounds):
-        order = args.builds if r % 2 == 0 else args.builds[::-1]
-        for b in order:
-            env = dict(os.environ, PYTHONPATH=b)
-            p = subprocess.run([sys.executable, __file__, "--worker", "--reps", str(args.reps),
-                                "--threads", str(args.threads)], env=env, capture_output=True,
-                               text=True, check=True)
-            res = json.loads(p.stdout.strip().splitlines()[-1])
-            results[b].append(res)
-            print(f"round {r} {b}: " + ", ".join(
-                f"{k} {v:.0f}" for k, v in res.items() if k != "tree"), flush=True)
-    print(f"load after {load_average()}")
+    results = ab_rounds(__file__, args.builds, args.rounds, args.reps, args.threads, ".0f")
     a, b = args.builds
     same = all(x["tree"] == y["tree"] for x, y in zip(results[a], results[b], strict=True))
     print(f"\ntrees identical across builds and rounds: {'yes' if same else 'NO'}")

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness_util import load_average, pin_threads_env  # noqa: E402
+from harness_util import ab_rounds, pin_threads_env  # noqa: E402
 
 KS = (1, 2, 4, 8, 16)
 
@@ -71,20 +69,7 @@ def main() -> int:
     if args.worker:
         print(json.dumps(worker(args.reps, args.threads)))
         return 0
-    print(f"threads {args.threads}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; "
-          f"load before {load_average()}")
-    results: dict[str, list[dict]] = {b: [] for b in args.builds}
-    for r in range(args.rounds):
-        for b in args.builds:
-            env = dict(os.environ, PYTHONPATH=b)
-            p = subprocess.run([sys.executable, __file__, "--worker", "--reps", str(args.reps),
-                                "--threads", str(args.threads)], env=env, capture_output=True,
-                               text=True, check=True)
-            res = json.loads(p.stdout.strip().splitlines()[-1])
-            results[b].append(res)
-            print(f"round {r} {b}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()),
-                  flush=True)
-    print(f"load after {load_average()}")
+    results = ab_rounds(__file__, args.builds, args.rounds, args.reps, args.threads)
     keys = list(next(iter(results.values()))[0])
     print("\nmedian over rounds (ms); ratio k/k1 in brackets")
     for b in args.builds:
@@ -96,7 +81,7 @@ def main() -> int:
         a, b = args.builds
         print(f"\nper-round ratio {a} ÷ {b} (speed-up of the second):")
         for k in keys:
-            rs = [x[k] / y[k] for x, y in zip(results[a], results[b])]
+            rs = [x[k] / y[k] for x, y in zip(results[a], results[b], strict=True)]
             print(f"  {k}: " + " ".join(f"{r:.2f}" for r in rs))
     return 0
 

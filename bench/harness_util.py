@@ -197,3 +197,30 @@ def mem_total_gb() -> float:
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+# ---- A/B of two builds ------------------------------------------------------------------
+def ab_rounds(script: str, builds: list[str], rounds: int, reps: int, threads: int,
+              fmt: str = ".1f") -> dict[str, list[dict]]:
+    """Run ``script --worker`` once per build and round, each in a fresh process with that
+    build on PYTHONPATH; the order of the builds flips every round so both see the same
+    machine load. Each worker prints one JSON object last; returns them per build."""
+    import json
+    import sys
+
+    print(f"threads {threads}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
+          f"load before {load_average()}")
+    results: dict[str, list[dict]] = {b: [] for b in builds}
+    for r in range(rounds):
+        for b in builds if r % 2 == 0 else builds[::-1]:
+            p = subprocess.run([sys.executable, script, "--worker", "--reps", str(reps),
+                                "--threads", str(threads)], env=dict(os.environ, PYTHONPATH=b),
+                               capture_output=True, text=True, check=True)
+            res = json.loads(p.stdout.strip().splitlines()[-1])
+            results[b].append(res)
+            print(f"round {r} {b}: " + ", ".join(
+                f"{k} {v:{fmt}}" for k, v in res.items() if isinstance(v, (int, float))),
+                flush=True)
+    print(f"load after {load_average()}")
+    return results
+
