@@ -10,8 +10,6 @@ same tree.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness_util import ab_rounds, pin_threads_env  # noqa: E402
+from harness_util import ab_main  # noqa: E402
 
 GEN_PROMPT_INDEX = 1  # as bench/harness.py: "Nobody in the village knew where the stranger ..."
 STEPS, THRESHOLD = 30, 0.1
@@ -55,26 +53,16 @@ def worker(reps: int, threads: int) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("builds", nargs="*", help="PYTHONPATH of the two builds (dev pkg dirs)")
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    pin_threads_env(args.threads, "passive")
-    if args.worker:
-        print(json.dumps(worker(args.reps, args.threads)))
+    ab = ab_main(__doc__, __file__, worker, rounds=4, reps=3, min_builds=2, fmt=".0f")
+    if ab is None:
         return 0
-    if len(args.builds) != 2:
-        ap.error("give two builds")
-    results = ab_rounds(__file__, args.builds, args.rounds, args.reps, args.threads, ".0f")
-    a, b = args.builds
+    builds, results = ab
+    a, b = builds
     same = all(x["tree"] == y["tree"] for x, y in zip(results[a], results[b], strict=True))
     print(f"\ntrees identical across builds and rounds: {'yes' if same else 'NO'}")
     keys = [k for k in results[a][0] if k != "tree"]
     print("median over rounds (ms)")
-    for build in args.builds:
+    for build in builds:
         med = {k: statistics.median(x[k] for x in results[build]) for k in keys}
         print(f"  {build}: " + ", ".join(f"{k} {v:.0f}" for k, v in med.items()))
     print(f"per-round ratio {a} ÷ {b} (speed-up of the second):")

@@ -8,8 +8,6 @@ load; the report gives per-round medians and the ratio of the two builds.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness_util import ab_rounds, pin_threads_env  # noqa: E402
+from harness_util import ab_main  # noqa: E402
 
 KS = (1, 2, 4, 8, 16)
 
@@ -58,27 +56,19 @@ def worker(reps: int, threads: int) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("builds", nargs="*", help="PYTHONPATH of each build (a dev pkg dir)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    pin_threads_env(args.threads, "passive")
-    if args.worker:
-        print(json.dumps(worker(args.reps, args.threads)))
+    ab = ab_main(__doc__, __file__, worker, rounds=3, reps=5)
+    if ab is None:
         return 0
-    results = ab_rounds(__file__, args.builds, args.rounds, args.reps, args.threads)
+    builds, results = ab
     keys = list(next(iter(results.values()))[0])
     print("\nmedian over rounds (ms); ratio k/k1 in brackets")
-    for b in args.builds:
+    for b in builds:
         med = {k: statistics.median(x[k] for x in results[b]) for k in keys}
         print(f"{b}: " + ", ".join(
             f"{k} {v:.1f}" + (f" [{v / med['k1_ms']:.2f}]" if k.startswith("k") else "")
             for k, v in med.items()))
-    if len(args.builds) == 2:
-        a, b = args.builds
+    if len(builds) == 2:
+        a, b = builds
         print(f"\nper-round ratio {a} ÷ {b} (speed-up of the second):")
         for k in keys:
             rs = [x[k] / y[k] for x, y in zip(results[a], results[b], strict=True)]

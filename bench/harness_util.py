@@ -224,3 +224,28 @@ def ab_rounds(script: str, builds: list[str], rounds: int, reps: int, threads: i
     print(f"load after {load_average()}")
     return results
 
+
+def ab_main(description: str, script: str, worker, rounds: int, reps: int,
+            min_builds: int = 1, fmt: str = ".1f"):
+    """The command line of an A/B script: ``BUILD... [--rounds] [--reps] [--threads]``.
+    In a worker process (``--worker``) prints ``worker(reps, threads)`` as JSON and returns
+    None; otherwise runs :func:`ab_rounds` and returns ``(builds, results)``."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("builds", nargs="*", help="PYTHONPATH of each build (a dev pkg dir)")
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--reps", type=int, default=reps)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    pin_threads_env(args.threads, "passive")
+    if args.worker:
+        print(json.dumps(worker(args.reps, args.threads)))
+        return None
+    if len(args.builds) < min_builds:
+        ap.error(f"give at least {min_builds} build(s)")
+    return args.builds, ab_rounds(script, args.builds, args.rounds, args.reps, args.threads,
+                                  fmt)
+
