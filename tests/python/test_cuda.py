@@ -21,7 +21,8 @@ from attnvar import _core
 
 transformers = pytest.importorskip("transformers")
 
-from tiny_models import FAMILIES, additive_mask, attnvar_model, tiny_hf_model  # noqa: E402
+from tiny_models import FAMILIES, attnvar_model, hf_forward, tiny_hf_model  # noqa: E402
+from tiny_models import report as parity_report  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = os.environ.get("ATTNVAR_TEST_DEVICE", "cuda")
@@ -35,12 +36,7 @@ TOL_ATTN = 2e-5
 
 
 def report(label: str, a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().cpu().double(), b.detach().cpu().double()
-    finite = torch.isfinite(a) & torch.isfinite(b)
-    assert torch.equal(torch.isfinite(a), torch.isfinite(b)), f"{label}: -inf pattern differs"
-    d = (a[finite] - b[finite]).abs().max().item() if finite.any() else 0.0
-    print(f"[cuda parity] {label}: max |diff| = {d:.3e}")
-    return d
+    return parity_report(label, a, b, tag="cuda parity")
 
 
 # ---- refusals (run everywhere) ----------------------------------------------------------
@@ -73,15 +69,6 @@ def hf_llama():
 def pair(hf_llama):
     """The same tiny model on the CPU and on the GPU."""
     return attnvar_model(hf_llama), attnvar_model(hf_llama, device=DEVICE)
-
-
-def hf_forward(model, ids, positions, visible):
-    dev = model.device
-    with torch.no_grad():
-        out = model(input_ids=ids[None].to(dev), position_ids=positions[None].to(dev),
-                    attention_mask=additive_mask(visible).to(dev), output_attentions=True,
-                    use_cache=False)
-    return out.logits[0].cpu(), [a[0].cpu() for a in out.attentions]
 
 
 @needs_cuda

@@ -5,31 +5,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from attnvar import _core
 
 transformers = pytest.importorskip("transformers")
 
-from tiny_models import FAMILIES, additive_mask, attnvar_model, tiny_hf_model  # noqa: E402
+from tiny_models import (  # noqa: E402
+    FAMILIES,
+    attnvar_model,
+    hf_forward,
+    report,
+    tiny_hf_model,
+)
 
 TOL = 1e-4
-
-
-def hf_forward(model, ids, positions=None, visible=None):
-    kwargs = {}
-    if positions is not None:
-        kwargs["position_ids"] = positions[None]
-    if visible is not None:
-        kwargs["attention_mask"] = additive_mask(visible)
-    with torch.no_grad():
-        out = model(input_ids=ids[None], output_attentions=True, use_cache=False, **kwargs)
-    return out.logits[0], [a[0] for a in out.attentions]
-
-
-def report(label: str, a: torch.Tensor, b: torch.Tensor) -> float:
-    d = (a.double() - b.double()).abs().max().item()
-    print(f"[parity] {label}: max |diff| = {d:.3e}")
-    return d
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -82,3 +82,30 @@ def additive_mask(visible: torch.Tensor) -> torch.Tensor:
     mask = torch.zeros(visible.shape, dtype=torch.float32)
     mask.masked_fill_(~visible, float("-inf"))
     return mask[None, None]
+
+
+def hf_forward(model, ids, positions=None, visible=None):
+    """One HF eager pass over ``ids`` on the model's device, with explicit ``position_ids``
+    and the 4-D mask of ``visible`` when given: (logits, [attention per layer]) on the host."""
+    dev = model.device
+    kwargs = {}
+    if positions is not None:
+        kwargs["position_ids"] = positions[None].to(dev)
+    if visible is not None:
+        kwargs["attention_mask"] = additive_mask(visible).to(dev)
+    with torch.no_grad():
+        out = model(input_ids=ids[None].to(dev), output_attentions=True, use_cache=False,
+                    **kwargs)
+    return out.logits[0].cpu(), [a[0].cpu() for a in out.attentions]
+
+
+def report(label: str, a: torch.Tensor, b: torch.Tensor, tag: str = "parity") -> float:
+    """Prints and returns max |a - b| over finite entries; the −inf entries (masked scores)
+    must sit in the same places."""
+    a, b = a.detach().cpu().double(), b.detach().cpu().double()
+    assert torch.equal(torch.isfinite(a), torch.isfinite(b)), f"{label}: -inf pattern differs"
+    finite = torch.isfinite(a)
+    d = (a[finite] - b[finite]).abs().max().item() if finite.any() else 0.0
+    print(f"[{tag}] {label}: max |diff| = {d:.3e}")
+    return d
+
