@@ -9,7 +9,6 @@ decode steps/s, with and without attention capture, and attnvar ÷ HF ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -21,7 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import torch  # noqa: E402
 
 from harness_util import median_seconds as timed  # noqa: E402
-from harness_util import smollm2_shape_model  # noqa: E402
+from harness_util import attnvar_from_hf, smollm2_shape_model  # noqa: E402
 
 THREADS = int(os.environ["OMP_NUM_THREADS"])
 torch.set_num_threads(THREADS)
@@ -40,8 +39,7 @@ def main() -> int:
     from attnvar import _core
 
     hf = smollm2_shape_model()
-    ours = _core.Model.from_tensors(json.dumps(hf.config.to_dict()), dict(hf.state_dict()),
-                                    origin="smollm2-shape-random")
+    ours = attnvar_from_hf(hf)
     repeats = 2 if args.quick else 5
     prefill_lengths = [128] if args.quick else [128, 512]
     decode_contexts = [128] if args.quick else [128, 512]

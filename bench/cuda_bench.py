@@ -14,7 +14,6 @@ Cases (f32, eager HF attention with the explicit 4-D mask, as in bench/harness.p
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -25,15 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import harness_hf  # noqa: E402
-from harness_util import median_seconds, smollm2_shape_model  # noqa: E402
-
-
-def attnvar_core(hf, device: str):
-    from attnvar import _core
-
-    cfg = json.dumps(hf.config.to_dict())
-    tensors = {k: v.detach().clone() for k, v in hf.state_dict().items()}
-    return _core.Model.from_tensors(cfg, tensors, origin="smollm2-shape", device=device)
+from harness_util import attnvar_from_hf, median_seconds, smollm2_shape_model  # noqa: E402
 
 
 def main() -> int:
@@ -47,7 +38,7 @@ def main() -> int:
     dev = torch.device(a.device)
     layers, repeats, steps, ctx = (4, 2, 8, 32) if a.quick else (30, 5, 32, 128)
     hf = smollm2_shape_model(layers)
-    core = attnvar_core(hf, a.device)
+    core = attnvar_from_hf(hf, a.device)
     hf = hf.to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
 

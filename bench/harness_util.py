@@ -134,6 +134,17 @@ def smollm2_shape_model(layers: int = 30):
     return model
 
 
+def attnvar_from_hf(hf, device: str = "cpu"):
+    """attnvar's decoder over the same weights as an HF model (copied to the host first)."""
+    import json
+
+    from attnvar import _core
+
+    tensors = {k: v.detach().cpu().clone() for k, v in hf.state_dict().items()}
+    return _core.Model.from_tensors(json.dumps(hf.config.to_dict()), tensors,
+                                    origin="smollm2-shape-random", device=device)
+
+
 def dir_bytes(path: str | os.PathLike) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
