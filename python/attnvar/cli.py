@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="the full grid: core suite, θ 0.05/0.1/0.15, all modes and policies, "
                         "all replays, 30 steps")
     s.add_argument("--model")
-    s.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    s.add_argument("--device", help="cpu (default, or the study file's), cuda or cuda:N")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--no-report", action="store_true",
                    help="stop after the runs (default: analyse them and write the report)")
@@ -143,7 +143,8 @@ def _cmd_study(a) -> int:
 
     if a.config:
         study = Study.from_file(a.config)
-        study.device = a.device
+        if a.device is not None:  # else the file's device, or cpu
+            study.device = a.device
     else:
         suite = "core" if a.full and a.suite == "core-small" else a.suite
         items = prompts.load_suite(suite) if Path(suite).exists() else prompts.suite(suite)
@@ -156,7 +157,7 @@ def _cmd_study(a) -> int:
         if a.full:
             grid.update(FULL_GRID)
         study = Study(prompts=items, seeds=a.seeds, sample=a.sample, model_path=a.model,
-                      device=a.device, **grid)
+                      device=a.device or "cpu", **grid)
     study.run(a.out, workers=a.workers, progress=not a.no_progress)
     print(format_summary(Path(a.out)))
     if a.no_report:

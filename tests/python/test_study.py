@@ -159,3 +159,20 @@ def test_readme_main_job_command_with_a_tiny_grid(tmp_path):
     assert (out / "report" / "report.html").stat().st_size > 0
     assert "Primary effect" in proc.stdout and "report:" in proc.stdout
     assert cli("inspect", str(out / "runs" / table["run_id"].iloc[0])).returncode == 0
+
+
+def test_cli_study_keeps_the_files_device_unless_device_is_given(bundled_path, tmp_path, capsys):
+    from attnvar.cli import main
+
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(f'prompts = ["The cat sat on the"]\nmax_steps = 2\ndevice = "tpu"\n'
+                   f'model_path = "{bundled_path}"\n')
+    assert Study.from_file(cfg).device == "tpu"
+    # The file's device reaches the model load, which names it.
+    assert main(["study", "--config", str(cfg), "--out", str(tmp_path / "a"), "--no-report",
+                 "--no-progress"]) == 2
+    assert "'tpu'" in capsys.readouterr().err
+    # --device overrides it.
+    assert main(["study", "--config", str(cfg), "--out", str(tmp_path / "b"), "--no-report",
+                 "--no-progress", "--device", "cpu"]) == 0
+    assert (tmp_path / "b" / "tables" / "runs.parquet").exists()
