@@ -33,7 +33,14 @@ def pin_threads_torch(threads: int) -> dict:
 def thread_settings() -> dict:
     import torch
 
+    try:  # the engine's own loops (projections), not only torch's
+        from attnvar import _core
+
+        engine = {f"attnvar_{k}": v for k, v in _core.kernel_info().items()}
+    except (ImportError, AttributeError):
+        engine = {}
     return {
+        **engine,
         "torch_num_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         **{name: os.environ.get(name) for name in (*THREAD_ENV, "OMP_WAIT_POLICY")},

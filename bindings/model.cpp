@@ -14,7 +14,9 @@
 #include "attnvar/model/config.h"
 #include "attnvar/model/kv_cache.h"
 #include "attnvar/model/llama.h"
+#include "attnvar/model/gemv_rows.h"
 #include "attnvar/model/rope.h"
+#include "attnvar/model/single_thread.h"
 #include "attnvar/model/visibility.h"
 #include "bindings.h"
 
@@ -222,6 +224,17 @@ void bind_model(py::module_& m) {
       },
       py::arg("text"), py::arg("origin") = "<config>",
       "Parse the text of an HF config.json into a dict of the fields attnvar uses.");
+  m.def(
+      "kernel_info",
+      [] {
+        py::dict d;
+        d["gemv_rows_kernel"] = gemv_rows_auto_kernel();
+        d["parallel_for_threads"] = parallel_for_threads();
+        return d;
+      },
+      "How the engine's own kernels run here: the projection kernel picked for this CPU and "
+      "how many threads attnvar's parallel loops use now (torch.get_num_threads() when the "
+      "build links torch's OpenMP runtime).");
 }
 
 }  // namespace attnvar::python

@@ -2,6 +2,10 @@
 
 #include <ATen/Parallel.h>
 
+#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
+#error "attnvar must be compiled with OpenMP (attnvar::openmp): at::parallel_for would run serially"
+#endif
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define ATTNVAR_GEMV_ROWS_X86 1

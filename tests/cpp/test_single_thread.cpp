@@ -16,7 +16,10 @@ TEST_CASE("SingleThreadScope runs ATen on one thread and restores the count", "[
   const int before = at::get_num_threads();
   {
     SingleThreadScope one_thread;
-    if (SingleThreadScope::available()) CHECK(at::get_num_threads() == 1);
+    if (SingleThreadScope::available()) {
+      CHECK(at::get_num_threads() == 1);
+      CHECK(attnvar::parallel_for_threads() == 1);
+    }
   }
   CHECK(at::get_num_threads() == before);
   {
@@ -29,6 +32,16 @@ TEST_CASE("SingleThreadScope runs ATen on one thread and restores the count", "[
   } catch (const std::runtime_error&) {
   }
   CHECK(at::get_num_threads() == before);
+}
+
+TEST_CASE("attnvar's own at::parallel_for runs on the intra-op threads", "[threads]") {
+  // Fails on a library compiled without torch's OpenMP flags, where at::parallel_for runs
+  // every range on the calling thread.
+  for (int n : {1, 2}) {
+    at::set_num_threads(n);
+    CHECK(attnvar::parallel_for_threads() == n);
+  }
+  at::set_num_threads(2);
 }
 
 TEST_CASE("SingleThreadScope leaves row-wise softmax and batched matmul unchanged", "[threads]") {

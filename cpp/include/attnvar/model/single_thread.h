@@ -36,4 +36,12 @@ class SingleThreadScope {
   int mkl_threads_ = -1;  // the previous MKL thread-local count; -1: untouched
 };
 
+// How many threads at::parallel_for, compiled as attnvar's own code, spreads
+// at::get_num_threads() one-item tasks over: that count where attnvar was built with
+// torch's OpenMP runtime (cmake/TorchOpenMP.cmake), 1 inside a SingleThreadScope. A
+// library built without OpenMP flags gets 1 everywhere: at::parallel_for is a header
+// template that then runs every range on the calling thread (the projections ran on one
+// thread this way until the build linked OpenMP).
+int parallel_for_threads();
+
 }  // namespace attnvar
