@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections.abc
 import torch
 import typing
-__all__: list[str] = ['AttnvarError', 'ConfigError', 'FormatError', 'GenerationResult', 'KVCache', 'LayerCapture', 'Layout', 'Member', 'Model', 'PassCapture', 'ReplayResult', 'SlotRecord', 'Tokenizer', 'Tree', 'TreeStep', 'causal_visibility', 'config_from_hf_json', 'encode', 'generate', 'generate_tempo2025', 'gguf_dequantize', 'gguf_metadata', 'gguf_tensor_infos', 'load_model', 'load_weights', 'next_distribution', 'printed_set_starts', 'replay', 'rope_apply', 'rope_inv_freq', 'safetensors_read', 'select_set', 'set_visibility', 'tempo_bug_visibility']
+__all__: list[str] = ['AttnvarError', 'ConfigError', 'FormatError', 'GenerationResult', 'KVCache', 'LayerCapture', 'Layout', 'Member', 'Model', 'PassCapture', 'ReplayResult', 'SlotRecord', 'Tokenizer', 'Tree', 'TreeStep', 'causal_visibility', 'config_from_hf_json', 'encode', 'generate', 'generate_tempo2025', 'gguf_dequantize', 'gguf_metadata', 'gguf_tensor_infos', 'kernel_info', 'load_model', 'load_weights', 'next_distribution', 'printed_set_starts', 'replay', 'rope_apply', 'rope_inv_freq', 'safetensors_read', 'select_set', 'set_visibility', 'tempo_bug_visibility']
 class AttnvarError(RuntimeError):
     pass
 class FormatError(ValueError):
@@ -356,6 +356,10 @@ def gguf_metadata(path: str) -> dict:
 def gguf_tensor_infos(path: str) -> list:
     """
     Tensor infos in file order: name, shape (GGUF order, ne[0] first), type (ggml number), type_name, offset (absolute, bytes), nbytes.
+    """
+def kernel_info() -> dict:
+    """
+    How the engine's own kernels run here: the projection kernel picked for this CPU and how many threads attnvar's parallel loops use now (torch.get_num_threads() when the build links torch's OpenMP runtime).
     """
 def load_model(path: str, dtype: torch.dtype = ...) -> dict:
     """
