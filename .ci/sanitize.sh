@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 supp="$PWD/.ci/sanitizers"
 export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
-# Spinning OpenMP workers collapse throughput when cores are shared (measured 6x slower
-# decode, docs/benchmarks.md); passive waiting costs little on a quiet machine.
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+# Long-spinning OpenMP workers collapse throughput when cores are shared (6x slower decode,
+# docs/benchmarks.md); passive waiting after a short spin (~10 us) is safe there and keeps
+# a pass's back-to-back parallel regions from each paying a wake-up.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-1000}
 export ASAN_OPTIONS="suppressions=$supp/asan.supp:detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_odr_violation=0"
 export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="suppressions=$supp/ubsan.supp:print_stacktrace=1:halt_on_error=1"

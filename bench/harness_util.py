@@ -14,13 +14,30 @@ from pathlib import Path
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def pin_threads_env(threads: int, wait_policy: str | None = None) -> None:
+WAIT_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+# libgomp spin before sleeping, ~10 µs: on 2 vCPUs it made the projections 1.35x faster
+# than passive's 0 when the machine was quiet and was no slower with both cores busy
+# (docs/benchmarks.md, "Threads and the OpenMP wait policy").
+DEFAULT_SPINCOUNT = 1000
+
+
+def env_spincount() -> int | None:
+    """DEFAULT_SPINCOUNT unless the environment sets GOMP_SPINCOUNT (then None: keep it)."""
+    return None if "GOMP_SPINCOUNT" in os.environ else DEFAULT_SPINCOUNT
+
+
+def pin_threads_env(threads: int, wait_policy: str | None = None,
+                    spincount: int | None = None) -> None:
     """Before torch is imported: every BLAS/OpenMP pool gets `threads`; `wait_policy`
-    ("passive"/"active") sets OMP_WAIT_POLICY, None leaves the environment's value."""
+    ("passive"/"active") sets OMP_WAIT_POLICY and `spincount` GOMP_SPINCOUNT (how long an
+    idle libgomp worker spins before it sleeps; it overrides the policy's spin count); None
+    leaves the environment's value."""
     for name in THREAD_ENV:
         os.environ[name] = str(threads)
     if wait_policy:
         os.environ["OMP_WAIT_POLICY"] = wait_policy.upper()
+    if spincount is not None:
+        os.environ["GOMP_SPINCOUNT"] = str(spincount)
 
 
 def pin_threads_torch(threads: int) -> dict:
@@ -43,7 +60,7 @@ def thread_settings() -> dict:
         **engine,
         "torch_num_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
-        **{name: os.environ.get(name) for name in (*THREAD_ENV, "OMP_WAIT_POLICY")},
+        **{name: os.environ.get(name) for name in (*THREAD_ENV, *WAIT_ENV)},
     }
 
 
@@ -226,8 +243,8 @@ def ab_rounds(script: str, builds: list[str], rounds: int, reps: int, threads: i
     import json
     import sys
 
-    print(f"threads {threads}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
-          f"load before {load_average()}")
+    print(f"threads {threads}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}; load before {load_average()}")
     results: dict[str, list[dict]] = {b: [] for b in builds}
     for r in range(rounds):
         for b in builds if r % 2 == 0 else builds[::-1]:
@@ -258,7 +275,7 @@ def ab_main(description: str, script: str, worker, rounds: int, reps: int,
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    pin_threads_env(args.threads, "passive")
+    pin_threads_env(args.threads, "passive", env_spincount())
     if args.worker:
         print(json.dumps(worker(args.reps, args.threads)))
         return None

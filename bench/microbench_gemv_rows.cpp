@@ -1,12 +1,14 @@
 // The model's projections (SmolLM2-135M with q/k/v and gate/up fused: 121 weights, 538 MB
 // of f32 with lm_head) at M = 1..16 rows: attnvar::project (gemv_rows) beside at::linear
 // and the weight-major at::mm(w, xᵀ). Min and median of 7 passes over all weights, GB/s of
-// weight streamed. Build against a configured build dir (bench/README.md):
+// weight streamed. Build against a configured build dir (bench/README.md); -fopenmp and
+// torch's libgomp as in the library (cmake/TorchOpenMP.cmake), or at::parallel_for in this
+// file and in libattnvar.a's callers runs every range on one thread:
 //
-//   B=build/perf; T=$(python -c 'import torch,os;print(os.path.dirname(torch.__file__))')
-//   c++ -O3 -std=c++20 -D_GLIBCXX_USE_CXX11_ABI=1 -Icpp/include -isystem $T/include \
+//   B=build/dev; T=$(python -c 'import torch,os;print(os.path.dirname(torch.__file__))')
+//   c++ -O3 -std=c++20 -fopenmp -D_GLIBCXX_USE_CXX11_ABI=1 -Icpp/include -isystem $T/include \
 //     bench/microbench_gemv_rows.cpp $B/cpp/libattnvar.a -L$T/lib -ltorch -ltorch_cpu -lc10 \
-//     -Wl,-rpath,$T/lib -lpcre2-8 -o $B/microbench_gemv_rows
+//     $T/lib/libgomp.so.1 -Wl,-rpath,$T/lib -lpcre2-8 -o $B/microbench_gemv_rows
 //   OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 $B/microbench_gemv_rows [threads]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

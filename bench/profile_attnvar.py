@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness_util import pin_threads_env, pin_threads_torch  # noqa: E402
+from harness_util import env_spincount, pin_threads_env, pin_threads_torch  # noqa: E402
 
 SECTIONS = ("decode", "parallel", "generation", "replay", "save")
 
@@ -39,7 +39,8 @@ def main() -> int:
     ap.add_argument("--omp-wait-policy", default="passive", choices=("passive", "active", "unset"))
     ap.add_argument("--only", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     args = ap.parse_args()
-    pin_threads_env(args.threads, None if args.omp_wait_policy == "unset" else args.omp_wait_policy)
+    pin_threads_env(args.threads, None if args.omp_wait_policy == "unset" else args.omp_wait_policy,
+                    env_spincount())
     import attnvar
     import torch
     from attnvar import _core

@@ -7,6 +7,7 @@
 #include <ATen/Context.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <limits>
 
@@ -15,6 +16,7 @@
 #include "attnvar/model/kv_cache.h"
 #include "attnvar/model/llama.h"
 #include "attnvar/model/gemv_rows.h"
+#include "attnvar/model/projection.h"
 #include "attnvar/model/rope.h"
 #include "attnvar/model/single_thread.h"
 #include "attnvar/model/visibility.h"
@@ -224,6 +226,25 @@ void bind_model(py::module_& m) {
       },
       py::arg("text"), py::arg("origin") = "<config>",
       "Parse the text of an HF config.json into a dict of the fields attnvar uses.");
+  m.def(
+      "project",
+      [](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b) {
+        if (x.dim() != 2 || w.dim() != 2 || x.size(1) != w.size(1)) {
+          throw ConfigError(fmt::format("project: x must be (T, in) and w (out, in) with the same "
+                                        "in; got x {} and w {}",
+                                        fmt::join(x.sizes(), "x"), fmt::join(w.sizes(), "x")));
+        }
+        if (b && (b->dim() != 1 || b->size(0) != w.size(0))) {
+          throw ConfigError(fmt::format("project: b must be (out,) = ({},); got {}", w.size(0),
+                                        fmt::join(b->sizes(), "x")));
+        }
+        py::gil_scoped_release release;
+        return project(x, w, b ? *b : at::Tensor());
+      },
+      py::arg("x"), py::arg("w"), py::arg("b") = py::none(),
+      "The engine's projection y = x wᵀ (+ b): up to 16 f32 CPU rows through gemv_rows, which "
+      "reads w once for all rows; anything else through torch's linear. For tests and the "
+      "benchmark's read-bandwidth probe.");
   m.def(
       "kernel_info",
       [] {

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # see docs/benchmarks.md
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-1000}  # docs/benchmarks.md
 bash scripts/setup.sh
 bash scripts/build.sh >/dev/null
 PYTHONPATH="$PWD/${ATTNVAR_BUILD_DIR:-build/dev}/pkg" exec "${PYTHON:-python3}" -m attnvar study "$@"

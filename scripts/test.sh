@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
-# Spinning OpenMP workers collapse throughput when cores are shared (measured 6x slower
-# decode, docs/benchmarks.md); passive waiting costs little on a quiet machine.
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+# Long-spinning OpenMP workers collapse throughput when cores are shared (6x slower decode,
+# docs/benchmarks.md); passive waiting after a short spin (~10 us) is safe there and keeps
+# a pass's back-to-back parallel regions from each paying a wake-up.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-1000}
 BUILD=${ATTNVAR_BUILD_DIR:-build/dev}
 bash scripts/setup.sh
 bash scripts/build.sh

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections.abc
 import torch
 import typing
-__all__: list[str] = ['AttnvarError', 'ConfigError', 'FormatError', 'GenerationResult', 'KVCache', 'LayerCapture', 'Layout', 'Member', 'Model', 'PassCapture', 'ReplayResult', 'SlotRecord', 'Tokenizer', 'Tree', 'TreeStep', 'causal_visibility', 'config_from_hf_json', 'encode', 'generate', 'generate_tempo2025', 'gguf_dequantize', 'gguf_metadata', 'gguf_tensor_infos', 'kernel_info', 'load_model', 'load_weights', 'next_distribution', 'printed_set_starts', 'replay', 'rope_apply', 'rope_inv_freq', 'safetensors_read', 'select_set', 'set_visibility', 'tempo_bug_visibility']
+__all__: list[str] = ['AttnvarError', 'ConfigError', 'FormatError', 'GenerationResult', 'KVCache', 'LayerCapture', 'Layout', 'Member', 'Model', 'PassCapture', 'ReplayResult', 'SlotRecord', 'Tokenizer', 'Tree', 'TreeStep', 'causal_visibility', 'config_from_hf_json', 'encode', 'generate', 'generate_tempo2025', 'gguf_dequantize', 'gguf_metadata', 'gguf_tensor_infos', 'kernel_info', 'load_model', 'load_weights', 'next_distribution', 'printed_set_starts', 'project', 'replay', 'rope_apply', 'rope_inv_freq', 'safetensors_read', 'select_set', 'set_visibility', 'tempo_bug_visibility']
 class AttnvarError(RuntimeError):
     pass
 class FormatError(ValueError):
@@ -374,6 +374,10 @@ def next_distribution(member_logits: torch.Tensor, weights: collections.abc.Sequ
 def printed_set_starts(tree: Tree) -> list[int]:
     """
     Printed-sequence index of each set's first member (compat bookkeeping).
+    """
+def project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """
+    The engine's projection y = x wᵀ (+ b): up to 16 f32 CPU rows through gemv_rows, which reads w once for all rows; anything else through torch's linear. For tests and the benchmark's read-bandwidth probe.
     """
 def replay(model: Model, tree: Tree, encoding: str = 'shared_isolated', interventions: list = [], chunk_size: typing.SupportsInt | typing.SupportsIndex = 0, policy: str = 'mixture', temperature: typing.SupportsFloat | typing.SupportsIndex = 1.0, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32') -> ReplayResult:
     """

@@ -213,3 +213,28 @@ def test_bfloat16_model_tracks_float32(hf, model):
     print(f"[parity] bf16 vs f32 logits: attnvar {d:.3e}, HF transformers {d_hf:.3e}")
     assert bf16["logits"].dtype == torch.float32
     assert d <= 2 * d_hf + 1e-3
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 16, 17])
+def test_project_matches_torch_linear_at_every_row_count(rows):
+    # 1-16 rows take gemv_rows (its tiles change at 1, 2-8 and > 8 rows), 17 takes linear;
+    # odd sizes exercise the 8-column tails and the output blocks.
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 2 * 77, generator=g)[:, ::2]  # strided rows
+    w = torch.randn(45, 77, generator=g)
+    b = torch.randn(45, generator=g)
+    got, ref = _core.project(x, w, b), torch.nn.functional.linear(x, w, b)
+    d = (got - ref).abs().max().item()
+    print(f"[parity] project rows={rows} vs torch linear: max |diff| = {d:.3e}")
+    assert got.shape == (rows, 45) and d < 1e-4
+    if rows <= 16:  # gemv_rows: a row's result is the same alone as in any batch
+        assert torch.equal(_core.project(x[:1], w, b)[0], got[0])
+    assert torch.allclose(_core.project(x, w), torch.nn.functional.linear(x, w), atol=1e-4)
+
+
+def test_project_rejects_mismatched_shapes_naming_them():
+    w = torch.randn(5, 7)
+    with pytest.raises(attnvar.ConfigError, match=r"x 3x6 and w 5x7"):
+        _core.project(torch.randn(3, 6), w)
+    with pytest.raises(attnvar.ConfigError, match=r"b must be \(out,\) = \(5,\); got 4"):
+        _core.project(torch.randn(3, 7), w, torch.randn(4))
