@@ -143,16 +143,26 @@ ATTNVAR_AVX2 void gemv_rows_avx2(const float* x, int64_t ldx, int64_t rows, cons
     // then four: eight concurrent weight streams measured 15-19 % faster than four.
     for (; o + 8 <= o_end; o += 8) tile_avx2<1, 8>(x, ldx, w + o * ldw, ldw, in, b(o), y + o, ldy);
     for (; o + 4 <= o_end; o += 4) tile_avx2<1, 4>(x, ldx, w + o * ldw, ldw, in, b(o), y + o, ldy);
-  } else if (rows > 8) {
-    // Many rows: three weight rows per tile, 4 × 3 accumulators, 7 loads per 12 FMAs (at 16
-    // rows the one-weight-row tiles below were 5-15 % slower in an A/B of k = 16 passes).
-    for (; o + 3 <= o_end; o += 3)
-      rows_avx2<3>(x, ldx, rows, w + o * ldw, ldw, in, b(o), y + o, ldy);
+  } else if (rows >= 6) {
+    // 6-16 rows: the same one-row tiles over a block of eight (then four) weight rows, every
+    // row of x in turn while the block sits in L1, so the block is read from memory once.
+    // Here the projections are bound by arithmetic, not memory, and these tiles beat both
+    // the all-rows-per-weight-row tiles below and 4 × 3 tiles (bench/microbench_gemv_rows,
+    // the model's 538 MB, 2 threads, 2026-12-06: 8 rows 24.4 -> 18.4 ms, 12 rows 30.0 ->
+    // 23.0, 16 rows 34.4 -> 27.7; 6 rows even, 5 rows slower).
+    for (; o + 8 <= o_end; o += 8) {
+      for (int64_t r = 0; r < rows; ++r)
+        tile_avx2<1, 8>(x + r * ldx, ldx, w + o * ldw, ldw, in, b(o), y + r * ldy + o, ldy);
+    }
+    for (; o + 4 <= o_end; o += 4) {
+      for (int64_t r = 0; r < rows; ++r)
+        tile_avx2<1, 4>(x + r * ldx, ldx, w + o * ldw, ldw, in, b(o), y + r * ldy + o, ldy);
+    }
   }
-  // 2..8 rows: one weight row per tile, all rows against it (up to 8 accumulators). On the
-  // 2-vCPU EPYC this streams the weights faster than 4 × 3 tiles: the model's projections
-  // at 4 rows take 43-44 ms instead of 62-63 (bench/microbench_gemv_rows, 2 threads), and a
-  // synthetic sweep put 2 × 4, 2 × 6, 4 × 2 and 4 × 3 tiles behind it at 3-8 rows.
+  // 2..5 rows (and the last weight rows of any count): one weight row per tile, all rows
+  // against it (up to 8 accumulators), which streams the weights fastest while they are
+  // the bottleneck (4 rows: 43-44 ms instead of 62-63 for 4 × 3 tiles on the earlier
+  // machine; 11.6-12.2 ms against 11.3 ms for one row here, 2 threads).
   for (; o < o_end; ++o) rows_avx2<1>(x, ldx, rows, w + o * ldw, ldw, in, b(o), y + o, ldy);
 }
 

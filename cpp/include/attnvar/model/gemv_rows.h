@@ -17,8 +17,10 @@ enum class GemvRowsKernel {
 //   w: (out, in), row stride ldw ≥ in, unit stride within a row
 //   bias: (out,) or nullptr
 //   y: (rows, out), row stride ldy ≥ out; must not overlap x, w or bias
-// Each run of weight rows is loaded once and multiplied with every row of x (in blocks of
-// four rows while it sits in L1), so the time stays near one read of w for up to ~16 rows.
+// Each run of weight rows is loaded from memory once and multiplied with every row of x
+// while it sits in L1 (one weight row against all rows for 2-5 rows, a block of eight
+// weight rows against each row in turn for 1 and 6-16 rows), so for up to ~4 rows the time
+// stays near one read of w; beyond that the multiply-adds set it.
 // Outputs are split across the intra-op threads (at::parallel_for). Deterministic: a row's
 // result depends neither on the other rows nor on the thread count (each output is summed
 // by one thread in a fixed order).
