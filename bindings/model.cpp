@@ -7,7 +7,6 @@
 #include <ATen/Context.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 
 #include <limits>
 
@@ -232,11 +231,11 @@ void bind_model(py::module_& m) {
         if (x.dim() != 2 || w.dim() != 2 || x.size(1) != w.size(1)) {
           throw ConfigError(fmt::format("project: x must be (T, in) and w (out, in) with the same "
                                         "in; got x {} and w {}",
-                                        fmt::join(x.sizes(), "x"), fmt::join(w.sizes(), "x")));
+                                        c10::str(x.sizes()), c10::str(w.sizes())));
         }
         if (b && (b->dim() != 1 || b->size(0) != w.size(0))) {
           throw ConfigError(fmt::format("project: b must be (out,) = ({},); got {}", w.size(0),
-                                        fmt::join(b->sizes(), "x")));
+                                        c10::str(b->sizes())));
         }
         py::gil_scoped_release release;
         return project(x, w, b ? *b : at::Tensor());

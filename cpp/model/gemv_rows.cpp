@@ -106,27 +106,23 @@ ATTNVAR_AVX2 void tile_avx2(const float* x, int64_t ldx, const float* w, int64_t
   }
 }
 
-// All rows against O weight rows starting at w: rows in blocks of eight (one weight row) or
-// four, then the rest.
-template <int O>
+// All rows against the one weight row at w: rows in blocks of eight or four, then the rest.
 ATTNVAR_AVX2 void rows_avx2(const float* x, int64_t ldx, int64_t rows, const float* w, int64_t ldw,
                             int64_t in, const float* bias, float* y, int64_t ldy) {
   int64_t r = 0;
-  if constexpr (O == 1) {
-    for (; r + 8 <= rows; r += 8)
-      tile_avx2<8, 1>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
-  }
+  for (; r + 8 <= rows; r += 8)
+    tile_avx2<8, 1>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
   for (; r + 4 <= rows; r += 4)
-    tile_avx2<4, O>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
+    tile_avx2<4, 1>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
   switch (rows - r) {
     case 3:
-      tile_avx2<3, O>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
+      tile_avx2<3, 1>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
       break;
     case 2:
-      tile_avx2<2, O>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
+      tile_avx2<2, 1>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
       break;
     case 1:
-      tile_avx2<1, O>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
+      tile_avx2<1, 1>(x + r * ldx, ldx, w, ldw, in, bias, y + r * ldy, ldy);
       break;
     default:
       break;
@@ -138,18 +134,15 @@ ATTNVAR_AVX2 void gemv_rows_avx2(const float* x, int64_t ldx, int64_t rows, cons
                                  const float* bias, float* y, int64_t ldy) {
   int64_t o = o_begin;
   const auto b = [&](int64_t at) { return bias != nullptr ? bias + at : nullptr; };
-  if (rows == 1) {
-    // One row: eight weight rows per tile (eight accumulators, two horizontal-sum groups),
-    // then four: eight concurrent weight streams measured 15-19 % faster than four.
-    for (; o + 8 <= o_end; o += 8) tile_avx2<1, 8>(x, ldx, w + o * ldw, ldw, in, b(o), y + o, ldy);
-    for (; o + 4 <= o_end; o += 4) tile_avx2<1, 4>(x, ldx, w + o * ldw, ldw, in, b(o), y + o, ldy);
-  } else if (rows >= 6) {
-    // 6-16 rows: the same one-row tiles over a block of eight (then four) weight rows, every
-    // row of x in turn while the block sits in L1, so the block is read from memory once.
-    // Here the projections are bound by arithmetic, not memory, and these tiles beat both
-    // the all-rows-per-weight-row tiles below and 4 × 3 tiles (bench/microbench_gemv_rows,
-    // the model's 538 MB, 2 threads, 2026-12-06: 8 rows 24.4 -> 18.4 ms, 12 rows 30.0 ->
-    // 23.0, 16 rows 34.4 -> 27.7; 6 rows even, 5 rows slower).
+  if (rows == 1 || rows >= 6) {
+    // 1 row: eight weight rows per tile (eight accumulators, two horizontal-sum groups), then
+    // four: eight concurrent weight streams measured 15-19 % faster than four.
+    // 6-16 rows: the same one-row tiles over the block of eight (then four) weight rows,
+    // every row of x in turn while the block sits in L1, so the block is read from memory
+    // once. Here the projections are bound by arithmetic, not memory, and these tiles beat
+    // both the all-rows-per-weight-row tiles below and 4 × 3 tiles
+    // (bench/microbench_gemv_rows, the model's 538 MB, 2 threads, 2026-12-06: 8 rows 24.4 ->
+    // 18.4 ms, 12 rows 30.0 -> 23.0, 16 rows 34.4 -> 27.7; 6 rows even, 5 rows slower).
     for (; o + 8 <= o_end; o += 8) {
       for (int64_t r = 0; r < rows; ++r)
         tile_avx2<1, 8>(x + r * ldx, ldx, w + o * ldw, ldw, in, b(o), y + r * ldy + o, ldy);
@@ -163,7 +156,7 @@ ATTNVAR_AVX2 void gemv_rows_avx2(const float* x, int64_t ldx, int64_t rows, cons
   // against it (up to 8 accumulators), which streams the weights fastest while they are
   // the bottleneck (4 rows: 43-44 ms instead of 62-63 for 4 × 3 tiles on the earlier
   // machine; 11.6-12.2 ms against 11.3 ms for one row here, 2 threads).
-  for (; o < o_end; ++o) rows_avx2<1>(x, ldx, rows, w + o * ldw, ldw, in, b(o), y + o, ldy);
+  for (; o < o_end; ++o) rows_avx2(x, ldx, rows, w + o * ldw, ldw, in, b(o), y + o, ldy);
 }
 
 bool cpu_has_avx2_fma() {

@@ -215,10 +215,10 @@ def test_bfloat16_model_tracks_float32(hf, model):
     assert d <= 2 * d_hf + 1e-3
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 16, 17])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17])
 def test_project_matches_torch_linear_at_every_row_count(rows):
-    # 1-16 rows take gemv_rows (its tiles change at 1, 2-8 and > 8 rows), 17 takes linear;
-    # odd sizes exercise the 8-column tails and the output blocks.
+    # 1-16 rows take gemv_rows (its tiles change between 1, 2-5 and 6-16 rows), 17 takes
+    # linear; odd sizes exercise the 8-column tails and the output blocks.
     g = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, 2 * 77, generator=g)[:, ::2]  # strided rows
     w = torch.randn(45, 77, generator=g)
@@ -234,7 +234,7 @@ def test_project_matches_torch_linear_at_every_row_count(rows):
 
 def test_project_rejects_mismatched_shapes_naming_them():
     w = torch.randn(5, 7)
-    with pytest.raises(attnvar.ConfigError, match=r"x 3x6 and w 5x7"):
+    with pytest.raises(attnvar.ConfigError, match=r"x \[3, 6\] and w \[5, 7\]"):
         _core.project(torch.randn(3, 6), w)
-    with pytest.raises(attnvar.ConfigError, match=r"b must be \(out,\) = \(5,\); got 4"):
+    with pytest.raises(attnvar.ConfigError, match=r"b must be \(out,\) = \(5,\); got \[4\]"):
         _core.project(torch.randn(3, 7), w, torch.randn(4))
