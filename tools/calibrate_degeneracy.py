@@ -7,7 +7,7 @@ short run still covers every category, at the longest of ``--lengths`` (default 
 length's runs are the prefixes of the longer runs; ``--check-prefix N`` regenerates N
 prompts at each shorter length and records whether ids and entropies are identical.
 Every degeneracy metric is computed per run and length, and the reference percentiles
-are written as JSON (``python/attnvar/data/degeneracy_thresholds.json``).
+are written as JSON (``python/attnvar/study/data/degeneracy_thresholds.json``).
 
 ``--evaluate-threshold θ`` (default 0.1, the study default; 0 to skip) also generates
 ordinary parallel runs at θ on the same prompts and records their flag and exclusion
@@ -29,7 +29,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "python/attnvar/data/degeneracy_thresholds.json"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "python/attnvar/study/data/degeneracy_thresholds.json"
 
 
 def round_robin(prompts):

@@ -3,26 +3,31 @@
 Import order matters: torch is imported and its version checked before the compiled
 extension ``attnvar._core`` is loaded, so a mismatch is a clear ImportError rather than
 an undefined-symbol failure.
+
+The package is laid out in layers that depend one way (docs/development.md):
+``util`` ← ``engine`` ← ``study`` ← ``analysis`` ← ``report`` ← ``cli``. The names
+below are the engine's; ``attnvar.study``, ``attnvar.analysis`` and ``attnvar.report``
+are imported on first use, and the short names ``attnvar.metrics``, ``attnvar.stats``,
+``attnvar.prompts``, ``attnvar.hypotheses``, ``attnvar.plots`` … stay importable.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import torch as _torch
 
+from . import _aliases
 from ._build_info import ATTNVAR_VERSION as __version__
 from ._build_info import TORCH_VERSION as BUILT_WITH_TORCH
 from ._torch_check import check_torch_version as _check_torch_version
 
 _check_torch_version(BUILT_WITH_TORCH, _torch.__version__)
+_aliases.install()
 
 from . import _core  # noqa: E402
 from ._core import AttnvarError, ConfigError, FormatError  # noqa: E402
-from .capture import Capture  # noqa: E402
-from . import prompts  # noqa: E402
-from .model import Model, default_model_path, load_model  # noqa: E402
-from .run import Run  # noqa: E402
-from .run_store import load_run  # noqa: E402
-from .tree import build_tree  # noqa: E402
+from .engine import Capture, Model, Run, build_tree, default_model_path, load_model, load_run  # noqa: E402,I001
 
 
 class Tree:
@@ -33,6 +38,16 @@ class Tree:
         """``steps[t]`` lists S_t's members as pieces (``" mat"``) or ids, rank order."""
         return build_tree(model.tokenizer, model.encode(prompt), steps,
                           model.eos_ids if eos_ids is None else eos_ids)
+
+
+_SUBPACKAGES = ("analysis", "engine", "report", "study", "util")
+
+
+def __getattr__(name: str):
+    # Layers above the engine, and the short alias names, load on first use.
+    if name in _SUBPACKAGES or f"{__name__}.{name}" in _aliases.ALIASES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -8,6 +8,12 @@ import json
 import sys
 from pathlib import Path
 
+from .analysis import analyze_study
+from .engine import Capture, load_model, load_run
+from .report import write_report
+from .study import Study, format_summary, prompts
+from .study.store import STUDY_FILE
+
 
 def _floats(text: str) -> list[float]:
     try:
@@ -100,8 +106,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_generate(a) -> int:
-    from . import Capture, load_model
-
     model = load_model(a.model, device=a.device)
     capture = Capture(scores=True) if a.save else None
     if a.preset == "tempo-2025":
@@ -119,8 +123,6 @@ def _cmd_generate(a) -> int:
 
 
 def _cmd_replay(a) -> int:
-    from . import Capture, load_model, load_run
-
     src = load_run(a.run)
     model = load_model(a.model or src.model.get("path"), device=a.device)
     rep = model.replay(src.tree, a.encoding, capture=Capture(scores=True) if a.save else None)
@@ -137,10 +139,6 @@ FULL_GRID = dict(thresholds=[0.05, 0.1, 0.15], modes=["isolated", "visible", "ca
 
 
 def _cmd_study(a) -> int:
-    from . import prompts
-    from .study import Study
-    from .study_runner import format_summary
-
     if a.config:
         study = Study.from_file(a.config)
         if a.device is not None:  # else the file's device, or cpu
@@ -167,11 +165,8 @@ def _cmd_study(a) -> int:
 
 def _report(results: Path, workers: int = 1, progress: bool = True, out: str | None = None,
             predict: bool = True, **load_kwargs) -> int:
-    from . import report
-    from .study_analysis import analyze_study
-
     analyze_study(results, workers=workers, progress=progress)
-    path = report.write_report(results, out=out, predict=predict, **load_kwargs)
+    path = write_report(results, out=out, predict=predict, **load_kwargs)
     print(_answers(path))
     print(f"report: {path} (and {path.with_suffix('.md').name})")
     return 0
@@ -190,7 +185,7 @@ def _answers(path: Path) -> str:
 
 def _cmd_hypotheses(a) -> int:
     results = Path(a.results)
-    if not (results / "study.json").exists():
+    if not (results / STUDY_FILE).exists():
         raise FileNotFoundError(f"{results}: not a study results directory (no study.json)")
     kwargs = {}
     if a.metric:
@@ -204,9 +199,6 @@ def _cmd_hypotheses(a) -> int:
 
 
 def _cmd_inspect(a) -> int:
-    from . import load_run
-    from .model import load_model
-
     path = Path(a.path)
     if path.is_dir() and (path / "run.json").exists():
         run = load_run(path)

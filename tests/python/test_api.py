@@ -168,7 +168,7 @@ def test_ctrl_c_interrupts_generate_within_a_second_and_the_model_still_works(bu
 
 def test_streamed_capture_is_written_per_pass_and_equals_in_memory(model, tmp_path):
     seen = []
-    import attnvar.run_store as store
+    import attnvar.engine.run_store as store
 
     original = store.PassStream.__call__
 

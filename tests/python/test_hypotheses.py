@@ -16,7 +16,8 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 import pytest
-from attnvar import hypotheses, preregistration, prompts, report
+from attnvar import hypotheses, load_run, preregistration, prompts, report
+from attnvar.analysis import TABLE_NAMES, analyze_study, load_tables
 from attnvar.metrics import count_pairs, find_sinks, score_contrast
 from attnvar.metrics.profiles import (
     class_contrasts,
@@ -25,9 +26,8 @@ from attnvar.metrics.profiles import (
     phase_of,
     step_profile,
 )
-from attnvar.run_store import load_run
+from attnvar.report import document
 from attnvar.study import Study, replay_key
-from attnvar.study_analysis import TABLE_NAMES, analyze_study, load_tables
 from metrics_toy import toy_view
 
 PERMUTATIONS = 19
@@ -269,7 +269,7 @@ def test_report_renders_and_its_numbers_are_the_functions_numbers(study_dir, fin
         for name, table in f.tables.items():
             if len(table) == 0:
                 continue
-            path = rdir / "tables" / f"{report._slug(key)}__{report._slug(name)}.csv"
+            path = rdir / "tables" / f"{document._slug(key)}__{document._slug(name)}.csv"
             written = pd.read_csv(path)
             num = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])
                    and not pd.api.types.is_bool_dtype(table[c])]
@@ -278,7 +278,7 @@ def test_report_renders_and_its_numbers_are_the_functions_numbers(study_dir, fin
                                        err_msg=f"{key}/{name}")
     # The primary table in the Markdown shows the summary's numbers.
     for v in out["primary"].tables["summary"]["mean_pct"]:
-        assert f"| {report._cell(v)} |" in md
+        assert f"| {document._cell(v)} |" in md
     assert "followed** its preregistration" in md
     # The summary at the top reads the same findings: primary rows, then the family.
     top = report.summary_table(out)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from attnvar import predictability as P
 from attnvar.prompts import Prompt
-from attnvar.run import tree_from_dict
+from attnvar.engine.records import tree_from_dict
 
 
 def linear_frame(seed: int, n: int = 400, beta=(1.0, 0.5, 0.0), noise_sd: float = 1.0):

@@ -170,7 +170,7 @@ def test_suite_returns_a_new_list():
 @pytest.mark.parametrize("name,filename",
                          [("core", "prompts_core.json"), ("tempo13", "prompts_tempo13.json")])
 def test_data_files_ship_inside_the_package(name, filename):
-    resource = resources.files("attnvar").joinpath("data").joinpath(filename)
+    resource = resources.files("attnvar.study").joinpath("data").joinpath(filename)
     assert resource.is_file(), f"{filename} is not inside the attnvar package"
     data = json.loads(resource.read_text(encoding="utf-8"))
     assert [r["id"] for r in data["prompts"]] == [p.id for p in P.suite(name)]
@@ -341,7 +341,7 @@ def test_defaults_strings_and_format_override(tmp_path):
 
 
 def test_packaged_files_load_as_user_files(core):
-    with resources.as_file(resources.files("attnvar").joinpath("data")) as data:
+    with resources.as_file(resources.files("attnvar.study").joinpath("data")) as data:
         assert P.load_suite(data / "prompts_core.json") == core
 
 

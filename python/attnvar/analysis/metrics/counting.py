@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ... import _core
+
 SINK_THRESHOLD = 0.3
 SINK_MIN_QUERIES = 4
 
@@ -106,8 +108,6 @@ class CaptureView:
         compat runs rebuild it from the preset's rules (causal, or the emulated
         isolation bug).
         """
-        from .. import _core
-
         slots = run.slots
         n = run.num_slots
         scores = _captured(run, "scores")

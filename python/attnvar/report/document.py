@@ -1,9 +1,10 @@
 """The hypothesis report of a study: Markdown and self-contained HTML with the figures.
 
-``write_report(results)`` loads the study (:func:`attnvar.hypotheses.load`), runs every
-hypothesis function (:func:`attnvar.hypotheses.run_all`) and prints their tables,
-answers and figures; it computes nothing itself, so the report's numbers are the
-analysis functions' numbers. It also checks the study against its preregistration.
+``write_report(results)`` loads the study (:func:`attnvar.analysis.hypotheses.load`),
+computes every hypothesis table (:func:`attnvar.analysis.hypotheses.compute_all`), adds
+figures and answers (:func:`attnvar.report.findings.present`) and prints them; the
+report's numbers are the analysis functions' numbers. It also checks the study against
+its preregistration.
 
 Layout of ``<results>/report/``: ``report.md``, ``report.html`` (figures embedded as
 PNG data URIs, no external files), ``figures/<name>.png``, ``tables/<finding>__<table>.csv``.
@@ -24,8 +25,12 @@ from typing import Any
 
 import pandas as pd
 
-from .study_runner import format_cell as _cell
-from .study_runner import markdown_table as _md_table
+from ..analysis.hypotheses import StudyResults, load
+from ..study.store import RUNS, iter_completed
+from ..util.atomic import new_staging_dir, publish_dir
+from ..util.markdown import format_cell as _cell
+from ..util.markdown import markdown_table as _md_table
+from .findings import run_all
 
 REPORT_DIR = "report"
 
@@ -86,19 +91,17 @@ def _table_block(frame: pd.DataFrame, cols: list[str] | None, caption: str) -> B
     return Block("table", shown.reset_index(drop=True), caption)
 
 
-def compliance(res) -> dict[str, Any]:
+def compliance(res: StudyResults) -> dict[str, Any]:
     """Whether the study followed its preregistration.
 
     Returns a dict with ``followed`` (bool) and ``checks``: (description, ok, detail)
     tuples — plan written before the first run, plan stored with the study unchanged,
     every planned generation complete, analysis settings equal to the plan's.
     """
-    from .study import iter_completed
-
     checks = []
     written = _dt.datetime.fromisoformat(res.prereg["written_at"])
     run_times = [p.joinpath("run.json").stat().st_mtime
-                 for p in iter_completed(res.path / "runs")]
+                 for p in iter_completed(res.path / RUNS)]
     first = (_dt.datetime.fromtimestamp(min(run_times), _dt.timezone.utc)
              if run_times else None)
     checks.append(("plan written before the first run",
@@ -222,19 +225,9 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def write_report(results: str | Path, out: str | Path | None = None, predict: bool = True,
-                 n_permutations: int = 200, **load_kwargs) -> Path:
-    """Write the report of the study in ``results`` to ``out`` (default
-    ``<results>/report``); returns the path of report.html. ``load_kwargs`` go to
-    :func:`attnvar.hypotheses.load` (deviations from the plan are reported as such)."""
-    from . import hypotheses
-
-    res = hypotheses.load(results, **load_kwargs)
-    findings = hypotheses.run_all(res, predict=predict, n_permutations=n_permutations)
-    out = Path(out) if out is not None else res.path / REPORT_DIR
-    staging = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "figures").mkdir(parents=True)
+def _write_files(staging: Path, res: StudyResults, findings: dict) -> None:
+    """report.md, report.html, figures/ and tables/ into ``staging``."""
+    (staging / "figures").mkdir()
     (staging / "tables").mkdir()
     for key, f in findings.items():
         for name, table in f.tables.items():
@@ -283,9 +276,24 @@ def write_report(results: str | Path, out: str | Path | None = None, predict: bo
             "pre{background:#f9fafb;padding:0.8em;font-size:12px}</style></head><body>\n"
             + "\n".join(body) + "\n</body></html>\n")
     (staging / "report.html").write_text(page)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+
+
+def write_report(results: str | Path, out: str | Path | None = None, predict: bool = True,
+                 n_permutations: int = 200, **load_kwargs) -> Path:
+    """Write the report of the study in ``results`` to ``out`` (default
+    ``<results>/report``); returns the path of report.html. ``load_kwargs`` go to
+    :func:`attnvar.analysis.hypotheses.load` (deviations from the plan are reported as
+    such)."""
+    res = load(results, **load_kwargs)
+    findings = run_all(res, predict=predict, n_permutations=n_permutations)
+    out = Path(out) if out is not None else res.path / REPORT_DIR
+    staging = new_staging_dir(out)
+    try:
+        _write_files(staging, res, findings)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish_dir(staging, out)
     return out / "report.html"
 
 

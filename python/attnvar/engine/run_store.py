@@ -15,12 +15,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .run import PassRecord, Run, tree_from_dict, tree_to_dict
+from .._build_info import ATTNVAR_VERSION
+from ..util.atomic import new_staging_dir, publish_dir, write_atomic, write_with
+from .records import PassRecord, tree_from_dict, tree_to_dict
+
+if TYPE_CHECKING:
+    from .run import Run
 
 SCHEMA_VERSION = 1
 RUN_JSON = "run.json"
@@ -29,9 +34,7 @@ EXTRAS_FILE = "extras.safetensors"
 
 
 def _versions() -> dict:
-    from . import __version__
-
-    return {"attnvar": __version__, "torch": torch.__version__}
+    return {"attnvar": ATTNVAR_VERSION, "torch": torch.__version__}
 
 
 def pass_file(root: Path, index: int) -> Path:
@@ -40,10 +43,8 @@ def pass_file(root: Path, index: int) -> Path:
 
 def new_staging(target: str | os.PathLike) -> Path:
     """A fresh temporary directory beside ``target`` for a run being written."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    (staging / CAPTURE_DIR).mkdir(parents=True)
+    staging = new_staging_dir(target)
+    (staging / CAPTURE_DIR).mkdir()
     return staging
 
 
@@ -113,18 +114,9 @@ def save_run(run: Run, path: str | os.PathLike, staging: Path | None = None) -> 
         if extras:
             from safetensors.torch import save_file
 
-            save_file(extras, str(staging / EXTRAS_FILE))
-        with open(staging / RUN_JSON, "w") as f:
-            json.dump(run_to_dict(run), f)
-            f.flush()
-            os.fsync(f.fileno())
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(target)
+            write_with(staging / EXTRAS_FILE, lambda tmp: save_file(extras, tmp))
+        write_atomic(staging / RUN_JSON, json.dumps(run_to_dict(run)))
+        publish_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -150,8 +142,9 @@ def _migrate(d: dict, path: Path) -> dict:
     )
 
 
-def load_run(path: str | os.PathLike) -> Run:
-    """Read a run written by :meth:`Run.save`; capture tensors load lazily, per pass."""
+def read_run(path: str | os.PathLike) -> dict[str, Any]:
+    """The constructor arguments of the run saved in directory ``path`` (``Run.load``
+    builds the run); capture tensors load lazily, per pass."""
     root = Path(path)
     meta_path = root / RUN_JSON
     if not meta_path.exists():
@@ -172,7 +165,7 @@ def load_run(path: str | os.PathLike) -> Run:
         from safetensors.torch import load_file
 
         extras = load_file(str(root / EXTRAS_FILE))
-    return Run(
+    return dict(
         kind=d["kind"],
         encoding=d["encoding"],
         tree=tree_from_dict(d["tree"]),

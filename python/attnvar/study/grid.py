@@ -1,47 +1,27 @@
-"""The study runner: a grid over prompts × thresholds × modes × policies × seeds, each
-generated tree replayed under chosen encodings. Runs are content-addressed and written
-atomically, so an interrupted study resumes with nothing lost or duplicated."""
+"""A study: a grid over prompts × thresholds × modes × policies × seeds, each generated
+tree replayed under chosen encodings, with its preregistered analysis plan. Running it
+(:mod:`.runner`) writes content-addressed runs atomically, so an interrupted study
+resumes with nothing lost or duplicated."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import uuid
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import tomllib
-
-from .capture import Capture
-from .model import ENCODINGS, MODES, POLICIES
+from ..engine import ENCODINGS, MODES, POLICIES, Capture
+from . import prompts as prompt_suites
 from .preregistration import Preregistration
+from .prompts import Prompt
+from .runner import run_study
+from .store import Cell
 
-STUDY_FILE = "study.json"
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One generation of the grid, and the replays of its tree."""
-
-    prompt_id: str
-    prompt_text: str
-    threshold: float
-    mode: str
-    policy: str
-    seed: int
-    sample: bool
-    max_steps: int
-    max_width: int
-
-    def key(self, model_sha: str) -> str:
-        payload = json.dumps({"model": model_sha, **asdict(self)}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def replay_key(cell_key: str, encoding: str) -> str:
-    return hashlib.sha256(f"{cell_key}/{encoding}".encode()).hexdigest()[:16]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, released as tomli
+    import tomli as tomllib
 
 
 @dataclass
@@ -76,8 +56,6 @@ class Study:
     preregistration: Preregistration = field(default_factory=Preregistration)
 
     def __post_init__(self) -> None:
-        from .prompts import Prompt
-
         records = []
         for i, p in enumerate(self.prompts):
             if isinstance(p, str):
@@ -107,8 +85,6 @@ class Study:
     def from_file(cls, path: str | os.PathLike) -> Study:
         """A study defined in TOML (or YAML when PyYAML is installed): keys as the
         constructor's, ``suite = "core"`` or ``prompts = [...]``, and a [capture] table."""
-        from . import prompts as prompt_suites
-
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"study file not found: {path}")
@@ -168,22 +144,7 @@ class Study:
 
         Returns the runs table (pandas DataFrame, one row per run).
         """
-        from .study_runner import run_study
-
         return run_study(self, Path(results_dir), workers=workers, progress=progress)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def iter_completed(runs_dir: Path) -> Iterable[Path]:
-    if runs_dir.exists():
-        for p in sorted(runs_dir.iterdir()):
-            if p.is_dir() and not p.name.startswith(".") and (p / "run.json").exists():
-                yield p
+__all__ = ["Study"]

@@ -19,6 +19,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..engine import ENCODINGS
+from ..util.atomic import write_atomic
+from .degeneracy import ExclusionRule
+
 PREREGISTRATION_FILE = "preregistration.json"
 
 METRIC_VARIANTS = {
@@ -68,8 +72,6 @@ class Preregistration:
     notes: str = ""
 
     def __post_init__(self) -> None:
-        from .model import ENCODINGS
-
         if self.metric not in METRIC_VARIANTS:
             raise ValueError(f"preregistration: metric {self.metric!r} is not one of "
                              f"{', '.join(METRIC_VARIANTS)}")
@@ -90,9 +92,7 @@ class Preregistration:
             raise ValueError("preregistration: tost_margin_pct must be > 0")
         self.exclusion_rule()  # validates the flag names
 
-    def exclusion_rule(self):
-        from .degeneracy import ExclusionRule
-
+    def exclusion_rule(self) -> ExclusionRule:
         e = self.exclusion
         return ExclusionRule(always=tuple(e.get("always", ())),
                              any_k_of=tuple(e.get("any_k_of", ())), k=int(e.get("k", 1)))
@@ -133,8 +133,6 @@ def write(results: Path, prereg: Preregistration, study_description: dict) -> di
     Raises ValueError naming the fields that differ when ``results`` already holds a
     different plan (start a new results directory to change the plan).
     """
-    from .study import write_atomic
-
     path = Path(results) / PREREGISTRATION_FILE
     if path.exists():
         old = load(results)
@@ -147,7 +145,7 @@ def write(results: Path, prereg: Preregistration, study_description: dict) -> di
                              "change the plan")
         return old
     rec = record(prereg, study_description)
-    write_atomic(path, json.dumps(rec, indent=1, ensure_ascii=False).encode())
+    write_atomic(path, json.dumps(rec, indent=1, ensure_ascii=False))
     return rec
 
 

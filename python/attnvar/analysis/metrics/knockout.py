@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ... import _core
 from .counting import CaptureView, Sinks
 from .covariates import token_covariates
 from .frames import ALL, block, frame
@@ -140,8 +141,6 @@ def knockout_replay(
     -------
     KnockoutReplay
     """
-    from .. import _core
-
     core = _core_model(model)
     layer_end = core.num_layers if layer_end is None else int(layer_end)
     layer_begin = int(layer_begin)
@@ -296,8 +295,6 @@ def knockout(
     pandas.DataFrame (frames.COLUMNS), metric "M5"; empty when the tree has no eligible
     parallel key or no evaluated step.
     """
-    from .. import _core
-
     if hasattr(run, "tree"):
         if run.kind == "tempo-2025":
             raise ValueError("M5 replays the tree; compat-preset runs are not replayable")

@@ -26,11 +26,20 @@ import io
 import json
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
+import torch
 
-from .study import iter_completed, write_atomic
+from ..engine import load_run
+from ..study import degeneracy, preregistration
+from ..study.degeneracy import ExclusionRule
+from ..study.store import RUNS, STUDY_FILE, TABLES, iter_completed, replay_key
+from ..util.atomic import remove_stale, write_atomic
+from ..util.progress import progress_bar
+from .metrics import analyze, as_view, count_pairs, find_sinks, logit_regression
+from .metrics.profiles import class_contrasts, distance_profile, step_profile
 
 ANALYSIS = "analysis"
 ANALYSIS_VERSION = 3
@@ -54,10 +63,6 @@ def analyze_cell(generated, replays: dict, rule, prompt_id: str,
                  cell_id: str) -> dict[str, pd.DataFrame]:
     """All tables of one cell. ``replays`` maps encoding → Run; ``rule`` is the study's
     ExclusionRule."""
-    from . import degeneracy
-    from .metrics import analyze, as_view, count_pairs, find_sinks, logit_regression
-    from .metrics.profiles import class_contrasts, distance_profile, step_profile
-
     out: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLE_NAMES}
     # A pair counts only when its query's step is later than its key's: runs of fewer
     # than two steps (EOS at once) have none, and no metric is defined for them.
@@ -96,11 +101,7 @@ def _done(adir: Path, cell_id: str) -> bool:
 
 def _analyze_one(results: str, cell_id: str, encodings: list[str], prompt_id: str,
                  rule_fields: dict) -> str:
-    from .degeneracy import ExclusionRule
-    from .run_store import load_run
-    from .study import replay_key
-
-    runs_dir = Path(results) / "runs"
+    runs_dir = Path(results) / RUNS
     generated = load_run(runs_dir / cell_id)
     replays = {e: load_run(runs_dir / replay_key(cell_id, e)) for e in encodings}
     tables = analyze_cell(generated, replays, ExclusionRule(**rule_fields), prompt_id, cell_id)
@@ -112,8 +113,6 @@ def _analyze_one(results: str, cell_id: str, encodings: list[str], prompt_id: st
 
 
 def _init_worker(threads: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
 
 
@@ -125,9 +124,6 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
     The exclusion rule and the sink source come from the study's preregistration and
     replays. Cells analysed by an earlier call (same analysis version) are not redone.
     """
-    from . import preregistration
-    from .study_runner import RUNS, TABLES, _progress
-
     results = Path(results)
     runs_path = results / TABLES / "runs.parquet"
     if not runs_path.exists():
@@ -143,8 +139,7 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
         shutil.rmtree(adir)  # written by another analysis version: recompute
     adir.mkdir(exist_ok=True)
     version_file.write_text(str(ANALYSIS_VERSION))
-    for stale in adir.glob(".*.tmp-*"):
-        stale.unlink(missing_ok=True)
+    remove_stale(adir)
     gen = runs[runs["kind"] == "generate"]
     replays = runs[runs["kind"] == "replay"]
     completed = {p.name for p in iter_completed(results / RUNS)}
@@ -153,7 +148,7 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
         encs = sorted(replays.loc[replays["parent_id"] == row.run_id, "encoding"])
         if row.run_id in completed and not _done(adir, row.run_id):
             jobs.append((str(results), row.run_id, encs, row.prompt_id, rule_fields))
-    bar = _progress(len(jobs), progress and bool(jobs), "attnvar analysis")
+    bar = progress_bar(len(jobs), progress and bool(jobs), "attnvar analysis")
 
     def finished(cell_id: str) -> None:
         if bar is not None:
@@ -165,10 +160,6 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
         for job in jobs:
             finished(_analyze_one(*job))
     else:
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        import torch
-
         threads = max(1, torch.get_num_threads() // workers)
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(threads,)) as pool:
             for f in as_completed([pool.submit(_analyze_one, *job) for job in jobs]):
@@ -180,8 +171,6 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
 
 def write_analysis_tables(results: Path, cell_ids: list[str]) -> dict[str, pd.DataFrame]:
     """Concatenate the per-cell files of ``cell_ids`` into ``tables/<name>.parquet``."""
-    from .study_runner import TABLES
-
     adir = results / ANALYSIS
     out = {}
     for name in TABLE_NAMES:
@@ -197,21 +186,17 @@ def write_analysis_tables(results: Path, cell_ids: list[str]) -> dict[str, pd.Da
 def load_tables(results: str | Path) -> dict[str, pd.DataFrame]:
     """The study's tables (runs and every analysis table) as written by the study and
     :func:`analyze_study`."""
-    from .study_runner import TABLES
-
     tdir = Path(results) / TABLES
     names = ("runs", *TABLE_NAMES)
     missing = [n for n in names if not (tdir / f"{n}.parquet").exists()]
     if missing:
         raise FileNotFoundError(f"{tdir}: missing {', '.join(m + '.parquet' for m in missing)}; "
-                                "run the study and attnvar.study_analysis.analyze_study first")
+                                "run the study and attnvar.analysis.analyze_study first")
     return {n: pd.read_parquet(tdir / f"{n}.parquet") for n in names}
 
 
 def read_study(results: str | Path) -> dict:
     """The study description (study.json) of a results directory."""
-    from .study import STUDY_FILE
-
     path = Path(results) / STUDY_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: not a study results directory")

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .run import Run
+    from ..engine import Run
 
 PARALLEL_COLOR = "#d95f02"  # tick labels, brackets and bars of parallel members
 MASKED_COLOR = "#d4d4d4"  # heatmap cells whose pair is masked (outside the colour map)

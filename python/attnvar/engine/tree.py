@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from . import _core
+from .. import _core
 
 
 def piece_to_id(tokenizer, piece: str | int) -> int:

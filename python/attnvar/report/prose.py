@@ -1,0 +1,153 @@
+"""The report's words: each finding's title and its one-paragraph answer, written from
+the hypothesis tables (numbers are formatted here, never computed)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..analysis.hypotheses import HypothesisTables, StudyResults, condition_label
+from ..analysis.hypotheses.results import p_column
+
+TITLES = {
+    "dataset": "Dataset",
+    "primary": "Primary effect: parallel tokens at a shared position",
+    "H1": "H1 temporal: does the effect change over the generation?",
+    "H2": "H2 prompt structure: incomplete vs complete versions of one content",
+    "H3": "H3 token semantics: which parallel tokens lose (or gain) attention?",
+    "H4": "H4 context and proportion: more parallel context, larger effect?",
+    "predictability": "Predictability: can the direction and size be predicted?",
+    "robustness": "Robustness: the effect under every metric choice",
+    "heads": "Layer × head map",
+    "degeneracy": "Degenerate generations",
+}
+
+
+def fmt_pct(mean: float, lo: float, hi: float) -> str:
+    return f"{mean:+.1f} % (95 % CI {lo:+.1f} to {hi:+.1f})"
+
+
+def fmt_p(p: float) -> str:
+    if not np.isfinite(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def title(name: str, res: StudyResults) -> str:
+    if name == "family":
+        return f"H1–H4 as one family ({res.plan['hypotheses_correction']})"
+    return TITLES[name]
+
+
+def dataset(t: HypothesisTables, res: StudyResults) -> str:
+    f = t.facts
+    return (f"{f['prompts']} prompts, {f['runs']} generated runs, replays: "
+            f"{', '.join(f['replays']) or 'none'}; max_steps {f['max_steps']}.")
+
+
+def primary(t: HypothesisTables, res: StudyResults) -> str:
+    pcol = p_column(res)
+    lines = []
+    for d in t.tables["summary"].to_dict("records"):
+        equivalence = (f"equivalent to 0 within ±{res.plan['tost_margin_pct']} %"
+                       if d["equivalent"] else "not shown equivalent to 0")
+        lines.append(f"{condition_label(d)}: "
+                     f"{fmt_pct(d['mean_pct'], d['ci_pct_low'], d['ci_pct_high'])}"
+                     f" over {d['n']} prompts, p = {fmt_p(d[pcol])} (Holm {fmt_p(d['p_adj'])}),"
+                     f" {equivalence}")
+    design = ("generated run minus its " + res.contrast_encoding + " replay"
+              if res.design == "replay" else "within the generated run (no contrast replay)")
+    return (f"Effect = {res.metric} ({res.variant}), {design}; positive % = parallel tokens "
+            "receive less attention. " + ("; ".join(lines) if lines else
+                                          "Too few prompts for a test."))
+
+
+def h1(t: HypothesisTables, res: StudyResults) -> str:
+    pcol = p_column(res)
+    lines = [f"{s['mode']}: mean slope {s['mean']:+.4f} log units per step "
+             f"(95 % CI {s['ci_low']:+.4f} to {s['ci_high']:+.4f}), p = {fmt_p(s[pcol])}"
+             for s in t.tables["slope_summary"].to_dict("records")]
+    return ("The effect's trend over query steps — " + ("; ".join(lines) or "too few steps")
+            + f". {t.facts['reversals']} of {t.facts['runs']} runs reverse sign between the "
+            "early and late thirds with both 95 % CIs excluding 0.")
+
+
+def h2(t: HypothesisTables, res: StudyResults) -> str:
+    pcol = p_column(res)
+    lines = [f"{s['mode']}: incomplete − complete = "
+             f"{fmt_pct(s['mean_pct'], s['ci_pct_low'], s['ci_pct_high'])} "
+             f"over {s['n']} pairs, p = {fmt_p(s[pcol])}"
+             for s in t.tables["paired"].to_dict("records")]
+    return ("Matched pairs — " + ("; ".join(lines) if lines else
+                                  "the study has fewer than 2 complete matched pairs")
+            + ". (A difference in % here is 100·(1 − e^Δ) of the difference of effects.)")
+
+
+def h3(t: HypothesisTables, res: StudyResults) -> str:
+    pcol = p_column(res)
+    classes = t.tables["classes"]
+    lines = [f"{s['mode']}: closed − open class = "
+             f"{fmt_pct(s['mean_pct'], s['ci_pct_low'], s['ci_pct_high'])}, "
+             f"p = {fmt_p(s[pcol])} (n = {s['n']})"
+             for s in t.tables["closed_vs_open"].to_dict("records")]
+    n_sig = int(classes["reject"].astype(bool).sum()) if "reject" in classes else 0
+    return ("Function vs content words — " + ("; ".join(lines) if lines else
+                                               "too few prompts with both classes")
+            + f". {n_sig} of {len(classes)} mode × class effects differ from 0 after BH.")
+
+
+def h4(t: HypothesisTables, res: StudyResults) -> str:
+    threshold_dose, assoc = t.tables["threshold_dose"], t.tables["association"]
+    if len(threshold_dose):
+        pcol = p_column(res)
+        lines = [f"{s['mode']}: slope over θ {s['mean']:+.3f} log units per unit θ, "
+                 f"p = {fmt_p(s[pcol])} (n = {s['n']})"
+                 for s in threshold_dose.to_dict("records")]
+    else:
+        lines = [f"{s['mode']}: slope on the parallel proportion {s['slope']:+.3f}, "
+                 f"p = {fmt_p(s['p'])} (n = {s['n']})"
+                 for s in assoc[assoc["covariate"] == "proportion_parallel"].to_dict("records")]
+    return "Dose–response — " + ("; ".join(lines) if lines else "not estimable") + "."
+
+
+def predictability(t: HypothesisTables, res: StudyResults) -> str:
+    lines = [f"{s['mode']}: CV R² = {s['cv_r2']:+.2f} (permutation p = {fmt_p(s['p_r2'])}), "
+             f"sign accuracy {s['sign_acc']:.2f} vs {s['baseline_acc']:.2f} for the majority "
+             f"sign (p = {fmt_p(s['p_sign'])}), {s['n_groups']} prompts"
+             for s in t.tables["summary"].to_dict("records")] + list(t.facts["notes"])
+    return ("; ".join(lines) + ". CV R² ≤ 0 means the features predict the magnitude no "
+            "better than the mean of the other prompts.") if lines else "Not estimable."
+
+
+def robustness(t: HypothesisTables, res: StudyResults) -> str:
+    spec = t.tables["specifications"]
+    if not len(spec):
+        return "No specification could be estimated."
+    same_sign = {m: (np.sign(g["mean_pct"]).value_counts().max(), len(g))
+                 for m, g in spec[spec["metric"] != "M0"].groupby("mode")}
+    return "; ".join(f"{m}: {k} of {n} specifications (M0 aside) share the majority sign"
+                     for m, (k, n) in same_sign.items()) + \
+        ". M0 rows show the prototype's metric for comparison."
+
+
+def heads(t: HypothesisTables, res: StudyResults) -> str:
+    table = t.tables["heads"]
+    lines = [f"{mode}: {int(sub['reject'].sum())} of {len(sub)} heads differ from 0 after BH"
+             for mode, sub in (table.groupby("mode") if len(table) else [])]
+    return "; ".join(lines) + "." if lines else "No per-head rows."
+
+
+def degeneracy(t: HypothesisTables, res: StudyResults) -> str:
+    f = t.facts
+    return (f"Rule (preregistered): {f['rule']}. {f['excluded']} of {f['runs']} runs "
+            "excluded; results without the exclusion are in the robustness table.")
+
+
+def family(t: HypothesisTables, res: StudyResults) -> str:
+    return ""
+
+
+ANSWERS = {"dataset": dataset, "primary": primary, "H1": h1, "H2": h2, "H3": h3, "H4": h4,
+           "predictability": predictability, "robustness": robustness, "heads": heads,
+           "degeneracy": degeneracy, "family": family}
+
+__all__ = ["ANSWERS", "TITLES", "fmt_p", "fmt_pct", "title"]

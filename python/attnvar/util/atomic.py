@@ -1,0 +1,138 @@
+"""Atomic file output: every writer in attnvar goes through here.
+
+A file is written to a temporary sibling (``.<name>.tmp-<random>``), flushed and
+fsync'd, then renamed over its final name; a directory is built in a temporary sibling
+and renamed into place. A reader therefore sees the old content or the new content,
+never a partial one, and a process killed mid-write leaves only temporary siblings,
+whose names start with "." so that directory scans skip them, and which
+:func:`remove_stale` deletes on the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+TMP_MARK = ".tmp-"
+
+
+def _sibling(path: Path, kind: str) -> Path:
+    return path.parent / f".{path.name}{kind}{uuid.uuid4().hex[:8]}"
+
+
+def temp_sibling(path: str | os.PathLike) -> Path:
+    """A fresh, unused temporary name beside ``path`` (nothing is created)."""
+    return _sibling(Path(path), TMP_MARK)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside directory ``path`` durable (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path for a writer that needs a file name (safetensors,
+    parquet); on a clean exit the file is fsync'd and renamed to ``path``, on an error
+    it is removed and ``path`` is left as it was."""
+    path = Path(path)
+    tmp = temp_sibling(path)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` (str is UTF-8 encoded) to ``path`` atomically and durably."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def write_with(path: str | os.PathLike, writer: Callable[[str], object]) -> None:
+    """Atomically create ``path`` with ``writer(temporary_file_name)``."""
+    with atomic_path(path) as tmp:
+        writer(str(tmp))
+
+
+def new_staging_dir(target: str | os.PathLike) -> Path:
+    """A fresh, empty temporary directory beside ``target`` (parents created)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = temp_sibling(target)
+    staging.mkdir()
+    return staging
+
+
+def publish_dir(staging: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rename the finished directory ``staging`` to ``target``, replacing any directory
+    there: the old one is first renamed aside, so ``target`` is always either complete
+    old or complete new content."""
+    staging, target = Path(staging), Path(target)
+    if target.exists():
+        old = _sibling(target, ".old-")
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(target)
+    fsync_dir(target.parent)
+
+
+def remove_stale(directory: str | os.PathLike) -> int:
+    """Clean up after a writer killed in ``directory``; returns how many entries it
+    touched. Temporary siblings (``.<name>.tmp-*``) are deleted. A replaced directory
+    (``.<name>.old-*``) is deleted when ``<name>`` exists, and renamed back to ``<name>``
+    when the kill fell between :func:`publish_dir`'s two renames, so complete content
+    is never lost."""
+    directory = Path(directory)
+    if not directory.exists():
+        return 0
+    n = 0
+    for stale in sorted(directory.glob(".*.old-*")):
+        original = directory / stale.name[1:stale.name.rindex(".old-")]
+        if not original.exists():
+            stale.rename(original)
+        else:
+            _remove(stale)
+        n += 1
+    for stale in directory.glob(f".*{TMP_MARK}*"):
+        _remove(stale)
+        n += 1
+    return n
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+__all__ = ["atomic_path", "fsync_dir", "new_staging_dir", "publish_dir", "remove_stale",
+           "temp_sibling", "write_atomic", "write_with"]
