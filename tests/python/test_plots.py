@@ -10,6 +10,7 @@ import sys
 from html.parser import HTMLParser
 
 import numpy as np
+import torch
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -236,13 +237,14 @@ def test_heatmap_of_a_long_run_labels_only_its_parallel_slots(model):
     assert _parallel_color_flags(ax.get_yticklabels()) == [True, True]
 
 
-def test_heatmap_of_a_compat_run_reads_missing_visibility_as_causal(model):
-    run = model.tempo2025(PROMPT, max_steps=3, capture=attnvar.Capture(layers=[2]))
-    assert run.visibility is None
-    (image,) = plots.attention_heatmap(run, 2, 0).axes[0].get_images()
+def test_heatmap_of_a_compat_run_masks_what_the_engine_masked(model):
+    run = model.tempo2025(PROMPT, threshold=0.05, max_steps=6, emulate_isolation_bug=True,
+                          capture=attnvar.Capture(layers=[2], scores=True))
     n = run.num_slots
-    np.testing.assert_array_equal(np.ma.getmaskarray(image.get_array()),
-                                  ~np.tril(np.ones((n, n), dtype=bool)))
+    hidden = ~torch.isfinite(run.scores[0, 0]).numpy()  # the engine's mask, from the capture
+    assert hidden.sum() > n * (n - 1) // 2, "the emulated bug hid nothing: widen the sets"
+    (image,) = plots.attention_heatmap(run, 2, 0).axes[0].get_images()
+    np.testing.assert_array_equal(np.ma.getmaskarray(image.get_array()), hidden)
 
 
 def test_encodings_side_by_side_share_one_colour_scale(encodings):

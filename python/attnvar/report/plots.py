@@ -7,8 +7,9 @@ never needs it. In Jupyter, run ``%matplotlib inline`` once so figures display.
 
 Layers and heads are *model* indices (as in ``Capture(layers=..., heads=...)``); they are
 mapped onto the run's captured ones and a layer or head the run did not capture is a
-``ValueError``. Masked pairs (visibility false; ``run.visibility is None`` for compat runs,
-read as causal) are drawn in ``MASKED_COLOR``, never as zero-valued cells.
+``ValueError``. Masked pairs (``run.visibility`` false: the mask the engine applied, the
+compat preset's emulated isolation bug included) are drawn in ``MASKED_COLOR``, never as
+zero-valued cells.
 """
 
 from __future__ import annotations
@@ -81,10 +82,7 @@ def _dense(run: Run, field: str) -> Any:
 
 
 def _visibility(run: Run) -> np.ndarray:
-    """[N, N] bool (query, key); causal for runs that keep none (the compat preset)."""
-    n = run.num_slots
-    if run.visibility is None:
-        return np.tril(np.ones((n, n), dtype=bool))
+    """[N, N] bool (query, key): the mask the engine applied to the run."""
     return run.visibility.numpy().astype(bool)
 
 

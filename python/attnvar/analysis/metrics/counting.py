@@ -104,22 +104,15 @@ class CaptureView:
         """The arrays of an :class:`attnvar.Run` (generation, replay or compat preset).
 
         Scores and attention are taken when captured (a run without either can still
-        be viewed, but metrics that need them raise). Visibility comes from the run;
-        compat runs rebuild it from the preset's rules (causal, or the emulated
-        isolation bug).
+        be viewed, but metrics that need them raise). Visibility is the run's: the mask
+        the engine applied (``attnvar.engine.visibility``), the emulated isolation bug
+        included.
         """
         slots = run.slots
         n = run.num_slots
         scores = _captured(run, "scores")
         attention = _captured(run, "attention")
-        if run.visibility is not None:
-            visibility = np.asarray(run.visibility, dtype=bool)
-        elif run.kind == "tempo-2025" and run.options.get("emulate_isolation_bug"):
-            visibility = np.tril(np.ones((n, n), dtype=bool))
-            for q in range(len(run.tree.prompt), n):
-                visibility[q, : q + 1] = _core.tempo_bug_visibility(run.tree, q).numpy()[0]
-        else:
-            visibility = np.tril(np.ones((n, n), dtype=bool))
+        visibility = np.asarray(run.visibility, dtype=bool)  # what the engine applied
         dense = scores if scores is not None else attention
         heads = (list(run.capture_heads) if run.capture_heads is not None
                  else list(range(dense.shape[1] if dense is not None else 0)))
