@@ -26,8 +26,9 @@ STEPS, THRESHOLD = 30, 0.1
 def worker(reps: int, threads: int) -> dict:
     import time
 
-    import attnvar
     import torch
+
+    import attnvar
 
     torch.set_num_threads(threads)
     model = attnvar.load_model()

@@ -23,8 +23,9 @@ KS = (1, 2, 4, 8, 16)
 def worker(reps: int, threads: int) -> dict:
     import time
 
-    import attnvar
     import torch
+
+    import attnvar
     from attnvar import _core
 
     torch.set_num_threads(threads)

@@ -18,9 +18,8 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import torch  # noqa: E402
-
-from harness_util import median_seconds as timed  # noqa: E402
 from harness_util import attnvar_from_hf, smollm2_shape_model  # noqa: E402
+from harness_util import median_seconds as timed  # noqa: E402
 
 THREADS = int(os.environ["OMP_NUM_THREADS"])
 torch.set_num_threads(THREADS)
@@ -55,17 +54,18 @@ def main() -> int:
         pos = torch.arange(float(T))
         vis = _core.causal_visibility(T, 0)
         for capture in (False, True):
-            t_ours = timed(lambda: ours.forward(ours.new_cache(), ids, pos, vis, capture=capture,
-                                                last_logits_only=True), repeats)
+            t_ours = timed(lambda ids=ids, pos=pos, vis=vis, capture=capture: ours.forward(
+                ours.new_cache(), ids, pos, vis, capture=capture, last_logits_only=True), repeats)
             with torch.inference_mode():
-                t_hf = timed(lambda: hf(input_ids=ids[None], output_attentions=capture,
-                                        use_cache=True, logits_to_keep=1), repeats)
+                t_hf = timed(lambda ids=ids, capture=capture: hf(
+                    input_ids=ids[None], output_attentions=capture, use_cache=True,
+                    logits_to_keep=1), repeats)
             add(f"prefill T={T}" + (" +capture" if capture else ""), t_ours, t_hf, T, "tok/s")
 
     for ctx in decode_contexts:
         ids = torch.randint(0, 49152, (ctx + decode_steps,), generator=gen)
         for capture in (False, True):
-            def run_ours():
+            def run_ours(ids=ids, ctx=ctx, capture=capture):
                 cache = ours.new_cache(initial_capacity=ctx + decode_steps)
                 ours.forward(cache, ids[:ctx], torch.arange(float(ctx)),
                              _core.causal_visibility(ctx, 0), last_logits_only=True)
@@ -75,7 +75,7 @@ def main() -> int:
                                  _core.causal_visibility(1, t), capture=capture)
                 return time.perf_counter() - t0
 
-            def run_hf():
+            def run_hf(ids=ids, ctx=ctx, capture=capture):
                 with torch.inference_mode():
                     cache = DynamicCache(config=hf.config)
                     hf(input_ids=ids[None, :ctx], past_key_values=cache, use_cache=True,
@@ -95,7 +95,8 @@ def main() -> int:
     header = (
         f"attnvar {attnvar.__version__} · torch {torch.__version__} · transformers "
         f"{transformers.__version__} · threads {torch.get_num_threads()} "
-        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}) · {platform.processor() or platform.machine()}"
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}) · "
+        f"{platform.processor() or platform.machine()}"
         f" · model: random SmolLM2-135M shape, f32"
     )
     lines = [header, "", "| case | attnvar | HF eager | attnvar ÷ HF |", "|---|---|---|---|"]

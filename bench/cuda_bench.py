@@ -32,8 +32,9 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="4 layers, fewer repeats (dry run)")
     a = ap.parse_args()
-    from attnvar import _core
     from transformers import DynamicCache
+
+    from attnvar import _core
 
     dev = torch.device(a.device)
     layers, repeats, steps, ctx = (4, 2, 8, 32) if a.quick else (30, 5, 32, 128)

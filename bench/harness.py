@@ -99,9 +99,10 @@ def replay_tree_ids(tokenizer_ids: list[int], eos: set[int]) -> tuple[list[int],
 
 
 def prepare(args, params, tmp: Path) -> dict:
-    import attnvar
     import harness_hf
     import torch
+
+    import attnvar
     from attnvar import _core
 
     t0 = time.perf_counter()
@@ -155,8 +156,9 @@ def parity_check(av, hf, random_ids) -> dict:
     HF given the 4-D mask (1, 1, k, S_prev + k) must give attnvar's logits within 1e-3."""
     import harness_hf
     import torch
-    from attnvar import _core
     from transformers import DynamicCache
+
+    from attnvar import _core
 
     ctx, k = 128, 4
     ids = random_ids[: ctx + k]
@@ -423,9 +425,10 @@ def main() -> int:
                  f"got {args.gomp_spincount!r}")
     pin_threads_env(args.threads, None if args.omp_wait_policy == "unset" else args.omp_wait_policy,
                     None if args.gomp_spincount == "unset" else int(args.gomp_spincount))
-    import attnvar
     import torch
     import transformers
+
+    import attnvar
 
     threads = pin_threads_torch(args.threads)
     params = QUICK if args.quick else FULL

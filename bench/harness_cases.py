@@ -72,6 +72,7 @@ def case_prefill(impl, model, inputs, p):
 # ---- decode ------------------------------------------------------------------------------
 def _attnvar_decode(model, ids_all, ctx, steps):
     import torch
+
     from attnvar import _core
 
     core = model.core
@@ -355,6 +356,7 @@ def case_bandwidth(impl, model, inputs, p):
     once and outran every torch kernel here), best of `repeats` each. The roofline uses the
     highest, so a kernel added here can only make it stricter."""
     import torch
+
     from attnvar import _core
 
     n = int(p["bytes"]) // 4

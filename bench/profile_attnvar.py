@@ -41,10 +41,11 @@ def main() -> int:
     args = ap.parse_args()
     pin_threads_env(args.threads, None if args.omp_wait_policy == "unset" else args.omp_wait_policy,
                     env_spincount())
-    import attnvar
     import torch
-    from attnvar import _core
     from torch.profiler import ProfilerActivity, profile
+
+    import attnvar
+    from attnvar import _core
 
     print(pin_threads_torch(args.threads))
     model = attnvar.load_model()

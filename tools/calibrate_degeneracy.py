@@ -29,7 +29,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "python/attnvar/study/data/degeneracy_thresholds.json"
+DEFAULT_OUT = (Path(__file__).resolve().parents[1] / "python" / "attnvar" / "study" / "data"
+               / "degeneracy_thresholds.json")
 
 
 def round_robin(prompts):

@@ -19,14 +19,16 @@ def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _ints(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
 
 
 def _words(text: str) -> list[str]:
@@ -59,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("replay", help="replay a saved run's tree under another encoding")
     r.add_argument("run", help="a saved run directory")
     r.add_argument("--encoding", default="serial",
-                   help="shared_isolated | shared_visible | shared_causal | serial | fractional | top_only")
+                   help="shared_isolated | shared_visible | shared_causal | serial | "
+                        "fractional | top_only")
     r.add_argument("--model")
     r.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     r.add_argument("--save", help="save the replay to this directory")
@@ -89,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop after the runs (default: analyse them and write the report)")
 
     h = sub.add_parser("hypotheses",
-                       help="analyse a study's results and write the H1–H4 report (Markdown + HTML)")
+                       help="analyse a study's results and write the H1–H4 report "
+                            "(Markdown + HTML)")
     h.add_argument("results", help="a study results directory")
     h.add_argument("--out", help="report directory (default RESULTS/report)")
     h.add_argument("--workers", type=int, default=1, help="processes for the per-run analysis")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from attnvar.metrics import CaptureView
 
 # Set widths of 10 bundled-model runs (core suite prompts 0, 4, …, 36; threshold 0.1,

@@ -80,7 +80,7 @@ def test_generated_tree_capture_equals_hf_eager(ours, hf, mode):
         out = hf(input_ids=layout.token_ids[None], position_ids=layout.positions.float()[None],
                  attention_mask=additive_mask(layout.visibility), output_attentions=True)
     dense = run.dense()
-    worst = max((dense[l] - out.attentions[l][0]).abs().max().item() for l in range(30))
+    worst = max((dense[i] - out.attentions[i][0]).abs().max().item() for i in range(30))
     print(f"[parity] bundled {mode} tree capture vs HF eager: max |diff| = {worst:.3e}")
     assert worst < 1e-4
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import os
 
-import attnvar
 import numpy as np
 import pytest
 import torch
+
+import attnvar
 from attnvar import _core
 
 transformers = pytest.importorskip("transformers")

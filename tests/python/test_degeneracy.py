@@ -4,6 +4,7 @@ generations of the bundled model mostly not."""
 from __future__ import annotations
 
 import pytest
+
 from attnvar import degeneracy as D
 
 # ---- metrics on hand cases --------------------------------------------------------------------

@@ -61,7 +61,7 @@ def test_scores_are_masked_minus_inf_and_softmax_to_the_probabilities(model):
     vis = _core.set_visibility(3, 6, "isolated")
     out = model.forward(cache, torch.tensor([5, 6, 7]), torch.full((3,), 6.0), vis,
                         capture=True, scores=True)
-    for s, a in zip(out["scores"], out["attention"]):
+    for s, a in zip(out["scores"], out["attention"], strict=True):
         assert torch.all(torch.isneginf(s[:, ~vis]))
         assert torch.all(a[:, ~vis] == 0)
         assert torch.allclose(torch.softmax(s, -1), a, atol=1e-6)

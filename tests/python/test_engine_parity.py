@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from attnvar import _core
 
 transformers = pytest.importorskip("transformers")
@@ -30,7 +31,7 @@ def test_causal_prefill_matches_hf(family):
     out = ours.forward(cache, ids, torch.arange(11.0), _core.causal_visibility(11, 0), capture=True)
     assert report(f"{family} prefill logits", out["logits"], logits) < TOL
     assert out["layers"] == list(range(hf.config.num_hidden_layers))
-    for layer, (a, b) in enumerate(zip(out["attention"], attn)):
+    for layer, (a, b) in enumerate(zip(out["attention"], attn, strict=True)):
         assert report(f"{family} prefill attention L{layer}", a, b) < TOL
     assert cache.size == 11
 

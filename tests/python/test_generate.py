@@ -82,7 +82,7 @@ def test_generated_capture_equals_hf_with_explicit_mask_and_positions(model, hf,
         out = hf(input_ids=ids[None], position_ids=layout.positions.float()[None],
                  attention_mask=additive_mask(layout.visibility), output_attentions=True)
     dense = run.dense()
-    worst = max((dense[l] - out.attentions[l][0]).abs().max().item() for l in range(3))
+    worst = max((dense[i] - out.attentions[i][0]).abs().max().item() for i in range(3))
     print(f"[parity] {mode}: generated capture vs HF eager: max |diff| = {worst:.3e}")
     assert worst < 1e-4
     # Masked entries exactly zero, each pair once, rows sum to one over visible keys.
@@ -233,7 +233,7 @@ def tempo_reference(hf, prompt, threshold, max_steps, bug):
     def mask_for(n):
         vis = torch.ones(n, n, dtype=torch.bool).tril()
         if bug:
-            for start, k in zip(printed_starts, [len(s) for s in sets]):
+            for start, k in zip(printed_starts, [len(s) for s in sets], strict=True):
                 if k < 2:
                     continue
                 for row in range(n):

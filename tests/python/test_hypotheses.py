@@ -16,8 +16,11 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 import pytest
+from metrics_toy import toy_view
+
 from attnvar import hypotheses, load_run, preregistration, prompts, report
 from attnvar.analysis import TABLE_NAMES, analyze_study, load_tables
+from attnvar.analysis import hypotheses as compute
 from attnvar.metrics import count_pairs, find_sinks, score_contrast
 from attnvar.metrics.profiles import (
     class_contrasts,
@@ -28,7 +31,6 @@ from attnvar.metrics.profiles import (
 )
 from attnvar.report import document
 from attnvar.study import Study, replay_key
-from metrics_toy import toy_view
 
 PERMUTATIONS = 19
 
@@ -222,6 +224,32 @@ def test_every_hypothesis_function_returns_its_documented_tables(findings):
     p = out["H2"].tables["pairs"]
     assert np.allclose(p["difference"], p["incomplete"] - p["complete"])
     print("primary:", out["primary"].answer)
+
+
+def test_tables_come_from_the_analysis_and_the_findings_only_add_words(findings):
+    """Each finding's tables and family rows are exactly the analysis function's (computed
+    apart from figures and prose), and its answer quotes those numbers."""
+    res, out = findings
+    computed = compute.compute_all(res, n_permutations=PERMUTATIONS)
+    assert list(computed) == list(out)
+    for name, t in computed.items():
+        assert isinstance(t, compute.HypothesisTables) and not hasattr(t, "figures")
+        assert set(t.tables) == set(out[name].tables), name
+        for table, frame in t.tables.items():
+            pd.testing.assert_frame_equal(frame, out[name].tables[table], check_exact=False,
+                                          rtol=1e-12, obj=f"{name}.{table}")
+        pd.testing.assert_frame_equal(t.tests, out[name].tests, obj=f"{name}.tests")
+    # The words are written from the tables: the primary answer quotes each condition's
+    # mean and n, H1's its reversal count, the degeneracy answer its exclusion count.
+    for s in computed["primary"].tables["summary"].to_dict("records"):
+        assert f"{s['mean_pct']:+.1f} %" in out["primary"].answer
+        assert f"over {s['n']} prompts" in out["primary"].answer
+    h1 = computed["H1"].facts
+    assert f"{h1['reversals']} of {h1['runs']} runs" in out["H1"].answer
+    deg = computed["degeneracy"].facts
+    assert f"{deg['excluded']} of {deg['runs']} runs" in out["degeneracy"].answer
+    assert deg["runs"] == len(res.cells())
+    assert deg["excluded"] == int(res.cells()["excluded"].sum())
 
 
 class _StrictHTML(HTMLParser):

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 
-import attnvar
-import attnvar.metrics as am
 import numpy as np
 import pytest
 import torch
+
+import attnvar
+import attnvar.metrics as am
 
 PROMPT = "The cat sat on the"
 STEPS = [[" mat", " floor"], [" and"], [" the", " a"], [" dog"], [" was", " is"], [" very"],

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from metrics_toy import toy_view
+
 from attnvar.metrics import count_pairs, score_contrast
 from attnvar.metrics.contrast import distance_levels
 from attnvar.metrics.fixed_effects import fit_within_query, mean_over_heads_se
-from metrics_toy import toy_view
 
 
 def test_cluster_influence_equals_statsmodels_cluster_robust_ols():

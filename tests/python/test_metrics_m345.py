@@ -7,11 +7,12 @@ from __future__ import annotations
 import itertools
 import math
 
-import attnvar
-import attnvar.metrics as am
 import numpy as np
 import pytest
 import torch
+
+import attnvar
+import attnvar.metrics as am
 from attnvar import _core
 from attnvar.model import Model
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import math
 
-import attnvar.metrics as am
 import numpy as np
 import pytest
 from metrics_toy import toy_view
+
+import attnvar.metrics as am
 
 
 def prompt_estimate(df, metric, variant):

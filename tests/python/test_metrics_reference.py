@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 
-import attnvar.metrics as am
 import numpy as np
 import pytest
 import torch
-from attnvar.metrics.counting import Sinks
 from metrics_toy import toy_view
+
+import attnvar.metrics as am
+from attnvar.metrics.counting import Sinks
 
 
 def prompt_row(df, metric, variant, term="parallel"):

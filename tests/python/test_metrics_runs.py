@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 
-import attnvar
-import attnvar.metrics as am
 import numpy as np
 import pytest
 import torch
+
+import attnvar
+import attnvar.metrics as am
 from attnvar.model import Model
 
 pytest.importorskip("transformers")

@@ -10,16 +10,17 @@ import sys
 from html.parser import HTMLParser
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 mpl = pytest.importorskip("matplotlib")
-import attnvar  # noqa: E402
-from attnvar import plots  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+import attnvar  # noqa: E402
+from attnvar import plots  # noqa: E402
 
 PROMPT = "The cat sat on the"
 STEPS = [[" mat", " floor"], [" and"], [" the"]]

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+
 from attnvar import predictability as P
-from attnvar.prompts import Prompt
 from attnvar.engine.records import tree_from_dict
+from attnvar.prompts import Prompt
 
 
 def linear_frame(seed: int, n: int = 400, beta=(1.0, 0.5, 0.0), noise_sd: float = 1.0):
@@ -243,10 +244,11 @@ def test_prompt_features_by_hand():
 
 def test_prompt_features_of_a_tiny_generated_run():
     pytest.importorskip("transformers")
-    import attnvar  # noqa: F401  (loads torch before the extension)
     import torch
-    from attnvar.model import Model
     from tiny_models import attnvar_model, tiny_hf_model
+
+    import attnvar  # noqa: F401  (loads torch before the extension)
+    from attnvar.model import Model
 
     model = Model(attnvar_model(tiny_hf_model("llama", seed=11)), None, {"note": "tiny"},
                   [2], "tiny", torch.float32)

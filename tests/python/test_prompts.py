@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+
 from attnvar import prompts as P
 from attnvar.prompts import Prompt
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from attnvar import _core
 
 safetensors_torch = pytest.importorskip("safetensors.torch")

@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from attnvar import stats as S
 from scipy import stats as sst
+
+from attnvar import stats as S
 
 # Six differences worked by hand. |d| ranks: 0.5→1, 1.0→2, 1.5→3, 2.0→4, 2.5→5, 3.5→6.
 # T⁺ = 3+4+5+6 = 18, T⁻ = 1+2 = 3, r_rb = (18−3)/21 = 0.7142857.

@@ -56,10 +56,11 @@ def test_study_writes_runs_tables_and_summary_and_resumes_without_redoing(bundle
 def test_sigkill_mid_study_then_rerun_loses_and_duplicates_nothing(bundled_path, tmp_path):
     interrupted, clean = tmp_path / "interrupted", tmp_path / "clean"
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from test_study import small_study, PROMPTS\n"
-        "small_study(%r, prompts=PROMPTS, max_steps=8).run(%r, progress=False)\n"
-    ) % (str(Path(__file__).parent), str(bundled_path), str(interrupted))
+        f"small_study({str(bundled_path)!r}, prompts=PROMPTS, max_steps=8)"
+        f".run({str(interrupted)!r}, progress=False)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
     deadline = time.time() + 120
     while time.time() < deadline and len(run_json_times(interrupted)) < 2:

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from attnvar import ConfigError, FormatError
-from attnvar._core import Tokenizer
 from tokenizer_oracles import (
     LLAMA3_SPLIT,
     QWEN2_SPLIT,
@@ -30,6 +28,9 @@ from tokenizer_oracles import (
 )
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
+
+from attnvar import ConfigError, FormatError
+from attnvar._core import Tokenizer
 
 BYTE_LEVEL_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>"]
 

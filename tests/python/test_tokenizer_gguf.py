@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from attnvar import ConfigError, FormatError
-from attnvar._core import Tokenizer
 from tokenizer_oracles import (
     BYTE,
     CONTROL,
@@ -35,6 +33,9 @@ from tokenizer_oracles import (
     write_gguf,
 )
 from tokenizers import Tokenizer as HFTokenizer
+
+from attnvar import ConfigError, FormatError
+from attnvar._core import Tokenizer
 
 BUNDLED = bundled_gguf_path()
 needs_bundled = pytest.mark.skipif(

@@ -5,11 +5,12 @@ score is -inf exactly where the engine hid the key."""
 
 from __future__ import annotations
 
-import attnvar
-import attnvar.metrics as am
 import numpy as np
 import pytest
 import torch
+
+import attnvar
+import attnvar.metrics as am
 from attnvar.engine import Model
 from attnvar.engine.run_store import EXTRAS_FILE
 from attnvar.engine.visibility import applied_visibility

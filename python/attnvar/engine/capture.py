@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 DEFAULT_MEMORY_BUDGET = 4 * 1024**3  # bytes of dense capture per run
 
@@ -61,7 +62,8 @@ class Capture:
         heads = num_heads if self.heads == "all" else len(self.heads)
         per = 2 if self.dtype == "float16" else 4
         fields = int(self.probabilities) + int(self.scores)
-        return layers * heads * num_slots * num_slots * per * fields + layers * heads * num_slots * 4
+        dense = layers * heads * num_slots * num_slots * per * fields
+        return dense + layers * heads * num_slots * 4  # value norms, f32
 
     def check_budget(self, num_layers: int, num_heads: int, num_slots: int) -> None:
         need = self.estimate_bytes(num_layers, num_heads, num_slots)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -120,7 +119,8 @@ class Model:
 
     def __repr__(self) -> str:
         return (f"Model({Path(self.path).name}, {self.identity.get('quantization')} "
-                f"{self.identity.get('note', '')}, layers={self.num_layers}, heads={self.num_heads})")
+                f"{self.identity.get('note', '')}, layers={self.num_layers}, "
+                f"heads={self.num_heads})")
 
     # ---- helpers ------------------------------------------------------------------------
     def _require_tokenizer(self):
@@ -153,7 +153,8 @@ class Model:
             return {i: f"<{i}>" for i in ids}
         return {i: self.tokenizer.piece(i) for i in ids}
 
-    def _capture_kwargs(self, capture: Capture | None, max_slots: int) -> tuple[dict, list, list | None]:
+    def _capture_kwargs(self, capture: Capture | None, max_slots: int
+                        ) -> tuple[dict, list, list | None]:
         if capture is None:
             return {"capture": False}, [], None
         if not isinstance(capture, Capture):
@@ -161,9 +162,9 @@ class Model:
         capture.check_budget(self.num_layers, self.num_heads, max_slots)
         kw = capture.kwargs()
         layers = kw["layers"] if kw["layers"] is not None else list(range(self.num_layers))
-        for l in layers:
-            if l >= self.num_layers:
-                raise ValueError(f"Capture.layers: layer {l} outside [0, {self.num_layers})")
+        for layer in layers:
+            if layer >= self.num_layers:
+                raise ValueError(f"Capture.layers: layer {layer} outside [0, {self.num_layers})")
         if kw["heads"] is not None:
             for h in kw["heads"]:
                 if h >= self.num_heads:
@@ -283,7 +284,8 @@ class Model:
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
         if int(max_steps) < 0:
             raise ValueError(f"max_steps must be ≥ 0, got {max_steps}")
-        ids = self.encode(prompt, add_bos=True if self.tokenizer and self.tokenizer.bos_id is not None else None)
+        has_bos = self.tokenizer is not None and self.tokenizer.bos_id is not None
+        ids = self.encode(prompt, add_bos=True if has_bos else None)
         kw, layers, heads = self._capture_kwargs(capture, len(ids) + max_steps + 1)
         res = _core.generate_tempo2025(self.core, ids, threshold=float(threshold),
                                        max_steps=int(max_steps),

@@ -94,7 +94,8 @@ class Run:
     @property
     def text(self) -> str:
         """The top path: the prompt and every set's rank-0 member."""
-        return self.prompt_text + "".join(self.pieces[s.members[0].token_id] for s in self.tree.steps)
+        return self.prompt_text + "".join(self.pieces[s.members[0].token_id]
+                                          for s in self.tree.steps)
 
     @property
     def entropies(self) -> list[float]:
@@ -190,7 +191,8 @@ class Run:
         layer_ids = np.array(self.capture_layers)
         head_ids = np.array(self.capture_heads if self.capture_heads is not None
                             else range(dense.shape[1]))
-        li = np.arange(len(layer_ids)) if layers is None else np.flatnonzero(np.isin(layer_ids, layers))
+        li = (np.arange(len(layer_ids)) if layers is None
+              else np.flatnonzero(np.isin(layer_ids, layers)))
         hi = np.arange(len(head_ids)) if heads is None else np.flatnonzero(np.isin(head_ids, heads))
         sub = dense[li][:, hi].numpy()
         n = self.num_slots
@@ -228,7 +230,8 @@ class Run:
                 parts.append(ps[0])
             else:
                 members = "/".join(
-                    f'<span title="p={m.probability:.3f}">{p}</span>' for p, m in zip(ps, step.members)
+                    f'<span title="p={m.probability:.3f}">{p}</span>'
+                    for p, m in zip(ps, step.members, strict=True)
                 )
                 parts.append(
                     '<span style="background:#fde68a;border-radius:3px;padding:0 2px">'
@@ -238,10 +241,12 @@ class Run:
         head = (f"<div style='font-size:smaller;color:#555'>attnvar {self.kind} · "
                 f"{self.encoding} · {len(self.tree.steps)} steps · {width} parallel · "
                 f"stop: {self.stop_reason}</div>")
-        return head + "<div style='white-space:pre-wrap;font-family:monospace'>" + "".join(parts) + "</div>"
+        return (head + "<div style='white-space:pre-wrap;font-family:monospace'>"
+                + "".join(parts) + "</div>")
 
     def __repr__(self) -> str:
-        return f"Run(kind={self.kind!r}, encoding={self.encoding!r}, slots={self.num_slots}, text={self.bracketed!r})"
+        return (f"Run(kind={self.kind!r}, encoding={self.encoding!r}, "
+                f"slots={self.num_slots}, text={self.bracketed!r})")
 
     # ---- persistence (run_store.py) --------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .. import _core
 
@@ -11,7 +11,8 @@ def piece_to_id(tokenizer, piece: str | int) -> int:
     """The id of one member given as an id or as its piece text (leading space included)."""
     if isinstance(piece, int):
         if not 0 <= piece < tokenizer.vocab_size:
-            raise ValueError(f"token id {piece} is outside the vocabulary [0, {tokenizer.vocab_size})")
+            raise ValueError(
+                f"token id {piece} is outside the vocabulary [0, {tokenizer.vocab_size})")
         return piece
     ids = tokenizer.encode(piece, add_special=False)
     if len(ids) != 1:

@@ -46,7 +46,8 @@ def run_cell(model, study: Study, cell: Cell, prompt, runs_dir: Path) -> int:
     """Generate (unless done) and replay (each missing encoding); returns steps generated."""
     key = cell.key(model.identity["sha256"])
     gen_dir = runs_dir / key
-    missing = [e for e in study.replays if not (runs_dir / replay_key(key, e) / "run.json").exists()]
+    missing = [e for e in study.replays
+               if not (runs_dir / replay_key(key, e) / "run.json").exists()]
     run = None
     if not (gen_dir / "run.json").exists():
         run = model.generate(cell.prompt_text, threshold=cell.threshold, max_steps=cell.max_steps,

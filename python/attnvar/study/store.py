@@ -45,10 +45,6 @@ class Cell:
 
 
 def replay_key(cell_key: str, encoding: str) -> str:
-    return hashlib.sha256(f"{cell_key}/{encoding}".encode()).hexdigest()[:16]
-
-
-def replay_key(cell_key: str, encoding: str) -> str:
     """The key of the replay of cell ``cell_key``'s tree under ``encoding``."""
     return hashlib.sha256(f"{cell_key}/{encoding}".encode()).hexdigest()[:16]
 

@@ -109,7 +109,6 @@ class CaptureView:
         included.
         """
         slots = run.slots
-        n = run.num_slots
         scores = _captured(run, "scores")
         attention = _captured(run, "attention")
         visibility = np.asarray(run.visibility, dtype=bool)  # what the engine applied
