@@ -84,13 +84,13 @@ def tempo_legacy_reduction(run) -> float:
     """TEMPO_REFERENCE.md's metric written from its description, on the preset's passes:
     rebuild every step's accumulated matrix (S_i = P + 1 + i rows), average over layers
     and heads, pool rows ≥ P and keys P ≤ c < row, label a key parallel when its index is
-    a recorded printed index (first member of a set of k ≥ 2)."""
+    a recorded printed index (every member of a set of k ≥ 2: L_t … L_t + k_t − 1)."""
     P = len(run.tree.prompt)
     widths = [len(s.members) for s in run.tree.steps]
     printed, recorded = P, set()
     for k in widths:
         if k >= 2:
-            recorded.add(printed)
+            recorded.update(range(printed, printed + k))
         printed += k
     L = len(run.passes[0].attention)
     H = run.passes[0].attention[0].shape[0]

@@ -317,3 +317,16 @@ def test_sign_convention_of_the_tables():
     row = am.frames.record(metric="M0", variant="legacy", layer=-1, head=-1, estimate=-12.1,
                            scale="percent")
     assert row["effect_pct"] == -12.1 and row["ratio"] == pytest.approx(1.121)
+
+
+def test_m0_compat_labels_are_every_recorded_member_printed_index():
+    """The prototype recorded every member's printed index L_t … L_t + k_t − 1 of each set
+    with k ≥ 2 and labelled them all; a key is parallel when its slot index is one."""
+    from types import SimpleNamespace
+
+    # P = 3; widths 2, 1, 3 → printed starts 3, 5, 6; recorded {3, 4, 6, 7, 8}.
+    view = SimpleNamespace(kind="tempo-2025", printed_set_starts=[3, 5, 6],
+                           set_widths=[2, 1, 3], num_slots=9)
+    assert am.legacy.recorded_printed_indices(view) == [3, 4, 6, 7, 8]
+    assert am.legacy.legacy_labels(view).tolist() == [False] * 3 + [True, True, False,
+                                                                     True, True, True]

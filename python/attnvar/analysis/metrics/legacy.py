@@ -10,8 +10,9 @@ count; a row of step t is visited once per matrix from step t on. Reduction % =
 (mean non-parallel − mean parallel) / mean non-parallel × 100, positive = parallel less.
 
 Labels: on compat runs a key is "parallel" when its *slot* index equals a recorded
-*printed* index (the first member of a set with k ≥ 2) — the prototype's mismatch; on
-other runs, the slot's own label.
+*printed* index — every member's, L_t … L_t + k_t − 1, of every set with k_t ≥ 2, as
+the prototype recorded and labelled them — the prototype's mismatch of index spaces; on
+other runs, the slot's own label (every member of a set of k ≥ 2).
 
 ``corrected=True`` keeps the formula (a ratio of mean weights) but counts pairs by the
 counting rules (each once, masked pairs out, later-step queries only, sinks out) with
@@ -31,13 +32,18 @@ from .frames import ALL, block, frame
 
 
 def legacy_labels(view) -> np.ndarray:
-    """[N] bool: the prototype's labels on compat runs (slot index ∈ recorded printed
-    indices), the slots' own labels otherwise."""
+    """[N] bool: the prototype's labels on compat runs (slot index ∈ the recorded printed
+    indices: every member of every set with k ≥ 2), the slots' own labels otherwise."""
     if view.kind != "tempo-2025":
         return view.is_parallel.copy()
-    recorded = {start for start, k in zip(view.printed_set_starts, view.set_widths, strict=True)
-                if k >= 2}
-    return np.isin(np.arange(view.num_slots), sorted(recorded))
+    return np.isin(np.arange(view.num_slots), recorded_printed_indices(view))
+
+
+def recorded_printed_indices(view) -> list[int]:
+    """The printed-sequence indices the prototype recorded as parallel on a compat run:
+    L_t, L_t + 1, …, L_t + k_t − 1 for every set S_t with k_t ≥ 2."""
+    return [start + m for start, k in zip(view.printed_set_starts, view.set_widths, strict=True)
+            if k >= 2 for m in range(k)]
 
 
 def row_multiplicity(view) -> np.ndarray:
