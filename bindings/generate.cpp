@@ -219,8 +219,8 @@ void bind_generate(py::module_& m) {
   m.def(
       "generate_tempo2025",
       [](const LlamaModel& model, const std::vector<int64_t>& prompt, double threshold,
-         int64_t max_steps, bool emulate_isolation_bug, const std::vector<int64_t>& eos_ids,
-         bool capture, std::optional<std::vector<int64_t>> layers,
+         int64_t max_steps, bool emulate_isolation_bug,
+         std::optional<std::vector<int64_t>> eos_ids, bool capture, std::optional<std::vector<int64_t>> layers,
          std::optional<std::vector<int64_t>> heads, bool probabilities, bool scores,
          bool value_norms, const std::string& capture_dtype) {
         TempoOptions o;
@@ -235,8 +235,9 @@ void bind_generate(py::module_& m) {
       },
       py::arg("model"), py::arg("prompt"), py::arg("threshold") = 0.15,
       py::arg("max_steps") = 30, py::arg("emulate_isolation_bug") = false,
-      py::arg("eos_ids") = std::vector<int64_t>{}, ATTNVAR_CAPTURE_ARGS,
-      "The compat preset `tempo-2025` (the prototype's bookkeeping, not the mechanism).");
+      py::arg("eos_ids") = py::none(), ATTNVAR_CAPTURE_ARGS,
+      "The compat preset `tempo-2025` (the prototype's bookkeeping, not the mechanism). "
+      "eos_ids: None = the model config's; [] = never stop on EOS.");
 }
 
 }  // namespace attnvar::python

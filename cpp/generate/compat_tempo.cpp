@@ -51,7 +51,13 @@ GenerationResult generate_tempo2025(const LlamaModel& model, const std::vector<i
       throw ConfigError(fmt::format("tempo-2025: prompt token {} is outside the vocabulary", id));
     }
   }
-  const std::vector<int64_t> eos = o.eos_ids.empty() ? cfg.eos_token_ids : o.eos_ids;
+  const std::vector<int64_t> eos = o.eos_ids ? *o.eos_ids : cfg.eos_token_ids;
+  for (int64_t id : eos) {
+    if (id < 0 || id >= cfg.vocab_size) {
+      throw ConfigError(fmt::format("tempo-2025: eos id {} is outside the vocabulary [0, {})",
+                                    id, cfg.vocab_size));
+    }
+  }
   auto is_eos = [&](int64_t id) { return std::find(eos.begin(), eos.end(), id) != eos.end(); };
   auto longs = at::TensorOptions().dtype(at::kLong);
   auto dbl = at::TensorOptions().dtype(at::kDouble);

@@ -31,6 +31,10 @@ def _ints(text: str) -> list[int]:
             f"expected comma-separated integers, got {text!r}") from None
 
 
+def _id_list_or_none(text: str) -> list[int]:
+    return [] if text.strip().lower() == "none" else _ints(text)
+
+
 def _words(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -56,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--stop-on", default="any_eos", help="any_eos | top_eos")
     g.add_argument("--preset", choices=["tempo-2025"], help="run the compat preset instead")
+    g.add_argument("--emulate-isolation-bug", action="store_true",
+                   help="tempo-2025: the prototype's isolated mode (its misplaced mask)")
+    g.add_argument("--bos", choices=["model", "on", "off"], default="model",
+                   help="tempo-2025: BOS as the model's tokenizer has it, or as the "
+                        "prototype's tokenizer says (on/off)")
+    g.add_argument("--eos-ids", type=_id_list_or_none, default=None,
+                   help="tempo-2025: comma-separated ids that stop the run ('none': never "
+                        "stop on EOS); default the model's")
     g.add_argument("--save", help="save the run (with capture) to this directory")
 
     r = sub.add_parser("replay", help="replay a saved run's tree under another encoding")
@@ -112,9 +124,16 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_generate(a) -> int:
     model = load_model(a.model, device=a.device)
     capture = Capture(scores=True) if a.save else None
+    compat_only = [flag for flag, used in (("--emulate-isolation-bug", a.emulate_isolation_bug),
+                                           ("--bos", a.bos != "model"),
+                                           ("--eos-ids", a.eos_ids is not None)) if used]
+    if a.preset != "tempo-2025" and compat_only:
+        raise ValueError(f"{', '.join(compat_only)}: only with --preset tempo-2025")
     if a.preset == "tempo-2025":
         run = model.tempo2025(a.prompt, threshold=a.threshold, max_steps=a.max_steps,
-                              capture=capture)
+                              emulate_isolation_bug=a.emulate_isolation_bug, capture=capture,
+                              add_bos={"model": None, "on": True, "off": False}[a.bos],
+                              eos_ids=a.eos_ids)
     else:
         run = model.generate(a.prompt, threshold=a.threshold, max_steps=a.max_steps, mode=a.mode,
                              policy=a.policy, max_width=a.max_width, temperature=a.temperature,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import operator
 import os
 import shutil
 from collections.abc import Sequence
@@ -72,6 +73,21 @@ def load_model(
     loaded = _core.load_model(str(path), dtype, str(device))
     return Model(loaded["model"], loaded["tokenizer"], loaded["identity"], loaded["eos_ids"],
                  str(path), dtype)
+
+
+def _id_list(name: str, ids: Sequence[int]) -> list[int]:
+    """``ids`` as a list of ints, or a ValueError naming the option."""
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+        raise ValueError(f"{name} must be a list of token ids, got {ids!r}")
+    out = []
+    for i in ids:
+        try:
+            if isinstance(i, bool):
+                raise TypeError
+            out.append(operator.index(i))
+        except TypeError:
+            raise ValueError(f"{name}: {i!r} is not a token id") from None
+    return out
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -276,24 +292,40 @@ class Model:
         max_steps: int = 30,
         emulate_isolation_bug: bool = False,
         capture: Capture | None = None,
+        add_bos: bool | None = None,
+        eos_ids: Sequence[int] | None = None,
     ) -> Run:
-        """The compat preset ``tempo-2025`` (TEMPO_REFERENCE.md): BOS on, the last prompt
-        token duplicated in slot P, only the last member of each set fed, sequential
-        positions. For explaining the prototype's numbers, not for answering."""
+        """The compat preset ``tempo-2025`` (docs/generation.md): the last prompt token
+        duplicated in slot P, only the last member of each set fed, sequential positions.
+        For explaining the prototype's numbers, not for answering.
+
+        ``add_bos``: None prepends BOS to a text prompt whenever the tokenizer has one (the
+        prototype's usual setting); True/False follow the prototype's tokenizer when its
+        ``add_bos_token`` differs from the model file's. Applies to text prompts only.
+        ``eos_ids``: the ids that stop the run when any member of a set is one; None =
+        the model's (``model.eos_ids``), ``[]`` = never stop on EOS (a prototype whose
+        tokenizer has no eos id)."""
         if not 0 < threshold <= 1:
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
         if int(max_steps) < 0:
             raise ValueError(f"max_steps must be ≥ 0, got {max_steps}")
-        has_bos = self.tokenizer is not None and self.tokenizer.bos_id is not None
-        ids = self.encode(prompt, add_bos=True if has_bos else None)
+        if add_bos is not None and not isinstance(prompt, str):
+            raise ValueError("tempo2025: add_bos applies to text prompts; a prompt given as "
+                             "ids is used as it is (prepend the BOS id yourself)")
+        if add_bos is None:
+            add_bos = (isinstance(prompt, str) and self.tokenizer is not None
+                       and self.tokenizer.bos_id is not None)
+        ids = self.encode(prompt, add_bos=add_bos if isinstance(prompt, str) else None)
+        eos = list(self.eos_ids) if eos_ids is None else _id_list("eos_ids", eos_ids)
         kw, layers, heads = self._capture_kwargs(capture, len(ids) + max_steps + 1)
         res = _core.generate_tempo2025(self.core, ids, threshold=float(threshold),
                                        max_steps=int(max_steps),
                                        emulate_isolation_bug=emulate_isolation_bug,
-                                       eos_ids=self.eos_ids, **kw)
+                                       eos_ids=eos, **kw)
         options = dict(prompt_text=prompt if isinstance(prompt, str) else None,
                        threshold=threshold, max_steps=max_steps,
-                       emulate_isolation_bug=emulate_isolation_bug, preset="tempo-2025")
+                       emulate_isolation_bug=emulate_isolation_bug, preset="tempo-2025",
+                       add_bos=add_bos if isinstance(prompt, str) else None, eos_ids=eos)
         n = len(res.slots)
         return self._run("tempo-2025", "tempo-2025", res, options, layers, heads,
                          visibility=tempo2025_visibility(res.tree, n, emulate_isolation_bug))

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "attnvar/capture/capture_spec.h"
@@ -28,7 +29,10 @@ struct TempoOptions {
   double threshold = 0.15;
   int64_t max_steps = 30;
   bool emulate_isolation_bug = false;
-  std::vector<int64_t> eos_ids;  // empty: the model config's eos ids
+  // Ids that stop generation when any member of a set is one of them. nullopt: the model
+  // config's eos ids; an empty list: never stop on EOS (the prototype stops only on its
+  // tokenizer's eos id, which an HF directory may lack or set differently).
+  std::optional<std::vector<int64_t>> eos_ids;
   CaptureSpec capture;
 };
 
