@@ -19,9 +19,12 @@ if [[ ! -f "$BUILD/build.ninja" ]]; then
     -DATTNVAR_BUILD_PYTHON=OFF -DATTNVAR_SANITIZE=address,undefined \
     -DPython_EXECUTABLE="$(command -v "${PYTHON:-python3}")" >/dev/null
 fi
-cmake --build "$BUILD" -j"$(nproc)" --target attnvar_tests
+# The tests and the examples (ctest runs examples/generate_parallel on the default model).
+cmake --build "$BUILD" -j"$(nproc)" --target attnvar_tests generate_parallel
 # Guard against a silently uninstrumented build.
-ldd "$BUILD/tests/cpp/attnvar_tests" | grep -q libasan || { echo "attnvar_tests lacks ASan"; exit 1; }
-ldd "$BUILD/tests/cpp/attnvar_tests" | grep -q libubsan || { echo "attnvar_tests lacks UBSan"; exit 1; }
+for bin in tests/cpp/attnvar_tests examples/generate_parallel; do
+  ldd "$BUILD/$bin" | grep -q libasan || { echo "$bin lacks ASan"; exit 1; }
+  ldd "$BUILD/$bin" | grep -q libubsan || { echo "$bin lacks UBSan"; exit 1; }
+done
 echo "== C++ tests under ASan+UBSan ($BUILD)"
 (cd "$BUILD" && ctest --output-on-failure -j2)

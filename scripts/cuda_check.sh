@@ -13,7 +13,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-DEPS=(libeigen3-dev nlohmann-json3-dev libpcre2-dev libpcre2-8-0)
+DEPS=(nlohmann-json3-dev libpcre2-dev libpcre2-8-0)
 if [[ "${1:-}" == "--fetch-deps" ]]; then
   mkdir -p .deps && cd .deps && rm -f ./*.deb && apt-get download "${DEPS[@]}" && ls -l
   exit

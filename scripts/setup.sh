@@ -7,8 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-apt_pkgs=(cmake ninja-build g++ ccache pkg-config catch2 libeigen3-dev libpcre2-dev
-          nlohmann-json3-dev)
+apt_pkgs=(cmake ninja-build g++ ccache pkg-config catch2 libpcre2-dev nlohmann-json3-dev)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,43 @@
+# cmake -DEXPECT=<regex> -P expect_output.cmake <program> [arguments...]
+# A ctest check that needs both: the program exits 0 AND a line of its standard output
+# matches EXPECT (CMake regex). ctest's PASS_REGULAR_EXPRESSION alone ignores the exit
+# status, so a run that printed the line and then failed would pass. The program's output
+# is echoed either way, for `ctest --output-on-failure`.
+set(command)
+set(after_script -1)
+math(EXPR last "${CMAKE_ARGC} - 1")
+foreach(i RANGE ${last})
+  if(after_script EQUAL 1)
+    list(APPEND command "${CMAKE_ARGV${i}}")
+  elseif(after_script EQUAL 0)
+    set(after_script 1)  # CMAKE_ARGV${i} is this script
+  elseif(CMAKE_ARGV${i} STREQUAL "-P")
+    set(after_script 0)
+  endif()
+endforeach()
+if(NOT command OR NOT DEFINED EXPECT)
+  message(FATAL_ERROR "usage: cmake -DEXPECT=<regex> -P expect_output.cmake <program> [args...]")
+endif()
+
+execute_process(COMMAND ${command} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+message("${out}${err}")
+if(NOT rc STREQUAL "0")
+  message(FATAL_ERROR "FAILED: the program exited with ${rc}")
+endif()
+set(rest "${out}")
+while(NOT rest STREQUAL "")
+  string(FIND "${rest}" "\n" nl)
+  if(nl EQUAL -1)
+    set(line "${rest}")
+    set(rest "")
+  else()
+    string(SUBSTRING "${rest}" 0 ${nl} line)
+    math(EXPR nl "${nl} + 1")
+    string(SUBSTRING "${rest}" ${nl} -1 rest)
+  endif()
+  if(line MATCHES "${EXPECT}")
+    message("PASSED: this line matches ${EXPECT}:\n${line}")
+    return()
+  endif()
+endwhile()
+message(FATAL_ERROR "FAILED: no line of the output matches ${EXPECT}")

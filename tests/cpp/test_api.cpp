@@ -1,0 +1,135 @@
+// The entry header attnvar/attnvar.h: its version macros, the text formatters and the thin
+// LoadedModel conveniences it adds over the area headers.
+#include "attnvar/attnvar.h"
+
+#include <string>
+
+#include "attnvar/tokenizer/byte_level.h"
+#include "catch_compat.h"
+#include "tiny_model.h"
+
+using namespace attnvar;
+
+namespace {
+
+constexpr int32_t kBos = 256;
+
+// A byte-level tokenizer without merges: id b < 256 is the byte b, id 256 is "<s>" (BOS,
+// special), added before the text when with_bos.
+Tokenizer byte_tokenizer(bool with_bos) {
+  TokenizerParts p;
+  p.origin = "bytes";
+  p.family = TokenizerFamily::kByteLevelBpe;
+  p.bpe.byte_level = true;
+  for (int b = 0; b < 256; ++b) {
+    p.vocab.push_back({byte_level::to_spelling(std::string(1, static_cast<char>(b))), b});
+  }
+  p.decoder = std::make_unique<ByteLevelDecoder>();
+  if (with_bos) {
+    AddedToken bos;
+    bos.id = kBos;
+    bos.content = "<s>";
+    bos.special = true;
+    p.added_tokens.push_back(bos);
+    p.bos_id = kBos;
+    p.prefix_ids = {kBos};
+  }
+  return Tokenizer(std::move(p));
+}
+
+int64_t byte(char c) { return static_cast<unsigned char>(c); }
+
+}  // namespace
+
+TEST_CASE("version macros come from the project version and match the library", "[api]") {
+  CHECK(std::string(ATTNVAR_VERSION_STRING) == ATTNVAR_TEST_PROJECT_VERSION);
+  CHECK(std::string(ATTNVAR_VERSION_STRING) == std::to_string(ATTNVAR_VERSION_MAJOR) + "." +
+                                                   std::to_string(ATTNVAR_VERSION_MINOR) + "." +
+                                                   std::to_string(ATTNVAR_VERSION_PATCH));
+  CHECK(ATTNVAR_VERSION_NUMBER ==
+        ATTNVAR_VERSION_MAJOR * 10000 + ATTNVAR_VERSION_MINOR * 100 + ATTNVAR_VERSION_PATCH);
+  CHECK(version_number() == ATTNVAR_VERSION_NUMBER);
+  CHECK(std::string(version_string()) == ATTNVAR_VERSION_STRING);
+}
+
+TEST_CASE("bracketed_text brackets sets of two or more, without the BOS", "[api]") {
+  const Tokenizer tok = byte_tokenizer(true);
+  // "The" + " " + [c/d] + "a" + [x/y/z]; the last set's members include an EOS.
+  const Tree tree = Tree::build({kBos, byte('T'), byte('h'), byte('e')},
+                                {{byte(' ')}, {byte('c'), byte('d')}, {byte('a')},
+                                 {byte('x'), byte('y'), byte('z')}},
+                                {byte('z')});
+  CHECK(bracketed_text(tree, tok) == "The [c/d]a[x/y/z]");
+  CHECK(top_path_text(tree, tok) == "The cax");
+  // No BOS in front: the whole prompt is shown; a prompt BOS elsewhere shows its text.
+  const Tree plain = Tree::build({byte('H'), kBos}, {{byte('!'), byte('?')}});
+  CHECK(bracketed_text(plain, tok) == "H<s>[!/?]");
+  CHECK(bracketed_text(Tree::build({byte('H')}, {{byte('!'), byte('?')}}), byte_tokenizer(false)) ==
+        "H[!/?]");
+  // Ids the tokenizer has no token for.
+  CHECK_THROWS_AS(bracketed_text(Tree::build({byte('a')}, {{300}}), tok), ConfigError);
+  CHECK_THROWS_AS(top_path_text(Tree::build({int64_t{1} << 40}, {}), tok), ConfigError);
+}
+
+TEST_CASE("encode_prompt widens the tokenizer's ids and refuses what cannot be a prompt",
+          "[api]") {
+  LoadedModel model;
+  model.identity.path = "no_tokenizer";
+  CHECK_THROWS_AS(encode_prompt(model, "x"), ConfigError);
+  model.tokenizer = std::make_unique<Tokenizer>(byte_tokenizer(true));
+  CHECK(encode_prompt(model, "Hi") == std::vector<int64_t>{kBos, byte('H'), byte('i')});
+  CHECK(encode_prompt(model, "Hi", false) == std::vector<int64_t>{byte('H'), byte('i')});
+  CHECK_THROWS_AS(encode_prompt(model, "", false), ConfigError);
+}
+
+TEST_CASE("generate and replay on a LoadedModel equal the decoder calls, eos from the model",
+          "[api]") {
+  LoadedModel model;
+  model.decoder = std::make_unique<LlamaModel>(testing::tiny_model());
+  model.tokenizer = std::make_unique<Tokenizer>(byte_tokenizer(false));
+  const std::string text = "!#%";  // printable ASCII is spelled as itself: ids 33, 35, 37
+  const std::vector<int64_t> ids = {byte('!'), byte('#'), byte('%')};
+
+  GenerateOptions options;
+  options.threshold = 0.05;
+  options.max_steps = 4;
+  // Every id of the tiny vocabulary but one is EOS: the first set must contain one.
+  for (int64_t id = 0; id < 50; ++id) {
+    if (id != 5) model.eos_ids.push_back(id);
+  }
+  const GenerationResult via_model = generate(model, text, options);
+  GenerateOptions with_eos = options;
+  with_eos.eos_ids = model.eos_ids;
+  const GenerationResult direct = generate(*model.decoder, ids, with_eos);
+  REQUIRE(via_model.tree.prompt == ids);
+  REQUIRE(via_model.tree.num_steps() == direct.tree.num_steps());
+  for (int64_t t = 0; t < direct.tree.num_steps(); ++t) {
+    const auto& a = via_model.tree.steps[t].members;
+    const auto& b = direct.tree.steps[t].members;
+    REQUIRE(a.size() == b.size());
+    for (size_t r = 0; r < a.size(); ++r) {
+      CHECK(a[r].token_id == b[r].token_id);
+      CHECK(a[r].is_eos == b[r].is_eos);
+    }
+  }
+  CHECK(via_model.stop_reason == "eos");  // an EOS from model.eos_ids, not the config's
+
+  // Caller's eos_ids win over the model's.
+  GenerateOptions none_eos = options;
+  none_eos.eos_ids = {49};
+  none_eos.max_steps = 2;
+  const GenerationResult own = generate(model, text, none_eos);
+  for (const auto& step : own.tree.steps) {
+    for (const auto& m : step.members) CHECK(m.is_eos == (m.token_id == 49));
+  }
+
+  ReplayOptions ro;
+  ro.encoding = Encoding::kSerial;
+  const ReplayResult a = replay(model, direct.tree, ro);
+  const ReplayResult b = replay(*model.decoder, direct.tree, ro);
+  CHECK(a.logits.equal(b.logits));
+
+  LoadedModel moved = std::move(model);
+  CHECK_THROWS_AS(generate(model, text, options), Error);
+  CHECK_THROWS_AS(replay(model, direct.tree), Error);
+}
