@@ -82,6 +82,9 @@ void bind_generate(py::module_& m) {
       .def_readonly("passes", &GenerationResult::passes)
       .def_readonly("distributions", &GenerationResult::distributions)
       .def_readonly("stop_reason", &GenerationResult::stop_reason)
+      .def_readonly("visibility", &GenerationResult::visibility,
+                    "[N, N] bool: the mask each slot's query was given (filled by "
+                    "generate_tempo2025; None for generate()).")
       .def_readonly("prefill_seconds", &GenerationResult::prefill_seconds)
       .def_readonly("generate_seconds", &GenerationResult::generate_seconds)
       .def(
@@ -216,11 +219,16 @@ void bind_generate(py::module_& m) {
   m.def("printed_set_starts", &printed_set_starts, py::arg("tree"),
         "Printed-sequence index of each set's first member (compat bookkeeping).");
   m.def("tempo_bug_visibility", &tempo_bug_visibility, py::arg("tree"), py::arg("query_slot"));
+  m.def("tempo_leak_mask", &tempo_leak_mask, py::arg("tree"),
+        "[S, S] bool mask a finished isolated-mode compat run leaves behind (the stale-mask "
+        "leak): causal plus holes between members of S_0 .. S_{T-2}, S = P + sum of their "
+        "sizes, in printed-index space.");
   m.def(
       "generate_tempo2025",
       [](const LlamaModel& model, const std::vector<int64_t>& prompt, double threshold,
          int64_t max_steps, bool emulate_isolation_bug,
-         std::optional<std::vector<int64_t>> eos_ids, bool capture, std::optional<std::vector<int64_t>> layers,
+         std::optional<std::vector<int64_t>> eos_ids, std::vector<at::Tensor> leaked_masks,
+         bool capture, std::optional<std::vector<int64_t>> layers,
          std::optional<std::vector<int64_t>> heads, bool probabilities, bool scores,
          bool value_norms, const std::string& capture_dtype) {
         TempoOptions o;
@@ -228,6 +236,7 @@ void bind_generate(py::module_& m) {
         o.max_steps = max_steps;
         o.emulate_isolation_bug = emulate_isolation_bug;
         o.eos_ids = eos_ids;
+        o.leaked_masks = std::move(leaked_masks);
         o.capture = capture_spec(capture, layers, heads, probabilities, scores, value_norms,
                                  capture_dtype);
         py::gil_scoped_release release;
@@ -235,9 +244,12 @@ void bind_generate(py::module_& m) {
       },
       py::arg("model"), py::arg("prompt"), py::arg("threshold") = 0.15,
       py::arg("max_steps") = 30, py::arg("emulate_isolation_bug") = false,
-      py::arg("eos_ids") = py::none(), ATTNVAR_CAPTURE_ARGS,
+      py::arg("eos_ids") = py::none(), py::arg("leaked_masks") = std::vector<at::Tensor>{},
+      ATTNVAR_CAPTURE_ARGS,
       "The compat preset `tempo-2025` (the prototype's bookkeeping, not the mechanism). "
-      "eos_ids: None = the model config's; [] = never stop on EOS.");
+      "eos_ids: None = the model config's; [] = never stop on EOS. leaked_masks: the "
+      "tempo_leak_mask of every earlier isolated-mode run of the emulated process, oldest "
+      "first; [] = a clean start.");
 }
 
 }  // namespace attnvar::python

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <string>
 
 #include "attnvar/error.h"
 #include "attnvar/generate/next_step.h"
@@ -40,6 +41,60 @@ at::Tensor tempo_bug_visibility(const Tree& tree, int64_t query_slot) {
   return row;
 }
 
+at::Tensor tempo_leak_mask(const Tree& tree) {
+  if (tree.prompt.empty()) throw ConfigError("tempo_leak_mask: the tree has no prompt");
+  // Only S_0 … S_{T−2} were recorded when the last pass built its mask.
+  const size_t recorded = tree.steps.empty() ? 0 : tree.steps.size() - 1;
+  const auto starts = printed_set_starts(tree);
+  int64_t S = tree.prompt_length();
+  for (size_t t = 0; t < recorded; ++t) S += static_cast<int64_t>(tree.steps[t].members.size());
+  auto mask = at::ones({S, S}, at::TensorOptions().dtype(at::kBool)).tril();
+  for (size_t t = 0; t < recorded; ++t) {
+    const int64_t k = static_cast<int64_t>(tree.steps[t].members.size());
+    if (k < 2) continue;
+    // Within one set only the diagonal stays: causal already hides the upper part.
+    mask.narrow(0, starts[t], k).narrow(1, starts[t], k).copy_(
+        at::eye(k, at::TensorOptions().dtype(at::kBool)));
+  }
+  return mask;
+}
+
+namespace {
+
+std::vector<at::Tensor> checked_leaked_masks(const std::vector<at::Tensor>& masks) {
+  std::vector<at::Tensor> out;
+  for (size_t i = 0; i < masks.size(); ++i) {
+    const at::Tensor& m = masks[i];
+    auto bad = [&](const std::string& what) {
+      return ConfigError(fmt::format("tempo-2025: leaked mask {} {}", i, what));
+    };
+    if (!m.defined()) throw bad("is undefined");
+    if (m.dim() != 2) throw bad(fmt::format("must be 2-D, got {} dimensions", m.dim()));
+    if (m.size(0) != m.size(1)) {
+      throw bad(fmt::format("must be square, got {} x {}", m.size(0), m.size(1)));
+    }
+    if (m.scalar_type() != at::kBool) {
+      throw bad(fmt::format("must be bool (true = visible), got {}", c10::toString(m.scalar_type())));
+    }
+    if (m.size(0) == 0) throw bad("is empty (0 x 0)");
+    out.push_back(m.to(at::kCPU));
+  }
+  return out;
+}
+
+// ANDs into a pass's (T, W) visibility, whose first query sits at cache slot `first_slot`,
+// row clamp(first_slot, 0, S − 1) of every kept mask, over keys 0 … min(S, W) − 1.
+void apply_leaks(at::Tensor& vis, int64_t first_slot, const std::vector<at::Tensor>& masks) {
+  for (const auto& m : masks) {
+    const int64_t S = m.size(0);
+    const int64_t r = std::clamp<int64_t>(first_slot, 0, S - 1);
+    const int64_t keys = std::min(S, vis.size(1));
+    vis.narrow(1, 0, keys).logical_and_(m[r].narrow(0, 0, keys).unsqueeze(0));
+  }
+}
+
+}  // namespace
+
 GenerationResult generate_tempo2025(const LlamaModel& model, const std::vector<int64_t>& prompt,
                                     const TempoOptions& o, const InterruptCheck& interrupt) {
   const ModelConfig& cfg = model.config();
@@ -58,6 +113,7 @@ GenerationResult generate_tempo2025(const LlamaModel& model, const std::vector<i
                                     id, cfg.vocab_size));
     }
   }
+  const std::vector<at::Tensor> leaks = checked_leaked_masks(o.leaked_masks);
   auto is_eos = [&](int64_t id) { return std::find(eos.begin(), eos.end(), id) != eos.end(); };
   auto longs = at::TensorOptions().dtype(at::kLong);
   auto dbl = at::TensorOptions().dtype(at::kDouble);
@@ -71,8 +127,13 @@ GenerationResult generate_tempo2025(const LlamaModel& model, const std::vector<i
     if (o.capture.enabled) r.passes.push_back(PassCapture{step, first, 1, std::move(out.captures)});
   };
 
+  // Each pass's visibility as applied, kept for r.visibility: the prefill's block, then one
+  // row per fed slot.
+  std::vector<at::Tensor> applied;
   PassInput prefill{at::tensor(prompt, longs), at::arange(0, P, dbl), causal_visibility(P, 0)};
   prefill.last_logits_only = true;
+  apply_leaks(prefill.visibility, 0, leaks);
+  applied.push_back(prefill.visibility);
   auto pre = model.forward(cache, prefill, o.capture);
   if (o.capture.enabled) r.passes.push_back(PassCapture{-1, 0, P, std::move(pre.captures)});
   for (int64_t i = 0; i < P; ++i) r.slots.push_back(SlotRecord{prompt[i], double(i), -1, -1});
@@ -82,6 +143,8 @@ GenerationResult generate_tempo2025(const LlamaModel& model, const std::vector<i
     const int64_t slot = cache.size();
     auto vis = o.emulate_isolation_bug ? tempo_bug_visibility(r.tree, slot)
                                        : causal_visibility(1, slot);
+    apply_leaks(vis, slot, leaks);
+    applied.push_back(vis);
     PassInput in{at::tensor(std::vector<int64_t>{token}, longs),
                  at::full({1}, static_cast<double>(slot), dbl), vis};
     auto out = model.forward(cache, in, o.capture);
@@ -121,6 +184,14 @@ GenerationResult generate_tempo2025(const LlamaModel& model, const std::vector<i
     q = feed(cur.members[last].token_id, t, last);
   }
   r.generate_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  const int64_t N = static_cast<int64_t>(r.slots.size());
+  r.visibility = at::zeros({N, N}, at::TensorOptions().dtype(at::kBool));
+  int64_t row = 0;
+  for (const auto& v : applied) {
+    r.visibility.narrow(0, row, v.size(0)).narrow(1, 0, v.size(1)).copy_(v);
+    row += v.size(0);
+  }
   return r;
 }
 

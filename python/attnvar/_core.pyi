@@ -8,7 +8,7 @@ import typing
 
 import torch
 
-__all__: list[str] = ['AttnvarError', 'ConfigError', 'FormatError', 'GenerationResult', 'KVCache', 'LayerCapture', 'Layout', 'Member', 'Model', 'PassCapture', 'ReplayResult', 'SlotRecord', 'Tokenizer', 'Tree', 'TreeStep', 'causal_visibility', 'config_from_hf_json', 'encode', 'generate', 'generate_tempo2025', 'gguf_dequantize', 'gguf_metadata', 'gguf_tensor_infos', 'kernel_info', 'load_model', 'load_weights', 'next_distribution', 'printed_set_starts', 'project', 'replay', 'rope_apply', 'rope_inv_freq', 'safetensors_read', 'select_set', 'set_visibility', 'tempo_bug_visibility']
+__all__: list[str] = ['AttnvarError', 'ConfigError', 'FormatError', 'GenerationResult', 'KVCache', 'LayerCapture', 'Layout', 'Member', 'Model', 'PassCapture', 'ReplayResult', 'SlotRecord', 'Tokenizer', 'Tree', 'TreeStep', 'causal_visibility', 'config_from_hf_json', 'encode', 'generate', 'generate_tempo2025', 'gguf_dequantize', 'gguf_metadata', 'gguf_tensor_infos', 'kernel_info', 'load_model', 'load_weights', 'next_distribution', 'printed_set_starts', 'project', 'replay', 'rope_apply', 'rope_inv_freq', 'safetensors_read', 'select_set', 'set_visibility', 'tempo_bug_visibility', 'tempo_leak_mask']
 class AttnvarError(RuntimeError):
     pass
 class FormatError(ValueError):
@@ -46,7 +46,7 @@ class Model:
     A Llama-family decoder on LibTorch.
     """
     @staticmethod
-    def from_tensors(config_json: str, tensors: collections.abc.Mapping[str, torch.Tensor], dtype: torch.dtype = ..., origin: str = '<tensors>') -> Model:
+    def from_tensors(config_json: str, tensors: collections.abc.Mapping[str, torch.Tensor], dtype: torch.dtype = ..., origin: str = '<tensors>', device: str = 'cpu') -> Model:
         """
         Build from an HF config.json text and an HF-named state dict.
         """
@@ -56,6 +56,11 @@ class Model:
         """
     def new_cache(self, initial_capacity: typing.SupportsInt | typing.SupportsIndex = 256) -> KVCache:
         ...
+    @property
+    def device(self) -> str:
+        """
+        Where the weights and the KV cache live ('cpu', 'cuda:0').
+        """
     @property
     def num_heads(self) -> int:
         ...
@@ -289,6 +294,11 @@ class GenerationResult:
     @property
     def tree(self) -> Tree:
         ...
+    @property
+    def visibility(self) -> torch.Tensor:
+        """
+        [N, N] bool: the mask each slot's query was given (filled by generate_tempo2025; None for generate()).
+        """
 class Layout:
     """
     A tree laid out under an encoding.
@@ -344,9 +354,9 @@ def generate(model: Model, prompt: collections.abc.Sequence[typing.SupportsInt |
     """
     Parallel generation: every member of S_t fed in one pass at position P + t. With `sink`, each pass's capture is handed to sink(PassCapture) as it is computed and the result keeps none.
     """
-def generate_tempo2025(model: Model, prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], threshold: typing.SupportsFloat | typing.SupportsIndex = 0.15, max_steps: typing.SupportsInt | typing.SupportsIndex = 30, emulate_isolation_bug: bool = False, eos_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32') -> GenerationResult:
+def generate_tempo2025(model: Model, prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], threshold: typing.SupportsFloat | typing.SupportsIndex = 0.15, max_steps: typing.SupportsInt | typing.SupportsIndex = 30, emulate_isolation_bug: bool = False, eos_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, leaked_masks: collections.abc.Sequence[torch.Tensor] = [], capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32') -> GenerationResult:
     """
-    The compat preset `tempo-2025` (the prototype's bookkeeping, not the mechanism).
+    The compat preset `tempo-2025` (the prototype's bookkeeping, not the mechanism). eos_ids: None = the model config's; [] = never stop on EOS. leaked_masks: the tempo_leak_mask of every earlier isolated-mode run of the emulated process, oldest first; [] = a clean start.
     """
 def gguf_dequantize(path: str, name: str) -> torch.Tensor:
     """
@@ -364,9 +374,9 @@ def kernel_info() -> dict:
     """
     How the engine's own kernels run here: the projection kernel picked for this CPU and how many threads attnvar's parallel loops use now (torch.get_num_threads() when the build links torch's OpenMP runtime).
     """
-def load_model(path: str, dtype: torch.dtype = ...) -> dict:
+def load_model(path: str, dtype: torch.dtype = ..., device: str = 'cpu') -> dict:
     """
-    Load a .gguf file or an HF directory: {'model', 'tokenizer', 'identity', 'eos_ids'}.
+    Load a .gguf file or an HF directory onto a device ('cpu', 'cuda', 'cuda:1'): {'model', 'tokenizer', 'identity', 'eos_ids'}.
     """
 def load_weights(path: str, dtype: torch.dtype = ..., device: torch.device = ...) -> tuple[dict, dict, dict]:
     """
@@ -408,3 +418,7 @@ def set_visibility(num_members: typing.SupportsInt | typing.SupportsIndex, num_p
     """
 def tempo_bug_visibility(tree: Tree, query_slot: typing.SupportsInt | typing.SupportsIndex) -> torch.Tensor:
     ...
+def tempo_leak_mask(tree: Tree) -> torch.Tensor:
+    """
+    [S, S] bool mask a finished isolated-mode compat run leaves behind (the stale-mask leak): causal plus holes between members of S_0 .. S_{T-2}, S = P + sum of their sizes, in printed-index space.
+    """

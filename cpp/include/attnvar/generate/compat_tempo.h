@@ -14,6 +14,13 @@
 //    (causal, plus −∞ between different members of one recorded parallel set) and the row
 //    at the current *cache* index is applied to the query. Rows or columns beyond the
 //    printed sequence are causal.
+//  - stale-mask leak (several prompts in one process): every earlier isolated-mode run of the
+//    process left its last additive mask M_j ([S_j, S_j] over printed indices, see
+//    tempo_leak_mask) in a wrapper that stays in the attention chain. Each later forward pass
+//    (prefill included, either mode) takes row r = clamp(c, 0, S_j − 1) of every kept M_j,
+//    c being the cache slot of the pass's first query, and ANDs it into the visibility of
+//    every query of the pass over keys 0 … min(S_j, keys) − 1; keys ≥ S_j are untouched.
+//    A prefill (c = 0) thus sees only key 0 among keys < S_j. Visible-mode runs leave none.
 #pragma once
 
 #include <cstdint>
@@ -33,6 +40,10 @@ struct TempoOptions {
   // config's eos ids; an empty list: never stop on EOS (the prototype stops only on its
   // tokenizer's eos id, which an HF directory may lack or set differently).
   std::optional<std::vector<int64_t>> eos_ids;
+  // Masks left by earlier isolated-mode runs of the same emulated process, oldest first
+  // (tempo_leak_mask of each); each is a non-empty square 2-D bool tensor (true = visible),
+  // else ConfigError. Empty: the run starts clean, as in a fresh process.
+  std::vector<at::Tensor> leaked_masks;
   CaptureSpec capture;
 };
 
@@ -42,6 +53,14 @@ std::vector<int64_t> printed_set_starts(const Tree& tree);
 // Visibility row of the query at cache slot `query_slot` over slots [0, query_slot] under
 // the emulated isolation bug, given the sets chosen so far.
 at::Tensor tempo_bug_visibility(const Tree& tree, int64_t query_slot);
+
+// The mask a finished isolated-mode run leaves behind: the one of its last forward pass (the
+// pass that fed the last member of S_{T−2}, or the duplicate prompt token at slot P when
+// T ≤ 1), built before the final set was chosen. [S, S] bool (true = visible) with
+// S = P + Σ_{u<T−1} k_u: causal, and false between different members of one recorded set
+// S_0 … S_{T−2}, in printed-index space. T ≤ 1 gives plain causal [P, P]. ConfigError for
+// a tree without a prompt.
+at::Tensor tempo_leak_mask(const Tree& tree);
 
 GenerationResult generate_tempo2025(const LlamaModel& model, const std::vector<int64_t>& prompt,
                                     const TempoOptions& options,

@@ -49,6 +49,9 @@ struct GenerationResult {
   std::vector<PassCapture> passes;   // prefill, then one per fed set (when capturing)
   at::Tensor distributions;          // (steps, V) f32: q_t, if keep_distributions
   std::string stop_reason;           // "max_steps" | "eos"
+  // [N, N] bool: the mask each slot's query was given (filled by generate_tempo2025; empty
+  // for generate()).
+  at::Tensor visibility;
   double prefill_seconds = 0.0;
   double generate_seconds = 0.0;
 };
