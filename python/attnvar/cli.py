@@ -11,6 +11,7 @@ from pathlib import Path
 from .analysis import analyze_study
 from .engine import Capture, load_model, load_run
 from .report import write_report
+from .report.claims import write_findings
 from .study import Study, format_summary, prompts
 from .study.store import STUDY_FILE
 
@@ -88,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="θ values, comma-separated (default 0.1,0.2: a dose–response for H4)")
     s.add_argument("--modes", type=_words, default=["isolated", "visible"])
     s.add_argument("--policies", type=_words, default=["mixture"])
-    s.add_argument("--replays", type=_words, default=["serial", "top_only"])
+    s.add_argument("--replays", type=_words, default=None,
+                   help="encodings each tree is replayed under (default serial,top_only; "
+                        "none for --preset)")
     s.add_argument("--seeds", type=_ints, default=[0])
     s.add_argument("--sample", action="store_true")
     s.add_argument("--max-steps", type=int, default=20)
@@ -99,6 +102,16 @@ def _parser() -> argparse.ArgumentParser:
                         "all replays, 30 steps")
     s.add_argument("--model")
     s.add_argument("--device", help="cpu (default, or the study file's), cuda or cuda:N")
+    s.add_argument("--preset", choices=["tempo-2025"],
+                   help="run every cell with the compat preset (modes isolated/visible are "
+                        "the prototype's)")
+    s.add_argument("--bos", choices=["model", "on", "off"], default="model",
+                   help="--preset: BOS as the prototype's tokenizer has it")
+    s.add_argument("--eos-ids", type=_id_list_or_none, default=None,
+                   help="--preset: ids that stop a run ('none': never)")
+    s.add_argument("--emulate-mask-leak", action="store_true",
+                   help="--preset: each condition's prompts in order in one process, with "
+                        "the prototype's stale-mask leak (one worker)")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--no-report", action="store_true",
                    help="stop after the runs (default: analyse them and write the report)")
@@ -115,6 +128,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="do not apply the preregistered exclusion rule (a deviation)")
     h.add_argument("--no-predict", action="store_true", help="skip the predictability model")
     h.add_argument("--no-progress", action="store_true")
+
+    f = sub.add_parser("findings", help="explain the prototype's published claims on a model: "
+                                        "compat runs, the mechanism, the toy null → findings.md")
+    f.add_argument("--out", default="findings", help="results directory (default ./findings)")
+    f.add_argument("--model", help="GGUF file or HF directory (default: the bundled model)")
+    f.add_argument("--small", action="store_true",
+                   help="the same pipeline at a size that runs in a minute or two")
+    f.add_argument("--page", help="also write the page here (e.g. docs/findings.md)")
+    f.add_argument("--workers", type=int, default=1)
+    f.add_argument("--no-progress", action="store_true")
 
     i = sub.add_parser("inspect", help="describe a saved run or a model file")
     i.add_argument("path")
@@ -163,6 +186,12 @@ FULL_GRID = dict(thresholds=[0.05, 0.1, 0.15], modes=["isolated", "visible", "ca
 
 def _cmd_study(a) -> int:
     if a.config:
+        flags = [f for f, used in (("--preset", a.preset), ("--bos", a.bos != "model"),
+                                   ("--eos-ids", a.eos_ids is not None),
+                                   ("--emulate-mask-leak", a.emulate_mask_leak)) if used]
+        if flags:
+            raise ValueError(f"{', '.join(flags)}: with --config, set these in the study "
+                             "file (preset, add_bos, eos_ids, emulate_mask_leak)")
         study = Study.from_file(a.config)
         if a.device is not None:  # else the file's device, or cpu
             study.device = a.device
@@ -173,12 +202,16 @@ def _cmd_study(a) -> int:
             if a.max_prompts < 1:
                 raise ValueError(f"--max-prompts must be ≥ 1, got {a.max_prompts}")
             items = items[: a.max_prompts]
+        replays = a.replays if a.replays is not None else (
+            [] if a.preset else ["serial", "top_only"])
         grid = dict(thresholds=a.thresholds, modes=a.modes, policies=a.policies,
-                    replays=a.replays, max_steps=a.max_steps)
+                    replays=replays, max_steps=a.max_steps)
         if a.full:
             grid.update(FULL_GRID)
+        compat = dict(preset=a.preset, add_bos={"model": None, "on": True, "off": False}[a.bos],
+                      eos_ids=a.eos_ids, emulate_mask_leak=a.emulate_mask_leak or False)
         study = Study(prompts=items, seeds=a.seeds, sample=a.sample, model_path=a.model,
-                      device=a.device or "cpu", **grid)
+                      device=a.device or "cpu", **grid, **compat)
     study.run(a.out, workers=a.workers, progress=not a.no_progress)
     print(format_summary(Path(a.out)))
     if a.no_report:
@@ -221,6 +254,13 @@ def _cmd_hypotheses(a) -> int:
                    predict=not a.no_predict, **kwargs)
 
 
+def _cmd_findings(a) -> int:
+    path = write_findings(a.out, model_path=a.model, small=a.small, workers=a.workers,
+                          progress=not a.no_progress, page=a.page)
+    print(f"findings: {path}" + (f" (and {a.page})" if a.page else ""))
+    return 0
+
+
 def _cmd_inspect(a) -> int:
     path = Path(a.path)
     if path.is_dir() and (path / "run.json").exists():
@@ -237,7 +277,8 @@ def _cmd_inspect(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"generate": _cmd_generate, "replay": _cmd_replay, "study": _cmd_study,
-                "hypotheses": _cmd_hypotheses, "inspect": _cmd_inspect}
+                "hypotheses": _cmd_hypotheses, "findings": _cmd_findings,
+                "inspect": _cmd_inspect}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError) as e:

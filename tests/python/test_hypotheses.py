@@ -16,11 +16,11 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 import pytest
-from metrics_toy import toy_view
 
 from attnvar import hypotheses, load_run, preregistration, prompts, report
 from attnvar.analysis import TABLE_NAMES, analyze_study, load_tables
 from attnvar.analysis import hypotheses as compute
+from attnvar.analysis.toy_null import toy_view
 from attnvar.metrics import count_pairs, find_sinks, score_contrast
 from attnvar.metrics.profiles import (
     class_contrasts,

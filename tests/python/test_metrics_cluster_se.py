@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from metrics_toy import toy_view
 
+from attnvar.analysis.toy_null import toy_view
 from attnvar.metrics import count_pairs, score_contrast
 from attnvar.metrics.contrast import distance_levels
 from attnvar.metrics.fixed_effects import fit_within_query, mean_over_heads_se

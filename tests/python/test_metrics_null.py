@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 import pytest
-from metrics_toy import toy_view
 
 import attnvar.metrics as am
+from attnvar.analysis.toy_null import toy_view
 
 
 def prompt_estimate(df, metric, variant):

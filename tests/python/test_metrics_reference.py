@@ -11,9 +11,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from metrics_toy import toy_view
 
 import attnvar.metrics as am
+from attnvar.analysis.toy_null import toy_view
 from attnvar.metrics.counting import Sinks
 
 

@@ -35,7 +35,14 @@ import torch
 from ..engine import load_run
 from ..study import degeneracy, preregistration
 from ..study.degeneracy import ExclusionRule
-from ..study.store import RUNS, STUDY_FILE, TABLES, iter_completed, replay_key
+from ..study.store import (
+    GENERATED_KINDS,
+    RUNS,
+    STUDY_FILE,
+    TABLES,
+    iter_completed,
+    replay_key,
+)
 from ..util.atomic import remove_stale, write_atomic
 from ..util.progress import progress_bar
 from .metrics import analyze, as_view, count_pairs, find_sinks, logit_regression
@@ -140,7 +147,7 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
     adir.mkdir(exist_ok=True)
     version_file.write_text(str(ANALYSIS_VERSION))
     remove_stale(adir)
-    gen = runs[runs["kind"] == "generate"]
+    gen = runs[runs["kind"].isin(GENERATED_KINDS)]
     replays = runs[runs["kind"] == "replay"]
     completed = {p.name for p in iter_completed(results / RUNS)}
     jobs = []

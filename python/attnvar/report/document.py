@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from ..analysis.hypotheses import StudyResults, load
-from ..study.store import RUNS, iter_completed
+from ..study.store import GENERATED_KINDS, RUNS, iter_completed
 from ..util.atomic import new_staging_dir, publish_dir
 from ..util.markdown import format_cell as _cell
 from ..util.markdown import markdown_table as _md_table
@@ -116,7 +116,7 @@ def compliance(res: StudyResults) -> dict[str, Any]:
     expected = (len(s["prompts"]) * len(s["thresholds"]) * len(s["modes"])
                 * len(s["policies"]) * n_seeds)
     runs = res.tables["runs"]
-    got = int((runs["kind"] == "generate").sum())
+    got = int(runs["kind"].isin(GENERATED_KINDS).sum())
     rep_expected = expected * len(s.get("replays", []))
     rep_got = int((runs["kind"] == "replay").sum())
     checks.append(("every planned run complete", got == expected and rep_got == rep_expected,

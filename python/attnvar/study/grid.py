@@ -16,7 +16,7 @@ from . import prompts as prompt_suites
 from .preregistration import Preregistration
 from .prompts import Prompt
 from .runner import run_study
-from .store import Cell
+from .store import COMPAT_MODES, COMPAT_PRESET, Cell
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,6 +39,16 @@ class Study:
         study may be resumed on another device (each run records its device)
     preregistration : the analysis plan (primary metric, exclusion rule, tests), written
         to the results directory before the first run (``attnvar.preregistration``)
+    preset : None (the mechanism as described) or "tempo-2025": every cell runs the compat
+        preset (``Model.tempo2025``) instead of ``generate``; mode "isolated" is the
+        prototype's isolated mode (its misplaced mask), "visible" its causal one. A compat
+        study has no replays and no policy or width choice (the preset has none).
+    add_bos, eos_ids : compat only: BOS and the stopping ids as the prototype's tokenizer
+        has them (None = the model's; see ``Model.tempo2025``)
+    emulate_mask_leak : compat only: the prompts of each condition (θ, mode) run as one
+        ordered sequence in one process, each run after an isolated one seeing the stale
+        masks the prototype leaked (docs/generation.md). Forces one worker; each cell's
+        key then names the prompts before it, so a reordered suite makes new runs.
     """
 
     prompts: Sequence
@@ -54,6 +64,10 @@ class Study:
     model_path: str | None = None
     device: str = "cpu"
     preregistration: Preregistration = field(default_factory=Preregistration)
+    preset: str | None = None
+    add_bos: bool | None = None
+    eos_ids: Sequence[int] | None = None
+    emulate_mask_leak: bool = False
 
     def __post_init__(self) -> None:
         records = []
@@ -80,6 +94,40 @@ class Study:
             raise ValueError(f"max_steps must be ≥ 0, got {self.max_steps}")
         if isinstance(self.preregistration, dict):
             self.preregistration = Preregistration.from_dict(self.preregistration)
+        self._check_preset()
+
+    def _check_preset(self) -> None:
+        if self.preset is None:
+            used = [name for name, value in (("add_bos", self.add_bos),
+                                             ("eos_ids", self.eos_ids),
+                                             ("emulate_mask_leak", self.emulate_mask_leak or None))
+                    if value is not None]
+            if used:
+                raise ValueError(f"{', '.join(used)}: compat options, only with "
+                                 f"preset={COMPAT_PRESET!r}")
+            return
+        if self.preset != COMPAT_PRESET:
+            raise ValueError(f"preset: {self.preset!r} is not one of None, {COMPAT_PRESET!r}")
+        for m in self.modes:
+            if m not in COMPAT_MODES:
+                raise ValueError(f"modes: {m!r} has no compat form; the preset's modes are "
+                                 f"{', '.join(COMPAT_MODES)}")
+        if list(self.policies) != ["mixture"]:
+            raise ValueError("policies: the compat preset feeds each set's last member; it "
+                             "has no policy choice (leave policies at the default)")
+        if self.replays:
+            raise ValueError("replays: a compat study has none (the preset's trees have "
+                             "members without slots); run a mechanism study beside it")
+        if self.sample:
+            raise ValueError("sample: the compat preset is greedy (no sampling)")
+        if self.eos_ids is not None:
+            if isinstance(self.eos_ids, (str, bytes)) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) for i in self.eos_ids):
+                raise ValueError(f"eos_ids must be a list of token ids, got {self.eos_ids!r}")
+            self.eos_ids = tuple(int(i) for i in self.eos_ids)
+        if self.add_bos is not None and not isinstance(self.add_bos, bool):
+            raise ValueError(f"add_bos must be true, false or unset, got {self.add_bos!r}")
+        self.emulate_mask_leak = bool(self.emulate_mask_leak)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Study:
@@ -115,11 +163,19 @@ class Study:
         return cls(**data)
 
     def cells(self) -> list[Cell]:
+        """Every generation of the grid. For a leaking compat study, the cells of one
+        condition come in prompt order, each naming the prompts run before it."""
         seeds = self.seeds if self.sample else (self.seeds[0] if self.seeds else 0,)
+        compat = {}
+        if self.preset is not None:
+            compat = dict(preset=self.preset, add_bos=self.add_bos,
+                          eos_ids=None if self.eos_ids is None else tuple(self.eos_ids))
+        ids = [p.id for p in self.prompts]
         return [
             Cell(p.id, p.text, float(t), m, pol, int(s), self.sample, self.max_steps,
-                 self.max_width)
-            for p in self.prompts for t in self.thresholds for m in self.modes
+                 self.max_width, **compat,
+                 leak_after=tuple(ids[:i]) if self.emulate_mask_leak else None)
+            for i, p in enumerate(self.prompts) for t in self.thresholds for m in self.modes
             for pol in self.policies for s in seeds
         ]
 
@@ -133,6 +189,9 @@ class Study:
             "policies": list(self.policies), "replays": list(self.replays),
             "seeds": list(self.seeds), "sample": self.sample, "max_steps": self.max_steps,
             "max_width": self.max_width, "capture": cap, "model_path": self.model_path,
+            **({"preset": self.preset, "add_bos": self.add_bos,
+                "eos_ids": None if self.eos_ids is None else list(self.eos_ids),
+                "emulate_mask_leak": self.emulate_mask_leak} if self.preset else {}),
         }
 
     def describe_with_plan(self) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,12 +13,21 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
-from ..engine import load_model, load_run
+from ..engine import MaskLeak, load_model, load_run
 from ..util.atomic import remove_stale, write_atomic
 from ..util.markdown import markdown_table
 from ..util.progress import progress_bar
 from . import preregistration
-from .store import RUNS, STUDY_FILE, SUMMARY_FILE, TABLES, Cell, iter_completed, replay_key
+from .store import (
+    GENERATED_KINDS,
+    RUNS,
+    STUDY_FILE,
+    SUMMARY_FILE,
+    TABLES,
+    Cell,
+    iter_completed,
+    replay_key,
+)
 
 if TYPE_CHECKING:
     from .grid import Study
@@ -42,19 +52,35 @@ def _cell_options(cell: Cell, prompt) -> dict:
     }
 
 
-def run_cell(model, study: Study, cell: Cell, prompt, runs_dir: Path) -> int:
-    """Generate (unless done) and replay (each missing encoding); returns steps generated."""
+def _generate(model, study: Study, cell: Cell, mask_leak=None):
+    if cell.preset is not None:
+        return model.tempo2025(cell.prompt_text, threshold=cell.threshold,
+                               max_steps=cell.max_steps,
+                               emulate_isolation_bug=cell.emulate_isolation_bug,
+                               capture=study.capture, add_bos=cell.add_bos,
+                               eos_ids=None if cell.eos_ids is None else list(cell.eos_ids),
+                               mask_leak=mask_leak)
+    return model.generate(cell.prompt_text, threshold=cell.threshold, max_steps=cell.max_steps,
+                          mode=cell.mode, policy=cell.policy, max_width=cell.max_width,
+                          sample=cell.sample, seed=cell.seed, capture=study.capture)
+
+
+def run_cell(model, study: Study, cell: Cell, prompt, runs_dir: Path, mask_leak=None) -> int:
+    """Generate (unless done) and replay (each missing encoding); returns steps generated.
+
+    ``mask_leak``: for a leaking compat study, the chain's :class:`attnvar.engine.MaskLeak`;
+    a cell already on disk is recorded into it, so a resumed chain goes on as it was."""
     key = cell.key(model.identity["sha256"])
     gen_dir = runs_dir / key
     missing = [e for e in study.replays
                if not (runs_dir / replay_key(key, e) / "run.json").exists()]
     run = None
     if not (gen_dir / "run.json").exists():
-        run = model.generate(cell.prompt_text, threshold=cell.threshold, max_steps=cell.max_steps,
-                             mode=cell.mode, policy=cell.policy, max_width=cell.max_width,
-                             sample=cell.sample, seed=cell.seed, capture=study.capture)
+        run = _generate(model, study, cell, mask_leak)
         run.options.update(_cell_options(cell, prompt), run_id=key, parent=None)
         run.save(gen_dir)
+    elif mask_leak is not None:
+        mask_leak.record(load_run(gen_dir))
     if missing:
         tree = run.tree if run is not None else load_run(gen_dir).tree
         for enc in missing:
@@ -69,6 +95,26 @@ def run_cell(model, study: Study, cell: Cell, prompt, runs_dir: Path) -> int:
 
 def _worker_cell(study: Study, cell: Cell, prompt, runs_dir: str) -> int:
     return run_cell(_worker_model, study, cell, prompt, Path(runs_dir))
+
+
+def _run_leak_chains(model, study: Study, cells: list[Cell], prompts: dict, runs_dir: Path,
+                     bar) -> int:
+    """A leaking compat study: per condition, every prompt in order, in this process, one
+    MaskLeak carried along the chain (cells already on disk are read back into it)."""
+    chains: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        chains.setdefault(cell.condition(), []).append(cell)
+    steps = 0
+    for chain in chains.values():
+        leak = MaskLeak()
+        for cell in chain:
+            was_done = (runs_dir / cell.key(model.identity["sha256"]) / "run.json").exists()
+            steps += run_cell(model, study, cell, prompts[cell.prompt_id], runs_dir,
+                              mask_leak=leak)
+            if bar is not None and not was_done:
+                bar.update(1)
+                bar.set_postfix(steps=steps)
+    return steps
 
 
 def run_study(study: Study, results: Path, workers: int = 1, progress: bool = True):
@@ -99,7 +145,12 @@ def run_study(study: Study, results: Path, workers: int = 1, progress: bool = Tr
     if bar is not None:
         bar.update(len(cells) - len(todo))
     steps = 0
-    if workers == 1 or len(todo) <= 1:
+    if study.emulate_mask_leak:
+        if workers > 1:
+            print("attnvar study: emulate_mask_leak runs each condition's prompts in order in "
+                  "one process (workers = 1)", file=sys.stderr)
+        steps = _run_leak_chains(model, study, cells, prompts, runs_dir, bar)
+    elif workers == 1 or len(todo) <= 1:
         for cell in todo:
             steps += run_cell(model, study, cell, prompts[cell.prompt_id], runs_dir)
             if bar is not None:
@@ -153,7 +204,7 @@ def runs_table(study: Study, results: Path, model_sha: str):
 
 def summary_table(runs):
     """Mean per-run figures by condition (generation runs)."""
-    gen = runs[runs["kind"] == "generate"]
+    gen = runs[runs["kind"].isin(GENERATED_KINDS)]
     if gen.empty:
         return gen
     return (gen.groupby(["mode", "threshold", "policy"])
@@ -172,9 +223,10 @@ def write_tables(study: Study, results: Path, model_sha: str):
     runs.to_parquet(buf, index=False)
     write_atomic(tables / "runs.parquet", buf.getvalue())
     summary = summary_table(runs)
+    generations = int(runs["kind"].isin(GENERATED_KINDS).sum()) if len(runs) else 0
     text = ("# attnvar study summary\n\n"
-            f"{len(runs)} runs ({int((runs['kind'] == 'generate').sum()) if len(runs) else 0} "
-            f"generations) in `{results}`.\n\n" + markdown_table(summary) + "\n")
+            f"{len(runs)} runs ({generations} generations) in `{results}`.\n\n"
+            + markdown_table(summary) + "\n")
     write_atomic(results / SUMMARY_FILE, text)
     return runs
 

@@ -23,6 +23,13 @@ STUDY_FILE = "study.json"
 RUNS = "runs"
 TABLES = "tables"
 SUMMARY_FILE = "summary.md"
+COMPAT_PRESET = "tempo-2025"
+COMPAT_MODES = ("isolated", "visible")
+# Run kinds that are a cell's generation (its replays have kind "replay").
+GENERATED_KINDS = ("generate", COMPAT_PRESET)
+# Fields added to Cell after studies existed: left out of the key while unset, so the
+# keys (and so the results) of every earlier study stay valid.
+_OPTIONAL_KEY_FIELDS = ("preset", "add_bos", "eos_ids", "leak_after")
 
 
 @dataclass(frozen=True)
@@ -38,10 +45,25 @@ class Cell:
     sample: bool
     max_steps: int
     max_width: int
+    preset: str | None = None  # "tempo-2025": the compat preset runs the cell
+    add_bos: bool | None = None  # compat: BOS as the prototype's tokenizer has it
+    eos_ids: tuple[int, ...] | None = None  # compat: its stopping ids
+    leak_after: tuple[str, ...] | None = None  # compat with the mask leak: prompts before
 
     def key(self, model_sha: str) -> str:
-        payload = json.dumps({"model": model_sha, **asdict(self)}, sort_keys=True)
+        fields = {k: v for k, v in asdict(self).items()
+                  if not (k in _OPTIONAL_KEY_FIELDS and v is None)}
+        payload = json.dumps({"model": model_sha, **fields}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    @property
+    def emulate_isolation_bug(self) -> bool:
+        """Compat cells: the prototype's isolated mode is its misplaced mask."""
+        return self.preset is not None and self.mode == "isolated"
+
+    def condition(self) -> tuple:
+        """The cell's grid values other than the prompt (one leak chain per condition)."""
+        return (self.threshold, self.mode, self.policy, self.seed)
 
 
 def replay_key(cell_key: str, encoding: str) -> str:
@@ -58,5 +80,5 @@ def iter_completed(runs_dir: Path) -> Iterable[Path]:
                 yield p
 
 
-__all__ = ["RUNS", "STUDY_FILE", "SUMMARY_FILE", "TABLES", "Cell", "iter_completed",
-           "replay_key"]
+__all__ = ["COMPAT_MODES", "COMPAT_PRESET", "GENERATED_KINDS", "RUNS", "STUDY_FILE",
+           "SUMMARY_FILE", "TABLES", "Cell", "iter_completed", "replay_key"]

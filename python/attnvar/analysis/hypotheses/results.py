@@ -26,6 +26,7 @@ import pandas as pd
 import statsmodels.api as sm
 
 from ...study import preregistration
+from ...study.store import GENERATED_KINDS
 from .. import stats
 from ..per_cell import load_tables, read_study
 
@@ -81,7 +82,7 @@ class StudyResults:
     def cells(self) -> pd.DataFrame:
         """One row per generated run: grid values, run summary, degeneracy decision."""
         runs = self.tables["runs"]
-        gen = runs[runs["kind"] == "generate"].rename(columns={"run_id": "cell_id"})
+        gen = runs[runs["kind"].isin(GENERATED_KINDS)].rename(columns={"run_id": "cell_id"})
         deg = self.tables["degeneracy"]
         cols = [c for c in CELL_COLUMNS if c in gen]
         out = gen[cols].merge(deg[["cell_id", "excluded"]], on="cell_id", how="left")

@@ -1,4 +1,4 @@
-"""A synthetic "model" for the metrics' toy null (METHODS.md, built-in validation).
+"""The metrics' toy null: a synthetic "model" in which parallel status plays no part.
 
 Scores are f(logical distance) + a query offset + N(0, 1) noise + a large sink on the
 first slot; parallel status plays no part. Sets are laid out as parallel generation lays
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from attnvar.metrics import CaptureView
+from .metrics import CaptureView
 
 # Set widths of 10 bundled-model runs (core suite prompts 0, 4, …, 36; threshold 0.1,
 # isolated, 30 steps): 98 steps of width 1, 105 of 2, 45 of 3, 11 of 4 (62 % parallel).
@@ -93,3 +93,6 @@ def toy_view(
         kind="synthetic",
         encoding=f"shared_{mode}",
     )
+
+
+__all__ = ["WIDTHS", "WIDTH_P", "distance_profile", "toy_view"]
