@@ -221,8 +221,16 @@ def _pct(v: float) -> str:
     return "n/a" if not np.isfinite(v) else f"{v:+.1f} %"
 
 
+def _null_primary(null: pd.DataFrame, mode: str) -> str:
+    r = null[(null["metric"] == "primary") & (null["mode"] == mode)]
+    if not len(r):
+        return "not computed"
+    r = r.iloc[0]
+    return f"{_pct(r['mean_pct'])} (SE {r['se_pct']:.1f}, SD {r['sd_pct']:.1f})"
+
+
 def _conclusion(summary: pd.DataFrame, mech: pd.DataFrame, null: pd.DataFrame,
-                model: str, alpha: float = 0.05) -> list[str]:
+                model: str, main_suite: str, alpha: float = 0.05) -> list[str]:
     """The page's conclusion, each statement decided by the tables' numbers."""
     lines = []
     for s in summary.itertuples():
@@ -238,12 +246,17 @@ def _conclusion(summary: pd.DataFrame, mech: pd.DataFrame, null: pd.DataFrame,
             + ("differs from 0" if differs else "not distinguishable from 0")
             + f" at α = {alpha}. (Published, on a 3B model: −12.1 % ± 24.1 %, p = 0.156.)")
     legacy_null = null[null["metric"] == "m0_legacy"]
-    if len(legacy_null):
-        spread = ", ".join(f"{r.mode}: {_pct(r.mean_pct)} ± {r.sd_pct:.1f} (SD, n = {r.n})"
-                           for r in legacy_null.itertuples())
+    for r in legacy_null.itertuples():
+        biased = abs(r.mean_pct) > 2 * r.se_pct
         lines.append(
-            "- With no effect by construction (the toy null), the prototype's metric gives "
-            f"{spread}; a single prompt's value is one draw from a spread of that width.")
+            f"- With no effect by construction (the toy null, {r.mode}, {r.n} prompts), the "
+            f"prototype's metric averages {_pct(r.mean_pct)} (SE {r.se_pct:.1f}) with a "
+            f"per-prompt SD of {r.sd_pct:.1f} points: "
+            + ("it is biased, reporting an effect where there is none"
+               if biased else "unbiased on average, but a single prompt's value is one draw "
+                              "from a spread that wide")
+            + ". The primary metric on the same draws: "
+            + _null_primary(null, r.mode) + ".")
     if len(mech):
         parts, verdicts = [], []
         for r in mech.itertuples():
@@ -263,11 +276,16 @@ def _conclusion(summary: pd.DataFrame, mech: pd.DataFrame, null: pd.DataFrame,
         lines.append(
             "- The mechanism as described, primary metric (distance-matched M1, generated "
             "run minus its serial replay): " + "; ".join(parts) + ".")
+        # The verdict rests on the largest study (the core suite); the 13 prompts are
+        # shown for comparison with the prototype, not to decide.
+        main = [v for v, s in zip(verdicts, mech["suite"], strict=True) if s == main_suite]
+        verdicts = main or verdicts
         if all(v.startswith("equivalent") for v in verdicts):
             lines.append(
-                "- So on this model, tokens that share a position with their siblings "
-                "receive the attention the serial layout gives the same text, within "
-                "±10 %; the prototype's reductions are not evidence of an effect.")
+                f"- So on this model ({main_suite} suite, every condition), tokens that "
+                "share a position with their siblings receive the attention the serial "
+                "layout gives the same text, within ±10 %; the prototype's reductions are "
+                "not evidence of an effect.")
         elif any(v == "differs from 0" for v in verdicts):
             lines.append(
                 "- So on this model, sharing a position changes the attention parallel "
@@ -375,14 +393,16 @@ def _page(plan: Plan, small: bool, model: str, per_prompt: pd.DataFrame,
         "## 4. The prototype's metric when there is nothing to find",
         "",
         "The toy null (scores fall with distance, parallel status plays no part; set sizes "
-        "as the bundled model draws them) — mean, SD and SE over simulated prompts "
-        "(`toy_null.csv`, draws in `toy_null_draws.csv`):",
+        "as the bundled model draws them; every member at its set's shared position, so "
+        "the metrics read true labels — no index mismatch here, only each formula's own "
+        "behaviour) — mean, SD and SE over simulated prompts (`toy_null.csv`, draws in "
+        "`toy_null_draws.csv`):",
         "",
         _md_table(null, SHOWN["toy_null"]),
         "",
         "## 5. What the data support",
         "",
-        *_conclusion(summary, mech, null, model),
+        *_conclusion(summary, mech, null, model, plan.core_suite),
         "",
         "To rerun: `attnvar findings --out DIR` (add `--model FILE` for another GGUF file "
         "or Hugging Face directory; `--small` for the quick version).",
