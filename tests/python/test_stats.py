@@ -368,3 +368,30 @@ def test_summarize_family():
     assert out.attrs["tost_bounds"] == pytest.approx((math.log(0.9), math.log(1.1)))
     one = S.summarize_family(f[(f.layer == 0) & (f["head"] == 0)], n_boot=200, n_perm=500)
     assert len(one) == 1 and one.loc[0, "n"] == 20
+
+
+def test_meta_hksj_matches_statsmodels_and_is_never_narrower():
+    """HKSJ: the random-effects mean's variance scaled by the weighted residual variance
+    q (statsmodels' "random effect wls" row, t with k − 1 df); floored at q = 1, so it is
+    never narrower than the normal-theory interval."""
+    from statsmodels.stats.meta_analysis import combine_effects
+
+    y = np.array([0.1, -0.2, 0.05, 0.3, -0.1, 0.02])
+    v = np.array([0.01, 0.02, 0.015, 0.03, 0.01, 0.02])
+    m = S.meta_analysis(y, v, method="dl")
+    ref = combine_effects(y, v, method_re="chi2", use_t=True)
+    frame = ref.summary_frame()
+    row = frame.loc["random effect wls"]
+    assert m["hk_q"] > 1
+    print(f"[HKSJ] attnvar se {m['hk_se']:.10f}, statsmodels {row['sd_eff']:.10f}")
+    assert m["mu"] == pytest.approx(row["eff"], abs=1e-10)
+    assert m["hk_se"] == pytest.approx(row["sd_eff"], abs=1e-10)
+    assert m["hk_ci_low"] == pytest.approx(row["ci_low"], abs=1e-8)
+    assert m["hk_ci_high"] == pytest.approx(row["ci_upp"], abs=1e-8)
+    t = m["mu"] / m["hk_se"]
+    assert m["hk_p"] == pytest.approx(2 * sst.t.sf(abs(t), len(y) - 1), abs=1e-12)
+    # Homogeneous effects: q < 1, and the floor keeps the normal-theory width.
+    tight = S.meta_analysis(np.array([0.0, 0.01, -0.01, 0.005]),
+                             np.array([0.04, 0.04, 0.04, 0.04]), method="dl")
+    assert tight["hk_q"] < 1 and tight["hk_se"] == pytest.approx(tight["se"], abs=1e-15)
+    assert tight["hk_ci_high"] - tight["hk_ci_low"] > tight["ci_high"] - tight["ci_low"]

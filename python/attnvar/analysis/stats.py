@@ -372,8 +372,14 @@ def meta_analysis(effects: ArrayLike, variances: ArrayLike, method: str = "reml"
         ``k, mu, se, ci_low, ci_high, z, p`` (normal-theory random-effects mean),
         ``tau2, tau2_ci_low, tau2_ci_high`` (Q-profile), ``tau``, ``Q, Q_df, Q_p``
         (Cochran's Q on fixed-effect weights), ``I2`` (in %, ``max(0, (Q − df)/Q)``),
-        ``H2``, and the prediction interval for a new prompt's true effect
-        ``pi_low, pi_high = mu ± t_{k−2} · sqrt(τ² + se²)`` (Higgins et al. 2009).
+        ``H2``, the prediction interval for a new prompt's true effect
+        ``pi_low, pi_high = mu ± t_{k−2} · sqrt(τ² + se²)`` (Higgins et al. 2009), and the
+        Hartung–Knapp–Sidik–Jonkman interval ``hk_ci_low, hk_ci_high, hk_t, hk_p,
+        hk_se, hk_q``: ``hk_q = Σ w*_i (y_i − mu)² / (k − 1)`` with the random-effects
+        weights ``w*_i = 1 / (v_i + τ²)``, ``hk_se = se · sqrt(max(1, hk_q))`` (never
+        narrower than the normal-theory interval) and t with k − 1 degrees of freedom.
+        The normal-theory interval is liberal when k is small or the within-prompt
+        variances are underestimated; the HKSJ one holds its level far better.
     """
     y = np.asarray(effects, dtype=float)
     v = np.asarray(variances, dtype=float)
@@ -414,6 +420,11 @@ def meta_analysis(effects: ArrayLike, variances: ArrayLike, method: str = "reml"
         tc = stats.t.ppf(1 - alpha / 2, k - 2)
         half = tc * math.sqrt(tau2 + se**2)
         out.update(pi_low=mu - half, pi_high=mu + half)
+    hk_q = float(np.sum(wr * (y - mu) ** 2) / df)
+    hk_se = se * math.sqrt(max(1.0, hk_q))
+    tk = stats.t.ppf(1 - alpha / 2, df)
+    out.update(hk_q=hk_q, hk_se=hk_se, hk_ci_low=mu - tk * hk_se, hk_ci_high=mu + tk * hk_se,
+               hk_t=mu / hk_se, hk_p=float(2 * stats.t.sf(abs(mu / hk_se), df)))
     return out
 
 

@@ -58,7 +58,35 @@ def primary(t: HypothesisTables, res: StudyResults) -> str:
               if res.design == "replay" else "within the generated run (no contrast replay)")
     return (f"Effect = {res.metric} ({res.variant}), {design}; positive % = parallel tokens "
             "receive less attention. " + ("; ".join(lines) if lines else
-                                          "Too few prompts for a test."))
+                                          "Too few prompts for a test.")
+            + _meta_sentence(t, res, pcol))
+
+
+def _meta_sentence(t: HypothesisTables, res: StudyResults, pcol: str) -> str:
+    """The random-effects meta-analysis beside the t test, reconciled in words."""
+    meta, summary = t.tables["meta"], t.tables["summary"]
+    if "mu_pct" not in meta or not len(summary):
+        return ""
+    parts = []
+    for m in meta.dropna(subset=["mu_pct"]).to_dict("records"):
+        s = summary
+        for c in ("mode", "threshold", "policy"):
+            s = s[s[c] == m[c]] if c in s and c in m else s
+        if not len(s):
+            continue
+        p_t, p_m = float(s.iloc[0][pcol]), float(m["p"])
+        same = (p_t < res.alpha) == (p_m < res.alpha)
+        interval = fmt_pct(m["mu_pct"], m["ci_pct_low"], m["ci_pct_high"])
+        parts.append(f"{condition_label(m)}: {interval}, p = {fmt_p(p_m)}"
+                     + ("" if same else " (differs from the t test's verdict)"))
+    if not parts:
+        return ""
+    return (". Beside it, the random-effects meta-analysis (" + str(meta["metric"].iloc[0])
+            + ", REML τ², HKSJ interval: t with k − 1 df, never narrower than the normal "
+            "one) — " + "; ".join(parts) + ". The t test weighs every prompt equally; the "
+            "meta-analysis weighs prompts by their within-prompt precision and models the "
+            "spread between them, so the two answer slightly different questions; the "
+            "preregistered verdict is the t test's.")
 
 
 def h1(t: HypothesisTables, res: StudyResults) -> str:

@@ -26,7 +26,8 @@ def primary(res: StudyResults) -> HypothesisTables:
     effect_pct_low/high), ``summary`` (per condition: stats.summarize_family columns,
     Holm across conditions, and ``mde_pct``: the smallest reduction, in %, detectable
     with 80 % power at this n and the observed SD), ``meta`` (per condition:
-    random-effects meta-analysis, τ², I², prediction interval, in log units and %),
+    random-effects meta-analysis with the HKSJ interval and p — the normal-theory ones
+    beside them as ``z_*`` — τ², I², prediction interval, in log units and %),
     ``distance`` (:func:`distance_table`).
     """
     eff = effects(res)
@@ -53,9 +54,15 @@ def primary(res: StudyResults) -> HypothesisTables:
         except ValueError as e:
             row.update(note=str(e))
         else:
-            row.update({k: m[k] for k in ("k", "mu", "ci_low", "ci_high", "p", "tau2", "I2",
-                                          "pi_low", "pi_high")})
+            # The interval and p are HKSJ (t, k − 1 df, never narrower than the normal
+            # one); the normal-theory ones stay beside them as z_*.
+            row.update(k=m["k"], mu=m["mu"], ci_low=m["hk_ci_low"], ci_high=m["hk_ci_high"],
+                       p=m["hk_p"], interval="HKSJ (t, k − 1 df)", z_ci_low=m["ci_low"],
+                       z_ci_high=m["ci_high"], z_p=m["p"], tau2=m["tau2"], I2=m["I2"],
+                       pi_low=m["pi_low"], pi_high=m["pi_high"])
             row.update(mu_pct=stats.pct_from_log(m["mu"]),
+                       ci_pct_low=stats.pct_from_log(m["hk_ci_high"]),
+                       ci_pct_high=stats.pct_from_log(m["hk_ci_low"]),
                        pi_pct_low=stats.pct_from_log(m["pi_high"]),
                        pi_pct_high=stats.pct_from_log(m["pi_low"]))
         metas.append(row)
