@@ -7,6 +7,7 @@ functions are checked against plain loops on the synthetic toy view.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -376,3 +377,36 @@ def test_a_toml_study_carries_its_preregistration(tmp_path):
     cfg.write_text('prompts = ["x"]\n[preregistration]\nmetric = "M9"\n')
     with pytest.raises(ValueError, match="M9"):
         Study.from_file(cfg)
+
+
+def test_a_tiny_study_gets_a_report_that_says_what_it_could_not_compute(bundled_path,
+                                                                         tmp_path):
+    """One prompt, four steps: every analysis that needs two prompts says so; no
+    exception (the CLI used to stop with a scipy error in the per-head tests)."""
+    study = Study(prompts=prompts.suite("core-small")[:1], thresholds=[0.1],
+                  modes=["isolated"], replays=["serial", "top_only"], max_steps=4,
+                  model_path=str(bundled_path))
+    study.run(tmp_path, progress=False)
+    analyze_study(tmp_path, progress=False)
+    md = report.write_report(tmp_path, n_permutations=PERMUTATIONS).with_suffix(".md")
+    text = md.read_text()
+    assert "Too few prompts for a test" in text
+    assert "No per-head rows" in text and "not estimable" in text
+    assert "+nan" not in text and "nan %" not in text
+
+
+def test_an_analysis_the_data_do_not_allow_is_reported_not_raised(findings, monkeypatch):
+    """The safety net: an analysis that fails on the study's data comes back with the
+    reason, and the report's finding says it was not computed and why."""
+    res, _ = findings
+    fam_module = importlib.import_module("attnvar.analysis.hypotheses.suite")
+
+    def broken(res, **kw):
+        raise ValueError("only one prompt in every group")
+
+    monkeypatch.setattr(fam_module, "h4_context", broken)
+    out = compute.compute_all(res, predict=False)
+    assert out["H4"].facts["not_computed"] == "ValueError: only one prompt in every group"
+    shown = hypotheses.present(out["H4"], res)
+    assert shown.answer.startswith("Not computed for this study: ValueError")
+    assert "H4" not in set(out["family"].tests.get("hypothesis", []))

@@ -23,6 +23,7 @@ from ..analysis.hypotheses import (
     effects,
     load,
 )
+from ..analysis.hypotheses.suite import NOT_COMPUTED
 from . import figures, prose
 
 
@@ -51,7 +52,11 @@ class Finding:
 
 
 def present(t: compute.HypothesisTables, res: StudyResults) -> Finding:
-    """The finding of computed tables ``t``: title, figures and answer added."""
+    """The finding of computed tables ``t``: title, figures and answer added (or, for an
+    analysis the study's data did not allow, the reason)."""
+    if NOT_COMPUTED in t.facts:
+        return Finding(t.name, prose.title(t.name, res), {}, {}, t.tests,
+                       f"Not computed for this study: {t.facts[NOT_COMPUTED]}.", t.facts)
     return Finding(t.name, prose.title(t.name, res), t.tables, figures.FIGURES[t.name](t, res),
                    t.tests, prose.ANSWERS[t.name](t, res), t.facts)
 

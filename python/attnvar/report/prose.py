@@ -132,7 +132,9 @@ def h4(t: HypothesisTables, res: StudyResults) -> str:
                  for s in threshold_dose.to_dict("records")]
     else:
         lines = [f"{s['mode']}: slope on the parallel proportion {s['slope']:+.3f}, "
-                 f"p = {fmt_p(s['p'])} (n = {s['n']})"
+                 f"p = {fmt_p(s['p'])} (n = {s['n']})" if np.isfinite(s["slope"]) else
+                 f"{s['mode']}: not estimable ({s['n']} prompt(s); a slope needs 3 with "
+                 "different parallel proportions)"
                  for s in assoc[assoc["covariate"] == "proportion_parallel"].to_dict("records")]
     return "Dose–response — " + ("; ".join(lines) if lines else "not estimable") + "."
 

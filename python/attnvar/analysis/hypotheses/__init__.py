@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from .checks import SPECIFICATIONS, dataset, degeneracy, heads, predictability, robustness
 from .context import h4_context
-from .family import HYPOTHESES, compute_all, family
 from .primary import distance_table, primary
 from .results import (
     CELL_COLUMNS,
@@ -33,6 +32,7 @@ from .results import (
 )
 from .semantics import h3_semantics
 from .structure import h2_structure
+from .suite import HYPOTHESES, compute_all, family
 from .temporal import h1_temporal, step_effects
 
 __all__ = ["CELL_COLUMNS", "CONDITION", "HYPOTHESES", "SPECIFICATIONS", "HypothesisTables",

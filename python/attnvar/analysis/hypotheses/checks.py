@@ -118,6 +118,10 @@ def heads(res: StudyResults) -> HypothesisTables:
     ce = res.kept_cells().merge(ce, on="cell_id").dropna(subset=["effect"])
     parts = []
     for mode, sub in ce.groupby("mode"):
+        # A head is tested over prompts: those with fewer than two have no test.
+        sub = sub[sub.groupby(["layer", "head"])["prompt_id"].transform("nunique") >= 2]
+        if sub.empty:
+            continue
         s = stats.summarize_family(sub, effect="effect", by=["layer", "head"], unit="prompt_id",
                                    correction=res.plan["heads_correction"],
                                    alpha=float(res.plan["heads_q"]), n_boot=200, n_perm=200)

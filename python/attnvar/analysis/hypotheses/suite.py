@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from .. import stats
@@ -29,21 +30,40 @@ def family(results: dict, res: StudyResults) -> pd.DataFrame:
     return table
 
 
+NOT_COMPUTED = "not_computed"
+# What a study too small or too odd for one analysis raises there (numpy, scipy,
+# statsmodels and pandas all signal "not enough data" with these).
+_DATA_ERRORS = (ValueError, ZeroDivisionError, np.linalg.LinAlgError, KeyError, IndexError)
+
+
+def not_computed(name: str, error: BaseException) -> HypothesisTables:
+    """The stand-in for an analysis the study's data do not allow; ``facts`` says why."""
+    return HypothesisTables(name, facts={NOT_COMPUTED: f"{type(error).__name__}: {error}"})
+
+
+def _safely(name: str, fn, res: StudyResults, **kwargs) -> HypothesisTables:
+    try:
+        return fn(res, **kwargs)
+    except _DATA_ERRORS as e:
+        return not_computed(name, e)
+
+
 def compute_all(res: StudyResults, predict: bool = True, n_permutations: int = 200
                 ) -> dict[str, HypothesisTables]:
     """Every table of the report, in report order, plus ``family`` (table ``family``:
     the corrected H1–H4 tests). ``n_permutations`` goes to the predictability model's
-    permutation p values."""
-    out = {"dataset": dataset(res), "primary": primary(res), "H1": h1_temporal(res),
-           "H2": h2_structure(res), "H3": h3_semantics(res), "H4": h4_context(res)}
+    permutation p values. An analysis the data do not allow (a tiny study) comes back
+    empty with ``facts["not_computed"]`` saying why, so the report can say so."""
+    steps = [("dataset", dataset, {}), ("primary", primary, {}), ("H1", h1_temporal, {}),
+             ("H2", h2_structure, {}), ("H3", h3_semantics, {}), ("H4", h4_context, {})]
     if predict:
-        out["predictability"] = predictability(res, n_permutations=n_permutations)
-    out["robustness"] = robustness(res)
-    out["heads"] = heads(res)
-    out["degeneracy"] = degeneracy(res)
+        steps.append(("predictability", predictability, {"n_permutations": n_permutations}))
+    steps += [("robustness", robustness, {}), ("heads", heads, {}),
+              ("degeneracy", degeneracy, {})]
+    out = {name: _safely(name, fn, res, **kw) for name, fn, kw in steps}
     fam = family(out, res)
     out["family"] = HypothesisTables("family", {"family": fam}, fam)
     return out
 
 
-__all__ = ["HYPOTHESES", "compute_all", "family"]
+__all__ = ["HYPOTHESES", "NOT_COMPUTED", "compute_all", "family", "not_computed"]
