@@ -410,3 +410,30 @@ def test_an_analysis_the_data_do_not_allow_is_reported_not_raised(findings, monk
     shown = hypotheses.present(out["H4"], res)
     assert shown.answer.startswith("Not computed for this study: ValueError")
     assert "H4" not in set(out["family"].tests.get("hypothesis", []))
+
+
+def test_m0_beside_the_published_claims_recomputed_by_hand(findings):
+    """The report's prototype section: M0 legacy over the kept generated runs, summarised
+    as the prototype did (mean ± population SD, paired t on the raw means), beside the
+    published figures, each labelled with its model and mechanism."""
+    from scipy import stats as sps
+
+    res, out = findings
+    f = out["prototype"]
+    m = res.tables["metrics"]
+    legacy = m[(m.metric == "M0") & (m.variant == "legacy") & (m.layer < 0)
+               & (m.source == "generated")]
+    kept = res.kept_cells().merge(legacy, on="cell_id")
+    for row in f.tables["m0"].to_dict("records"):
+        g = kept[(kept["mode"] == row["mode"]) & (kept["threshold"] == row["threshold"])]
+        g = g[np.isfinite(g["estimate"])]
+        v = g["estimate"].to_numpy(float)
+        assert row["prompts"] == len(v)
+        assert row["mean_pct"] == pytest.approx(v.mean(), abs=1e-9)
+        assert row["sd_pct"] == pytest.approx(np.sqrt(((v - v.mean()) ** 2).mean()), abs=1e-9)
+        t = sps.ttest_rel(g["mean_nonparallel"], g["mean_parallel"])
+        assert row["t"] == pytest.approx(t.statistic, rel=1e-9)
+        assert f"{row['mean_pct']:+.1f} % ± {row['sd_pct']:.1f}" in f.answer
+    pub = f.tables["published"]
+    assert list(pub["mean_pct"]) == [-12.1, -2.8] and pub["model"].str.contains("3B").all()
+    assert "not a like-for-like comparison" in f.answer and f.facts["model"] in f.answer

@@ -68,6 +68,11 @@ SHOW = {
     ("robustness", "specifications"): ["mode", "metric", "variant", "sinks_excluded",
                                        "design", "exclusions", "n", "mean_pct", "ci_pct_low",
                                        "ci_pct_high", "p", "primary"],
+    ("prototype", "m0"): [*("mode", "threshold", "policy"), "prompts", "mean_pct", "sd_pct",
+                          "median_pct", "min_pct", "max_pct", "t", "p",
+                          "m0_corrected_mean_pct", "primary_mean_pct", "model"],
+    ("prototype", "published"): ["claim", "prompts", "mean_pct", "sd_pct", "median_pct",
+                                 "min_pct", "max_pct", "t", "p", "model"],
     ("heads", "heads"): None,  # too long: the heatmap shows it; the CSV has it
     ("degeneracy", "rates"): None,
     ("degeneracy", "excluded"): None,
@@ -197,7 +202,7 @@ def build_blocks(res, findings: dict) -> list[Block]:
                    f"Plan (sha256 {res.prereg['plan_sha256'][:12]}…, written "
                    f"{res.prereg['written_at']})"))
     order = ["dataset", "primary", "family", "H1", "H2", "H3", "H4", "predictability",
-             "robustness", "heads", "degeneracy"]
+             "robustness", "prototype", "heads", "degeneracy"]
     for key in order:
         f = findings.get(key)
         if f is None:

@@ -96,7 +96,8 @@ def none(t: HypothesisTables, res: StudyResults) -> dict[str, Any]:
 
 
 FIGURES = {"dataset": none, "primary": primary, "H1": h1, "H2": h2, "H3": h3, "H4": h4,
-           "predictability": none, "robustness": robustness, "heads": heads,
+           "predictability": none, "robustness": robustness, "prototype": none,
+           "heads": heads,
            "degeneracy": degeneracy, "family": none}
 
 __all__ = ["FIGURES"]

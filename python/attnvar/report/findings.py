@@ -79,6 +79,7 @@ h3_semantics = _presented(compute.h3_semantics)
 h4_context = _presented(compute.h4_context)
 predictability = _presented(compute.predictability)
 robustness = _presented(compute.robustness)
+prototype = _presented(compute.prototype)
 heads = _presented(compute.heads)
 degeneracy_report = _presented(compute.degeneracy)
 
@@ -99,4 +100,4 @@ def run_all(res: StudyResults, predict: bool = True, n_permutations: int = 200
 __all__ = ["Finding", "StudyResults", "contrast", "dataset", "degeneracy_report",
            "distance_table", "effects", "family", "h1_temporal", "h2_structure",
            "h3_semantics", "h4_context", "heads", "load", "predictability", "present",
-           "primary", "robustness", "run_all"]
+           "primary", "prototype", "robustness", "run_all"]

@@ -17,6 +17,7 @@ TITLES = {
     "H4": "H4 context and proportion: more parallel context, larger effect?",
     "predictability": "Predictability: can the direction and size be predicted?",
     "robustness": "Robustness: the effect under every metric choice",
+    "prototype": "The prototype's metric on this study, beside its published claims",
     "heads": "Layer × head map",
     "degeneracy": "Degenerate generations",
 }
@@ -159,6 +160,27 @@ def robustness(t: HypothesisTables, res: StudyResults) -> str:
         ". M0 rows show the prototype's metric for comparison."
 
 
+def prototype(t: HypothesisTables, res: StudyResults) -> str:
+    m0, pub = t.tables["m0"], t.tables["published"]
+    ours = []
+    for s in m0.to_dict("records"):
+        if s["prompts"] < 2:
+            ours.append(f"{condition_label(s)}: {s['prompts']} prompt(s) with a value, too "
+                        "few to summarise")
+            continue
+        ours.append(f"{condition_label(s)}: {s['mean_pct']:+.1f} % ± {s['sd_pct']:.1f} over "
+                    f"{s['prompts']} prompts (paired t p = {fmt_p(s['p'])}; the primary "
+                    f"metric on the same runs {s['primary_mean_pct']:+.1f} %)")
+    theirs = [f"{r['mean_pct']:+.1f} % ± {r['sd_pct']:.1f} over {r['prompts']} prompts "
+              f"(p = {fmt_p(r['p'])}, {r['claim']})" for r in pub.to_dict("records")]
+    return (f"M0, the prototype's metric (a ratio of mean attention, positive = less), on "
+            f"this study — model {t.facts['model']}, the "
+            "mechanism as described — " + ("; ".join(ours) or "no run with a value")
+            + ". Published: " + "; ".join(theirs) + f", from {pub['model'].iloc[0]} with "
+            f"{pub['mechanism'].iloc[0]}. Different models and mechanisms: not a "
+            "like-for-like comparison.")
+
+
 def heads(t: HypothesisTables, res: StudyResults) -> str:
     table = t.tables["heads"]
     lines = [f"{mode}: {int(sub['reject'].sum())} of {len(sub)} heads differ from 0 after BH"
@@ -177,7 +199,8 @@ def family(t: HypothesisTables, res: StudyResults) -> str:
 
 
 ANSWERS = {"dataset": dataset, "primary": primary, "H1": h1, "H2": h2, "H3": h3, "H4": h4,
-           "predictability": predictability, "robustness": robustness, "heads": heads,
+           "predictability": predictability, "robustness": robustness,
+           "prototype": prototype, "heads": heads,
            "degeneracy": degeneracy, "family": family}
 
 __all__ = ["ANSWERS", "TITLES", "fmt_p", "fmt_pct", "title"]

@@ -16,7 +16,15 @@ attention) and in % as reductions, 100·(1 − e^δ) (positive = less).
 
 from __future__ import annotations
 
-from .checks import SPECIFICATIONS, dataset, degeneracy, heads, predictability, robustness
+from .checks import (
+    SPECIFICATIONS,
+    dataset,
+    degeneracy,
+    heads,
+    predictability,
+    prototype,
+    robustness,
+)
 from .context import h4_context
 from .primary import distance_table, primary
 from .results import (
@@ -38,5 +46,5 @@ from .temporal import h1_temporal, step_effects
 __all__ = ["CELL_COLUMNS", "CONDITION", "HYPOTHESES", "SPECIFICATIONS", "HypothesisTables",
            "StudyResults", "compute_all", "condition_label", "contrast", "dataset",
            "degeneracy", "distance_table", "effects", "family", "h1_temporal", "h2_structure",
-           "h3_semantics", "h4_context", "heads", "load", "predictability", "primary",
+           "h3_semantics", "h4_context", "heads", "load", "predictability", "primary", "prototype",
            "robustness", "step_effects", "summarize"]

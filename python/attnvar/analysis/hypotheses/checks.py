@@ -4,13 +4,15 @@ the per-head map, degenerate generations, and whether the effect can be predicte
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 
-from ...engine import load_run
+from ...engine import default_model_path, load_run
 from ...study.prompts import Prompt
 from ...study.store import RUNS
 from .. import predictability as pred
+from .. import prototype as proto
 from .. import stats
 from .results import CONDITION, HypothesisTables, StudyResults, contrast, effects, summarize
 
@@ -147,6 +149,36 @@ def degeneracy(res: StudyResults) -> HypothesisTables:
                                    "rule": res.prereg["exclusion_rule"]["rule"]})
 
 
+def prototype(res: StudyResults) -> HypothesisTables:
+    """The prototype's metric on this study, beside its published claims. Tables ``m0``
+    (per condition: M0 legacy over the kept generated runs as the prototype reported it
+    — mean ± population SD, median, range, paired t on the raw means — with the means of
+    M0 corrected and of the primary effect on the same runs) and ``published`` (the
+    prototype's figures, with the model and mechanism that produced them). Facts:
+    ``model`` (this study's model file)."""
+    m = res.tables["metrics"]
+    legacy = m[(m["metric"] == "M0") & (m["variant"] == "legacy") & (m["layer"] < 0)
+               & (m["source"] == "generated")]
+    corrected = m[(m["metric"] == "M0") & (m["variant"] == "corrected") & (m["layer"] < 0)
+                  & (m["source"] == "generated")
+                  & (m["sinks_excluded"].astype(bool) == res.sinks_excluded)]
+    per = res.kept_cells()[["cell_id", "prompt_id", *CONDITION]].merge(
+        legacy[["cell_id", "estimate", "mean_parallel", "mean_nonparallel"]], on="cell_id")
+    per = per.rename(columns={"estimate": "m0_legacy_pct"}).merge(
+        corrected[["cell_id", "estimate"]].rename(columns={"estimate": "m0_corrected_pct"}),
+        on="cell_id", how="left")
+    per = per.merge(effects(res)[["cell_id", "effect_pct"]].rename(
+        columns={"effect_pct": "primary_pct"}), on="cell_id", how="left")
+    table = (proto.prototype_summary(per, mechanism=proto.OUR_MECHANISM, by=tuple(CONDITION))
+             if len(per) else pd.DataFrame(columns=[*CONDITION, "prompts", "mean_pct"]))
+    model = res.study.get("model_path") or default_model_path().name
+    table["model"] = Path(model).name
+    published = proto.PUBLISHED.assign(model=proto.PUBLISHED_MODEL,
+                                       mechanism=proto.PUBLISHED_MECHANISM)
+    return HypothesisTables("prototype", {"m0": table, "published": published},
+                            facts={"model": Path(model).name})
+
+
 def dataset(res: StudyResults) -> HypothesisTables:
     """What the study ran: per condition, prompts, runs, steps, parallel steps, widths,
     exclusions. Table ``dataset``. Facts: ``prompts``, ``runs`` (generated), ``replays``
@@ -164,5 +196,5 @@ def dataset(res: StudyResults) -> HypothesisTables:
         "replays": list(s.get("replays", [])), "max_steps": s.get("max_steps")})
 
 
-__all__ = ["SPECIFICATIONS", "dataset", "degeneracy", "heads", "heads_metric",
+__all__ = ["SPECIFICATIONS", "dataset", "prototype", "degeneracy", "heads", "heads_metric",
            "predictability", "robustness"]

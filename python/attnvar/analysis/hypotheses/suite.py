@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
-from .checks import dataset, degeneracy, heads, predictability, robustness
+from .checks import dataset, degeneracy, heads, predictability, prototype, robustness
 from .context import h4_context
 from .primary import primary
 from .results import HypothesisTables, StudyResults
@@ -58,8 +58,8 @@ def compute_all(res: StudyResults, predict: bool = True, n_permutations: int = 2
              ("H2", h2_structure, {}), ("H3", h3_semantics, {}), ("H4", h4_context, {})]
     if predict:
         steps.append(("predictability", predictability, {"n_permutations": n_permutations}))
-    steps += [("robustness", robustness, {}), ("heads", heads, {}),
-              ("degeneracy", degeneracy, {})]
+    steps += [("robustness", robustness, {}), ("prototype", prototype, {}),
+              ("heads", heads, {}), ("degeneracy", degeneracy, {})]
     out = {name: _safely(name, fn, res, **kw) for name, fn, kw in steps}
     fam = family(out, res)
     out["family"] = HypothesisTables("family", {"family": fam}, fam)
