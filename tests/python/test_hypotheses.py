@@ -437,3 +437,27 @@ def test_m0_beside_the_published_claims_recomputed_by_hand(findings):
     pub = f.tables["published"]
     assert list(pub["mean_pct"]) == [-12.1, -2.8] and pub["model"].str.contains("3B").all()
     assert "not a like-for-like comparison" in f.answer and f.facts["model"] in f.answer
+
+
+def test_power_and_smoke_test_banners_and_withheld_verdicts(findings):
+    from dataclasses import replace
+
+    res, out = findings
+    summary = out["primary"].tables["summary"]
+    table = document.summary_table(out)
+    prim_rows = table[table["question"].str.startswith("primary")]
+    assert np.allclose(prim_rows["mde"].to_numpy(float), summary["mde_pct"].to_numpy(float),
+                       equal_nan=True)
+    text = "\n".join(document.banners(res, out))
+    worst = float(summary["mde_pct"].max())
+    assert ("**Underpowered.**" in text) == (worst > res.plan["tost_margin_pct"])
+    assert "Smoke test" not in text and document.WITHHELD not in set(table["verdict"])
+    # The core-small suite is the smoke test: verdicts withheld, and the banner says why.
+    from attnvar.analysis.hypotheses.checks import is_smoke_test
+
+    assert is_smoke_test({"prompts": [{"id": p.id} for p in prompts.suite("core-small")]})
+    assert not is_smoke_test(res.study)
+    smoke = dict(out, dataset=replace(out["dataset"], facts={**out["dataset"].facts,
+                                                             "smoke_test": True}))
+    assert set(document.summary_table(smoke)["verdict"]) == {document.WITHHELD}
+    assert document.banners(res, smoke)[0].startswith("**Smoke test.**")

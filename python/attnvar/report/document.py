@@ -137,9 +137,11 @@ def compliance(res: StudyResults) -> dict[str, Any]:
 
 def summary_table(findings: dict) -> pd.DataFrame:
     """One row per preregistered test: the primary effect per condition and the H1–H4
-    family, with estimate, CI, raw and corrected p and a verdict (read from the
-    findings' tables; nothing is recomputed)."""
+    family, with estimate, CI, raw and corrected p, the primary test's minimum
+    detectable effect and a verdict (read from the findings' tables; nothing is
+    recomputed). A smoke-test study's verdicts are withheld."""
     rows = []
+    smoke = _smoke(findings)
     prim = findings.get("primary")
     if prim is not None and len(prim.tables.get("summary", ())):
         for s in prim.tables["summary"].to_dict("records"):
@@ -148,7 +150,8 @@ def summary_table(findings: dict) -> pd.DataFrame:
                          "condition": label, "estimate": s["mean_pct"],
                          "ci_low": s["ci_pct_low"], "ci_high": s["ci_pct_high"],
                          "unit": "% reduction", "n": s["n"], "p": s["p"],
-                         "p_adj": s["p_adj"], "verdict": _verdict(s)})
+                         "p_adj": s["p_adj"], "mde": s.get("mde_pct", float("nan")),
+                         "verdict": WITHHELD if smoke else _verdict(s)})
     fam = findings.get("family")
     if fam is not None and len(fam.tables.get("family", ())):
         names = {k: findings[k].title.split(":")[0] for k in ("H1", "H2", "H3", "H4")
@@ -157,10 +160,42 @@ def summary_table(findings: dict) -> pd.DataFrame:
             rows.append({"question": f"{names.get(s['hypothesis'], s['hypothesis'])}: {s['test']}",
                          "condition": s["mode"], "estimate": s["estimate"],
                          "ci_low": s["ci_low"], "ci_high": s["ci_high"], "unit": s["unit"],
-                         "n": s["n"], "p": s["p"], "p_adj": s["p_adj"],
-                         "verdict": "differs from 0" if s["reject"] else "not shown"})
+                         "n": s["n"], "p": s["p"], "p_adj": s["p_adj"], "mde": float("nan"),
+                         "verdict": WITHHELD if smoke else
+                         "differs from 0" if s["reject"] else "not shown"})
     return pd.DataFrame(rows, columns=["question", "condition", "estimate", "ci_low", "ci_high",
-                                       "unit", "n", "p", "p_adj", "verdict"])
+                                       "unit", "n", "p", "p_adj", "mde", "verdict"])
+
+
+WITHHELD = "withheld (smoke test)"
+
+
+def _smoke(findings: dict) -> bool:
+    data = findings.get("dataset")
+    return bool(data is not None and data.facts.get("smoke_test"))
+
+
+def banners(res: StudyResults, findings: dict) -> list[str]:
+    """What a reader must know before the summary: a smoke test, an underpowered study."""
+    out = []
+    if _smoke(findings):
+        out.append("**Smoke test.** This study ran the core-small suite (8 prompts): it "
+                   "shows the pipeline works end to end and is too small to answer, so its "
+                   "verdicts are withheld. Run `attnvar study --suite core` for an answer.")
+    prim = findings.get("primary")
+    summary = prim.tables.get("summary") if prim is not None else None
+    margin = float(res.plan["tost_margin_pct"])
+    if summary is not None and len(summary) and "mde_pct" in summary:
+        worst = float(summary["mde_pct"].max())
+        if not worst <= margin:
+            n = ", ".join(str(int(v)) for v in sorted(set(summary["n"])))
+            out.append(
+                f"**Underpowered.** With {n} prompts per condition and the spread observed, "
+                f"this study detects (80 % power, two-sided α = {res.alpha}) only "
+                f"reductions of about {worst:.0f} % or more in its weakest condition "
+                f"(column *mde*), more than the ±{margin:g} % it aims to resolve: a "
+                "non-significant result here is not evidence of absence.")
+    return out
 
 
 def _verdict(s: dict) -> str:
@@ -188,10 +223,14 @@ def build_blocks(res, findings: dict) -> list[Block]:
         f"heads by {plan['heads_correction']} at q = {plan['heads_q']}, equivalence margin "
         f"±{plan['tost_margin_pct']} %.")))
     b.append(Block("h2", "Summary"))
+    for text in banners(res, findings):
+        b.append(Block("p", text))
     b.append(Block("table", summary_table(findings), ""))
     b.append(Block("p", "Each row is one preregistered test; *verdict* applies the plan's "
                    "correction (primary: Holm across conditions; H1–H4: Holm across the "
-                   "family). The sections below give the tables and figures behind each row."))
+                   "family). *mde*: the smallest reduction, in %, the primary test detects "
+                   "with 80 % power at this n and the observed SD (noncentral t, before "
+                   "Holm). The sections below give the tables and figures behind each row."))
     b.append(Block("h2", "Preregistration"))
     b.append(Block("p", "The study **followed** its preregistration." if comp["followed"] else
                    "The study **did not fully follow** its preregistration (see the failed "
@@ -302,4 +341,5 @@ def write_report(results: str | Path, out: str | Path | None = None, predict: bo
     return out / "report.html"
 
 
-__all__ = ["REPORT_DIR", "build_blocks", "compliance", "write_report"]
+__all__ = ["REPORT_DIR", "WITHHELD", "banners", "build_blocks", "compliance", "summary_table",
+           "write_report"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...engine import default_model_path, load_run
-from ...study.prompts import Prompt
+from ...study.prompts import Prompt, suite
 from ...study.store import RUNS
 from .. import predictability as pred
 from .. import prototype as proto
@@ -182,7 +182,8 @@ def prototype(res: StudyResults) -> HypothesisTables:
 def dataset(res: StudyResults) -> HypothesisTables:
     """What the study ran: per condition, prompts, runs, steps, parallel steps, widths,
     exclusions. Table ``dataset``. Facts: ``prompts``, ``runs`` (generated), ``replays``
-    (encodings), ``max_steps``."""
+    (encodings), ``max_steps``, ``smoke_test`` (the study's prompts are exactly the
+    core-small suite: a check that the pipeline works, too small to answer)."""
     c = res.cells()
     table = (c.groupby(CONDITION)
              .agg(prompts=("prompt_id", "nunique"), runs=("cell_id", "count"),
@@ -193,8 +194,15 @@ def dataset(res: StudyResults) -> HypothesisTables:
     s = res.study
     return HypothesisTables("dataset", {"dataset": table}, facts={
         "prompts": int(c["prompt_id"].nunique()), "runs": len(c),
-        "replays": list(s.get("replays", [])), "max_steps": s.get("max_steps")})
+        "replays": list(s.get("replays", [])), "max_steps": s.get("max_steps"),
+        "smoke_test": is_smoke_test(s)})
 
 
-__all__ = ["SPECIFICATIONS", "dataset", "prototype", "degeneracy", "heads", "heads_metric",
-           "predictability", "robustness"]
+def is_smoke_test(study: dict) -> bool:
+    """True when a study's prompts are exactly the core-small suite (the smoke test)."""
+    ids = [p["id"] for p in study.get("prompts", [])]
+    return ids == [p.id for p in suite("core-small")]
+
+
+__all__ = ["SPECIFICATIONS", "dataset", "degeneracy", "heads", "heads_metric", "is_smoke_test",
+           "predictability", "prototype", "robustness"]
