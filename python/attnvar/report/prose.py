@@ -33,6 +33,12 @@ def fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def p_is(p: float) -> str:
+    """"p = 0.123", "p < 0.001" or "p = n/a"."""
+    text = fmt_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def title(name: str, res: StudyResults) -> str:
     if name == "family":
         return f"H1–H4 as one family ({res.plan['hypotheses_correction']})"
@@ -53,7 +59,7 @@ def primary(t: HypothesisTables, res: StudyResults) -> str:
                        if d["equivalent"] else "not shown equivalent to 0")
         lines.append(f"{condition_label(d)}: "
                      f"{fmt_pct(d['mean_pct'], d['ci_pct_low'], d['ci_pct_high'])}"
-                     f" over {d['n']} prompts, p = {fmt_p(d[pcol])} (Holm {fmt_p(d['p_adj'])}),"
+                     f" over {d['n']} prompts, {p_is(d[pcol])} (Holm {fmt_p(d['p_adj'])}),"
                      f" {equivalence}")
     design = ("generated run minus its " + res.contrast_encoding + " replay"
               if res.design == "replay" else "within the generated run (no contrast replay)")
@@ -78,7 +84,7 @@ def _meta_sentence(t: HypothesisTables, res: StudyResults, pcol: str) -> str:
         p_t, p_m = float(s.iloc[0][pcol]), float(m["p"])
         same = (p_t < res.alpha) == (p_m < res.alpha)
         interval = fmt_pct(m["mu_pct"], m["ci_pct_low"], m["ci_pct_high"])
-        parts.append(f"{condition_label(m)}: {interval}, p = {fmt_p(p_m)}"
+        parts.append(f"{condition_label(m)}: {interval}, {p_is(p_m)}"
                      + ("" if same else " (differs from the t test's verdict)"))
     if not parts:
         return ""
@@ -93,7 +99,7 @@ def _meta_sentence(t: HypothesisTables, res: StudyResults, pcol: str) -> str:
 def h1(t: HypothesisTables, res: StudyResults) -> str:
     pcol = p_column(res)
     lines = [f"{s['mode']}: mean slope {s['mean']:+.4f} log units per step "
-             f"(95 % CI {s['ci_low']:+.4f} to {s['ci_high']:+.4f}), p = {fmt_p(s[pcol])}"
+             f"(95 % CI {s['ci_low']:+.4f} to {s['ci_high']:+.4f}), {p_is(s[pcol])}"
              for s in t.tables["slope_summary"].to_dict("records")]
     return ("The effect's trend over query steps — " + ("; ".join(lines) or "too few steps")
             + f". {t.facts['reversals']} of {t.facts['runs']} runs reverse sign between the "
@@ -104,7 +110,7 @@ def h2(t: HypothesisTables, res: StudyResults) -> str:
     pcol = p_column(res)
     lines = [f"{s['mode']}: incomplete − complete = "
              f"{fmt_pct(s['mean_pct'], s['ci_pct_low'], s['ci_pct_high'])} "
-             f"over {s['n']} pairs, p = {fmt_p(s[pcol])}"
+             f"over {s['n']} pairs, {p_is(s[pcol])}"
              for s in t.tables["paired"].to_dict("records")]
     return ("Matched pairs — " + ("; ".join(lines) if lines else
                                   "the study has fewer than 2 complete matched pairs")
@@ -116,7 +122,7 @@ def h3(t: HypothesisTables, res: StudyResults) -> str:
     classes = t.tables["classes"]
     lines = [f"{s['mode']}: closed − open class = "
              f"{fmt_pct(s['mean_pct'], s['ci_pct_low'], s['ci_pct_high'])}, "
-             f"p = {fmt_p(s[pcol])} (n = {s['n']})"
+             f"{p_is(s[pcol])} (n = {s['n']})"
              for s in t.tables["closed_vs_open"].to_dict("records")]
     n_sig = int(classes["reject"].astype(bool).sum()) if "reject" in classes else 0
     return ("Function vs content words — " + ("; ".join(lines) if lines else
@@ -129,11 +135,11 @@ def h4(t: HypothesisTables, res: StudyResults) -> str:
     if len(threshold_dose):
         pcol = p_column(res)
         lines = [f"{s['mode']}: slope over θ {s['mean']:+.3f} log units per unit θ, "
-                 f"p = {fmt_p(s[pcol])} (n = {s['n']})"
+                 f"{p_is(s[pcol])} (n = {s['n']})"
                  for s in threshold_dose.to_dict("records")]
     else:
         lines = [f"{s['mode']}: slope on the parallel proportion {s['slope']:+.3f}, "
-                 f"p = {fmt_p(s['p'])} (n = {s['n']})" if np.isfinite(s["slope"]) else
+                 f"{p_is(s['p'])} (n = {s['n']})" if np.isfinite(s["slope"]) else
                  f"{s['mode']}: not estimable ({s['n']} prompt(s); a slope needs 3 with "
                  "different parallel proportions)"
                  for s in assoc[assoc["covariate"] == "proportion_parallel"].to_dict("records")]
@@ -141,9 +147,9 @@ def h4(t: HypothesisTables, res: StudyResults) -> str:
 
 
 def predictability(t: HypothesisTables, res: StudyResults) -> str:
-    lines = [f"{s['mode']}: CV R² = {s['cv_r2']:+.2f} (permutation p = {fmt_p(s['p_r2'])}), "
+    lines = [f"{s['mode']}: CV R² = {s['cv_r2']:+.2f} (permutation {p_is(s['p_r2'])}), "
              f"sign accuracy {s['sign_acc']:.2f} vs {s['baseline_acc']:.2f} for the majority "
-             f"sign (p = {fmt_p(s['p_sign'])}), {s['n_groups']} prompts"
+             f"sign ({p_is(s['p_sign'])}), {s['n_groups']} prompts"
              for s in t.tables["summary"].to_dict("records")] + list(t.facts["notes"])
     return ("; ".join(lines) + ". CV R² ≤ 0 means the features predict the magnitude no "
             "better than the mean of the other prompts.") if lines else "Not estimable."
@@ -169,10 +175,10 @@ def prototype(t: HypothesisTables, res: StudyResults) -> str:
                         "few to summarise")
             continue
         ours.append(f"{condition_label(s)}: {s['mean_pct']:+.1f} % ± {s['sd_pct']:.1f} over "
-                    f"{s['prompts']} prompts (paired t p = {fmt_p(s['p'])}; the primary "
+                    f"{s['prompts']} prompts (paired t {p_is(s['p'])}; the primary "
                     f"metric on the same runs {s['primary_mean_pct']:+.1f} %)")
     theirs = [f"{r['mean_pct']:+.1f} % ± {r['sd_pct']:.1f} over {r['prompts']} prompts "
-              f"(p = {fmt_p(r['p'])}, {r['claim']})" for r in pub.to_dict("records")]
+              f"({p_is(r['p'])}, {r['claim']})" for r in pub.to_dict("records")]
     return (f"M0, the prototype's metric (a ratio of mean attention, positive = less), on "
             f"this study — model {t.facts['model']}, the "
             "mechanism as described — " + ("; ".join(ours) or "no run with a value")
@@ -203,4 +209,4 @@ ANSWERS = {"dataset": dataset, "primary": primary, "H1": h1, "H2": h2, "H3": h3,
            "prototype": prototype, "heads": heads,
            "degeneracy": degeneracy, "family": family}
 
-__all__ = ["ANSWERS", "TITLES", "fmt_p", "fmt_pct", "title"]
+__all__ = ["ANSWERS", "TITLES", "fmt_p", "fmt_pct", "p_is", "title"]
