@@ -461,3 +461,18 @@ def test_power_and_smoke_test_banners_and_withheld_verdicts(findings):
                                                              "smoke_test": True}))
     assert set(document.summary_table(smoke)["verdict"]) == {document.WITHHELD}
     assert document.banners(res, smoke)[0].startswith("**Smoke test.**")
+
+
+def test_phases_read_in_time_order_and_slopes_get_no_equivalence_test(findings):
+    res, out = findings
+    for name, col in (("by_query_phase", "query_phase"), ("by_key_phase", "key_phase")):
+        table = out["H1"].tables[name]
+        for _, g in table.groupby("mode"):
+            order = [p for p in ("early", "middle", "late") if p in set(g[col])]
+            assert list(g[col]) == order, (name, list(g[col]))
+    # ±10 % equivalence is defined for effects, not for slopes or coefficients.
+    for finding, table in (("H1", "slope_summary"), ("H4", "threshold_dose"), ("H3", "terms")):
+        t = out[finding].tables[table]
+        if len(t):
+            assert t["equivalent"].isna().all() and t["p_tost"].isna().all(), (finding, table)
+    assert out["primary"].tables["summary"]["equivalent"].notna().all()

@@ -370,6 +370,7 @@ def test_summarize_family():
     assert len(one) == 1 and one.loc[0, "n"] == 20
 
 
+@pytest.mark.filterwarnings("ignore:`use_t=True` requires")  # about its per-item CIs, unused
 def test_meta_hksj_matches_statsmodels_and_is_never_narrower():
     """HKSJ: the random-effects mean's variance scaled by the weighted residual variance
     q (statsmodels' "random effect wls" row, t with k − 1 df); floored at q = 1, so it is

@@ -51,7 +51,8 @@ def h4_context(res: StudyResults) -> HypothesisTables:
                 slope = np.polyfit(per.index.to_numpy(float), per.to_numpy(), 1)[0]
                 dose_rows.append({"prompt_id": prompt, "mode": mode, "slope": slope})
     dose = pd.DataFrame(dose_rows, columns=["prompt_id", "mode", "slope"])
-    threshold_dose = summarize(dose, ["mode"], res, effect="slope", correction="holm")
+    threshold_dose = summarize(dose, ["mode"], res, effect="slope", correction="holm",
+                               equivalence=False)
     by_theta = summarize(eff, ["mode", "threshold"], res) if len(thresholds) >= 1 \
         else pd.DataFrame()
     st = step_effects(res)

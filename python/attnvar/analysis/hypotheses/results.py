@@ -176,7 +176,13 @@ def effects(res: StudyResults, metric: str | None = None, variant: str | None = 
 
 
 def summarize(frame: pd.DataFrame, by: list[str], res: StudyResults, unit: str = "prompt_id",
-             correction: str = "bh", effect: str = "effect", scale: str = "log") -> pd.DataFrame:
+             correction: str = "bh", effect: str = "effect", scale: str = "log",
+             equivalence: bool = True) -> pd.DataFrame:
+    """Per group of ``by``: the test of ``effect`` over ``unit`` (stats.summarize_family).
+
+    ``equivalence=False`` for slopes and coefficients: the ±margin % equivalence test is
+    defined on the reduction scale of an effect, and means nothing for a slope, so its
+    columns (``p_tost``, ``p_tost_adj``, ``equivalent``) are left empty there."""
     by = [b for b in by if b in frame and frame[b].notna().any()]
     frame = frame[np.isfinite(frame[effect].astype(float))]
     ok = frame
@@ -193,6 +199,8 @@ def summarize(frame: pd.DataFrame, by: list[str], res: StudyResults, unit: str =
     if scale == "percent":
         out["mean_pct"], out["ci_pct_low"], out["ci_pct_high"] = (
             out["mean"], out["ci_low"], out["ci_high"])
+    if not equivalence:
+        out[["p_tost", "p_tost_adj", "equivalent"]] = np.nan
     return out
 
 

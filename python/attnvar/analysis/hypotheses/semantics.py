@@ -42,7 +42,7 @@ def h3_semantics(res: StudyResults) -> HypothesisTables:
               & ~terms["term"].str.startswith("spline")]
     t = t.merge(res.cells()[["cell_id", "prompt_id", "mode"]], on="cell_id")
     term_summary = summarize(t.rename(columns={"estimate": "coef"}), ["mode", "term"], res,
-                             effect="coef")
+                             effect="coef", equivalence=False)
     pcol = p_column(res)
     tests = [test_row("H3", s["mode"], "closed-class − open-class words", s["mean_pct"],
                       s["ci_pct_low"], s["ci_pct_high"], s[pcol], s["n"])

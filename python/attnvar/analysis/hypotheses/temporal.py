@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
+from ..metrics.profiles import PHASES
 from .results import (
     HypothesisTables,
     StudyResults,
@@ -28,6 +29,16 @@ def step_effects(res: StudyResults) -> pd.DataFrame:
     return res.kept_cells().merge(out, on="cell_id", how="inner")
 
 
+def in_phase_order(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Rows by mode, then phase in time order (early, middle, late), not alphabetically."""
+    if table.empty or column not in table:
+        return table
+    rank = table[column].map({p: i for i, p in enumerate(PHASES)}).fillna(len(PHASES))
+    keys = [k for k in ("mode",) if k in table]
+    return (table.assign(_rank=rank).sort_values([*keys, "_rank"], kind="stable")
+            .drop(columns="_rank").reset_index(drop=True))
+
+
 def h1_temporal(res: StudyResults) -> HypothesisTables:
     """H1: does the effect change over the generation?
 
@@ -42,15 +53,17 @@ def h1_temporal(res: StudyResults) -> HypothesisTables:
     """
     se = step_effects(res)
     allk = se[se["key_phase"] == "all"]
-    by_q = summarize(allk, ["mode", "query_phase"], res)
-    by_k = summarize(se[se["key_phase"] != "all"], ["mode", "key_phase"], res)
+    by_q = in_phase_order(summarize(allk, ["mode", "query_phase"], res), "query_phase")
+    by_k = in_phase_order(summarize(se[se["key_phase"] != "all"], ["mode", "key_phase"], res),
+                          "key_phase")
     slopes = []
     for (cell, prompt, mode), sub in allk.groupby(["cell_id", "prompt_id", "mode"]):
         if sub["query_step"].nunique() >= 3:
             b = np.polyfit(sub["query_step"].to_numpy(float), sub["effect"].to_numpy(float), 1)[0]
             slopes.append({"cell_id": cell, "prompt_id": prompt, "mode": mode, "slope": b})
     slopes = pd.DataFrame(slopes, columns=["cell_id", "prompt_id", "mode", "slope"])
-    slope_summary = summarize(slopes, ["mode"], res, effect="slope", correction="holm")
+    slope_summary = summarize(slopes, ["mode"], res, effect="slope", correction="holm",
+                              equivalence=False)
     mixed = []
     for mode, sub in allk.groupby("mode"):
         if sub["prompt_id"].nunique() >= 3:
