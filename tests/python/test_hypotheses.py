@@ -476,3 +476,23 @@ def test_phases_read_in_time_order_and_slopes_get_no_equivalence_test(findings):
         if len(t):
             assert t["equivalent"].isna().all() and t["p_tost"].isna().all(), (finding, table)
     assert out["primary"].tables["summary"]["equivalent"].notna().all()
+
+
+def test_every_planned_run_is_accounted_for(findings):
+    """Per condition the accounting adds up to the grid's planned runs, and 'analysed' is
+    exactly the primary test's n; the other columns are counted from the tables by hand."""
+    from attnvar.analysis.hypotheses.checks import STATUSES
+
+    res, out = findings
+    acc = out["dataset"].tables["accounting"]
+    assert (acc[["missing", *STATUSES[1:]]].sum(axis=1) == acc["planned"]).all()
+    assert (acc["planned"] == len(res.study["prompts"])).all()
+    summary = out["primary"].tables["summary"]
+    deg = res.tables["degeneracy"].merge(res.cells()[["cell_id", "mode", "threshold"]],
+                                         on="cell_id")
+    for row in acc.to_dict("records"):
+        s = summary[(summary["mode"] == row["mode"]) & (summary["threshold"] == row["threshold"])]
+        assert row["analysed"] == (int(s["n"].iloc[0]) if len(s) else 0)
+        d = deg[(deg["mode"] == row["mode"]) & (deg["threshold"] == row["threshold"])]
+        assert row["stopped before a measurable query"] == int((~d["analysable"]).sum())
+        assert row["excluded as degenerate"] == int((d["analysable"] & d["excluded"]).sum())

@@ -37,6 +37,7 @@ REPORT_DIR = "report"
 # The columns each report table shows (all columns are in tables/*.csv).
 SHOW = {
     ("dataset", "dataset"): None,
+    ("dataset", "accounting"): None,
     ("primary", "summary"): ["mode", "threshold", "policy", "n", "mean_pct", "ci_pct_low",
                              "ci_pct_high", "mean", "p", "p_wilcoxon", "p_perm", "p_adj",
                              "hl", "r_rb", "p_tost", "equivalent", "mde_pct"],

@@ -179,11 +179,77 @@ def prototype(res: StudyResults) -> HypothesisTables:
                             facts={"model": Path(model).name})
 
 
+STATUSES = ("missing", "stopped before a measurable query", "excluded as degenerate",
+            "no parallel key", "no non-parallel key", "no estimate", "analysed")
+
+
+def cell_status(res: StudyResults) -> pd.DataFrame:
+    """Per generated run: why it is, or is not, among the analysed units of the primary
+    test — the first of: stopped before a measurable query (fewer than two steps),
+    excluded as degenerate (the preregistered rule, when applied), no parallel key, no
+    non-parallel key (every counted key of one kind), no estimate (no contrast, e.g. its
+    replay is missing), analysed."""
+    cells = res.cells()
+    deg = res.tables["degeneracy"]
+    analysable = (dict(zip(deg["cell_id"], deg["analysable"].astype(bool), strict=True))
+                  if "analysable" in deg else {})
+    m = res.tables["metrics"]
+    sel = ((m["metric"] == res.metric) & (m["variant"] == res.variant) & (m["layer"] < 0)
+           & (m["source"] == "generated"))
+    if "sinks_excluded" in m and (res.metric, res.variant) != ("M0", "legacy"):
+        sel &= m["sinks_excluded"].astype(bool) == res.sinks_excluded
+    if res.metric == "M2":
+        sel &= m["term"] == "parallel"
+    pairs = m[sel].set_index("cell_id")[["n_pairs", "n_parallel_pairs"]] if sel.any() else \
+        pd.DataFrame(columns=["n_pairs", "n_parallel_pairs"])
+    estimated = set(effects(replace(res, apply_exclusions=False))["cell_id"])
+    status = []
+    for row in cells.itertuples(index=False):
+        n, npar = (pairs.loc[row.cell_id] if row.cell_id in pairs.index else (0, 0))
+        if not analysable.get(row.cell_id, False):
+            status.append(STATUSES[1])
+        elif row.excluded and res.apply_exclusions:
+            status.append(STATUSES[2])
+        elif npar == 0:
+            status.append(STATUSES[3])
+        elif n - npar == 0:
+            status.append(STATUSES[4])
+        elif row.cell_id not in estimated:
+            status.append(STATUSES[5])
+        else:
+            status.append(STATUSES[6])
+    return cells.assign(status=status)
+
+
+def accounting(res: StudyResults) -> pd.DataFrame:
+    """Per condition: runs planned by the study's grid, and where each went (columns of
+    :data:`STATUSES`); the columns add up to ``planned``."""
+    s = res.study
+    per_condition = len(s.get("prompts", [])) * (len(s.get("seeds") or [0])
+                                                 if s.get("sample") else 1)
+    status = cell_status(res)
+    rows = []
+    conditions = [(t, m, p) for t in s.get("thresholds", []) for m in s.get("modes", [])
+                  for p in s.get("policies", [])]
+    for t, mode, pol in conditions:
+        g = status[(status["threshold"] == t) & (status["mode"] == mode)
+                   & (status["policy"] == pol)]
+        counts = g["status"].value_counts()
+        row = {"mode": mode, "threshold": t, "policy": pol, "planned": per_condition,
+               "missing": per_condition - len(g)}
+        row.update({name: int(counts.get(name, 0)) for name in STATUSES[1:]})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*CONDITION, "planned", *STATUSES])
+
+
 def dataset(res: StudyResults) -> HypothesisTables:
     """What the study ran: per condition, prompts, runs, steps, parallel steps, widths,
-    exclusions. Table ``dataset``. Facts: ``prompts``, ``runs`` (generated), ``replays``
-    (encodings), ``max_steps``, ``smoke_test`` (the study's prompts are exactly the
-    core-small suite: a check that the pipeline works, too small to answer)."""
+    exclusions (table ``dataset``), and every planned run accounted for (table
+    ``accounting``: planned, missing, stopped before a measurable query, excluded as
+    degenerate, no parallel key, no non-parallel key, no estimate, analysed — adding up
+    to planned). Facts: ``prompts``, ``runs`` (generated), ``replays`` (encodings),
+    ``max_steps``, ``smoke_test`` (the study's prompts are exactly the core-small suite:
+    a check that the pipeline works, too small to answer)."""
     c = res.cells()
     table = (c.groupby(CONDITION)
              .agg(prompts=("prompt_id", "nunique"), runs=("cell_id", "count"),
@@ -192,10 +258,11 @@ def dataset(res: StudyResults) -> HypothesisTables:
                   mean_width=("mean_width", "mean"), excluded=("excluded", "sum"))
              .reset_index())
     s = res.study
-    return HypothesisTables("dataset", {"dataset": table}, facts={
-        "prompts": int(c["prompt_id"].nunique()), "runs": len(c),
-        "replays": list(s.get("replays", [])), "max_steps": s.get("max_steps"),
-        "smoke_test": is_smoke_test(s)})
+    return HypothesisTables("dataset", {"dataset": table, "accounting": accounting(res)},
+                            facts={"prompts": int(c["prompt_id"].nunique()), "runs": len(c),
+                                   "replays": list(s.get("replays", [])),
+                                   "max_steps": s.get("max_steps"),
+                                   "smoke_test": is_smoke_test(s)})
 
 
 def is_smoke_test(study: dict) -> bool:
@@ -204,5 +271,6 @@ def is_smoke_test(study: dict) -> bool:
     return ids == [p.id for p in suite("core-small")]
 
 
-__all__ = ["SPECIFICATIONS", "dataset", "degeneracy", "heads", "heads_metric", "is_smoke_test",
-           "predictability", "prototype", "robustness"]
+__all__ = ["SPECIFICATIONS", "STATUSES", "accounting", "cell_status", "dataset", "degeneracy",
+           "heads", "heads_metric", "is_smoke_test", "predictability", "prototype",
+           "robustness"]
