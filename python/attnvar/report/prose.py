@@ -101,9 +101,14 @@ def h1(t: HypothesisTables, res: StudyResults) -> str:
     lines = [f"{s['mode']}: mean slope {s['mean']:+.4f} log units per step "
              f"(95 % CI {s['ci_low']:+.4f} to {s['ci_high']:+.4f}), {p_is(s[pcol])}"
              for s in t.tables["slope_summary"].to_dict("records")]
+    mixed = t.tables["mixed"]
+    sens = [f"{r['mode']}: {r['estimate']:+.4f} per step, {p_is(r['p'])} ({r['model']})"
+            for r in mixed.to_dict("records") if np.isfinite(r.get("estimate", np.nan))]
     return ("The effect's trend over query steps — " + ("; ".join(lines) or "too few steps")
             + f". {t.facts['reversals']} of {t.facts['runs']} runs reverse sign between the "
-            "early and late thirds with both 95 % CIs excluding 0.")
+            "early and late thirds with both 95 % CIs excluding 0."
+            + (" Sensitivity analysis, not the verdict — a mixed model of the per-step "
+               "effect: " + "; ".join(sens) + "." if sens else ""))
 
 
 def h2(t: HypothesisTables, res: StudyResults) -> str:

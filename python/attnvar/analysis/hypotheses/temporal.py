@@ -29,6 +29,35 @@ def step_effects(res: StudyResults) -> pd.DataFrame:
     return res.kept_cells().merge(out, on="cell_id", how="inner")
 
 
+RANDOM_SLOPE = "random intercept and slope for query_step by prompt"
+RANDOM_INTERCEPT = "random intercept by prompt (the random-slope model did not converge)"
+
+
+def mixed_sensitivity(mode: str, sub: pd.DataFrame) -> dict:
+    """H1's sensitivity analysis (never its verdict, which is the per-prompt slope t test):
+    MixedLM ``effect ~ query_step`` with a random intercept *and slope* for the step by
+    prompt, so that steps of one prompt are not treated as independent evidence about the
+    slope; when it does not converge, the random-intercept model, and the row says so."""
+    row = {"mode": mode}
+    for model, re_formula in ((RANDOM_SLOPE, "~query_step"), (RANDOM_INTERCEPT, None)):
+        try:
+            mm = stats.mixed_model(sub, "effect ~ query_step", groups="prompt_id",
+                                   re_formula=re_formula)
+        except (ValueError, np.linalg.LinAlgError) as e:
+            row["note"] = f"{model}: failed ({e})"
+            continue
+        if not mm.attrs["converged"] and re_formula is not None:
+            row["note"] = "the random-slope model did not converge"
+            continue
+        r = mm[mm["term"] == "query_step"].iloc[0]
+        row.update(model=model, term="query_step", estimate=r["estimate"], se=r["se"],
+                   p=r["p"], ci_low=r["ci_low"], ci_high=r["ci_high"],
+                   converged=mm.attrs["converged"], n_prompts=mm.attrs["n_groups"],
+                   n_obs=mm.attrs["n_obs"])
+        return row
+    return row
+
+
 def in_phase_order(table: pd.DataFrame, column: str) -> pd.DataFrame:
     """Rows by mode, then phase in time order (early, middle, late), not alphabetically."""
     if table.empty or column not in table:
@@ -45,7 +74,8 @@ def h1_temporal(res: StudyResults) -> HypothesisTables:
     Tables: ``by_query_phase`` and ``by_key_phase`` (summaries per mode and tercile),
     ``slopes`` (per cell: OLS slope of the per-step effect on the query step),
     ``slope_summary`` (per mode: test of the mean slope; this is the H1 test),
-    ``mixed`` (per mode: MixedLM effect ~ query_step with a prompt random intercept),
+    ``mixed`` (per mode: the sensitivity analysis of :func:`mixed_sensitivity` — MixedLM
+    effect ~ query_step with a random intercept and slope by prompt; never the verdict),
     ``reversals`` (per cell: early and late effects with 95 % CIs and whether they
     exclude 0 with opposite signs), ``profile`` (per mode and query step: mean effect
     over prompts with a 95 % CI, in log units and %). Facts: ``reversals`` (runs whose
@@ -64,19 +94,10 @@ def h1_temporal(res: StudyResults) -> HypothesisTables:
     slopes = pd.DataFrame(slopes, columns=["cell_id", "prompt_id", "mode", "slope"])
     slope_summary = summarize(slopes, ["mode"], res, effect="slope", correction="holm",
                               equivalence=False)
-    mixed = []
-    for mode, sub in allk.groupby("mode"):
-        if sub["prompt_id"].nunique() >= 3:
-            try:
-                mm = stats.mixed_model(sub, "effect ~ query_step", groups="prompt_id")
-            except (ValueError, np.linalg.LinAlgError) as e:
-                mixed.append({"mode": mode, "note": f"MixedLM failed: {e}"})
-                continue
-            r = mm[mm["term"] == "query_step"].iloc[0].to_dict()
-            mixed.append({"mode": mode, **r, "converged": mm.attrs["converged"],
-                          "n_prompts": mm.attrs["n_groups"], "n_obs": mm.attrs["n_obs"]})
-    mixed = (pd.DataFrame(mixed) if mixed
-             else pd.DataFrame(columns=["mode", "term", "estimate", "p"]))
+    mixed = pd.DataFrame([mixed_sensitivity(mode, sub) for mode, sub in allk.groupby("mode")
+                          if sub["prompt_id"].nunique() >= 3],
+                         columns=["mode", "model", "term", "estimate", "se", "p", "ci_low",
+                                  "ci_high", "converged", "n_prompts", "n_obs", "note"])
     rev = []
     for (cell, prompt, mode), sub in allk.groupby(["cell_id", "prompt_id", "mode"]):
         row = {"cell_id": cell, "prompt_id": prompt, "mode": mode}
