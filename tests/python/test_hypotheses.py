@@ -195,7 +195,8 @@ DOCUMENTED = {
            "by_threshold": ["mode", "threshold", "mean_pct"],
            "steps_dose": ["mode", "max_steps", "mean_pct"]},
     "predictability": {"summary": ["mode", "cv_r2", "sign_acc", "baseline_acc", "p_r2"]},
-    "robustness": {"specifications": ["metric", "variant", "design", "mean_pct", "primary"]},
+    "robustness": {"specifications": ["metric", "variant", "estimand", "design", "mean_pct",
+                                      "primary"]},
     "heads": {"heads": ["mode", "layer", "head", "mean_pct", "p_adj", "reject"]},
     "degeneracy": {"rates": ["mode", "threshold", "excluded"], "excluded": ["cell_id"]},
     "dataset": {"dataset": ["mode", "threshold", "prompts", "runs", "excluded"]},
@@ -219,6 +220,9 @@ def test_every_hypothesis_function_returns_its_documented_tables(findings):
     assert np.all(np.diff(fam["p_adj"].to_numpy()[order]) >= -1e-15)
     # The specification curve includes the preregistered specification exactly once per mode.
     spec = out["robustness"].tables["specifications"]
+    # Only rows of the primary metric's estimand are counted as its alternatives.
+    assert set(spec.loc[spec["metric"].isin(["M1p", "M4"]), "estimand"]) <= {"position effect"}
+    assert "of the same estimand (attention contrast)" in out["robustness"].answer
     assert spec.groupby("mode")["primary"].sum().eq(1).all()
     prim = out["primary"].tables["summary"].iloc[0]
     assert prim["ci_pct_low"] <= prim["mean_pct"] <= prim["ci_pct_high"]

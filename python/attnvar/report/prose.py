@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..analysis.hypotheses import HypothesisTables, StudyResults, condition_label
+from ..analysis.hypotheses.checks import ESTIMANDS
 from ..analysis.hypotheses.results import p_column
 
 TITLES = {
@@ -164,11 +165,15 @@ def robustness(t: HypothesisTables, res: StudyResults) -> str:
     spec = t.tables["specifications"]
     if not len(spec):
         return "No specification could be estimated."
+    estimand = ESTIMANDS.get(res.metric, "attention contrast")
+    same = spec[spec["estimand"] == estimand]
     same_sign = {m: (np.sign(g["mean_pct"]).value_counts().max(), len(g))
-                 for m, g in spec[spec["metric"] != "M0"].groupby("mode")}
-    return "; ".join(f"{m}: {k} of {n} specifications (M0 aside) share the majority sign"
-                     for m, (k, n) in same_sign.items()) + \
-        ". M0 rows show the prototype's metric for comparison."
+                 for m, g in same.groupby("mode")}
+    others = sorted(set(spec["estimand"]) - {estimand})
+    return ("; ".join(f"{m}: {k} of {n} specifications of the same estimand ({estimand}) "
+                      "share the majority sign" for m, (k, n) in same_sign.items())
+            + (f". Rows of other estimands ({', '.join(others)}) answer other questions and "
+               "are shown for reference, not counted." if others else "."))
 
 
 def prototype(t: HypothesisTables, res: StudyResults) -> str:

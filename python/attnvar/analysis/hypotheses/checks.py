@@ -16,6 +16,11 @@ from .. import prototype as proto
 from .. import stats
 from .results import CONDITION, HypothesisTables, StudyResults, contrast, effects, summarize
 
+# What each specification estimates. Only those of the primary metric's estimand are
+# alternatives to it; the others answer other questions and are shown, labelled, apart.
+ESTIMANDS = {"M1": "attention contrast", "M1m": "attention contrast",
+             "M2": "attention contrast", "M3": "attention contrast",
+             "M1p": "position effect", "M4": "position effect", "M0": "prototype's metric"}
 SPECIFICATIONS = [
     ("M1", "distance_matched"), ("M1", "plain"), ("M1m", "size_matched"), ("M1m", "raw"),
     ("M1p", "position_minus_log_k"), ("M2", "per_head"), ("M2", "pooled"),
@@ -70,7 +75,8 @@ def robustness(res: StudyResults) -> HypothesisTables:
     """The specification curve: the mean effect per mode under every metric variant,
     with and without sink exclusion, replay and observational designs, with and without
     the degeneracy exclusions. Table ``specifications``: one row per specification and
-    mode (mean_pct and CI; M0 variants are in % already)."""
+    mode (mean_pct and CI; M0 variants are in % already), with its ``estimand``: only
+    rows of the primary metric's estimand are alternatives to it."""
     rows = []
     designs = ["replay", "observational"] if res.design == "replay" else ["observational"]
     for metric, variant in SPECIFICATIONS:
@@ -85,6 +91,7 @@ def robustness(res: StudyResults) -> HypothesisTables:
                     s = summarize(eff, ["mode"], r, scale=scale)
                     for x in s.to_dict("records"):
                         rows.append({"metric": metric, "variant": variant,
+                                     "estimand": ESTIMANDS[metric],
                                      "sinks_excluded": sinks, "design": design,
                                      "exclusions": excl, "mode": x["mode"], "n": x["n"],
                                      "mean_pct": x["mean_pct"], "ci_pct_low": x["ci_pct_low"],
@@ -271,6 +278,6 @@ def is_smoke_test(study: dict) -> bool:
     return ids == [p.id for p in suite("core-small")]
 
 
-__all__ = ["SPECIFICATIONS", "STATUSES", "accounting", "cell_status", "dataset", "degeneracy",
-           "heads", "heads_metric", "is_smoke_test", "predictability", "prototype",
-           "robustness"]
+__all__ = ["ESTIMANDS", "SPECIFICATIONS", "STATUSES", "accounting", "cell_status", "dataset",
+           "degeneracy", "heads", "heads_metric", "is_smoke_test", "predictability",
+           "prototype", "robustness"]
