@@ -10,6 +10,7 @@ import sys
 from html.parser import HTMLParser
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -331,3 +332,36 @@ def test_plots_import_matplotlib_lazily_and_never_pyplot():
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_forest_plot_clips_an_extreme_interval_visibly():
+    rows = pd.DataFrame({"name": list("abcdef"), "est": [1.0, -2.0, 3.0, 0.5, 0.0, 2.0],
+                         "lo": [-4.0, -7000.0, -1.0, -3.0, -3.0, -2.0],
+                         "hi": [6.0, 4.0, 8.0, 900.0, 3.0, 6.0]})
+    fig = plots.forest_plot(rows, "est", "lo", "hi", "name", clip=True)
+    ax = fig.axes[0]
+    left, right = ax.get_xlim()
+    assert -40 < left < -2 and 3 < right < 40  # the outliers do not set the range
+    clipped = [c for c in ax.collections if c.get_gid() == "clipped"]
+    assert len(clipped) == 2
+    texts = {t.get_text() for t in ax.texts}
+    assert {"-7e+03", "900"} <= texts
+    (lines,) = [c for c in ax.collections if c.get_gid() == "interval"]
+    for seg in lines.get_segments():
+        assert left <= seg[:, 0].min() and seg[:, 0].max() <= right
+    # Without clip the range covers every interval, as before.
+    wide = plots.forest_plot(rows, "est", "lo", "hi", "name").axes[0].get_xlim()
+    assert wide[0] <= -7000 and wide[1] >= 900
+
+
+def test_spec_curve_labels_every_specification():
+    spec = pd.DataFrame({"mode": ["isolated"] * 3, "metric": ["M1", "M1", "M2"],
+                         "variant": ["distance_matched", "plain", "pooled"],
+                         "sinks_excluded": [True, False, True],
+                         "design": ["replay", "replay", "observational"],
+                         "exclusions": [True, True, False], "mean_pct": [1.0, -2.0, 0.5],
+                         "ci_pct_low": [-1.0, -5.0, -2.0], "ci_pct_high": [3.0, 1.0, 3.0],
+                         "primary": [True, False, False]})
+    ax = plots.spec_curve(spec).axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["M1 plain +sinks", "M2 pooled obs all", "M1 distance_matched"]

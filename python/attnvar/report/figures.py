@@ -26,7 +26,7 @@ def primary(t: HypothesisTables, res: StudyResults) -> dict[str, Any]:
         figures[f"forest {label}"] = plots.forest_plot(
             sub.sort_values("effect_pct"), "effect_pct", "effect_pct_low", "effect_pct_high",
             "prompt_id", pooled=pooled, xlabel="reduction in % (positive = less attention)",
-            title=f"{res.metric} {res.variant}, {res.design} design — {label}")
+            title=f"{res.metric} {res.variant}, {res.design} design — {label}", clip=True)
     if len(dist):
         figures["distance profile"] = plots.distance_plot(dist)
     return figures
@@ -43,8 +43,11 @@ def h2(t: HypothesisTables, res: StudyResults) -> dict[str, Any]:
     pairs = t.tables["pairs"]
     if not len(pairs):
         return {}
+    # One panel per mode and θ, so each pair is one line in each panel.
+    pairs = pairs.assign(condition=[f"{m} θ={t:g}" for m, t in
+                                    zip(pairs["mode"], pairs["threshold"], strict=True)])
     return {"matched pairs": plots.paired_plot(
-        pairs, "incomplete", "complete", group="mode",
+        pairs, "incomplete", "complete", group="condition",
         ylabel=f"effect ({res.metric}, log scale; negative = less)",
         title="H2: the same content, incomplete vs complete")}
 
@@ -53,7 +56,7 @@ def h3(t: HypothesisTables, res: StudyResults) -> dict[str, Any]:
     return {f"token classes {mode}": plots.forest_plot(
         sub, "mean_pct", "ci_pct_low", "ci_pct_high", "class",
         xlabel="reduction in % within the class (positive = less)",
-        title=f"H3: effect by token class — {mode}")
+        title=f"H3: effect by token class — {mode} ({res.metric} {res.variant})", clip=True)
         for mode, sub in t.tables["classes"].groupby("mode")}
 
 

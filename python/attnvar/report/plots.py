@@ -509,6 +509,7 @@ def forest_plot(
     reference: float | None = 0.0,
     xlabel: str | None = None,
     title: str | None = None,
+    clip: bool = False,
 ) -> Figure:
     """Per-row effects with confidence intervals, top to bottom in frame order, and an
     optional pooled row drawn as a diamond below a separator.
@@ -524,6 +525,10 @@ def forest_plot(
     weight : column of row weights (e.g. inverse variance) that scale the markers' area
     reference : x of the dashed no-effect line; None draws none
     xlabel, title : axis label (default: ``estimate``) and title
+    clip : keep the x range to what the estimates need (every estimate and the pooled
+        interval, plus three median interval half-widths): an interval reaching beyond
+        ends in an arrow at the edge, labelled with its true end, instead of squashing
+        every other row
 
     Returns
     -------
@@ -560,6 +565,9 @@ def forest_plot(
     est = rows[estimate].to_numpy(dtype=float)
     lo = rows[lower].to_numpy(dtype=float)
     hi = rows[upper].to_numpy(dtype=float)
+    limits = _clip_limits(est, lo, hi, pooled_row, (estimate, lower, upper)) if clip else None
+    if limits is not None:
+        lo, hi = _draw_clipped(ax, y, lo, hi, limits)
     ax.hlines(y, lo, hi, color="#374151", linewidth=1.2, gid="interval")
     sizes = np.full(n, 36.0)
     if weight is not None:
@@ -586,8 +594,43 @@ def forest_plot(
     ax.set_xlabel(xlabel or estimate)
     if title:
         ax.set_title(title, fontsize=10)
-    ax.autoscale(enable=True, axis="x")
+    if limits is not None:
+        ax.set_xlim(*limits)
+    else:
+        ax.autoscale(enable=True, axis="x")
     return fig
+
+
+def _clip_limits(est, lo, hi, pooled_row, cols) -> tuple[float, float] | None:
+    """Every estimate and the pooled interval, plus three typical (median) half-widths of
+    the intervals on each side, no further than the intervals themselves reach."""
+    ok = np.isfinite(est) & np.isfinite(lo) & np.isfinite(hi)
+    if not ok.any():
+        return None
+    keep = [est[ok]]
+    if pooled_row is not None:
+        keep.append(np.array([float(pooled_row[c]) for c in cols]))
+    keep = np.concatenate(keep)
+    half = float(np.median((hi[ok] - lo[ok]) / 2))
+    low = max(keep.min() - 3 * half, lo[ok].min())
+    high = min(keep.max() + 3 * half, hi[ok].max())
+    pad = 0.05 * (high - low or 1.0)
+    return low - pad, high + pad
+
+
+def _draw_clipped(ax, y, lo, hi, limits):
+    """Clip interval ends to ``limits``; mark each clipped end with an arrow and its value."""
+    left, right = limits
+    for yi, a, b in zip(y, lo, hi, strict=True):
+        if np.isfinite(a) and a < left:
+            ax.scatter([left], [yi], marker="<", s=28, color="#374151", zorder=3, gid="clipped")
+            ax.annotate(f"{a:.3g}", (left, yi), xytext=(3, 4), textcoords="offset points",
+                        fontsize=6, color="#374151")
+        if np.isfinite(b) and b > right:
+            ax.scatter([right], [yi], marker=">", s=28, color="#374151", zorder=3, gid="clipped")
+            ax.annotate(f"{b:.3g}", (right, yi), xytext=(-18, 4), textcoords="offset points",
+                        fontsize=6, color="#374151")
+    return np.clip(lo, left, right), np.clip(hi, left, right)
 
 
 # ---- study figures (attnvar.hypotheses, the report) --------------------------------------------
@@ -672,9 +715,11 @@ def dose_plot(
 
 def spec_curve(spec: pd.DataFrame) -> Figure:
     """The specification curve: every specification's mean reduction in % with its CI,
-    sorted, one panel per mode; the preregistered specification in colour."""
+    sorted, one panel per mode, each labelled on the x axis (metric variant, then
+    "+sinks" when sinks are kept, "obs" for the observational design, "all" without the
+    degeneracy exclusions); the preregistered specification in colour."""
     parts = _groups(spec, "mode")
-    fig = _new_figure(7.2, 2.8 * len(parts) + 0.6)
+    fig = _new_figure(max(7.2, 0.16 * len(spec) / max(len(parts), 1) + 2), 3.6 * len(parts) + 0.6)
     axes = fig.subplots(len(parts), 1, squeeze=False)[:, 0]
     for ax, (name, sub) in zip(axes, parts, strict=True):
         sub = sub.sort_values("mean_pct").reset_index(drop=True)
@@ -683,10 +728,22 @@ def spec_curve(spec: pd.DataFrame) -> Figure:
         ax.vlines(x, sub["ci_pct_low"], sub["ci_pct_high"], colors=colors, linewidth=1)
         ax.scatter(x, sub["mean_pct"], c=colors, s=14, zorder=3, gid="specification")
         ax.axhline(0, color="#6b7280", linestyle="--", linewidth=0.9)
-        ax.set_xticks([])
+        ax.set_xticks(x, [_spec_label(r) for r in sub.to_dict("records")], rotation=90,
+                      fontsize=5)
         ax.set_ylabel("reduction in %")
         ax.set_title(f"{name}: {len(sub)} specifications (orange: preregistered)", fontsize=9)
     return fig
+
+
+def _spec_label(r: Mapping[str, Any]) -> str:
+    parts = [f"{r['metric']} {r['variant']}"]
+    if "sinks_excluded" in r and not r["sinks_excluded"]:
+        parts.append("+sinks")
+    if r.get("design") == "observational":
+        parts.append("obs")
+    if "exclusions" in r and not r["exclusions"]:
+        parts.append("all")
+    return " ".join(parts)
 
 
 def head_heatmap(table: pd.DataFrame, value: str, mark: str | None = None, *,
