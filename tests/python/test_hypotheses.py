@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -318,7 +319,7 @@ def test_report_renders_and_its_numbers_are_the_functions_numbers(study_dir, fin
     top = report.summary_table(out)
     prim, fam = out["primary"].tables["summary"], out["family"].tables["family"]
     assert len(top) == len(prim) + len(fam)
-    np.testing.assert_allclose(top["estimate"], np.r_[prim["mean_pct"], fam["estimate"]])
+    np.testing.assert_allclose(top["estimate"], np.r_[prim["mean_pct"], fam["pct"]])
     np.testing.assert_allclose(top["p_adj"], np.r_[prim["p_adj"], fam["p_adj"]])
     for answer in (out[k].answer for k in ("primary", "H1", "H2", "H3", "H4")):
         assert answer in md
@@ -526,3 +527,24 @@ def test_h1_mixed_model_is_a_random_slope_sensitivity_analysis(findings):
             assert row["estimate"] == pytest.approx(fit.fe_params["query_step"], abs=1e-6)
         else:
             assert "did not converge" in row["note"]
+
+
+def test_the_summary_speaks_one_scale(findings):
+    """Family rows carry their % form (a slope b per unit x is 100·(1 − e^{b·Δx}) % per
+    Δx, CI ends swapped) and the summary shows only % reductions with their step."""
+    res, out = findings
+    fam = out["family"].tables["family"]
+    step = {"log units per step": 1.0, "log units per unit θ": 0.1,
+            "log units per unit proportion": 0.1}
+    for r in fam.to_dict("records"):
+        if r["unit"] == "%":
+            assert (r["pct"], r["pct_low"], r["pct_high"]) == (r["estimate"], r["ci_low"],
+                                                                r["ci_high"])
+        else:
+            d = step[r["unit"]]
+            assert r["pct"] == pytest.approx(100 * (1 - math.exp(d * r["estimate"])))
+            assert r["pct_low"] == pytest.approx(100 * (1 - math.exp(d * r["ci_high"])))
+        assert r["supports"] == "≠ 0 (two-sided test)"
+    table = document.summary_table(out)
+    assert table["unit"].str.startswith("% reduction").all()
+    assert (table["supports the hypothesis if"] == "≠ 0 (two-sided test)").all()

@@ -42,8 +42,8 @@ SHOW = {
                              "ci_pct_high", "mean", "p", "p_wilcoxon", "p_perm", "p_adj",
                              "hl", "r_rb", "p_tost", "equivalent", "mde_pct"],
     ("primary", "meta"): None,
-    ("family", "family"): ["hypothesis", "mode", "test", "estimate", "ci_low", "ci_high",
-                           "unit", "n", "p", "p_adj", "reject"],
+    ("family", "family"): ["hypothesis", "mode", "test", "pct", "pct_low", "pct_high",
+                           "pct_unit", "estimate", "unit", "n", "p", "p_adj", "reject"],
     ("H1", "slope_summary"): ["mode", "n", "mean", "ci_low", "ci_high", "p", "p_adj"],
     ("H1", "by_query_phase"): ["mode", "query_phase", "n", "mean_pct", "ci_pct_low",
                                "ci_pct_high", "p", "p_adj"],
@@ -152,6 +152,7 @@ def summary_table(findings: dict) -> pd.DataFrame:
                          "condition": label, "estimate": s["mean_pct"],
                          "ci_low": s["ci_pct_low"], "ci_high": s["ci_pct_high"],
                          "unit": "% reduction", "n": s["n"], "p": s["p"],
+                         "supports the hypothesis if": "≠ 0 (two-sided test)",
                          "p_adj": s["p_adj"], "mde": s.get("mde_pct", float("nan")),
                          "verdict": WITHHELD if smoke else _verdict(s)})
     fam = findings.get("family")
@@ -160,13 +161,15 @@ def summary_table(findings: dict) -> pd.DataFrame:
                  if k in findings}
         for s in fam.tables["family"].to_dict("records"):
             rows.append({"question": f"{names.get(s['hypothesis'], s['hypothesis'])}: {s['test']}",
-                         "condition": s["mode"], "estimate": s["estimate"],
-                         "ci_low": s["ci_low"], "ci_high": s["ci_high"], "unit": s["unit"],
+                         "condition": s["mode"], "estimate": s["pct"],
+                         "ci_low": s["pct_low"], "ci_high": s["pct_high"],
+                         "unit": s["pct_unit"], "supports the hypothesis if": s["supports"],
                          "n": s["n"], "p": s["p"], "p_adj": s["p_adj"], "mde": float("nan"),
                          "verdict": WITHHELD if smoke else
                          "differs from 0" if s["reject"] else "not shown"})
     return pd.DataFrame(rows, columns=["question", "condition", "estimate", "ci_low", "ci_high",
-                                       "unit", "n", "p", "p_adj", "mde", "verdict"])
+                                       "unit", "supports the hypothesis if", "n", "p", "p_adj",
+                                       "mde", "verdict"])
 
 
 WITHHELD = "withheld (smoke test)"
@@ -228,7 +231,11 @@ def build_blocks(res, findings: dict) -> list[Block]:
     for text in banners(res, findings):
         b.append(Block("p", text))
     b.append(Block("table", summary_table(findings), ""))
-    b.append(Block("p", "Each row is one preregistered test; *verdict* applies the plan's "
+    b.append(Block("p", "Each row is one preregistered test, all on one scale: *estimate* "
+                   "is a reduction in % (positive = parallel tokens receive less "
+                   "attention); a slope is the change of that reduction per step, per 0.1 θ "
+                   "or per 0.1 of the steps being parallel, as *unit* says. *verdict* "
+                   "applies the plan's "
                    "correction (primary: Holm across conditions; H1–H4: Holm across the "
                    "family). *mde*: the smallest reduction, in %, the primary test detects "
                    "with 80 % power at this n and the observed SD (noncentral t, before "

@@ -218,10 +218,33 @@ def condition_label(row: pd.Series | dict) -> str:
     return " ".join(parts)
 
 
+# How a test's native unit maps onto the one scale the summary uses: % reduction
+# (positive = parallel tokens receive less attention), per a stated step of the covariate.
+PCT_SCALES = {
+    "%": (None, "% reduction"),
+    "log units per step": (1.0, "% reduction per step"),
+    "log units per unit θ": (0.1, "% reduction per 0.1 θ"),
+    "log units per unit proportion": (0.1, "% reduction per 0.1 of steps parallel"),
+}
+SUPPORTS = "≠ 0 (two-sided test)"
+
+
 def test_row(hypothesis: str, mode: str, test: str, estimate: float, low: float, high: float,
-              p: float, n: int, unit: str = "%") -> dict:
+             p: float, n: int, unit: str = "%") -> dict:
+    """One row of the H1–H4 family, in its native unit and on the common % scale: a
+    slope b in log units per unit x becomes 100·(1 − e^{b·Δx}) % per Δx (the CI's ends
+    swap, since the map decreases)."""
+    step, pct_unit = PCT_SCALES[unit]
+    if step is None:
+        pct, pct_low, pct_high = estimate, low, high
+    else:
+        pct = float(stats.pct_from_log(step * estimate))
+        pct_low = float(stats.pct_from_log(step * high))
+        pct_high = float(stats.pct_from_log(step * low))
     return {"hypothesis": hypothesis, "mode": mode, "test": test, "estimate": estimate,
-            "ci_low": low, "ci_high": high, "unit": unit, "p": p, "n": n}
+            "ci_low": low, "ci_high": high, "unit": unit, "p": p, "n": n,
+            "pct": pct, "pct_low": pct_low, "pct_high": pct_high, "pct_unit": pct_unit,
+            "supports": SUPPORTS}
 
 
 @dataclass
@@ -241,7 +264,8 @@ def tests_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(TEST_COLUMNS)) if rows else pd.DataFrame()
 
 
-TEST_COLUMNS = ("hypothesis", "mode", "test", "estimate", "ci_low", "ci_high", "unit", "p", "n")
+TEST_COLUMNS = ("hypothesis", "mode", "test", "estimate", "ci_low", "ci_high", "unit", "p", "n",
+                "pct", "pct_low", "pct_high", "pct_unit", "supports")
 
 
 def ols(x: np.ndarray, y: np.ndarray) -> dict:
