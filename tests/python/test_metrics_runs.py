@@ -11,19 +11,17 @@ import torch
 
 import attnvar
 import attnvar.metrics as am
-from attnvar.model import Model
 
 pytest.importorskip("transformers")
 
-from tiny_models import attnvar_model, tiny_hf_model  # noqa: E402
+from tiny_models import tiny_llama_model  # noqa: E402
 
 PROMPT = [1, 17, 42, 9, 33]
 
 
 @pytest.fixture(scope="module")
 def model():
-    core = attnvar_model(tiny_hf_model("llama", seed=11))
-    return Model(core, None, {"note": "tiny"}, [2], "tiny", torch.float32)
+    return tiny_llama_model(seed=11)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import torch
 
 import attnvar
 import attnvar.metrics as am
-from attnvar.engine import Model
 from attnvar.engine.run_store import EXTRAS_FILE
 from attnvar.engine.visibility import applied_visibility
 from attnvar.report import plots
@@ -19,15 +18,14 @@ from attnvar.report import plots
 pytest.importorskip("transformers")
 
 from safetensors.torch import load_file, save_file  # noqa: E402
-from tiny_models import attnvar_model, tiny_hf_model  # noqa: E402
+from tiny_models import tiny_llama_model  # noqa: E402
 
 PROMPT = [1, 17, 42, 9, 33]
 
 
 @pytest.fixture(scope="module")
 def model():
-    core = attnvar_model(tiny_hf_model("llama", seed=11))
-    return Model(core, None, {"note": "tiny"}, [2], "tiny", torch.float32)
+    return tiny_llama_model(seed=11)
 
 
 @pytest.fixture(scope="module")

@@ -77,6 +77,14 @@ def attnvar_model(hf_model, dtype=torch.float32, device="cpu"):
                                     device=device)
 
 
+def tiny_llama_model(seed: int = 11, eos_ids=(2,)):
+    """A tokenizer-less attnvar Model over a tiny random Llama (prompts as ids)."""
+    from attnvar.engine import Model
+
+    core = attnvar_model(tiny_hf_model("llama", seed=seed))
+    return Model(core, None, {"note": "tiny"}, list(eos_ids), "tiny", torch.float32)
+
+
 def additive_mask(visible: torch.Tensor) -> torch.Tensor:
     """(N, N) bool visibility -> HF's explicit 4-D additive mask (1, 1, N, N)."""
     mask = torch.zeros(visible.shape, dtype=torch.float32)
