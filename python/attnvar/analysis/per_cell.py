@@ -145,7 +145,7 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
                           or version_file.read_text().strip() != str(ANALYSIS_VERSION)):
         shutil.rmtree(adir)  # written by another analysis version: recompute
     adir.mkdir(exist_ok=True)
-    version_file.write_text(str(ANALYSIS_VERSION))
+    write_atomic(version_file, str(ANALYSIS_VERSION))
     remove_stale(adir)
     gen = runs[runs["kind"].isin(GENERATED_KINDS)]
     replays = runs[runs["kind"] == "replay"]

@@ -31,6 +31,7 @@ import pandas as pd
 from ..analysis import analyze_study, load_tables, stats
 from ..analysis import hypotheses as compute
 from ..analysis import metrics as am
+from ..analysis.hypotheses.results import prompt_rows
 from ..analysis.prototype import (
     OUR_COMPAT,
     OUR_MECHANISM,
@@ -101,17 +102,12 @@ def _studies(plan: Plan, model_path: str | None) -> dict[str, Study]:
     }
 
 
-def _prompt_rows(metrics: pd.DataFrame, runs: pd.DataFrame, metric: str, variant: str,
-                 sinks: bool | None) -> pd.DataFrame:
-    sel = ((metrics["metric"] == metric) & (metrics["variant"] == variant)
-           & (metrics["layer"] < 0) & (metrics["source"] == "generated"))
-    if sinks is not None:
-        sel &= metrics["sinks_excluded"].astype(bool) == sinks
-    if metric == "M2":
-        sel &= metrics["term"] == "parallel"
-    rows = metrics[sel].merge(runs[["run_id", "prompt_id", "mode"]],
-                              left_on="cell_id", right_on="run_id")
-    return rows
+def _prompt_rows(metrics: pd.DataFrame, runs: pd.DataFrame, metric: str,
+                 variant: str) -> pd.DataFrame:
+    """The generated runs' prompt-level rows of one metric (sinks excluded), by run."""
+    rows = prompt_rows(metrics, metric, variant, sinks_excluded=True, source="generated")
+    return rows.merge(runs[["run_id", "prompt_id", "mode"]], left_on="cell_id",
+                      right_on="run_id")
 
 
 def compat_table(results: Path, leak: bool) -> pd.DataFrame:
@@ -119,12 +115,12 @@ def compat_table(results: Path, leak: bool) -> pd.DataFrame:
     (in % reduction, observational: within the run), the published value."""
     tables = load_tables(results)
     runs, metrics = tables["runs"], tables["metrics"]
-    legacy = _prompt_rows(metrics, runs, "M0", "legacy", None)
+    legacy = _prompt_rows(metrics, runs, "M0", "legacy")
     out = runs[["prompt_id", "mode", "steps", "parallel_steps"]].merge(
         legacy[["prompt_id", "mode", "estimate", "mean_parallel", "mean_nonparallel"]],
         on=["prompt_id", "mode"], how="left").rename(columns={"estimate": "m0_legacy_pct"})
-    corrected = _prompt_rows(metrics, runs, "M0", "corrected", True)
-    primary = _prompt_rows(metrics, runs, *PRIMARY, True)
+    corrected = _prompt_rows(metrics, runs, "M0", "corrected")
+    primary = _prompt_rows(metrics, runs, *PRIMARY)
     out = out.merge(corrected[["prompt_id", "mode", "estimate"]].rename(
         columns={"estimate": "m0_corrected_pct"}), on=["prompt_id", "mode"], how="left")
     out = out.merge(primary[["prompt_id", "mode", "estimate"]].rename(

@@ -19,11 +19,13 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..engine.visibility import COMPAT_KIND
+
 STUDY_FILE = "study.json"
 RUNS = "runs"
 TABLES = "tables"
 SUMMARY_FILE = "summary.md"
-COMPAT_PRESET = "tempo-2025"
+COMPAT_PRESET = COMPAT_KIND  # the engine's name for its compat runs
 COMPAT_MODES = ("isolated", "visible")
 # Run kinds that are a cell's generation (its replays have kind "replay").
 GENERATED_KINDS = ("generate", COMPAT_PRESET)

@@ -14,7 +14,15 @@ from ...study.store import RUNS
 from .. import predictability as pred
 from .. import prototype as proto
 from .. import stats
-from .results import CONDITION, HypothesisTables, StudyResults, contrast, effects, summarize
+from .results import (
+    CONDITION,
+    HypothesisTables,
+    StudyResults,
+    contrast,
+    effects,
+    prompt_rows,
+    summarize,
+)
 
 # What each specification estimates. Only those of the primary metric's estimand are
 # alternatives to it; the others answer other questions and are shown, labelled, apart.
@@ -164,11 +172,8 @@ def prototype(res: StudyResults) -> HypothesisTables:
     prototype's figures, with the model and mechanism that produced them). Facts:
     ``model`` (this study's model file)."""
     m = res.tables["metrics"]
-    legacy = m[(m["metric"] == "M0") & (m["variant"] == "legacy") & (m["layer"] < 0)
-               & (m["source"] == "generated")]
-    corrected = m[(m["metric"] == "M0") & (m["variant"] == "corrected") & (m["layer"] < 0)
-                  & (m["source"] == "generated")
-                  & (m["sinks_excluded"].astype(bool) == res.sinks_excluded)]
+    legacy = prompt_rows(m, "M0", "legacy", res.sinks_excluded, source="generated")
+    corrected = prompt_rows(m, "M0", "corrected", res.sinks_excluded, source="generated")
     per = res.kept_cells()[["cell_id", "prompt_id", *CONDITION]].merge(
         legacy[["cell_id", "estimate", "mean_parallel", "mean_nonparallel"]], on="cell_id")
     per = per.rename(columns={"estimate": "m0_legacy_pct"}).merge(
@@ -200,14 +205,9 @@ def cell_status(res: StudyResults) -> pd.DataFrame:
     deg = res.tables["degeneracy"]
     analysable = (dict(zip(deg["cell_id"], deg["analysable"].astype(bool), strict=True))
                   if "analysable" in deg else {})
-    m = res.tables["metrics"]
-    sel = ((m["metric"] == res.metric) & (m["variant"] == res.variant) & (m["layer"] < 0)
-           & (m["source"] == "generated"))
-    if "sinks_excluded" in m and (res.metric, res.variant) != ("M0", "legacy"):
-        sel &= m["sinks_excluded"].astype(bool) == res.sinks_excluded
-    if res.metric == "M2":
-        sel &= m["term"] == "parallel"
-    pairs = m[sel].set_index("cell_id")[["n_pairs", "n_parallel_pairs"]] if sel.any() else \
+    rows = prompt_rows(res.tables["metrics"], res.metric, res.variant, res.sinks_excluded,
+                       source="generated")
+    pairs = rows.set_index("cell_id")[["n_pairs", "n_parallel_pairs"]] if len(rows) else \
         pd.DataFrame(columns=["n_pairs", "n_parallel_pairs"])
     estimated = set(effects(replace(res, apply_exclusions=False))["cell_id"])
     status = []

@@ -145,6 +145,27 @@ def contrast(frame: pd.DataFrame, keys: list[str], value: str = "estimate",
     return out
 
 
+def prompt_rows(metrics: pd.DataFrame, metric: str, variant: str, sinks_excluded: bool,
+                source: str | None = None, term: str | None = None) -> pd.DataFrame:
+    """The prompt-level rows (layer = head = −1) of one metric variant in a metrics table:
+    with sinks excluded or not (M0 legacy has one form, taken either way), the
+    ``parallel`` term of M2 unless ``term`` names another, of one ``source`` (the
+    generated run or a replay's encoding) when given."""
+    m = metrics
+    if "metric" not in m:  # a study without any analysable run
+        return m.iloc[:0]
+    sel = (m["metric"] == metric) & (m["variant"] == variant) & (m["layer"] < 0) & (m["head"] < 0)
+    if (metric, variant) != ("M0", "legacy"):
+        sel &= m["sinks_excluded"].astype(bool) == sinks_excluded
+    if term is not None:
+        sel &= m["term"] == term
+    elif metric == "M2":
+        sel &= m["term"] == "parallel"
+    if source is not None:
+        sel &= m["source"] == source
+    return m[sel]
+
+
 def effects(res: StudyResults, metric: str | None = None, variant: str | None = None,
             sinks_excluded: bool | None = None, design: str | None = None,
             term: str | None = None) -> pd.DataFrame:
@@ -158,15 +179,7 @@ def effects(res: StudyResults, metric: str | None = None, variant: str | None = 
     variant = variant or res.variant
     sinks = res.sinks_excluded if sinks_excluded is None else sinks_excluded
     design = design or res.design
-    m = res.tables["metrics"]
-    sel = (m["metric"] == metric) & (m["variant"] == variant) & (m["layer"] < 0) & (m["head"] < 0)
-    if metric != "M0" or variant != "legacy":
-        sel &= m["sinks_excluded"].astype(bool) == sinks
-    if term is not None:
-        sel &= m["term"] == term
-    elif metric == "M2":
-        sel &= m["term"] == "parallel"
-    rows = m[sel]
+    rows = prompt_rows(res.tables["metrics"], metric, variant, sinks, term=term)
     out = contrast(rows, ["cell_id"], se="se", design=design, encoding=res.contrast_encoding)
     out = res.kept_cells().merge(out, on="cell_id", how="inner")
     scale = rows["scale"].iloc[0] if len(rows) else "log"
