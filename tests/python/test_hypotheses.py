@@ -49,7 +49,7 @@ def _loop_delta(s, inc, lab, q):
 def test_step_profile_and_phases_equal_plain_loops():
     view = toy_view(np.random.default_rng(3), steps=12, heads=2)
     pairs = count_pairs(view)
-    prof = step_profile(pairs)
+    prof = step_profile(pairs, variants=("plain",))
     s = pairs.values("scores").numpy()
     inc = pairs.include.numpy()
     n_steps = int(view.step.max()) + 1
@@ -85,7 +85,7 @@ def test_step_profile_and_phases_equal_plain_loops():
 def test_class_contrast_and_distance_profile_equal_plain_loops():
     view = toy_view(np.random.default_rng(5), steps=14, heads=1)
     pairs = count_pairs(view)
-    table = class_contrasts(pairs).set_index("class")
+    table = class_contrasts(pairs, variants=("plain",)).set_index("class")
     s = pairs.values("scores").numpy()[0, 0]
     inc = pairs.include.numpy()[0, 0]
     classes = key_classes(pairs)
@@ -117,6 +117,83 @@ def test_class_contrast_and_distance_profile_equal_plain_loops():
         vals = sums[(r.distance, r.set == "parallel")]
         assert r.n_pairs == len(vals) and abs(r.mean_score - np.mean(vals)) < 1e-10
     assert len(dist) == len(sums)
+
+
+def _dummy_ols(pairs, head, include, step_effects, klass=None):
+    """The distance-matched fit of one head as ordinary least squares with explicit
+    dummies (statsmodels, no within transform): query dummies, one dummy per logical
+    distance but one, and the parallel indicator — one per query step when
+    ``step_effects``; with ``klass`` (a key mask), the class indicator and the parallel
+    indicator within the class — over the included pairs. Returns ({column name:
+    coefficient}, full rank)."""
+    import statsmodels.api as sm
+
+    s = pairs.values("scores").numpy()[0, head]
+    qi, ki = np.nonzero(include)
+    d = np.round(pairs.distance[qi, ki], 6)
+    cols = {}
+    for q in np.unique(qi):
+        cols[f"q{q}"] = (qi == q).astype(float)
+    levels = sorted(set(d))
+    for lev in levels[1:]:
+        cols[f"d{lev}"] = (d == lev).astype(float)
+    par = pairs.key_parallel[ki].astype(float)
+    if step_effects:
+        for t in np.unique(pairs.query_step[qi]):
+            col = par * (pairs.query_step[qi] == t)
+            if col.any():
+                cols[f"t{t}"] = col
+    elif klass is not None:
+        cols["class"] = klass[ki].astype(float)
+        cols["parallel"] = par * klass[ki]
+    else:
+        cols["parallel"] = par
+    x = pd.DataFrame(cols)
+    fit = sm.OLS(s[qi, ki], x).fit()
+    rank = np.linalg.matrix_rank(x.to_numpy())
+    return fit.params.to_dict(), rank == x.shape[1]
+
+
+def test_distance_matched_profiles_equal_dummy_variable_regressions():
+    """Per query step, per truncation T and per token class, the distance-matched δ equals
+    the parallel coefficient(s) of an explicit-dummy OLS fit (statsmodels) of that head."""
+    from attnvar.metrics.profiles import truncated_contrasts
+
+    view = toy_view(np.random.default_rng(11), steps=14, heads=2)
+    pairs = count_pairs(view)
+    inc = pairs.include.numpy()[0]
+    prof = step_profile(pairs, phases=False, variants=("distance_matched",))
+    per_head = []
+    for h in range(2):
+        coefs, full_rank = _dummy_ols(pairs, h, inc[h], step_effects=True)
+        assert full_rank
+        per_head.append(coefs)
+    worst, checked = 0.0, 0
+    for r in prof.itertuples(index=False):
+        expected = np.mean([c[f"t{r.query_step}"] for c in per_head])
+        worst = max(worst, abs(r.estimate - expected))
+        checked += 1
+    assert checked >= 8 and worst < 1e-8, worst
+    trunc = truncated_contrasts(pairs, grid=(4, 8), variants=("distance_matched",))
+    for r in trunc.itertuples(index=False):
+        keep = (pairs.query_step < r.max_steps)[:, None]
+        expected = np.mean([_dummy_ols(pairs, h, inc[h] & keep, False)[0]["parallel"]
+                            for h in range(2)])
+        worst = max(worst, abs(r.estimate - expected))
+    assert set(trunc["max_steps"]) == {4, 8, int(view.step.max()) + 1}
+    classes = class_contrasts(pairs, variants=("distance_matched",)).set_index("class")
+    compared = 0
+    for name, keys in key_classes(pairs).items():
+        est = classes.loc[name, "estimate"]
+        if not np.isfinite(est):
+            continue
+        fits = [_dummy_ols(pairs, h, inc[h], False, klass=keys) for h in range(2)]
+        if all(ok for _, ok in fits):
+            worst = max(worst, abs(est - np.mean([c["parallel"] for c, _ in fits])))
+            compared += 1
+    print(f"distance-matched profiles vs dummy OLS: {checked} steps, {len(trunc)} "
+          f"truncations, {compared} classes, max |diff| {worst:.2e}")
+    assert compared >= 2 and worst < 1e-8, worst
 
 
 # ---- the study -----------------------------------------------------------------------------------

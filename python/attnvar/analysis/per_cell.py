@@ -9,12 +9,15 @@ For each generated run (a cell) and its replays, :func:`analyze_cell` computes
   with and without the sink exclusion; per-head rows are kept for M1 and M2, prompt rows
   (layer = head = −1) for all;
 - ``terms``: M2 with every coefficient (H3), prompt rows, generated run;
-- ``steps``: the per-query-step contrast (H1 and the max_steps dose–response);
+- ``steps``: the per-query-step contrast (H1);
+- ``truncated``: the contrast of the queries of steps < T (the max_steps dose–response);
 - ``classes``: the contrast within token classes (H3);
 - ``distance``: query-demeaned scores by logical distance;
 - ``degeneracy``: metrics, flags and the preregistered exclusion decision (generated run);
 
-each for the generated run and its replays, written atomically to
+the profiles (steps, truncated, classes) in both M1 variants (``variant``:
+distance-matched, which the hypotheses read when the primary metric is M1
+distance-matched, and plain), each for the generated run and its replays, written atomically to
 ``analysis/<cell>.<table>.parquet``. A killed analysis resumes where it stopped; tables
 in ``tables/`` are the concatenation. Every number of the hypothesis report comes from
 these tables (no second computation path).
@@ -46,11 +49,17 @@ from ..study.store import (
 from ..util.atomic import remove_stale, write_atomic
 from ..util.progress import progress_bar
 from .metrics import analyze, as_view, count_pairs, find_sinks, logit_regression
-from .metrics.profiles import class_contrasts, distance_profile, step_profile
+from .metrics.profiles import (
+    class_contrasts,
+    distance_profile,
+    step_profile,
+    truncated_contrasts,
+)
 
 ANALYSIS = "analysis"
-ANALYSIS_VERSION = 3
-TABLE_NAMES = ("metrics", "terms", "steps", "classes", "distance", "degeneracy")
+ANALYSIS_VERSION = 4
+TABLE_NAMES = ("metrics", "terms", "steps", "truncated", "classes", "distance",
+               "degeneracy")
 HEAD_LEVEL_METRICS = ("M1", "M2")
 
 
@@ -86,6 +95,7 @@ def analyze_cell(generated, replays: dict, rule, prompt_id: str,
         out["metrics"].append(_tag(table[keep].reset_index(drop=True), **tag))
         pairs = count_pairs(view, sinks=sinks, exclude_sinks=True)
         out["steps"].append(_tag(step_profile(pairs), **tag))
+        out["truncated"].append(_tag(truncated_contrasts(pairs), **tag))
         out["classes"].append(_tag(class_contrasts(pairs), **tag))
         out["distance"].append(_tag(distance_profile(pairs), **tag))
         if source == "generated":
@@ -113,7 +123,7 @@ def _analyze_one(results: str, cell_id: str, encodings: list[str], prompt_id: st
     replays = {e: load_run(runs_dir / replay_key(cell_id, e)) for e in encodings}
     tables = analyze_cell(generated, replays, ExclusionRule(**rule_fields), prompt_id, cell_id)
     adir = Path(results) / ANALYSIS
-    # The degeneracy file is written last: a cell is complete when all six exist.
+    # The degeneracy file is written last: a cell is complete when every table exists.
     for name in TABLE_NAMES:
         write_atomic(_cell_paths(adir, cell_id)[name], _parquet_bytes(tables[name]))
     return cell_id

@@ -153,6 +153,7 @@ def summary_table(findings: dict) -> pd.DataFrame:
                          "ci_low": s["ci_pct_low"], "ci_high": s["ci_pct_high"],
                          "unit": "% reduction", "n": s["n"], "p": s["p"],
                          "supports the hypothesis if": "≠ 0 (two-sided test)",
+                         "metric": prim.metric_of("summary"),
                          "p_adj": s["p_adj"], "mde": s.get("mde_pct", float("nan")),
                          "verdict": WITHHELD if smoke else _verdict(s)})
     fam = findings.get("family")
@@ -164,12 +165,13 @@ def summary_table(findings: dict) -> pd.DataFrame:
                          "condition": s["mode"], "estimate": s["pct"],
                          "ci_low": s["pct_low"], "ci_high": s["pct_high"],
                          "unit": s["pct_unit"], "supports the hypothesis if": s["supports"],
+                         "metric": s.get("metric", ""),
                          "n": s["n"], "p": s["p"], "p_adj": s["p_adj"], "mde": float("nan"),
                          "verdict": WITHHELD if smoke else
                          "differs from 0" if s["reject"] else "not shown"})
     return pd.DataFrame(rows, columns=["question", "condition", "estimate", "ci_low", "ci_high",
-                                       "unit", "supports the hypothesis if", "n", "p", "p_adj",
-                                       "mde", "verdict"])
+                                       "unit", "supports the hypothesis if", "metric", "n", "p",
+                                       "p_adj", "mde", "verdict"])
 
 
 WITHHELD = "withheld (smoke test)"
@@ -262,7 +264,9 @@ def build_blocks(res, findings: dict) -> list[Block]:
             k = (key, name)
             if k not in SHOW or k in HIDDEN or table is None or len(table) == 0:
                 continue
-            b.append(_table_block(table, SHOW[k], f"{key} — {name}"))
+            metric = f.metric_of(name)
+            b.append(_table_block(table, SHOW[k], f"{key} — {name}"
+                                  + (f" · metric: {metric}" if metric else "")))
         for name, fig in f.figures.items():
             b.append(Block("figure", fig, name))
     return b

@@ -26,7 +26,7 @@ def primary(t: HypothesisTables, res: StudyResults) -> dict[str, Any]:
         figures[f"forest {label}"] = plots.forest_plot(
             sub.sort_values("effect_pct"), "effect_pct", "effect_pct_low", "effect_pct_high",
             "prompt_id", pooled=pooled, xlabel="reduction in % (positive = less attention)",
-            title=f"{res.metric} {res.variant}, {res.design} design — {label}", clip=True)
+            title=f"{label}\n{t.metric}", clip=True)
     if len(dist):
         figures["distance profile"] = plots.distance_plot(dist)
     return figures
@@ -36,7 +36,7 @@ def h1(t: HypothesisTables, res: StudyResults) -> dict[str, Any]:
     return {"step profile": plots.profile_plot(
         t.tables["profile"], "query_step", "mean_pct", "low_pct", "high_pct", group="mode",
         xlabel="query step", ylabel="reduction in % (positive = less)",
-        title="H1: effect by query step (mean over prompts, 95 % CI)")}
+        title=f"H1: effect by query step (mean over prompts, 95 % CI)\n{t.metric}")}
 
 
 def h2(t: HypothesisTables, res: StudyResults) -> dict[str, Any]:
@@ -48,15 +48,15 @@ def h2(t: HypothesisTables, res: StudyResults) -> dict[str, Any]:
                                     zip(pairs["mode"], pairs["threshold"], strict=True)])
     return {"matched pairs": plots.paired_plot(
         pairs, "incomplete", "complete", group="condition",
-        ylabel=f"effect ({res.metric}, log scale; negative = less)",
-        title="H2: the same content, incomplete vs complete")}
+        ylabel="effect (log scale; negative = less)",
+        title=f"H2: the same content, incomplete vs complete\n{t.metric}")}
 
 
 def h3(t: HypothesisTables, res: StudyResults) -> dict[str, Any]:
     return {f"token classes {mode}": plots.forest_plot(
         sub, "mean_pct", "ci_pct_low", "ci_pct_high", "class",
         xlabel="reduction in % within the class (positive = less)",
-        title=f"H3: effect by token class — {mode} ({res.metric} {res.variant})", clip=True)
+        title=f"H3: effect by token class — {mode}\n{t.metric}", clip=True)
         for mode, sub in t.tables["classes"].groupby("mode")}
 
 
@@ -65,11 +65,12 @@ def h4(t: HypothesisTables, res: StudyResults) -> dict[str, Any]:
     figures = {}
     if len(by_theta) and t.facts["thresholds"] >= 2:
         figures["dose θ"] = plots.dose_plot(by_theta, "threshold", group="mode", xlabel="θ",
-                                            title="H4: effect by selection threshold θ")
+                                            title=f"H4: effect by selection threshold θ\n"
+                                                  f"{t.metric_of('by_threshold')}")
     if len(steps_dose):
         figures["dose max_steps"] = plots.dose_plot(
             steps_dose, "max_steps", group="mode", xlabel="max_steps (steps ≤ T)",
-            title="H4: effect by generation length")
+            title=f"H4: effect by generation length\n{t.metric_of('steps_dose')}")
     return figures
 
 

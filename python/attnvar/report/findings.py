@@ -40,6 +40,7 @@ class Finding:
     tests : rows entering the H1–H4 family (hypothesis, mode, test, estimate, p, …)
     answer : the answer in words, generated from the tables
     facts : the counts the answer quotes
+    metric, table_metrics : the metric behind the tables (see :meth:`metric_of`)
     """
 
     name: str
@@ -49,6 +50,12 @@ class Finding:
     tests: pd.DataFrame = field(default_factory=pd.DataFrame)
     answer: str = ""
     facts: dict[str, Any] = field(default_factory=dict)
+    metric: str = ""
+    table_metrics: dict[str, str] = field(default_factory=dict)
+
+    def metric_of(self, table: str) -> str:
+        """The metric label of one of the tables ("" when it holds no metric)."""
+        return self.table_metrics.get(table, self.metric)
 
 
 def present(t: compute.HypothesisTables, res: StudyResults) -> Finding:
@@ -58,7 +65,7 @@ def present(t: compute.HypothesisTables, res: StudyResults) -> Finding:
         return Finding(t.name, prose.title(t.name, res), {}, {}, t.tests,
                        f"Not computed for this study: {t.facts[NOT_COMPUTED]}.", t.facts)
     return Finding(t.name, prose.title(t.name, res), t.tables, figures.FIGURES[t.name](t, res),
-                   t.tests, prose.ANSWERS[t.name](t, res), t.facts)
+                   t.tests, prose.ANSWERS[t.name](t, res), t.facts, t.metric, t.table_metrics)
 
 
 def _presented(fn: Callable[..., compute.HypothesisTables]) -> Callable[..., Finding]:

@@ -20,6 +20,7 @@ from .results import (
     StudyResults,
     contrast,
     effects,
+    metric_label,
     prompt_rows,
     summarize,
 )
@@ -107,7 +108,9 @@ def robustness(res: StudyResults) -> HypothesisTables:
                                      "primary": (metric, variant, sinks, design, excl) == (
                                          res.metric, res.variant, res.sinks_excluded,
                                          res.design, res.apply_exclusions)})
-    return HypothesisTables("robustness", {"specifications": pd.DataFrame(rows)})
+    return HypothesisTables("robustness", {"specifications": pd.DataFrame(rows)},
+                            metric="one row per metric, variant, sinks, design and "
+                                   "exclusion choice (columns say which)")
 
 
 def heads_metric(res: StudyResults) -> tuple[str, str]:
@@ -145,7 +148,8 @@ def heads(res: StudyResults) -> HypothesisTables:
         s.insert(0, "mode", mode)
         parts.append(s)
     return HypothesisTables("heads", {
-        "heads": pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()})
+        "heads": pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()},
+        metric=metric_label(res, metric, variant))
 
 
 def degeneracy(res: StudyResults) -> HypothesisTables:
@@ -188,7 +192,11 @@ def prototype(res: StudyResults) -> HypothesisTables:
     published = proto.PUBLISHED.assign(model=proto.PUBLISHED_MODEL,
                                        mechanism=proto.PUBLISHED_MECHANISM)
     return HypothesisTables("prototype", {"m0": table, "published": published},
-                            facts={"model": Path(model).name})
+                            facts={"model": Path(model).name},
+                            metric="M0 legacy (the prototype's metric), generated runs alone; "
+                                   "columns m0_corrected and primary on the same runs",
+                            table_metrics={"published": "the prototype's published figures "
+                                                        "(its model, its mechanism)"})
 
 
 STATUSES = ("missing", "stopped before a measurable query", "excluded as degenerate",

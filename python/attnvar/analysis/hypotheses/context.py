@@ -5,19 +5,44 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..metrics.profiles import MAX_STEPS_GRID
 from .results import (
     HypothesisTables,
     StudyResults,
+    contrast,
     effects,
+    metric_label,
     ols,
     p_column,
+    profile_label,
+    profile_rows,
     summarize,
     test_row,
     tests_frame,
 )
-from .temporal import step_effects
 
-MAX_STEPS_GRID = (2, 5, 10, 15, 20, 30, 40, 60)
+
+def steps_dose_effects(res: StudyResults) -> pd.DataFrame:
+    """Per kept cell and max_steps T: the contrast of the queries of steps < T (generated
+    minus the contrast replay), in the primary metric's M1 variant. A run shorter than T
+    enters T with its whole length (it would have stopped there anyway); T runs up to the
+    study's longest run."""
+    tr = profile_rows(res, "truncated")
+    out = contrast(tr, ["cell_id", "max_steps"], design=res.design,
+                   encoding=res.contrast_encoding).dropna(subset=["effect"])
+    if out.empty:
+        return out.assign(prompt_id=pd.Series(dtype=object), mode=pd.Series(dtype=object))
+    longest = int(out["max_steps"].max())
+    grid = sorted({t for t in MAX_STEPS_GRID if t < longest} | {longest})
+    rows = []
+    for cell, sub in out.groupby("cell_id"):
+        sub = sub.set_index("max_steps")["effect"].sort_index()
+        for T in grid:
+            at = sub[sub.index <= T]  # the longest truncation of this run within T
+            if len(at):
+                rows.append({"cell_id": cell, "max_steps": T, "effect": float(at.iloc[-1])})
+    per = pd.DataFrame(rows, columns=["cell_id", "max_steps", "effect"])
+    return res.kept_cells().merge(per, on="cell_id", how="inner")
 
 
 def h4_context(res: StudyResults) -> HypothesisTables:
@@ -28,8 +53,10 @@ def h4_context(res: StudyResults) -> HypothesisTables:
     the covariate), ``threshold_dose`` (per mode: per-prompt slope of the effect over θ
     when the study varies θ, summarised; the H4 test when present, else the association
     with the proportion of parallel steps is), ``by_threshold`` (per mode and θ),
-    ``steps_dose`` (per mode and max_steps T: the per-step contrast averaged over steps
-    ≤ T, i.e. what runs of T steps give under deterministic selection). Facts:
+    ``steps_dose`` (per mode and max_steps T: the contrast of the queries of steps < T,
+    i.e. what runs of T steps give under deterministic selection;
+    :func:`steps_dose_effects`). Effects are the primary metric throughout (the profile's
+    M1 variant for ``steps_dose``). Facts:
     ``thresholds`` (how many θ values the study has).
     """
     eff = effects(res)
@@ -55,34 +82,28 @@ def h4_context(res: StudyResults) -> HypothesisTables:
                                equivalence=False)
     by_theta = summarize(eff, ["mode", "threshold"], res) if len(thresholds) >= 1 \
         else pd.DataFrame()
-    st = step_effects(res)
-    st = st[st["key_phase"] == "all"].sort_values("query_step")
-    max_t = int(st["query_step"].max()) if len(st) else 0
-    grid = sorted({t for t in (*MAX_STEPS_GRID, max_t) if 1 <= t <= max_t})
-    sd_rows = []
-    for T in grid:
-        cut = st[st["query_step"] < T].groupby(["cell_id", "prompt_id", "mode"])["effect"] \
-            .mean().reset_index()
-        cut["max_steps"] = T
-        sd_rows.append(cut)
-    steps_dose = (summarize(pd.concat(sd_rows), ["mode", "max_steps"], res)
-                  if sd_rows else pd.DataFrame())
+    sd = steps_dose_effects(res)
+    steps_dose = (summarize(sd, ["mode", "max_steps"], res, equivalence=False)
+                  if len(sd) else pd.DataFrame())
     tests = []
     if len(threshold_dose):
         pcol = p_column(res)
         for s in threshold_dose.to_dict("records"):
             tests.append(test_row("H4", s["mode"], "slope of the effect over θ (per prompt, t)",
                                   s["mean"], s["ci_low"], s["ci_high"], s[pcol], s["n"],
-                                  unit="log units per unit θ"))
+                                  unit="log units per unit θ", metric=metric_label(res)))
     else:
         for s in assoc[assoc["covariate"] == "proportion_parallel"].to_dict("records"):
             tests.append(test_row("H4", s["mode"],
                                   "OLS slope on the proportion of parallel steps",
                                   s["slope"], s["ci_low"], s["ci_high"], s["p"], s["n"],
-                                  unit="log units per unit proportion"))
+                                  unit="log units per unit proportion",
+                                  metric=metric_label(res)))
     return HypothesisTables("H4", {"association": assoc, "threshold_dose": threshold_dose,
                                    "by_threshold": by_theta, "steps_dose": steps_dose},
-                            tests_frame(tests), facts={"thresholds": len(thresholds)})
+                            tests_frame(tests), facts={"thresholds": len(thresholds)},
+                            metric=metric_label(res),
+                            table_metrics={"steps_dose": profile_label(res)})
 
 
-__all__ = ["h4_context"]
+__all__ = ["h4_context", "steps_dose_effects"]

@@ -11,6 +11,7 @@ from .results import (
     HypothesisTables,
     StudyResults,
     effects,
+    metric_label,
     p_column,
     summarize,
     test_row,
@@ -69,10 +70,17 @@ def primary(res: StudyResults) -> HypothesisTables:
     meta = pd.DataFrame(metas) if metas else pd.DataFrame(columns=CONDITION + ["metric"])
     pcol = p_column(res)
     tests = [test_row("primary", d["mode"], res.plan["primary_test"], d["mean_pct"],
-                      d["ci_pct_low"], d["ci_pct_high"], d[pcol], d["n"])
+                      d["ci_pct_low"], d["ci_pct_high"], d[pcol], d["n"],
+                      metric=metric_label(res))
              for d in summary.to_dict("records")]
     return HypothesisTables("primary", {"effects": eff, "summary": summary, "meta": meta,
-                                        "distance": distance_table(res)}, tests_frame(tests))
+                                        "distance": distance_table(res)}, tests_frame(tests),
+                            metric=metric_label(res),
+                            table_metrics={"distance": DISTANCE_METRIC})
+
+
+DISTANCE_METRIC = ("query-demeaned scores by logical distance (sinks excluded), generated "
+                   "run and replays side by side")
 
 
 def distance_table(res: StudyResults, max_distance: float = 40.0) -> pd.DataFrame:

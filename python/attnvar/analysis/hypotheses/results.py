@@ -28,6 +28,7 @@ import statsmodels.api as sm
 from ...study import preregistration
 from ...study.store import GENERATED_KINDS
 from .. import stats
+from ..metrics.profiles import VARIANTS as PROFILE_VARIANTS
 from ..per_cell import load_tables, read_study
 
 CONDITION = ["mode", "threshold", "policy"]
@@ -204,7 +205,8 @@ def summarize(frame: pd.DataFrame, by: list[str], res: StudyResults, unit: str =
     elif frame[unit].nunique() < 2:
         ok = frame.iloc[:0]
     if ok.empty:
-        return pd.DataFrame(columns=by + ["n", "mean", "ci_low", "ci_high", "p", "p_adj"])
+        return pd.DataFrame(columns=by + ["n", "mean", "ci_low", "ci_high", "p", "p_adj",
+                                          "mean_pct", "ci_pct_low", "ci_pct_high"])
     out = stats.summarize_family(ok, effect=effect, by=by or None, unit=unit,
                                  correction=correction, alpha=res.alpha, scale=scale,
                                  correct_on=res.plan["primary_test"],
@@ -215,6 +217,39 @@ def summarize(frame: pd.DataFrame, by: list[str], res: StudyResults, unit: str =
     if not equivalence:
         out[["p_tost", "p_tost_adj", "equivalent"]] = np.nan
     return out
+
+
+def profile_variant(res: StudyResults) -> str:
+    """The M1 variant the hypotheses read from the profile tables (steps, truncated,
+    classes): the primary one when the primary metric is M1, else distance-matched M1 —
+    the profiles exist for M1 only, and its distance-matched form is the unbiased one."""
+    return res.variant if res.metric == "M1" and res.variant in PROFILE_VARIANTS \
+        else "distance_matched"
+
+
+def metric_label(res: StudyResults, metric: str | None = None, variant: str | None = None,
+                 sinks_excluded: bool | None = None) -> str:
+    """How a table names the metric behind its numbers: metric, variant, sinks, design —
+    e.g. "M1 distance_matched, sinks excluded, generated − serial replay"."""
+    metric = metric or res.metric
+    variant = variant or res.variant
+    sinks = res.sinks_excluded if sinks_excluded is None else sinks_excluded
+    design = (f"generated − {res.contrast_encoding} replay" if res.design == "replay"
+              else "generated run alone")
+    return f"{metric} {variant}, sinks {'excluded' if sinks else 'included'}, {design}"
+
+
+def profile_label(res: StudyResults) -> str:
+    """:func:`metric_label` of the profile tables (computed with sinks excluded)."""
+    return metric_label(res, "M1", profile_variant(res), True)
+
+
+def profile_rows(res: StudyResults, table: str) -> pd.DataFrame:
+    """The rows of a profile table (steps, truncated, classes) in :func:`profile_variant`."""
+    frame = res.tables[table]
+    if "variant" not in frame:  # a study without any analysable run
+        return frame
+    return frame[frame["variant"] == profile_variant(res)].drop(columns="variant")
 
 
 def p_column(res: StudyResults) -> str:
@@ -243,7 +278,7 @@ SUPPORTS = "≠ 0 (two-sided test)"
 
 
 def test_row(hypothesis: str, mode: str, test: str, estimate: float, low: float, high: float,
-             p: float, n: int, unit: str = "%") -> dict:
+             p: float, n: int, unit: str = "%", metric: str = "") -> dict:
     """One row of the H1–H4 family, in its native unit and on the common % scale: a
     slope b in log units per unit x becomes 100·(1 − e^{b·Δx}) % per Δx (the CI's ends
     swap, since the map decreases)."""
@@ -257,7 +292,7 @@ def test_row(hypothesis: str, mode: str, test: str, estimate: float, low: float,
     return {"hypothesis": hypothesis, "mode": mode, "test": test, "estimate": estimate,
             "ci_low": low, "ci_high": high, "unit": unit, "p": p, "n": n,
             "pct": pct, "pct_low": pct_low, "pct_high": pct_high, "pct_unit": pct_unit,
-            "supports": SUPPORTS}
+            "supports": SUPPORTS, "metric": metric}
 
 
 @dataclass
@@ -265,12 +300,21 @@ class HypothesisTables:
     """What one hypothesis function computes: named tables, the rows it enters into the
     H1–H4 family (``tests``: hypothesis, mode, test, estimate, ci_low, ci_high, unit, p,
     n) and ``facts``, the few scalar counts its answer quotes (documented per function).
-    Numbers only: the report draws figures and writes prose from these."""
+    Numbers only: the report draws figures and writes prose from these.
+
+    ``metric`` names the metric behind the tables (:func:`metric_label`);
+    ``table_metrics`` names it for the tables that use another one."""
 
     name: str
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     tests: pd.DataFrame = field(default_factory=pd.DataFrame)
     facts: dict[str, Any] = field(default_factory=dict)
+    metric: str = ""
+    table_metrics: dict[str, str] = field(default_factory=dict)
+
+    def metric_of(self, table: str) -> str:
+        """The metric label of one of the tables ("" when it holds no metric)."""
+        return self.table_metrics.get(table, self.metric)
 
 
 def tests_frame(rows: list[dict]) -> pd.DataFrame:
@@ -278,7 +322,7 @@ def tests_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 TEST_COLUMNS = ("hypothesis", "mode", "test", "estimate", "ci_low", "ci_high", "unit", "p", "n",
-                "pct", "pct_low", "pct_high", "pct_unit", "supports")
+                "pct", "pct_low", "pct_high", "pct_unit", "supports", "metric")
 
 
 def ols(x: np.ndarray, y: np.ndarray) -> dict:

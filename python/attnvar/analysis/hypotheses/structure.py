@@ -10,6 +10,7 @@ from .results import (
     HypothesisTables,
     StudyResults,
     effects,
+    metric_label,
     p_column,
     summarize,
     test_row,
@@ -50,10 +51,12 @@ def h2_structure(res: StudyResults) -> HypothesisTables:
     kw = pd.DataFrame(kw, columns=["mode", "H", "p", "categories"])
     pcol = p_column(res)
     tests = [test_row("H2", s["mode"], "incomplete − complete over matched pairs",
-                      s["mean_pct"], s["ci_pct_low"], s["ci_pct_high"], s[pcol], s["n"])
+                      s["mean_pct"], s["ci_pct_low"], s["ci_pct_high"], s[pcol], s["n"],
+                      metric=metric_label(res))
              for s in paired.to_dict("records")]
     return HypothesisTables("H2", {"pairs": pairs, "paired": paired, "categories": cats,
-                                   "kruskal": kw}, tests_frame(tests))
+                                   "kruskal": kw}, tests_frame(tests),
+                            metric=metric_label(res))
 
 
 __all__ = ["h2_structure"]

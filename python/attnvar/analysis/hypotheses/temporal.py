@@ -14,6 +14,8 @@ from .results import (
     StudyResults,
     contrast,
     p_column,
+    profile_label,
+    profile_rows,
     summarize,
     test_row,
     tests_frame,
@@ -22,8 +24,9 @@ from .results import (
 
 def step_effects(res: StudyResults) -> pd.DataFrame:
     """Per kept cell, key phase and query step: the per-step contrast (generated run
-    minus the contrast replay, or the generated run alone in the observational design)."""
-    st = res.tables["steps"]
+    minus the contrast replay, or the generated run alone in the observational design),
+    in the M1 variant of the primary metric (results.profile_variant)."""
+    st = profile_rows(res, "steps")
     out = contrast(st, ["cell_id", "key_phase", "query_step", "query_phase"],
                    design=res.design, encoding=res.contrast_encoding)
     return res.kept_cells().merge(out, on="cell_id", how="inner")
@@ -71,7 +74,10 @@ def in_phase_order(table: pd.DataFrame, column: str) -> pd.DataFrame:
 def h1_temporal(res: StudyResults) -> HypothesisTables:
     """H1: does the effect change over the generation?
 
-    Tables: ``by_query_phase`` and ``by_key_phase`` (summaries per mode and tercile),
+    Every table reads the per-step contrast in the primary metric's M1 variant
+    (distance-matched by default: one parallel coefficient per query step, the distance
+    effects shared by the run's queries). Tables: ``by_query_phase`` and ``by_key_phase``
+    (summaries per mode and tercile),
     ``slopes`` (per cell: OLS slope of the per-step effect on the query step),
     ``slope_summary`` (per mode: test of the mean slope; this is the H1 test),
     ``mixed`` (per mode: the sensitivity analysis of :func:`mixed_sensitivity` — MixedLM
@@ -118,15 +124,17 @@ def h1_temporal(res: StudyResults) -> HypothesisTables:
     prof["low_pct"] = stats.pct_from_log(prof["mean"] + half)
     prof["high_pct"] = stats.pct_from_log(prof["mean"] - half)
     pcol = p_column(res)
+    label = profile_label(res)
     tests = [test_row("H1", s["mode"], "slope over steps (per-prompt OLS, t)", s["mean"],
-                      s["ci_low"], s["ci_high"], s[pcol], s["n"], unit="log units per step")
+                      s["ci_low"], s["ci_high"], s[pcol], s["n"], unit="log units per step",
+                      metric=label)
              for s in slope_summary.to_dict("records")]
     return HypothesisTables("H1", {"by_query_phase": by_q, "by_key_phase": by_k,
                                    "slopes": slopes, "slope_summary": slope_summary,
                                    "mixed": mixed, "reversals": rev, "profile": prof},
                             tests_frame(tests),
                             facts={"reversals": int(rev["reversal"].sum()) if len(rev) else 0,
-                                   "runs": len(rev)})
+                                   "runs": len(rev)}, metric=label)
 
 
 __all__ = ["h1_temporal", "step_effects"]

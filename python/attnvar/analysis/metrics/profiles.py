@@ -1,16 +1,25 @@
-"""Profiles of the within-query contrast, for the hypotheses (METHODS.md, H1 and H3).
+"""Profiles of the within-query contrast, for the hypotheses (H1, H3, the dose–response).
 
 All read counted pairs (counting.py), so the counting rules are the ones every metric
-uses, and all are built from the same per-query contrast as M1 plain:
-δ_i = mean_{P_i} s − mean_{N_i} s, per head, for queries with both sets non-empty.
+uses, and every profile comes in both M1 variants (column ``variant``), so the
+hypotheses read the same metric as the primary effect:
 
-- :func:`step_profile` — δ by query step (H1, and the max_steps dose–response: queries
-  of step t only read keys of steps < t, so the profile truncated at T is what a run of
-  T steps would give under deterministic selection), optionally with keys restricted to
-  one phase (tercile of key steps). Per step: the mean over the step's valid queries per
-  head, then over heads.
-- :func:`class_contrasts` — δ within one token class (H3): parallel and non-parallel
-  keys both restricted to the class, so the contrast compares like with like.
+- ``distance_matched`` — the within-query regression of contrast.py,
+  s_ij = φ_i + ψ_{d_ij} + δ·[j ∈ P] + ε, with one distance profile ψ shared by every
+  query of the run. Where a profile needs one δ per query step, δ becomes δ_{t(i)} (one
+  coefficient per query step, the distance effects still shared), so each step's δ is
+  compared at matched distances too.
+- ``plain`` — δ_i = mean_{P_i} s − mean_{N_i} s per query, which the distance profile
+  biases; kept for comparison (the robustness section), never for a verdict.
+
+- :func:`step_profile` — δ by query step (H1), optionally with keys restricted to one
+  phase (tercile of key steps). Per step and head, then the mean over heads.
+- :func:`truncated_contrasts` — δ of the queries of steps < T for each T (the max_steps
+  dose–response: queries of step t only read keys of steps < t, so this is what a run of
+  T steps would give under deterministic selection).
+- :func:`class_contrasts` — δ within one token class (H3): the class's parallel keys
+  against its non-parallel keys, so the contrast compares like with like (distance-
+  matched: the distance profile estimated from every key, the class's own offset fitted).
 - :func:`distance_profile` — query-demeaned scores of P and N keys by logical distance,
   averaged over heads and queries (the distance profile figure).
 """
@@ -24,11 +33,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .contrast import contrast_estimates
+from .contrast import contrast_estimates, distance_levels
 from .counting import CountedPairs
 from .covariates import token_covariates
+from .fixed_effects import fit_within_query, mean_over_heads_se
 
 PHASES = ("early", "middle", "late")
+VARIANTS = ("distance_matched", "plain")
+# The lengths T of the max_steps dose–response (runs longer than T truncated to T steps).
+MAX_STEPS_GRID = (2, 5, 10, 15, 20, 30, 40, 60)
 
 
 def phase_of(step: np.ndarray, num_steps: int) -> np.ndarray:
@@ -52,6 +65,7 @@ def _per_query_delta(pairs: CountedPairs,
 
 
 def _by_step(delta: torch.Tensor, valid: torch.Tensor, query_step: np.ndarray) -> list[dict]:
+    """Plain δ per query step: mean over the step's valid queries per head, then heads."""
     rows = []
     for t in np.unique(query_step):
         cols = torch.from_numpy(query_step == t)
@@ -67,15 +81,50 @@ def _by_step(delta: torch.Tensor, valid: torch.Tensor, query_step: np.ndarray) -
     return rows
 
 
-def step_profile(pairs: CountedPairs, phases: bool = True) -> pd.DataFrame:
-    """δ by query step, for all keys and (``phases``) for keys of each key-step tercile.
+def _matched_by_step(pairs: CountedPairs, include: torch.Tensor,
+                     valid: torch.Tensor) -> list[dict]:
+    """Distance-matched δ_t per query step: one within-query fit per head with the shared
+    distance effects and one parallel coefficient per query step, then the mean over the
+    heads where δ_t is identified."""
+    L, H, Q, K = pairs.shape
+    index, levels = distance_levels(pairs)
+    steps, step_index = np.unique(pairs.query_step, return_inverse=True)
+    n_dist = max(len(levels) - 1, 0)
+    x = np.zeros((Q, K, n_dist + len(steps)))
+    qi, ki = np.nonzero(index >= 1)
+    x[qi, ki, index[qi, ki] - 1] = 1.0
+    q_all = np.arange(Q)[:, None]
+    x[q_all, np.arange(K)[None, :], n_dist + step_index[:, None]] = pairs.key_parallel[None, :]
+    fit = fit_within_query(pairs.values("scores").reshape(L * H, Q, K),
+                           include.reshape(L * H, Q, K), torch.from_numpy(x))
+    coef = fit.coef[:, n_dist:]
+    rows = []
+    for j, t in enumerate(steps):
+        ok = np.isfinite(coef[:, j])
+        if not ok.any():
+            continue
+        cols = torch.from_numpy(pairs.query_step == t)
+        rows.append({"query_step": int(t), "estimate": float(coef[ok, j].mean()),
+                     "n_queries": int(valid[:, :, cols].any((0, 1)).sum()),
+                     "n_heads": int(ok.sum())})
+    return rows
+
+
+def _num_steps(pairs: CountedPairs) -> int:
+    return int(pairs.view.step.max()) + 1 if (pairs.view.step >= 0).any() else 0
+
+
+def step_profile(pairs: CountedPairs, phases: bool = True,
+                 variants: tuple[str, ...] = VARIANTS) -> pd.DataFrame:
+    """δ by query step, for all keys and (``phases``) for keys of each key-step tercile,
+    in each M1 variant of ``variants``.
 
     Returns
     -------
-    DataFrame with key_phase ("all", "early", "middle", "late"), query_step,
+    DataFrame with variant, key_phase ("all", "early", "middle", "late"), query_step,
     query_phase, estimate (log scale, mean over heads), n_queries, n_heads.
     """
-    num_steps = int(pairs.view.step.max()) + 1 if (pairs.view.step >= 0).any() else 0
+    num_steps = _num_steps(pairs)
     selections = [("all", None)]
     if phases:
         key_phase = phase_of(pairs.key_step, num_steps)
@@ -86,14 +135,39 @@ def step_profile(pairs: CountedPairs, phases: bool = True) -> pd.DataFrame:
         if keys is not None:
             include = include & torch.from_numpy(keys)
         delta, valid = _per_query_delta(pairs, include)
-        for row in _by_step(delta, valid, pairs.query_step):
-            rows.append({"key_phase": name, **row})
-    out = pd.DataFrame(rows, columns=["key_phase", "query_step", "estimate", "n_queries",
-                                      "n_heads"])
-    out.insert(2, "query_phase",
+        for variant in variants:
+            found = (_matched_by_step(pairs, include, valid) if variant == "distance_matched"
+                     else _by_step(delta, valid, pairs.query_step))
+            rows += [{"variant": variant, "key_phase": name, **row} for row in found]
+    out = pd.DataFrame(rows, columns=["variant", "key_phase", "query_step", "estimate",
+                                      "n_queries", "n_heads"])
+    out.insert(3, "query_phase",
                [PHASES[i] for i in phase_of(out["query_step"].to_numpy(), num_steps)]
                if len(out) else pd.Series(dtype=object))
     return out
+
+
+def truncated_contrasts(pairs: CountedPairs, grid: tuple[int, ...] = MAX_STEPS_GRID,
+                        variants: tuple[str, ...] = VARIANTS) -> pd.DataFrame:
+    """The prompt-level M1 (each variant, step-weighted for plain) of the queries of steps
+    < T, for each T of ``grid`` below the run's length and for the whole run
+    (``max_steps`` = its number of steps): what the run would give had it stopped after
+    T steps.
+
+    Returns
+    -------
+    DataFrame with variant, max_steps, estimate (log scale), se (prompt level).
+    """
+    num_steps = _num_steps(pairs)
+    rows = []
+    for T in sorted({t for t in grid if t < num_steps} | {num_steps}):
+        keep = torch.from_numpy(pairs.query_step < T)[:, None]
+        sub = dataclasses.replace(pairs, include=pairs.include & keep)
+        for variant in variants:
+            est = contrast_estimates(sub, variant == "distance_matched", "step")
+            rows.append({"variant": variant, "max_steps": int(T),
+                         "estimate": float(est.prompt_estimate), "se": float(est.prompt_se)})
+    return pd.DataFrame(rows, columns=["variant", "max_steps", "estimate", "se"])
 
 
 def key_classes(pairs: CountedPairs) -> dict[str, np.ndarray]:
@@ -117,29 +191,61 @@ def key_classes(pairs: CountedPairs) -> dict[str, np.ndarray]:
     return out
 
 
-def class_contrasts(pairs: CountedPairs) -> pd.DataFrame:
-    """M1 (plain, step-weighted) within each token class of :func:`key_classes`.
+def _matched_class(pairs: CountedPairs, keys: np.ndarray) -> tuple[float, float]:
+    """Distance-matched δ within one class: s_ij = φ_i + ψ_d + γ·[j ∈ c] + δ·[j ∈ c ∩ P],
+    over every counted key, so the keys outside the class help estimate the distance
+    profile ψ (assumed common to the classes up to the offset γ) and δ compares the
+    class's parallel keys with its non-parallel ones at matched distances. Returns the
+    mean of δ over the heads where it is identified and its cluster-robust SE (clusters:
+    query steps)."""
+    L, H, Q, K = pairs.shape
+    index, levels = distance_levels(pairs)
+    n_dist = max(len(levels) - 1, 0)
+    x = np.zeros((Q, K, n_dist + 2))
+    qi, ki = np.nonzero(index >= 1)
+    x[qi, ki, index[qi, ki] - 1] = 1.0
+    x[:, :, n_dist] = keys[None, :]
+    x[:, :, n_dist + 1] = (keys & pairs.key_parallel)[None, :]
+    _, step_index = np.unique(pairs.query_step, return_inverse=True)
+    fit = fit_within_query(pairs.values("scores").reshape(L * H, Q, K),
+                           pairs.include.reshape(L * H, Q, K), torch.from_numpy(x),
+                           clusters=step_index)
+    coef = fit.coef[:, -1]
+    ok = np.isfinite(coef)
+    if not ok.any():
+        return math.nan, math.nan
+    return float(coef[ok].mean()), mean_over_heads_se(coef, fit.influence)
+
+
+def class_contrasts(pairs: CountedPairs,
+                    variants: tuple[str, ...] = VARIANTS) -> pd.DataFrame:
+    """The contrast within each token class of :func:`key_classes`, in each variant:
+    ``distance_matched`` (:func:`_matched_class`: the class's parallel against its
+    non-parallel keys at matched distances, the distance profile estimated from every
+    key) and ``plain`` (M1 plain, step-weighted, on the class's keys alone).
 
     Returns
     -------
-    DataFrame with class, estimate (prompt level: mean over heads), se (over steps),
+    DataFrame with variant, class, estimate (prompt level: mean over heads), se,
     n_parallel_keys, n_other_keys (counted key slots of the class).
     """
     rows = []
     for name, keys in key_classes(pairs).items():
         n_par = int((keys & pairs.key_parallel).sum())
         n_oth = int((keys & ~pairs.key_parallel).sum())
-        if n_par == 0 or n_oth == 0:
-            rows.append({"class": name, "estimate": math.nan, "se": math.nan,
-                         "n_parallel_keys": n_par, "n_other_keys": n_oth})
-            continue
-        sub = dataclasses.replace(pairs, include=pairs.include & torch.from_numpy(keys))
-        est = contrast_estimates(sub, False, "step")
-        rows.append({"class": name, "estimate": float(est.prompt_estimate),
-                     "se": float(est.prompt_se), "n_parallel_keys": n_par,
-                     "n_other_keys": n_oth})
-    return pd.DataFrame(rows, columns=["class", "estimate", "se", "n_parallel_keys",
-                                       "n_other_keys"])
+        counts = {"n_parallel_keys": n_par, "n_other_keys": n_oth}
+        for variant in variants:
+            est, se = math.nan, math.nan
+            if n_par and n_oth and variant == "distance_matched":
+                est, se = _matched_class(pairs, keys)
+            elif n_par and n_oth:
+                sub = dataclasses.replace(pairs, include=pairs.include & torch.from_numpy(keys))
+                fit = contrast_estimates(sub, False, "step")
+                est, se = float(fit.prompt_estimate), float(fit.prompt_se)
+            rows.append({"variant": variant, "class": name, "estimate": est, "se": se,
+                         **counts})
+    return pd.DataFrame(rows, columns=["variant", "class", "estimate", "se",
+                                       "n_parallel_keys", "n_other_keys"])
 
 
 def distance_profile(pairs: CountedPairs, decimals: int = 3) -> pd.DataFrame:
@@ -170,5 +276,5 @@ def distance_profile(pairs: CountedPairs, decimals: int = 3) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["distance", "set", "mean_score", "n_pairs"])
 
 
-__all__ = ["PHASES", "class_contrasts", "distance_profile", "key_classes", "phase_of",
-           "step_profile"]
+__all__ = ["MAX_STEPS_GRID", "PHASES", "VARIANTS", "class_contrasts", "distance_profile",
+           "key_classes", "phase_of", "step_profile", "truncated_contrasts"]
