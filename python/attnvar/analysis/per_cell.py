@@ -13,6 +13,9 @@ For each generated run (a cell) and its replays, :func:`analyze_cell` computes
 - ``truncated``: the contrast of the queries of steps < T (the max_steps dose–response);
 - ``classes``: the contrast within token classes (H3);
 - ``distance``: query-demeaned scores by logical distance;
+- ``placebo``: the primary metric on the cell's ``top_only`` replay under random labels
+  (:class:`PlaceboPlan`: as many random steps as the generated run has parallel steps,
+  200 seeded draws), for the report's placebo control;
 - ``degeneracy``: metrics, flags and the preregistered exclusion decision (generated run);
 
 the profiles (steps, truncated, classes) in both M1 variants (``variant``:
@@ -28,10 +31,13 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -48,7 +54,9 @@ from ..study.store import (
 )
 from ..util.atomic import remove_stale, write_atomic
 from ..util.progress import progress_bar
+from .controls import POSITIVE_TABLE, positive_control
 from .metrics import analyze, as_view, count_pairs, find_sinks, logit_regression
+from .metrics.placebo import placebo_contrasts
 from .metrics.profiles import (
     class_contrasts,
     distance_profile,
@@ -58,8 +66,17 @@ from .metrics.profiles import (
 
 ANALYSIS = "analysis"
 ANALYSIS_VERSION = 4
-TABLE_NAMES = ("metrics", "terms", "steps", "truncated", "classes", "distance",
+TABLE_NAMES = ("metrics", "terms", "steps", "truncated", "classes", "distance", "placebo",
                "degeneracy")
+PLACEBO_DRAWS = 200
+
+
+def placebo_plan(prereg) -> PlaceboPlan:
+    """The placebo of a study's plan: its primary metric's M1 variant (distance-matched
+    unless the plan's metric is M1 plain) and sink rule."""
+    variant = "plain" if (prereg.metric, prereg.variant) == ("M1", "plain") \
+        else "distance_matched"
+    return PlaceboPlan(variant=variant, sinks_excluded=prereg.sinks_excluded)
 HEAD_LEVEL_METRICS = ("M1", "M2")
 
 
@@ -76,9 +93,10 @@ def _tag(frame: pd.DataFrame, **columns) -> pd.DataFrame:
 
 
 def analyze_cell(generated, replays: dict, rule, prompt_id: str,
-                 cell_id: str) -> dict[str, pd.DataFrame]:
+                 cell_id: str, placebo: PlaceboPlan | None = None) -> dict[str, pd.DataFrame]:
     """All tables of one cell. ``replays`` maps encoding → Run; ``rule`` is the study's
-    ExclusionRule."""
+    ExclusionRule; ``placebo`` how to draw the placebo (default :class:`PlaceboPlan`)."""
+    placebo = placebo or PlaceboPlan()
     out: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLE_NAMES}
     # A pair counts only when its query's step is later than its key's: runs of fewer
     # than two steps (EOS at once) have none, and no metric is defined for them.
@@ -101,11 +119,38 @@ def analyze_cell(generated, replays: dict, rule, prompt_id: str,
         if source == "generated":
             terms = logit_regression(pairs, terms="all", prompt=prompt_id)
             out["terms"].append(_tag(terms[terms["layer"] < 0].reset_index(drop=True), **tag))
+    if top is not None:
+        out["placebo"].append(placebo_table(generated, top, placebo, cell_id))
     flags = degeneracy.flags(generated, rule.thresholds())
     out["degeneracy"].append(pd.DataFrame([{
         "cell_id": cell_id, "analysable": analysable, **degeneracy.metrics(generated),
         **{f"flag_{k}": v for k, v in flags.items()}, "excluded": rule.excludes(flags)}]))
     return {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class PlaceboPlan:
+    """How each cell's placebo is drawn: ``draws`` labellings of its ``top_only`` replay,
+    each marking as many random steps parallel as the generated run has parallel steps,
+    scored with M1 ``variant`` (sinks excluded or not), seeded by ``seed`` and the cell."""
+
+    draws: int = PLACEBO_DRAWS
+    variant: str = "distance_matched"
+    sinks_excluded: bool = True
+    seed: int = 0
+
+
+def placebo_table(generated, top, plan: PlaceboPlan, cell_id: str) -> pd.DataFrame:
+    """One row per placebo draw of a cell: draw, n_labelled, estimate (log scale)."""
+    gen = as_view(generated)
+    n_labelled = len(np.unique(gen.step[gen.is_parallel & (gen.step >= 0)]))
+    pairs = count_pairs(top, sinks=find_sinks(top), exclude_sinks=plan.sinks_excluded)
+    rng = np.random.default_rng([plan.seed, zlib.crc32(cell_id.encode())])
+    est = (placebo_contrasts(pairs, n_labelled, plan.draws, rng, plan.variant)
+           if n_labelled else np.full(plan.draws, np.nan))
+    return pd.DataFrame({"cell_id": cell_id, "variant": plan.variant,
+                         "draw": np.arange(plan.draws), "n_labelled": n_labelled,
+                         "estimate": est})
 
 
 def _cell_paths(adir: Path, cell_id: str) -> dict[str, Path]:
@@ -117,11 +162,12 @@ def _done(adir: Path, cell_id: str) -> bool:
 
 
 def _analyze_one(results: str, cell_id: str, encodings: list[str], prompt_id: str,
-                 rule_fields: dict) -> str:
+                 rule_fields: dict, placebo: PlaceboPlan) -> str:
     runs_dir = Path(results) / RUNS
     generated = load_run(runs_dir / cell_id)
     replays = {e: load_run(runs_dir / replay_key(cell_id, e)) for e in encodings}
-    tables = analyze_cell(generated, replays, ExclusionRule(**rule_fields), prompt_id, cell_id)
+    tables = analyze_cell(generated, replays, ExclusionRule(**rule_fields), prompt_id, cell_id,
+                          placebo)
     adir = Path(results) / ANALYSIS
     # The degeneracy file is written last: a cell is complete when every table exists.
     for name in TABLE_NAMES:
@@ -149,6 +195,7 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
     prereg = preregistration.Preregistration.from_dict(preregistration.load(results)["plan"])
     rule = prereg.exclusion_rule()
     rule_fields = {"always": rule.always, "any_k_of": rule.any_k_of, "k": rule.k}
+    placebo = placebo_plan(prereg)
     adir = results / ANALYSIS
     version_file = adir / "VERSION"
     if adir.exists() and (not version_file.exists()
@@ -164,7 +211,7 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
     for row in gen.itertuples(index=False):
         encs = sorted(replays.loc[replays["parent_id"] == row.run_id, "encoding"])
         if row.run_id in completed and not _done(adir, row.run_id):
-            jobs.append((str(results), row.run_id, encs, row.prompt_id, rule_fields))
+            jobs.append((str(results), row.run_id, encs, row.prompt_id, rule_fields, placebo))
     bar = progress_bar(len(jobs), progress and bool(jobs), "attnvar analysis")
 
     def finished(cell_id: str) -> None:
@@ -183,7 +230,26 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
                 finished(f.result())
     if bar is not None:
         bar.close()
-    return write_analysis_tables(results, list(gen["run_id"]))
+    tables = write_analysis_tables(results, list(gen["run_id"]))
+    tables[POSITIVE_TABLE] = _positive_control(results, tables["degeneracy"], placebo,
+                                               read_study(results).get("model_path"))
+    return tables
+
+
+def _positive_control(results: Path, deg: pd.DataFrame, placebo: PlaceboPlan,
+                      model_path: str | None) -> pd.DataFrame:
+    """The positive control (controls.py), computed once per analysis version and kept in
+    ``analysis/`` like the cells' tables, then copied to ``tables/``."""
+    done = results / ANALYSIS / f"{POSITIVE_TABLE}.parquet"
+    if done.exists():
+        frame = pd.read_parquet(done)
+    else:
+        kept = set(deg.loc[~deg["excluded"].astype(bool), "cell_id"]) if len(deg) else set()
+        frame = positive_control(results, kept, model_path, variant=placebo.variant,
+                                 sinks_excluded=placebo.sinks_excluded)
+        write_atomic(done, _parquet_bytes(frame))
+    write_atomic(results / TABLES / f"{POSITIVE_TABLE}.parquet", _parquet_bytes(frame))
+    return frame
 
 
 def write_analysis_tables(results: Path, cell_ids: list[str]) -> dict[str, pd.DataFrame]:
@@ -204,7 +270,7 @@ def load_tables(results: str | Path) -> dict[str, pd.DataFrame]:
     """The study's tables (runs and every analysis table) as written by the study and
     :func:`analyze_study`."""
     tdir = Path(results) / TABLES
-    names = ("runs", *TABLE_NAMES)
+    names = ("runs", *TABLE_NAMES, POSITIVE_TABLE)
     missing = [n for n in names if not (tdir / f"{n}.parquet").exists()]
     if missing:
         raise FileNotFoundError(f"{tdir}: missing {', '.join(m + '.parquet' for m in missing)}; "

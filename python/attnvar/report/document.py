@@ -38,6 +38,12 @@ REPORT_DIR = "report"
 SHOW = {
     ("dataset", "dataset"): None,
     ("dataset", "accounting"): None,
+    ("controls", "placebo"): ["mode", "threshold", "policy", "metric", "draws", "prompts",
+                              "rejections", "rate", "rate_low", "rate_high", "band_low",
+                              "band_high", "ok"],
+    ("controls", "positive"): ["runs", "layer", "delta", "m2_shift", "error", "max_head_error",
+                               "tolerance", "primary_metric", "primary_shift",
+                               "primary_shift_pct", "ok", "note"],
     ("primary", "summary"): ["mode", "threshold", "policy", "n", "mean_pct", "ci_pct_low",
                              "ci_pct_high", "mean", "p", "p_wilcoxon", "p_perm", "p_adj",
                              "hl", "r_rb", "p_tost", "equivalent", "mde_pct"],
@@ -143,7 +149,7 @@ def summary_table(findings: dict) -> pd.DataFrame:
     detectable effect and a verdict (read from the findings' tables; nothing is
     recomputed). A smoke-test study's verdicts are withheld."""
     rows = []
-    smoke = _smoke(findings)
+    withheld = _withheld(findings)
     prim = findings.get("primary")
     if prim is not None and len(prim.tables.get("summary", ())):
         for s in prim.tables["summary"].to_dict("records"):
@@ -154,8 +160,9 @@ def summary_table(findings: dict) -> pd.DataFrame:
                          "unit": "% reduction", "n": s["n"], "p": s["p"],
                          "supports the hypothesis if": "≠ 0 (two-sided test)",
                          "metric": prim.metric_of("summary"),
-                         "p_adj": s["p_adj"], "mde": s.get("mde_pct", float("nan")),
-                         "verdict": WITHHELD if smoke else _verdict(s)})
+                         "sd": s["sd"], "p_adj": s["p_adj"],
+                         "mde": s.get("mde_pct", float("nan")),
+                         "verdict": withheld or _verdict(s)})
     fam = findings.get("family")
     if fam is not None and len(fam.tables.get("family", ())):
         names = {k: findings[k].title.split(":")[0] for k in ("H1", "H2", "H3", "H4")
@@ -166,15 +173,17 @@ def summary_table(findings: dict) -> pd.DataFrame:
                          "ci_low": s["pct_low"], "ci_high": s["pct_high"],
                          "unit": s["pct_unit"], "supports the hypothesis if": s["supports"],
                          "metric": s.get("metric", ""),
-                         "n": s["n"], "p": s["p"], "p_adj": s["p_adj"], "mde": float("nan"),
-                         "verdict": WITHHELD if smoke else
-                         "differs from 0" if s["reject"] else "not shown"})
+                         "n": s["n"], "sd": s.get("sd", float("nan")), "p": s["p"],
+                         "p_adj": s["p_adj"], "mde": s.get("mde_pct", float("nan")),
+                         "verdict": withheld or
+                         ("differs from 0" if s["reject"] else "not shown")})
     return pd.DataFrame(rows, columns=["question", "condition", "estimate", "ci_low", "ci_high",
-                                       "unit", "supports the hypothesis if", "metric", "n", "p",
-                                       "p_adj", "mde", "verdict"])
+                                       "unit", "supports the hypothesis if", "metric", "n", "sd",
+                                       "p", "p_adj", "mde", "verdict"])
 
 
 WITHHELD = "withheld (smoke test)"
+WITHHELD_CONTROL = "withheld (a control failed)"
 
 
 def _smoke(findings: dict) -> bool:
@@ -182,9 +191,29 @@ def _smoke(findings: dict) -> bool:
     return bool(data is not None and data.facts.get("smoke_test"))
 
 
+def _failed_controls(findings: dict) -> list[str]:
+    ctl = findings.get("controls")
+    return list(ctl.facts.get("failed", [])) if ctl is not None else []
+
+
+def _withheld(findings: dict) -> str:
+    """Why the summary's verdicts are withheld ("" when they stand)."""
+    if _failed_controls(findings):
+        return WITHHELD_CONTROL
+    return WITHHELD if _smoke(findings) else ""
+
+
 def banners(res: StudyResults, findings: dict) -> list[str]:
     """What a reader must know before the summary: a smoke test, an underpowered study."""
     out = []
+    failed = _failed_controls(findings)
+    if failed:
+        out.append(f"**Control failed: {' and '.join(failed)}.** The study's own data "
+                   "failed a check the analysis must pass (section *Controls*), so every "
+                   "verdict below is withheld.")
+    ctl = findings.get("controls")
+    for note in (ctl.facts.get("not_run", []) if ctl is not None else []):
+        out.append(f"**Control not run** — {note}: the verdicts below stand without it.")
     if _smoke(findings):
         out.append("**Smoke test.** This study ran the core-small suite (8 prompts): it "
                    "shows the pipeline works end to end and is too small to answer, so its "
@@ -239,9 +268,13 @@ def build_blocks(res, findings: dict) -> list[Block]:
                    "or per 0.1 of the steps being parallel, as *unit* says. *verdict* "
                    "applies the plan's "
                    "correction (primary: Holm across conditions; H1–H4: Holm across the "
-                   "family). *mde*: the smallest reduction, in %, the primary test detects "
-                   "with 80 % power at this n and the observed SD (noncentral t, before "
-                   "Holm). The sections below give the tables and figures behind each row."))
+                   "family). *metric*: the metric, sinks and design behind the row. *sd*: "
+                   "the observed SD over units of the tested quantity (log units, per unit "
+                   "of the covariate for slopes). *mde*: the smallest true effect, on the "
+                   "row's scale, that its t test detects with 80 % power at this n and SD "
+                   "(noncentral t, two-sided, before correction); – where the test is not "
+                   "a t test over units. The sections below give the tables and figures "
+                   "behind each row."))
     b.append(Block("h2", "Preregistration"))
     b.append(Block("p", "The study **followed** its preregistration." if comp["followed"] else
                    "The study **did not fully follow** its preregistration (see the failed "
@@ -251,7 +284,7 @@ def build_blocks(res, findings: dict) -> list[Block]:
     b.append(Block("pre", json.dumps(res.prereg["plan"], indent=1, ensure_ascii=False),
                    f"Plan (sha256 {res.prereg['plan_sha256'][:12]}…, written "
                    f"{res.prereg['written_at']})"))
-    order = ["dataset", "primary", "family", "H1", "H2", "H3", "H4", "predictability",
+    order = ["dataset", "controls", "primary", "family", "H1", "H2", "H3", "H4", "predictability",
              "robustness", "prototype", "heads", "degeneracy"]
     for key in order:
         f = findings.get(key)
@@ -354,5 +387,5 @@ def write_report(results: str | Path, out: str | Path | None = None, predict: bo
     return out / "report.html"
 
 
-__all__ = ["REPORT_DIR", "WITHHELD", "banners", "build_blocks", "compliance", "summary_table",
-           "write_report"]
+__all__ = ["REPORT_DIR", "WITHHELD", "WITHHELD_CONTROL", "banners", "build_blocks",
+           "compliance", "summary_table", "write_report"]

@@ -99,7 +99,8 @@ def none(t: HypothesisTables, res: StudyResults) -> dict[str, Any]:
     return {}
 
 
-FIGURES = {"dataset": none, "primary": primary, "H1": h1, "H2": h2, "H3": h3, "H4": h4,
+FIGURES = {"dataset": none, "controls": none, "primary": primary, "H1": h1, "H2": h2,
+           "H3": h3, "H4": h4,
            "predictability": none, "robustness": robustness, "prototype": none,
            "heads": heads,
            "degeneracy": degeneracy, "family": none}

@@ -79,6 +79,7 @@ def _presented(fn: Callable[..., compute.HypothesisTables]) -> Callable[..., Fin
 
 
 dataset = _presented(compute.dataset)
+controls = _presented(compute.controls)
 primary = _presented(compute.primary)
 h1_temporal = _presented(compute.h1_temporal)
 h2_structure = _presented(compute.h2_structure)
@@ -104,7 +105,7 @@ def run_all(res: StudyResults, predict: bool = True, n_permutations: int = 200
             compute.compute_all(res, predict=predict, n_permutations=n_permutations).items()}
 
 
-__all__ = ["Finding", "StudyResults", "contrast", "dataset", "degeneracy_report",
+__all__ = ["Finding", "StudyResults", "contrast", "controls", "dataset", "degeneracy_report",
            "distance_table", "effects", "family", "h1_temporal", "h2_structure",
            "h3_semantics", "h4_context", "heads", "load", "predictability", "present",
            "primary", "prototype", "robustness", "run_all"]

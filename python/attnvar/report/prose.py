@@ -11,6 +11,7 @@ from ..analysis.hypotheses.results import p_column
 
 TITLES = {
     "dataset": "Dataset",
+    "controls": "Controls: a placebo and a positive control on this study's own runs",
     "primary": "Primary effect: parallel tokens at a shared position",
     "H1": "H1 temporal: does the effect change over the generation?",
     "H2": "H2 prompt structure: incomplete vs complete versions of one content",
@@ -50,6 +51,36 @@ def dataset(t: HypothesisTables, res: StudyResults) -> str:
     f = t.facts
     return (f"{f['prompts']} prompts, {f['runs']} generated runs, replays: "
             f"{', '.join(f['replays']) or 'none'}; max_steps {f['max_steps']}.")
+
+
+def controls(t: HypothesisTables, res: StudyResults) -> str:
+    parts = []
+    for s in t.tables["placebo"].to_dict("records"):
+        if not s["draws"]:
+            continue
+        parts.append(
+            f"{condition_label(s)}: {s['rejections']} of {s['draws']} placebo draws "
+            f"rejected at α = {s['alpha']:g} (rate {100 * s['rate']:.1f} %, 95 % CI "
+            f"{100 * s['rate_low']:.1f}–{100 * s['rate_high']:.1f} %; expected band "
+            f"{s['band_low']}–{s['band_high']}) — {'passes' if s['ok'] else 'FAILS'}")
+    text = ("Placebo (random labels on the top_only replays, no effect to find): "
+            + "; ".join(parts) + ". ") if parts else ""
+    pos = t.tables["positive"]
+    if len(pos) and pos["runs"].iloc[0]:
+        p = pos.iloc[0]
+        text += (f"Positive control ({p['delta']:+.4f} on the parallel keys of layer "
+                 f"{p['layer']} in {p['runs']} of the study's runs): M2's coefficient there "
+                 f"moved by {p['m2_shift']:+.4f} (error {p['error']:.1e}, tolerance "
+                 f"{p['tolerance']:g}) — {'passes' if p['ok'] else 'FAILS'}; the primary "
+                 f"metric over all layers moved by {p['primary_shift']:+.4f} "
+                 f"({p['primary_shift_pct']:+.1f} %), less than log 2 because the bias "
+                 "sits in one layer of many. ")
+    for note in t.facts.get("not_run", []):
+        text += f"Not run — {note}. "
+    if t.facts.get("failed"):
+        text += ("**A control failed: the verdicts of this report are withheld** until "
+                 "the failure is understood.")
+    return text.strip()
 
 
 def primary(t: HypothesisTables, res: StudyResults) -> str:
@@ -214,7 +245,8 @@ def family(t: HypothesisTables, res: StudyResults) -> str:
     return ""
 
 
-ANSWERS = {"dataset": dataset, "primary": primary, "H1": h1, "H2": h2, "H3": h3, "H4": h4,
+ANSWERS = {"dataset": dataset, "controls": controls, "primary": primary, "H1": h1, "H2": h2,
+           "H3": h3, "H4": h4,
            "predictability": predictability, "robustness": robustness,
            "prototype": prototype, "heads": heads,
            "degeneracy": degeneracy, "family": family}

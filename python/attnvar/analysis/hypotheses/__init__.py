@@ -26,6 +26,7 @@ from .checks import (
     robustness,
 )
 from .context import h4_context
+from .controls import controls
 from .primary import distance_table, primary
 from .results import (
     CELL_COLUMNS,
@@ -44,7 +45,7 @@ from .suite import HYPOTHESES, compute_all, family
 from .temporal import h1_temporal, step_effects
 
 __all__ = ["CELL_COLUMNS", "CONDITION", "HYPOTHESES", "SPECIFICATIONS", "HypothesisTables",
-           "StudyResults", "compute_all", "condition_label", "contrast", "dataset",
+           "StudyResults", "compute_all", "condition_label", "contrast", "controls", "dataset",
            "degeneracy", "distance_table", "effects", "family", "h1_temporal", "h2_structure",
            "h3_semantics", "h4_context", "heads", "load", "predictability", "primary", "prototype",
            "robustness", "step_effects", "summarize"]

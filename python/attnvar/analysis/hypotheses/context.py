@@ -91,7 +91,8 @@ def h4_context(res: StudyResults) -> HypothesisTables:
         for s in threshold_dose.to_dict("records"):
             tests.append(test_row("H4", s["mode"], "slope of the effect over θ (per prompt, t)",
                                   s["mean"], s["ci_low"], s["ci_high"], s[pcol], s["n"],
-                                  unit="log units per unit θ", metric=metric_label(res)))
+                                  unit="log units per unit θ", metric=metric_label(res),
+                                  sd=s["sd"], alpha=res.alpha))
     else:
         for s in assoc[assoc["covariate"] == "proportion_parallel"].to_dict("records"):
             tests.append(test_row("H4", s["mode"],

@@ -71,7 +71,7 @@ def primary(res: StudyResults) -> HypothesisTables:
     pcol = p_column(res)
     tests = [test_row("primary", d["mode"], res.plan["primary_test"], d["mean_pct"],
                       d["ci_pct_low"], d["ci_pct_high"], d[pcol], d["n"],
-                      metric=metric_label(res))
+                      metric=metric_label(res), sd=d["sd"], alpha=res.alpha)
              for d in summary.to_dict("records")]
     return HypothesisTables("primary", {"effects": eff, "summary": summary, "meta": meta,
                                         "distance": distance_table(res)}, tests_frame(tests),

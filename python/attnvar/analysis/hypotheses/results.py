@@ -278,11 +278,20 @@ SUPPORTS = "≠ 0 (two-sided test)"
 
 
 def test_row(hypothesis: str, mode: str, test: str, estimate: float, low: float, high: float,
-             p: float, n: int, unit: str = "%", metric: str = "") -> dict:
+             p: float, n: int, unit: str = "%", metric: str = "", sd: float = math.nan,
+             alpha: float = 0.05) -> dict:
     """One row of the H1–H4 family, in its native unit and on the common % scale: a
     slope b in log units per unit x becomes 100·(1 − e^{b·Δx}) % per Δx (the CI's ends
-    swap, since the map decreases)."""
+    swap, since the map decreases).
+
+    ``sd``: the SD over units of the tested quantity (log units, per unit x for a slope)
+    when the test is a one-sample t test over units; the row then carries ``mde``, the
+    smallest true mean that test detects with 80 % power at level ``alpha`` (noncentral
+    t, before any correction), in log units and as ``mde_pct`` on the row's % scale."""
     step, pct_unit = PCT_SCALES[unit]
+    mde = (stats.mde_paired(int(n), float(sd), 0.8, alpha)
+           if np.isfinite(sd) and sd > 0 and n >= 2 else math.nan)
+    mde_pct = float(stats.pct_from_log(-abs(mde) * (step or 1.0)))
     if step is None:
         pct, pct_low, pct_high = estimate, low, high
     else:
@@ -292,7 +301,8 @@ def test_row(hypothesis: str, mode: str, test: str, estimate: float, low: float,
     return {"hypothesis": hypothesis, "mode": mode, "test": test, "estimate": estimate,
             "ci_low": low, "ci_high": high, "unit": unit, "p": p, "n": n,
             "pct": pct, "pct_low": pct_low, "pct_high": pct_high, "pct_unit": pct_unit,
-            "supports": SUPPORTS, "metric": metric}
+            "supports": SUPPORTS, "metric": metric, "sd": sd, "mde": mde,
+            "mde_pct": mde_pct}
 
 
 @dataclass
@@ -322,7 +332,8 @@ def tests_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 TEST_COLUMNS = ("hypothesis", "mode", "test", "estimate", "ci_low", "ci_high", "unit", "p", "n",
-                "pct", "pct_low", "pct_high", "pct_unit", "supports", "metric")
+                "pct", "pct_low", "pct_high", "pct_unit", "supports", "metric", "sd", "mde",
+                "mde_pct")
 
 
 def ols(x: np.ndarray, y: np.ndarray) -> dict:

@@ -51,7 +51,8 @@ def h3_semantics(res: StudyResults) -> HypothesisTables:
     pcol = p_column(res)
     label = profile_label(res)
     tests = [test_row("H3", s["mode"], "closed-class − open-class words", s["mean_pct"],
-                      s["ci_pct_low"], s["ci_pct_high"], s[pcol], s["n"], metric=label)
+                      s["ci_pct_low"], s["ci_pct_high"], s[pcol], s["n"], metric=label,
+                      sd=s["sd"], alpha=res.alpha)
              for s in cvo.to_dict("records")]
     return HypothesisTables("H3", {"classes": classes, "closed_vs_open": cvo,
                                    "terms": term_summary, "class_effects": ce},

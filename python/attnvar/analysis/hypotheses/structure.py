@@ -52,7 +52,7 @@ def h2_structure(res: StudyResults) -> HypothesisTables:
     pcol = p_column(res)
     tests = [test_row("H2", s["mode"], "incomplete − complete over matched pairs",
                       s["mean_pct"], s["ci_pct_low"], s["ci_pct_high"], s[pcol], s["n"],
-                      metric=metric_label(res))
+                      metric=metric_label(res), sd=s["sd"], alpha=res.alpha)
              for s in paired.to_dict("records")]
     return HypothesisTables("H2", {"pairs": pairs, "paired": paired, "categories": cats,
                                    "kruskal": kw}, tests_frame(tests),

@@ -8,6 +8,7 @@ import pandas as pd
 from .. import stats
 from .checks import dataset, degeneracy, heads, predictability, prototype, robustness
 from .context import h4_context
+from .controls import controls
 from .primary import primary
 from .results import HypothesisTables, StudyResults
 from .semantics import h3_semantics
@@ -54,7 +55,8 @@ def compute_all(res: StudyResults, predict: bool = True, n_permutations: int = 2
     the corrected H1–H4 tests). ``n_permutations`` goes to the predictability model's
     permutation p values. An analysis the data do not allow (a tiny study) comes back
     empty with ``facts["not_computed"]`` saying why, so the report can say so."""
-    steps = [("dataset", dataset, {}), ("primary", primary, {}), ("H1", h1_temporal, {}),
+    steps = [("dataset", dataset, {}), ("controls", controls, {}), ("primary", primary, {}),
+             ("H1", h1_temporal, {}),
              ("H2", h2_structure, {}), ("H3", h3_semantics, {}), ("H4", h4_context, {})]
     if predict:
         steps.append(("predictability", predictability, {"n_permutations": n_permutations}))

@@ -127,7 +127,7 @@ def h1_temporal(res: StudyResults) -> HypothesisTables:
     label = profile_label(res)
     tests = [test_row("H1", s["mode"], "slope over steps (per-prompt OLS, t)", s["mean"],
                       s["ci_low"], s["ci_high"], s[pcol], s["n"], unit="log units per step",
-                      metric=label)
+                      metric=label, sd=s["sd"], alpha=res.alpha)
              for s in slope_summary.to_dict("records")]
     return HypothesisTables("H1", {"by_query_phase": by_q, "by_key_phase": by_k,
                                    "slopes": slopes, "slope_summary": slope_summary,
