@@ -154,7 +154,8 @@ void bind_generate(py::module_& m) {
       [](const LlamaModel& model, const std::vector<int64_t>& prompt, double threshold,
          int64_t max_steps, const std::string& mode, const std::string& policy, int64_t max_width,
          double temperature, bool sample, uint64_t seed, const std::string& stop_on,
-         const std::vector<int64_t>& eos_ids, bool keep_distributions, bool capture,
+         const std::vector<int64_t>& eos_ids, int64_t min_new_steps, bool keep_distributions,
+         bool capture,
          std::optional<std::vector<int64_t>> layers, std::optional<std::vector<int64_t>> heads,
          bool probabilities, bool scores, bool value_norms, const std::string& capture_dtype,
          py::object sink) {
@@ -169,6 +170,7 @@ void bind_generate(py::module_& m) {
         o.seed = seed;
         o.stop_on = stop_on_from_string(stop_on);
         o.eos_ids = eos_ids;
+        o.min_new_steps = min_new_steps;
         o.keep_distributions = keep_distributions;
         o.capture = capture_spec(capture, layers, heads, probabilities, scores, value_norms,
                                  capture_dtype);
@@ -187,8 +189,8 @@ void bind_generate(py::module_& m) {
       py::arg("max_steps") = 30, py::arg("mode") = "isolated", py::arg("policy") = "mixture",
       py::arg("max_width") = 32, py::arg("temperature") = 1.0, py::arg("sample") = false,
       py::arg("seed") = 0, py::arg("stop_on") = "any_eos",
-      py::arg("eos_ids") = std::vector<int64_t>{}, py::arg("keep_distributions") = false,
-      ATTNVAR_CAPTURE_ARGS, py::arg("sink") = py::none(),
+      py::arg("eos_ids") = std::vector<int64_t>{}, py::arg("min_new_steps") = 0,
+      py::arg("keep_distributions") = false, ATTNVAR_CAPTURE_ARGS, py::arg("sink") = py::none(),
       "Parallel generation: every member of S_t fed in one pass at position P + t. With "
       "`sink`, each pass's capture is handed to sink(PassCapture) as it is computed and "
       "the result keeps none.");

@@ -27,6 +27,9 @@ StopOn stop_on_from_string(const std::string& name) {
 void validate(const GenerateOptions& o, int64_t vocab_size) {
   validate(SelectionOptions{o.threshold, o.max_width, o.sample});
   if (o.max_steps < 0) throw ConfigError(fmt::format("max_steps must be ≥ 0, got {}", o.max_steps));
+  if (o.min_new_steps < 0) {
+    throw ConfigError(fmt::format("min_new_steps must be ≥ 0, got {}", o.min_new_steps));
+  }
   if (!(o.temperature > 0.0) || !std::isfinite(o.temperature)) {
     throw ConfigError(fmt::format("temperature must be positive, got {}", o.temperature));
   }
@@ -36,6 +39,20 @@ void validate(const GenerateOptions& o, int64_t vocab_size) {
     }
   }
 }
+
+namespace {
+
+// q with the EOS ids' mass removed and the rest renormalised; q itself when nothing else
+// has mass (a distribution that is all EOS cannot be forced to continue).
+at::Tensor without_eos(const at::Tensor& q, const std::vector<int64_t>& eos) {
+  if (eos.empty()) return q;
+  at::Tensor out = q.clone();
+  out.index_fill_(0, at::tensor(eos, at::TensorOptions().dtype(at::kLong)), 0.0);
+  const double rest = out.sum().item<double>();
+  return rest > 0.0 ? out / rest : q;
+}
+
+}  // namespace
 
 GenerationResult generate(const LlamaModel& model, const std::vector<int64_t>& prompt,
                           const GenerateOptions& o, const InterruptCheck& interrupt,
@@ -90,7 +107,7 @@ GenerationResult generate(const LlamaModel& model, const std::vector<int64_t>& p
     std::vector<int64_t> fed_ids;
     std::vector<double> fed_probs;
     std::vector<SlotInfo> fed_slots;
-    for (const auto& s : select_set(q, sel, gen)) {
+    for (const auto& s : select_set(t < o.min_new_steps ? without_eos(q, eos) : q, sel, gen)) {
       Member m;
       m.token_id = s.token_id;
       m.probability = s.probability;

@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=_ints, default=[0])
     s.add_argument("--sample", action="store_true")
     s.add_argument("--max-steps", type=int, default=20)
+    s.add_argument("--min-new-steps", type=int, default=None,
+                   help="no run stops (EOS) before this many steps (default 4; 0 with "
+                        "--preset, which refuses any other value)")
     s.add_argument("--max-prompts", type=int, default=None, help="use the first N prompts only")
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--full", action="store_true",
@@ -211,7 +214,8 @@ def _cmd_study(a) -> int:
         compat = dict(preset=a.preset, add_bos={"model": None, "on": True, "off": False}[a.bos],
                       eos_ids=a.eos_ids, emulate_mask_leak=a.emulate_mask_leak or False)
         study = Study(prompts=items, seeds=a.seeds, sample=a.sample, model_path=a.model,
-                      device=a.device or "cpu", **grid, **compat)
+                      device=a.device or "cpu", min_new_steps=a.min_new_steps, **grid,
+                      **compat)
     study.run(a.out, workers=a.workers, progress=not a.no_progress)
     print(format_summary(Path(a.out)))
     if a.no_report:

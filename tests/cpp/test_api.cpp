@@ -2,6 +2,7 @@
 // LoadedModel conveniences it adds over the area headers.
 #include "attnvar/attnvar.h"
 
+#include <cmath>
 #include <string>
 
 #include "attnvar/tokenizer/byte_level.h"
@@ -132,4 +133,37 @@ TEST_CASE("generate and replay on a LoadedModel equal the decoder calls, eos fro
   LoadedModel moved = std::move(model);
   CHECK_THROWS_AS(generate(model, text, options), Error);
   CHECK_THROWS_AS(replay(model, direct.tree), Error);
+}
+
+TEST_CASE("min_new_steps selects without EOS before it, from q_t renormalised", "[api]") {
+  const LlamaModel model = testing::tiny_model();
+  GenerateOptions o;
+  o.threshold = 0.05;
+  o.max_steps = 6;
+  o.keep_distributions = true;
+  // Every id but 5 is EOS: without the rule the first set holds an EOS and the run stops.
+  for (int64_t id = 0; id < 50; ++id) {
+    if (id != 5) o.eos_ids.push_back(id);
+  }
+  const std::vector<int64_t> prompt = {1, 2, 3};
+  const GenerationResult plain = generate(model, prompt, o);
+  REQUIRE(plain.tree.num_steps() == 1);
+  CHECK(plain.stop_reason == "eos");
+
+  o.min_new_steps = 3;
+  const GenerationResult kept = generate(model, prompt, o);
+  REQUIRE(kept.tree.num_steps() >= 4);
+  for (int64_t t = 0; t < 3; ++t) {
+    const auto& members = kept.tree.steps[t].members;
+    REQUIRE(members.size() == 1);  // id 5 holds all the mass once EOS is removed
+    CHECK(members[0].token_id == 5);
+    CHECK(std::abs(members[0].probability - 1.0) < 1e-6);
+    CHECK_FALSE(members[0].is_eos);
+    // q_t as recorded is the model's own, EOS mass included.
+    CHECK(kept.distributions[t][5].item<double>() < 0.5);
+  }
+  CHECK(kept.stop_reason == "eos");  // from step 3 on, EOS may stop it again
+
+  o.min_new_steps = -1;
+  CHECK_THROWS_AS(generate(model, prompt, o), ConfigError);
 }

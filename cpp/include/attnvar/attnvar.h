@@ -252,6 +252,9 @@ inline std::vector<int64_t> encode_prompt(const LoadedModel& model, std::string_
 //   std::vector<int64_t> eos_ids;   ids that count as EOS (never fed); each in
 //                              [0, vocab_size); empty: the model config's EOS ids only —
 //                              the LoadedModel overload below uses LoadedModel::eos_ids
+//   int64_t min_new_steps;     steps t < min_new_steps select from q_t without the EOS ids
+//                              (their mass set to 0, the rest renormalised; q_t unchanged
+//                              when it is all EOS), so no run stops before; ≥ 0 [0]
 //   CaptureSpec capture;       what to record about attention (section 7) [off]
 //   bool keep_distributions;   keep every q_t in GenerationResult::distributions [false]
 // };

@@ -209,9 +209,14 @@ class Model:
         capture: Capture | None = None,
         keep_distributions: bool = False,
         stream_to: str | os.PathLike | None = None,
+        min_new_steps: int = 0,
     ) -> Run:
         """Parallel generation (DESIGN.md §3): every member of S_t fed in one pass at
         logical position P + t; siblings ``isolated`` (default), ``visible`` or ``causal``.
+
+        ``min_new_steps``: steps t < min_new_steps select without the EOS ids (their
+        probability set to 0, the rest renormalised, as a minimum-new-tokens rule does), so
+        no run stops before min_new_steps sets; q_t as recorded is the model's own.
 
         ``stream_to``: a run directory; each pass's capture is written there as soon as
         it is computed (memory holds one pass at a time) and the run is saved there at
@@ -222,6 +227,8 @@ class Model:
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
         if int(max_steps) < 0:
             raise ValueError(f"max_steps must be ≥ 0, got {max_steps}")
+        if isinstance(min_new_steps, bool) or int(min_new_steps) < 0:
+            raise ValueError(f"min_new_steps must be an integer ≥ 0, got {min_new_steps!r}")
         _check_choice("mode", mode, MODES)
         _check_choice("policy", policy, POLICIES)
         _check_choice("stop_on", stop_on, STOP_RULES)
@@ -239,7 +246,7 @@ class Model:
                 mode=mode, policy=policy, max_width=int(max_width),
                 temperature=float(temperature), sample=bool(sample), seed=int(seed),
                 stop_on=stop_on, eos_ids=list(self.eos_ids if eos_ids is None else eos_ids),
-                keep_distributions=keep_distributions, **kw,
+                min_new_steps=int(min_new_steps), keep_distributions=keep_distributions, **kw,
             )
         except BaseException:
             if stream is not None:
@@ -249,7 +256,8 @@ class Model:
                        threshold=threshold, max_steps=max_steps, mode=mode, policy=policy,
                        max_width=max_width, temperature=temperature, sample=sample, seed=seed,
                        stop_on=stop_on, add_bos=add_bos,
-                       eos_ids=list(self.eos_ids if eos_ids is None else eos_ids))
+                       eos_ids=list(self.eos_ids if eos_ids is None else eos_ids),
+                       min_new_steps=int(min_new_steps))
         encoding = "shared_" + mode
         run = self._run("generate", encoding, res, options, layers, heads,
                         visibility=_core.encode(res.tree, encoding).visibility,

@@ -57,7 +57,8 @@ def h3(t: HypothesisTables, res: StudyResults) -> dict[str, Any]:
         sub, "mean_pct", "ci_pct_low", "ci_pct_high", "class",
         xlabel="reduction in % within the class (positive = less)",
         title=f"H3: effect by token class — {mode}\n{t.metric}", clip=True)
-        for mode, sub in t.tables["classes"].groupby("mode")}
+        for mode, sub in (t.tables["classes"].groupby("mode")
+                          if "mode" in t.tables["classes"] else [])}
 
 
 def h4(t: HypothesisTables, res: StudyResults) -> dict[str, Any]:

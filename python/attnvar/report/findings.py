@@ -23,7 +23,7 @@ from ..analysis.hypotheses import (
     effects,
     load,
 )
-from ..analysis.hypotheses.suite import NOT_COMPUTED
+from ..analysis.hypotheses.suite import DATA_ERRORS, NOT_COMPUTED
 from . import figures, prose
 
 
@@ -64,8 +64,13 @@ def present(t: compute.HypothesisTables, res: StudyResults) -> Finding:
     if NOT_COMPUTED in t.facts:
         return Finding(t.name, prose.title(t.name, res), {}, {}, t.tests,
                        f"Not computed for this study: {t.facts[NOT_COMPUTED]}.", t.facts)
-    return Finding(t.name, prose.title(t.name, res), t.tables, figures.FIGURES[t.name](t, res),
-                   t.tests, prose.ANSWERS[t.name](t, res), t.facts, t.metric, t.table_metrics)
+    try:
+        drawn = figures.FIGURES[t.name](t, res)
+        note = ""
+    except DATA_ERRORS as e:  # a table too small to draw: say so, keep the numbers
+        drawn, note = {}, f" (Figures not drawn for this study: {type(e).__name__}: {e}.)"
+    return Finding(t.name, prose.title(t.name, res), t.tables, drawn, t.tests,
+                   prose.ANSWERS[t.name](t, res) + note, t.facts, t.metric, t.table_metrics)
 
 
 def _presented(fn: Callable[..., compute.HypothesisTables]) -> Callable[..., Finding]:

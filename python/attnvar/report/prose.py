@@ -35,6 +35,11 @@ def fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def fmt_signed_pct(value: float) -> str:
+    """"+1.2 %", or "n/a" for a value the data did not give."""
+    return f"{value:+.1f} %" if np.isfinite(value) else "n/a"
+
+
 def p_is(p: float) -> str:
     """"p = 0.123", "p < 0.001" or "p = n/a"."""
     text = fmt_p(p)
@@ -201,6 +206,9 @@ def robustness(t: HypothesisTables, res: StudyResults) -> str:
     same_sign = {m: (np.sign(g["mean_pct"]).value_counts().max(), len(g))
                  for m, g in same.groupby("mode")}
     others = sorted(set(spec["estimand"]) - {estimand})
+    if not same_sign:
+        return (f"No specification of the primary metric's estimand ({estimand}) could be "
+                "estimated on this study.")
     return ("; ".join(f"{m}: {k} of {n} specifications of the same estimand ({estimand}) "
                       "share the majority sign" for m, (k, n) in same_sign.items())
             + (f". Rows of other estimands ({', '.join(others)}) answer other questions and "
@@ -217,7 +225,7 @@ def prototype(t: HypothesisTables, res: StudyResults) -> str:
             continue
         ours.append(f"{condition_label(s)}: {s['mean_pct']:+.1f} % ± {s['sd_pct']:.1f} over "
                     f"{s['prompts']} prompts (paired t {p_is(s['p'])}; the primary "
-                    f"metric on the same runs {s['primary_mean_pct']:+.1f} %)")
+                    f"metric on the same runs {fmt_signed_pct(s['primary_mean_pct'])})")
     theirs = [f"{r['mean_pct']:+.1f} % ± {r['sd_pct']:.1f} over {r['prompts']} prompts "
               f"({p_is(r['p'])}, {r['claim']})" for r in pub.to_dict("records")]
     return (f"M0, the prototype's metric (a ratio of mean attention, positive = less), on "

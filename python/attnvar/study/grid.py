@@ -23,6 +23,11 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser, released as tomli
     import tomli as tomllib
 
+# The default minimum number of steps before EOS may stop a mechanism study's run: four
+# steps give queries at steps 2 and 3, the first that can see a parallel and a
+# non-parallel earlier step at once.
+MIN_NEW_STEPS = 4
+
 
 @dataclass
 class Study:
@@ -45,6 +50,12 @@ class Study:
         study has no replays and no policy or width choice (the preset has none).
     add_bos, eos_ids : compat only: BOS and the stopping ids as the prototype's tokenizer
         has them (None = the model's; see ``Model.tempo2025``)
+    min_new_steps : no run may stop (EOS) before this many steps: steps t < min_new_steps
+        select without the EOS ids (``Model.generate``). None = :data:`MIN_NEW_STEPS` (4)
+        for a mechanism study, so that prompts the model considers finished (the
+        *complete* half of H2's matched pairs) still give measurable queries instead of
+        ending at once and dropping out of the very comparison H2 makes; 0 for the compat
+        preset (the prototype has no such rule, and the preset refuses one).
     emulate_mask_leak : compat only: the prompts of each condition (θ, mode) run as one
         ordered sequence in one process, each run after an isolated one seeing the stale
         masks the prototype leaked (docs/generation.md). Forces one worker; each cell's
@@ -68,6 +79,7 @@ class Study:
     add_bos: bool | None = None
     eos_ids: Sequence[int] | None = None
     emulate_mask_leak: bool = False
+    min_new_steps: int | None = None
 
     def __post_init__(self) -> None:
         records = []
@@ -92,6 +104,14 @@ class Study:
                     raise ValueError(f"{name}: {v!r} is not one of {', '.join(choices)}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be ≥ 0, got {self.max_steps}")
+        if self.min_new_steps is None:
+            self.min_new_steps = 0 if self.preset is not None else MIN_NEW_STEPS
+        if isinstance(self.min_new_steps, bool) or not isinstance(self.min_new_steps, int) \
+                or self.min_new_steps < 0:
+            raise ValueError(f"min_new_steps must be an integer ≥ 0, got {self.min_new_steps!r}")
+        if self.preset is not None and self.min_new_steps:
+            raise ValueError("min_new_steps: the compat preset stops where the prototype "
+                             "stops (it has no minimum); leave it unset or 0")
         if isinstance(self.preregistration, dict):
             self.preregistration = Preregistration.from_dict(self.preregistration)
         self._check_preset()
@@ -174,7 +194,8 @@ class Study:
         return [
             Cell(p.id, p.text, float(t), m, pol, int(s), self.sample, self.max_steps,
                  self.max_width, **compat,
-                 leak_after=tuple(ids[:i]) if self.emulate_mask_leak else None)
+                 leak_after=tuple(ids[:i]) if self.emulate_mask_leak else None,
+                 min_new_steps=self.min_new_steps or None)
             for i, p in enumerate(self.prompts) for t in self.thresholds for m in self.modes
             for pol in self.policies for s in seeds
         ]
@@ -189,6 +210,7 @@ class Study:
             "policies": list(self.policies), "replays": list(self.replays),
             "seeds": list(self.seeds), "sample": self.sample, "max_steps": self.max_steps,
             "max_width": self.max_width, "capture": cap, "model_path": self.model_path,
+            **({"min_new_steps": self.min_new_steps} if not self.preset else {}),
             **({"preset": self.preset, "add_bos": self.add_bos,
                 "eos_ids": None if self.eos_ids is None else list(self.eos_ids),
                 "emulate_mask_leak": self.emulate_mask_leak} if self.preset else {}),
@@ -206,4 +228,4 @@ class Study:
         return run_study(self, Path(results_dir), workers=workers, progress=progress)
 
 
-__all__ = ["Study"]
+__all__ = ["MIN_NEW_STEPS", "Study"]

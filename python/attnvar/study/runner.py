@@ -62,7 +62,8 @@ def _generate(model, study: Study, cell: Cell, mask_leak=None):
                                mask_leak=mask_leak)
     return model.generate(cell.prompt_text, threshold=cell.threshold, max_steps=cell.max_steps,
                           mode=cell.mode, policy=cell.policy, max_width=cell.max_width,
-                          sample=cell.sample, seed=cell.seed, capture=study.capture)
+                          sample=cell.sample, seed=cell.seed, capture=study.capture,
+                          min_new_steps=cell.min_new_steps or 0)
 
 
 def run_cell(model, study: Study, cell: Cell, prompt, runs_dir: Path, mask_leak=None) -> int:

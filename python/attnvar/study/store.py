@@ -31,7 +31,7 @@ COMPAT_MODES = ("isolated", "visible")
 GENERATED_KINDS = ("generate", COMPAT_PRESET)
 # Fields added to Cell after studies existed: left out of the key while unset, so the
 # keys (and so the results) of every earlier study stay valid.
-_OPTIONAL_KEY_FIELDS = ("preset", "add_bos", "eos_ids", "leak_after")
+_OPTIONAL_KEY_FIELDS = ("preset", "add_bos", "eos_ids", "leak_after", "min_new_steps")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Cell:
     add_bos: bool | None = None  # compat: BOS as the prototype's tokenizer has it
     eos_ids: tuple[int, ...] | None = None  # compat: its stopping ids
     leak_after: tuple[str, ...] | None = None  # compat with the mask leak: prompts before
+    min_new_steps: int | None = None  # no EOS before this many steps (None: 0)
 
     def key(self, model_sha: str) -> str:
         fields = {k: v for k, v in asdict(self).items()

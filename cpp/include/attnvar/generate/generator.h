@@ -36,6 +36,10 @@ struct GenerateOptions {
   uint64_t seed = 0;
   StopOn stop_on = StopOn::kAnyEos;
   std::vector<int64_t> eos_ids;  // empty: the model config's eos ids
+  // Steps t < min_new_steps select from q_t with every EOS id's probability set to 0 and
+  // the rest renormalised (unless q_t has no other mass), so no run ends before it has
+  // min_new_steps sets; q_t itself (keep_distributions, replay) is left as computed.
+  int64_t min_new_steps = 0;  // ≥ 0
   CaptureSpec capture;
   bool keep_distributions = false;  // keep every q_t (steps, V)
 };

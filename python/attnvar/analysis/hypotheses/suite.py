@@ -34,7 +34,7 @@ def family(results: dict, res: StudyResults) -> pd.DataFrame:
 NOT_COMPUTED = "not_computed"
 # What a study too small or too odd for one analysis raises there (numpy, scipy,
 # statsmodels and pandas all signal "not enough data" with these).
-_DATA_ERRORS = (ValueError, ZeroDivisionError, np.linalg.LinAlgError, KeyError, IndexError)
+DATA_ERRORS = (ValueError, ZeroDivisionError, np.linalg.LinAlgError, KeyError, IndexError)
 
 
 def not_computed(name: str, error: BaseException) -> HypothesisTables:
@@ -45,7 +45,7 @@ def not_computed(name: str, error: BaseException) -> HypothesisTables:
 def _safely(name: str, fn, res: StudyResults, **kwargs) -> HypothesisTables:
     try:
         return fn(res, **kwargs)
-    except _DATA_ERRORS as e:
+    except DATA_ERRORS as e:
         return not_computed(name, e)
 
 
@@ -68,4 +68,4 @@ def compute_all(res: StudyResults, predict: bool = True, n_permutations: int = 2
     return out
 
 
-__all__ = ["HYPOTHESES", "NOT_COMPUTED", "compute_all", "family", "not_computed"]
+__all__ = ["DATA_ERRORS", "HYPOTHESES", "NOT_COMPUTED", "compute_all", "family", "not_computed"]
