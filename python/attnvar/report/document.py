@@ -60,6 +60,7 @@ SHOW = {
     ("H2", "categories"): ["mode", "category", "n", "mean_pct", "ci_pct_low", "ci_pct_high",
                            "p", "p_adj"],
     ("H2", "kruskal"): None,
+    ("H2", "pairs_lost"): None,
     ("H3", "closed_vs_open"): ["mode", "n", "mean_pct", "ci_pct_low", "ci_pct_high", "p",
                                "p_adj"],
     ("H3", "classes"): ["mode", "class", "n", "mean_pct", "ci_pct_low", "ci_pct_high", "p",

@@ -156,7 +156,22 @@ def h2(t: HypothesisTables, res: StudyResults) -> str:
              for s in t.tables["paired"].to_dict("records")]
     return ("Matched pairs — " + ("; ".join(lines) if lines else
                                   "the study has fewer than 2 complete matched pairs")
-            + ". (A difference in % here is 100·(1 − e^Δ) of the difference of effects.)")
+            + ". (A difference in % here is 100·(1 − e^Δ) of the difference of effects.) "
+            + _pairs_lost(t))
+
+
+def _pairs_lost(t: HypothesisTables) -> str:
+    lost = t.tables.get("pairs_lost")
+    if lost is None or not len(lost):
+        return ""
+    total, gone = int(lost["pairs"].sum()), int(lost["lost"].sum())
+    if not gone:
+        return f"No matched pair was lost ({total} pair × condition cells)."
+    return (f"Pairs lost: {gone} of {total} pair × condition cells — "
+            f"{int(lost['lost_complete'].sum())} on the complete side, "
+            f"{int(lost['lost_incomplete'].sum())} on the incomplete side, "
+            f"{int(lost['lost_both'].sum())} on both (table pairs_lost; the dataset's "
+            "accounting says why runs drop out).")
 
 
 def h3(t: HypothesisTables, res: StudyResults) -> str:

@@ -18,12 +18,47 @@ from .results import (
 )
 
 
+def pairs_lost(res: StudyResults, eff: pd.DataFrame) -> pd.DataFrame:
+    """Per condition: matched pairs in the study (both versions among its prompts), pairs
+    analysed (both sides have an effect) and pairs lost, by the side that has none."""
+    cells = res.cells()
+    cells = cells[cells["pair"].notna() & cells["structure"].isin(["incomplete", "complete"])]
+    have = set(eff["cell_id"]) if len(eff) else set()
+    rows = []
+    for key, sub in cells.groupby(CONDITION, dropna=False):
+        counts = {"pairs": 0, "analysed": 0, "lost_incomplete": 0, "lost_complete": 0,
+                  "lost_both": 0}
+        for _, g in sub.groupby("pair"):
+            side = {s: bool(set(g.loc[g["structure"] == s, "cell_id"]) & have)
+                    for s in ("incomplete", "complete")}
+            if not (g["structure"] == "incomplete").any() or \
+                    not (g["structure"] == "complete").any():
+                continue  # only one version in the study: not a matched pair here
+            counts["pairs"] += 1
+            if side["incomplete"] and side["complete"]:
+                counts["analysed"] += 1
+            elif side["incomplete"]:
+                counts["lost_complete"] += 1
+            elif side["complete"]:
+                counts["lost_incomplete"] += 1
+            else:
+                counts["lost_both"] += 1
+        rows.append({**dict(zip(CONDITION, key, strict=True)), **counts,
+                     "lost": counts["pairs"] - counts["analysed"]})
+    return pd.DataFrame(rows, columns=[*CONDITION, "pairs", "analysed", "lost_incomplete",
+                                       "lost_complete", "lost_both", "lost"])
+
+
 def h2_structure(res: StudyResults) -> HypothesisTables:
     """H2: does the prompt's structure matter? Matched pairs (the incomplete and complete
     versions of the same content) with a paired test; categories as secondary.
 
     Tables: ``pairs`` (per pair and condition: incomplete, complete, difference),
     ``paired`` (per mode: summary of incomplete − complete over pairs; the H2 test),
+    ``pairs_lost`` (per condition: the study's matched pairs, those analysed, and those
+    lost because the incomplete side, the complete side or both have no effect — a
+    run that stopped before a measurable query, was excluded or had no contrast; see
+    the dataset's accounting for why),
     ``categories`` (per mode and category: summaries, BH), ``kruskal`` (per mode:
     Kruskal–Wallis across categories).
     """
@@ -38,6 +73,7 @@ def h2_structure(res: StudyResults) -> HypothesisTables:
                                 "difference": s["incomplete"] - s["complete"]})
     pairs = pd.DataFrame(paired_rows, columns=["pair", *CONDITION, "incomplete", "complete",
                                                "difference"])
+    lost = pairs_lost(res, eff)
     paired = summarize(pairs, ["mode"], res, unit="pair", effect="difference", correction="holm")
     cats = summarize(eff, ["mode", "category"], res)
     kw = []
@@ -55,7 +91,10 @@ def h2_structure(res: StudyResults) -> HypothesisTables:
                       metric=metric_label(res), sd=s["sd"], alpha=res.alpha)
              for s in paired.to_dict("records")]
     return HypothesisTables("H2", {"pairs": pairs, "paired": paired, "categories": cats,
-                                   "kruskal": kw}, tests_frame(tests),
+                                   "kruskal": kw, "pairs_lost": lost}, tests_frame(tests),
+                            facts={"pairs_lost": int(lost["lost"].sum()) if len(lost) else 0,
+                                   "pairs_planned": int(lost["pairs"].sum()) if len(lost)
+                                   else 0},
                             metric=metric_label(res))
 
 
