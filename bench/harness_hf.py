@@ -109,7 +109,7 @@ def additive_mask(visible: torch.Tensor) -> torch.Tensor:
     return m[None, None]
 
 
-# ---- selection and next-step (DESIGN.md §3, mirrored) ---------------------------------
+# ---- selection and next-step (docs/generation.md, mirrored) ----------------------------
 def select_set(q: torch.Tensor, threshold: float, max_width: int) -> list[tuple[int, float]]:
     qd = q.double()
     vals, idx = torch.sort(qd, stable=True, descending=True)

@@ -1,4 +1,4 @@
-"""Can the per-prompt effect be predicted? (METHODS.md, "Hypotheses → Predictability").
+"""Can the per-prompt effect be predicted? (docs/statistics.md, "Predictability").
 
 Two pieces:
 

@@ -1,4 +1,4 @@
-"""Statistics for a set of per-prompt effects (METHODS.md, "Statistics").
+"""Statistics for a set of per-prompt effects (docs/statistics.md).
 
 The unit of analysis is the prompt: one effect per prompt (per head where stated).
 Everything scipy or statsmodels provides is delegated to them; written here are only the
@@ -257,8 +257,8 @@ def hierarchical_bootstrap(frame: pd.DataFrame, value: str, unit: str = "prompt_
     """Two-stage percentile bootstrap for query-level data: resample units (prompts) with
     replacement, then, independently for each drawn unit, its steps with replacement.
 
-    The statistic is the mean over units of each unit's query mean (METHODS.md: mean
-    over queries, then over prompts); within a drawn unit the query mean is the pooled
+    The statistic is the mean over units of each unit's query mean (mean over queries,
+    then over prompts); within a drawn unit the query mean is the pooled
     mean of the queries of the drawn steps.
 
     Returns

@@ -1,4 +1,4 @@
-"""Capture specs: what a pass records about attention (DESIGN.md §5)."""
+"""Capture specs: what a pass records about attention (docs/engine.md, "Capture")."""
 
 from __future__ import annotations
 

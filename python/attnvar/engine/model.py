@@ -211,7 +211,7 @@ class Model:
         stream_to: str | os.PathLike | None = None,
         min_new_steps: int = 0,
     ) -> Run:
-        """Parallel generation (DESIGN.md §3): every member of S_t fed in one pass at
+        """Parallel generation (docs/generation.md): every member of S_t fed in one pass at
         logical position P + t; siblings ``isolated`` (default), ``visible`` or ``causal``.
 
         ``min_new_steps``: steps t < min_new_steps select without the EOS ids (their

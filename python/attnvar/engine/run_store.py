@@ -1,4 +1,4 @@
-"""Runs on disk (DESIGN.md §7). A run is a directory:
+"""Runs on disk. A run is a directory:
 
     run.json                      everything but tensors (schema version, kind, encoding,
                                   versions, model identity, options, tree, slots, summary)

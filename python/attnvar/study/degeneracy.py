@@ -1,4 +1,4 @@
-"""Degenerate generations (METHODS.md, "Degenerate generations").
+"""Degenerate generations (docs/degeneracy.md).
 
 Per run, on the top path (each set's rank-0 member) and the per-step next-token
 entropies:

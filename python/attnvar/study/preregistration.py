@@ -1,5 +1,4 @@
-"""The analysis plan of a study, fixed before its runs (METHODS.md: "the exclusion rule is
-fixed before a study runs").
+"""The analysis plan of a study, fixed before its runs (the exclusion rule among them).
 
 A :class:`Preregistration` names the primary metric and design, the exclusion rule, the
 tests and the families. ``Study.run`` writes it to ``preregistration.json`` in the
@@ -41,7 +40,7 @@ class Preregistration:
 
     Parameters
     ----------
-    metric, variant : the primary within-query contrast (METHODS.md: M1, distance-matched)
+    metric, variant : the primary within-query contrast (default: M1, distance-matched)
     sinks_excluded : primary analysis with sinks excluded (both are always reported)
     contrast_encoding : the replay the generated run is contrasted with (the primary
         design: δ(generated) − δ(replay), text held fixed)

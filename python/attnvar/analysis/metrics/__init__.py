@@ -1,4 +1,4 @@
-"""Attention metrics for parallel tokens (METHODS.md).
+"""Attention metrics for parallel tokens (docs/metrics.md).
 
 Typical use::
 

@@ -23,7 +23,7 @@ All read counted pairs (counting.py) and return tidy frames (frames.py): one row
 Aggregation of the per-query metrics (M1 plain, M1m, M1p): ``weighting="step"``
 (default) averages the queries of one step (the members of a set share their history,
 hence their expected value), then the steps; ``weighting="query"`` averages the queries
-directly, as METHODS.md words it. Each δ_i is unbiased under the null, but an average
+directly. Each δ_i is unbiased under the null, but an average
 whose weights depend on the labels is a ratio estimator, biased when scores depend on
 distance: a parallel step adds queries to the denominator and moves the δ of the queries
 after it. Toy null of docs/metrics.md (scores −1.5·log(1 + d) + noise), noise-free over

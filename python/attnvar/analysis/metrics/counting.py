@@ -1,4 +1,4 @@
-"""The counting rules of METHODS.md, implemented once for every metric except M0.
+"""The counting rules, implemented once for every metric except M0.
 
 A metric never reads a run's dense capture directly. It reads a :class:`CountedPairs`:
 the (query, key) pairs that count, with a per-(layer, head) inclusion mask, built by
@@ -201,7 +201,7 @@ def find_sinks(
     run : a Run (or CaptureView) with attention captured; normally the ``top_only``
         replay of the tree being analysed, so that sinks are fixed before parallel labels
         are looked at
-    threshold : mean incoming α above which a key is a sink (METHODS.md: 0.3)
+    threshold : mean incoming α above which a key is a sink (default 0.3)
     min_queries : keys seen by fewer later generated queries are never flagged (a key
         near the end has too few queries for a mean; recency is not a sink)
 

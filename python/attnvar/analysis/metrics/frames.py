@@ -1,6 +1,6 @@
 """Tidy result tables: one row per prompt × layer × head × metric variant (× term).
 
-Sign convention (METHODS.md), everywhere: ``effect_pct`` is a *reduction*, positive when
+Sign convention, everywhere: ``effect_pct`` is a *reduction*, positive when
 parallel tokens receive less attention. Log-scale estimates (M1, M1m, M1p, M2) keep their
 natural sign (negative = less) in ``estimate`` and convert as
 ``effect_pct = 100·(1 − e^estimate)``; ``ratio = e^estimate`` (for M2, the attention odds

@@ -134,7 +134,7 @@ def knockout_replay(
     tree : the tree (``run.tree`` or a hand-built one)
     key_slots : slots in the encoding's layout; none: an ordinary replay
     layer_begin, layer_end : the window (default: every layer)
-    encoding : the layout (DESIGN.md §4)
+    encoding : the layout (docs/generation.md, "Trees and encodings")
     policy, temperature : the next-step policy of the distributions
 
     Returns

@@ -1,4 +1,4 @@
-"""M0: the prototype's reduction %, exactly (TEMPO_REFERENCE.md), and its corrected form.
+"""M0: the prototype's reduction % as its public code computes it, and its corrected form.
 
 Legacy formula. Average the attention over layers and heads. Visit the accumulated matrix
 of every step: the matrix of step t holds the rows of every slot up to the end of step t
