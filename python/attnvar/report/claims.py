@@ -46,6 +46,7 @@ from ..engine import Capture, default_model_path
 from ..study import Study, prompts
 from ..util.atomic import write_atomic
 from ..util.markdown import format_cell, markdown_table
+from .document import controls_table
 
 PRIMARY = ("M1", "distance_matched")
 # The columns of each written table that the page shows (None: all).
@@ -59,6 +60,7 @@ SHOWN = {
                           "m0_legacy_pct", "published_pct", "m0_corrected_pct",
                           "primary_pct"],
     "mechanism_primary": None,
+    "mechanism_controls": None,
     "toy_null": None,
 }
 
@@ -144,6 +146,13 @@ def mechanism_table(results: Path, suite: str) -> pd.DataFrame:
     out.insert(1, "metric", f"{res.metric} {res.variant}")
     out["design"] = res.design
     return out
+
+
+def mechanism_controls(results: Path, suite: str) -> pd.DataFrame:
+    """The study's controls (placebo per condition, positive control), one row each."""
+    table = controls_table({"controls": compute.controls(compute.load(results))})
+    table.insert(0, "suite", suite)
+    return table
 
 
 def toy_null(n: int, seed: int = 20261206) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -282,16 +291,21 @@ def write_findings(out: str | Path, model_path: str | None = None, small: bool =
     mech = pd.concat([mechanism_table(out / "mechanism_tempo13", "tempo13"),
                       mechanism_table(out / "mechanism_core", plan.core_suite)],
                      ignore_index=True)
+    controls = pd.concat([mechanism_controls(out / "mechanism_tempo13", "tempo13"),
+                          mechanism_controls(out / "mechanism_core", plan.core_suite)],
+                         ignore_index=True)
     draws, null = toy_null(plan.toy_prompts)
     published = PUBLISHED.assign(model=PUBLISHED_MODEL, mechanism=PUBLISHED_MECHANISM)
     tables = {"compat_per_prompt": per_prompt, "compat_summary": summary,
-              "published": published, "mechanism_primary": mech, "toy_null": null,
+              "published": published, "mechanism_primary": mech,
+              "mechanism_controls": controls, "toy_null": null,
               "toy_null_draws": draws}
     tdir = out / "tables"
     tdir.mkdir(parents=True, exist_ok=True)
     for name, frame in tables.items():
         write_atomic(tdir / f"{name}.csv", frame.to_csv(index=False))
-    text = _page(plan, small, model_name, per_prompt, summary, published, mech, null)
+    text = _page(plan, small, model_name, per_prompt, summary, published, mech, controls,
+                 null)
     path = out / "findings.md"
     write_atomic(path, text)
     if page is not None:
@@ -301,7 +315,7 @@ def write_findings(out: str | Path, model_path: str | None = None, small: bool =
 
 def _page(plan: Plan, small: bool, model: str, per_prompt: pd.DataFrame,
           summary: pd.DataFrame, published: pd.DataFrame, mech: pd.DataFrame,
-          null: pd.DataFrame) -> str:
+          controls: pd.DataFrame, null: pd.DataFrame) -> str:
     size = ("small (CI) size: " if small else "") + (
         f"θ = {plan.threshold}, compat runs of {plan.compat_steps} steps, mechanism runs of "
         f"{plan.mechanism_steps} steps on the {plan.core_suite} suite, "
@@ -348,6 +362,14 @@ def _page(plan: Plan, small: bool, model: str, per_prompt: pd.DataFrame,
         "`mde_pct` is the smallest reduction the study detects with 80 % power:",
         "",
         _md_table(mech, SHOWN["mechanism_primary"]),
+        "",
+        "The controls of the same studies, on their own runs (`mechanism_controls.csv`): "
+        "the placebo (random steps of each run's top_only replay labelled parallel, 200 "
+        "draws per run; the primary test must reject at about α) and the positive control "
+        "(−log 2 on the parallel keys of one layer by a replay intervention; M2 there must "
+        "move by that). A failed control would void the rows above:",
+        "",
+        _md_table(controls, SHOWN["mechanism_controls"]),
         "",
         "## 4. The prototype's metric when there is nothing to find",
         "",

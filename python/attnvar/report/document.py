@@ -153,6 +153,7 @@ def summary_table(findings: dict) -> pd.DataFrame:
     withheld = _withheld(findings)
     prim = findings.get("primary")
     if prim is not None and len(prim.tables.get("summary", ())):
+        meta = _hksj_by_condition(prim.tables.get("meta"))
         for s in prim.tables["summary"].to_dict("records"):
             label = " ".join(str(s[c]) for c in ("mode", "threshold", "policy") if c in s)
             rows.append({"question": "primary: less attention at a shared position?",
@@ -163,6 +164,8 @@ def summary_table(findings: dict) -> pd.DataFrame:
                          "metric": prim.metric_of("summary"),
                          "sd": s["sd"], "p_adj": s["p_adj"],
                          "mde": s.get("mde_pct", float("nan")),
+                         "meta-analysis (HKSJ)": meta.get(
+                             tuple(s.get(c) for c in ("mode", "threshold", "policy")), "–"),
                          "verdict": withheld or _verdict(s)})
     fam = findings.get("family")
     if fam is not None and len(fam.tables.get("family", ())):
@@ -176,11 +179,54 @@ def summary_table(findings: dict) -> pd.DataFrame:
                          "metric": s.get("metric", ""),
                          "n": s["n"], "sd": s.get("sd", float("nan")), "p": s["p"],
                          "p_adj": s["p_adj"], "mde": s.get("mde_pct", float("nan")),
+                         "meta-analysis (HKSJ)": "–",
                          "verdict": withheld or
                          ("differs from 0" if s["reject"] else "not shown")})
     return pd.DataFrame(rows, columns=["question", "condition", "estimate", "ci_low", "ci_high",
                                        "unit", "supports the hypothesis if", "metric", "n", "sd",
-                                       "p", "p_adj", "mde", "verdict"])
+                                       "p", "p_adj", "mde", "meta-analysis (HKSJ)", "verdict"])
+
+
+def _hksj_by_condition(meta: pd.DataFrame | None) -> dict[tuple, str]:
+    """The primary meta-analysis per condition as "mean % (95 % HKSJ CI)" text."""
+    out: dict[tuple, str] = {}
+    if meta is None or not len(meta) or "mu_pct" not in meta:
+        return out
+    for m in meta.to_dict("records"):
+        if pd.notna(m.get("mu_pct")):
+            key = tuple(m.get(c) for c in ("mode", "threshold", "policy"))
+            out[key] = (f"{m['mu_pct']:+.1f} % ({m['ci_pct_low']:+.1f} to "
+                        f"{m['ci_pct_high']:+.1f}), p = {m['p']:.3g}")
+    return out
+
+
+def controls_table(findings: dict) -> pd.DataFrame:
+    """The controls in one table for the summary: per placebo condition and for the
+    positive control, what was found, what it had to be, and whether it passed."""
+    ctl = findings.get("controls")
+    rows = []
+    if ctl is not None:
+        for s in ctl.tables.get("placebo", pd.DataFrame()).to_dict("records"):
+            if not s.get("draws"):
+                continue
+            rows.append({"control": "placebo", "condition": " ".join(
+                str(s[c]) for c in ("mode", "threshold", "policy") if c in s),
+                "found": f"{s['rejections']} of {s['draws']} draws reject "
+                         f"({100 * s['rate']:.1f} %, 95 % CI {100 * s['rate_low']:.1f}–"
+                         f"{100 * s['rate_high']:.1f} %)",
+                "required": f"{s['band_low']}–{s['band_high']} rejections "
+                            f"(Binomial({s['draws']}, {s['alpha']:g}))",
+                "ok": bool(s["ok"])})
+        pos = ctl.tables.get("positive", pd.DataFrame())
+        if len(pos) and pos["runs"].iloc[0]:
+            p = pos.iloc[0]
+            rows.append({"control": "positive", "condition": f"layer {p['layer']}, "
+                         f"{p['runs']} runs",
+                         "found": f"M2 shift {p['m2_shift']:+.4f} (primary metric "
+                                  f"{p['primary_shift']:+.4f})",
+                         "required": f"{p['delta']:+.4f} ± {p['tolerance']:g}",
+                         "ok": bool(p["ok"])})
+    return pd.DataFrame(rows, columns=["control", "condition", "found", "required", "ok"])
 
 
 WITHHELD = "withheld (smoke test)"
@@ -263,6 +309,9 @@ def build_blocks(res, findings: dict) -> list[Block]:
     for text in banners(res, findings):
         b.append(Block("p", text))
     b.append(Block("table", summary_table(findings), ""))
+    ctl = controls_table(findings)
+    if len(ctl):
+        b.append(Block("table", ctl, "Controls on this study's own runs (section Controls)"))
     b.append(Block("p", "Each row is one preregistered test, all on one scale: *estimate* "
                    "is a reduction in % (positive = parallel tokens receive less "
                    "attention); a slope is the change of that reduction per step, per 0.1 θ "
@@ -274,7 +323,10 @@ def build_blocks(res, findings: dict) -> list[Block]:
                    "of the covariate for slopes). *mde*: the smallest true effect, on the "
                    "row's scale, that its t test detects with 80 % power at this n and SD "
                    "(noncentral t, two-sided, before correction); – where the test is not "
-                   "a t test over units. The sections below give the tables and figures "
+                   "a t test over units. *meta-analysis (HKSJ)*: the random-effects mean "
+                   "of the same per-prompt effects weighted by their precision, with the "
+                   "Hartung–Knapp–Sidik–Jonkman interval (section Primary effect reconciles "
+                   "it with the t test). The sections below give the tables and figures "
                    "behind each row."))
     b.append(Block("h2", "Preregistration"))
     b.append(Block("p", "The study **followed** its preregistration." if comp["followed"] else
@@ -389,4 +441,4 @@ def write_report(results: str | Path, out: str | Path | None = None, predict: bo
 
 
 __all__ = ["REPORT_DIR", "WITHHELD", "WITHHELD_CONTROL", "banners", "build_blocks",
-           "compliance", "summary_table", "write_report"]
+           "compliance", "controls_table", "summary_table", "write_report"]
