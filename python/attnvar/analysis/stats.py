@@ -531,11 +531,25 @@ def mde_paired(n: int, sd: float, power: float = 0.8, alpha: float = 0.05,
                alternative: str = "two-sided") -> float:
     """Minimum detectable mean difference (same units as ``sd``) of the paired t test
     with ``n`` prompts at the given power."""
+    from scipy.optimize import brentq
     from statsmodels.stats.power import TTestPower
 
-    d = TTestPower().solve_power(effect_size=None, nobs=n, power=power, alpha=alpha,
-                                 alternative=alternative)
-    return float(np.squeeze(d)) * sd
+    solver = TTestPower()
+
+    def short(d: float) -> float:
+        return float(solver.power(effect_size=d, nobs=n, alpha=alpha,
+                                  alternative=alternative)) - power
+
+    # statsmodels' own solver stops at 1e-5 on the standardised effect; its answer only
+    # brackets the root, which brentq then finds to machine precision.
+    guess = float(np.squeeze(solver.solve_power(effect_size=None, nobs=n, power=power,
+                                                alpha=alpha, alternative=alternative)))
+    lo, hi = guess * 0.9, guess * 1.1
+    while short(lo) > 0:
+        lo /= 2
+    while short(hi) < 0:
+        hi *= 2
+    return brentq(short, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps) * sd
 
 
 # ---- families -----------------------------------------------------------------------------------
