@@ -20,6 +20,7 @@ from attnvar import hypotheses, prompts
 from attnvar.analysis import analyze_study
 from attnvar.analysis.hypotheses.controls import controls, placebo_summary
 from attnvar.analysis.metrics.placebo import matched_under_labels, placebo_labels_matrix
+from attnvar.analysis.per_cell import PLACEBO_DRAWS
 from attnvar.analysis.toy_null import toy_view
 from attnvar.metrics import contrast_estimates, count_pairs
 from attnvar.report import document
@@ -80,16 +81,16 @@ def test_placebo_summary_recomputed_from_the_draws(small_study):
     table = placebo_summary(res)
     draws = res.tables["placebo"].merge(res.kept_cells()[["cell_id", "prompt_id", "mode"]],
                                         on="cell_id")
-    assert draws.groupby("cell_id")["draw"].nunique().min() == 200
+    assert draws.groupby("cell_id")["draw"].nunique().min() == PLACEBO_DRAWS
     for row in table.to_dict("records"):
         wide = draws[draws["mode"] == row["mode"]].pivot_table(
             index="prompt_id", columns="draw", values="estimate")
         p = [sps.ttest_1samp(wide[d].dropna(), 0).pvalue for d in wide.columns
              if wide[d].notna().sum() >= 2]
-        assert row["draws"] == len(p) >= 100
+        assert row["draws"] == len(p) >= 900
         assert row["rejections"] == int((np.array(p) < 0.05).sum())
-        lo = sps.binom.ppf(0.05 / len(table) / 2, row["draws"], 0.05)
-        hi = sps.binom.isf(0.05 / len(table) / 2, row["draws"], 0.05)
+        lo = sps.binom.ppf(0.01 / len(table) / 2, row["draws"], 0.05)
+        hi = sps.binom.isf(0.01 / len(table) / 2, row["draws"], 0.05)
         assert (row["band_low"], row["band_high"]) == (lo, hi)
         assert row["ok"] == (lo <= row["rejections"] <= hi)
         ci = sps.binomtest(row["rejections"], row["draws"]).proportion_ci(method="exact")

@@ -15,7 +15,7 @@ For each generated run (a cell) and its replays, :func:`analyze_cell` computes
 - ``distance``: query-demeaned scores by logical distance;
 - ``placebo``: the primary metric on the cell's ``top_only`` replay under random labels
   (:class:`PlaceboPlan`: as many random steps as the generated run has parallel steps,
-  200 seeded draws), for the report's placebo control;
+  1,000 seeded draws), for the report's placebo control;
 - ``degeneracy``: metrics, flags and the preregistered exclusion decision (generated run);
 
 the profiles (steps, truncated, classes) in both M1 variants (``variant``:
@@ -65,10 +65,10 @@ from .metrics.profiles import (
 )
 
 ANALYSIS = "analysis"
-ANALYSIS_VERSION = 4
+ANALYSIS_VERSION = 5
 TABLE_NAMES = ("metrics", "terms", "steps", "truncated", "classes", "distance", "placebo",
                "degeneracy")
-PLACEBO_DRAWS = 200
+PLACEBO_DRAWS = 1000
 
 
 def placebo_plan(prereg) -> PlaceboPlan:

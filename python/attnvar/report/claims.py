@@ -364,7 +364,7 @@ def _page(plan: Plan, small: bool, model: str, per_prompt: pd.DataFrame,
         _md_table(mech, SHOWN["mechanism_primary"]),
         "",
         "The controls of the same studies, on their own runs (`mechanism_controls.csv`): "
-        "the placebo (random steps of each run's top_only replay labelled parallel, 200 "
+        "the placebo (random steps of each run's top_only replay labelled parallel, 1,000 "
         "draws per run; the primary test must reject at about α) and the positive control "
         "(−log 2 on the parallel keys of one layer by a replay intervention; M2 there must "
         "move by that). A failed control would void the rows above:",

@@ -61,7 +61,8 @@ class CaptureView:
         identity that survives re-encoding (used to carry sinks across encodings)
     printed_set_starts, set_widths : compat runs only: printed-sequence index of each
         set's first member and the sets' widths (to rebuild the prototype's labels)
-    cache : values derived from the view alone (token covariates), computed once
+    cache : values derived from the view alone (token covariates, the gathered score
+        grid of counted pairs), computed once; never copied by dataclasses.replace
     value_norms : [L, H, N] f32 ‖v_k W_O^h‖ per captured layer, head and key slot, or None
         (M3 reads it)
     """
@@ -85,7 +86,8 @@ class CaptureView:
     member_keys: list[tuple[int, int]] = field(default_factory=list)
     printed_set_starts: list[int] | None = None
     set_widths: list[int] | None = None
-    cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # Not an init field: a copy made with dataclasses.replace starts with an empty cache.
+    cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     value_norms: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -258,6 +260,22 @@ class CountedPairs:
     def shape(self) -> tuple[int, int, int, int]:
         return tuple(self.include.shape)  # type: ignore[return-value]
 
+    def _grid(self, name: str, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The [L, H, Q, K] f64 grid of ``name`` over this object's slots and where it is
+        finite, gathered once per view and slot set (every metric, profile and placebo
+        draw of a run reads the same grid; only ``include`` differs between them)."""
+        key = ("grid", name)
+        hit = self.view.cache.get(key)
+        if hit is not None and np.array_equal(hit[0], self.query_slots) \
+                and np.array_equal(hit[1], self.key_slots):
+            return hit[2], hit[3]
+        q = torch.from_numpy(self.query_slots)
+        k = torch.from_numpy(self.key_slots)
+        grid = dense[:, :, q][:, :, :, k].double()
+        finite = torch.isfinite(grid)
+        self.view.cache[key] = (self.query_slots.copy(), self.key_slots.copy(), grid, finite)
+        return grid, finite
+
     def values(self, name: str = "scores") -> torch.Tensor:
         """[L, H, Q, K] f64 scores or attention on the grid; entries that do not count
         are 0 (read ``include`` to know which do)."""
@@ -265,10 +283,8 @@ class CountedPairs:
         if dense is None:
             raise ValueError(f"this run did not capture {name}; pass capture="
                              f"attnvar.Capture({'scores=True' if name == 'scores' else ''})")
-        q = torch.from_numpy(self.query_slots)
-        k = torch.from_numpy(self.key_slots)
-        grid = dense[:, :, q][:, :, :, k].double()
-        bad = self.include & ~torch.isfinite(grid)
+        grid, finite = self._grid(name, dense)
+        bad = self.include & ~finite
         if bool(bad.any()):
             raise ValueError("a counted pair has a non-finite score: the visibility and the "
                              "capture disagree")

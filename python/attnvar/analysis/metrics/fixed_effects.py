@@ -13,6 +13,7 @@ of interest last, so it is reported only when it is identified beyond the other 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,6 +91,28 @@ def spd_inverse(gram: np.ndarray) -> np.ndarray:
     return linv.T @ linv
 
 
+_PATTERNS: OrderedDict = OrderedDict()
+_PATTERNS_KEPT = 16
+
+
+def head_patterns(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct [Q·K] pair patterns of the heads of ``w`` ([B, Q, K] bool) and each
+    head's pattern index (torch.unique over heads). One run's metrics fit many models on
+    the same counted pairs, so the last few results are kept, keyed by the tensor's
+    storage, shape and version counter; the entry holds the tensor itself, so its storage
+    cannot be freed and reused by another tensor while the entry exists."""
+    key = (w.data_ptr(), tuple(w.shape), tuple(w.stride()), w._version, w.dtype)
+    hit = _PATTERNS.get(key)
+    if hit is not None:
+        _PATTERNS.move_to_end(key)
+        return hit[1], hit[2]
+    patterns, group = torch.unique(w.reshape(w.shape[0], -1), dim=0, return_inverse=True)
+    _PATTERNS[key] = (w, patterns, group)
+    if len(_PATTERNS) > _PATTERNS_KEPT:
+        _PATTERNS.popitem(last=False)
+    return patterns, group
+
+
 def fit_within_query(y: torch.Tensor, w: torch.Tensor, x: torch.Tensor,
                      clusters: np.ndarray | None = None) -> WithinFit:
     """Within-query least squares for every head, plus the pooled fit.
@@ -126,7 +149,7 @@ def fit_within_query(y: torch.Tensor, w: torch.Tensor, x: torch.Tensor,
     if Q * K == 0:  # no generated query or key (e.g. EOS at the first step): nothing counts
         patterns, group = w.reshape(B, 0)[:0], torch.zeros(B, dtype=torch.long)
     else:
-        patterns, group = torch.unique(w.reshape(B, -1), dim=0, return_inverse=True)
+        patterns, group = head_patterns(w)
     for g in range(patterns.shape[0]):
         heads = torch.nonzero(group == g).flatten()
         wg = patterns[g].reshape(Q, K)
