@@ -37,6 +37,31 @@ CaptureField field_from_string(const std::string& f) {
       py::arg("probabilities") = true, py::arg("scores") = false,                     \
       py::arg("value_norms") = false, py::arg("capture_dtype") = "float32"
 
+// One sequence's generation options from a dict with generate()'s keyword names (any
+// subset; the others keep generate()'s defaults). Unknown keys are a ConfigError.
+GenerateOptions generate_options_from(const py::dict& d) {
+  GenerateOptions o;
+  o.mode = SiblingVisibility::kIsolated;
+  for (const auto& item : d) {
+    const auto key = item.first.cast<std::string>();
+    const py::handle v = item.second;
+    if (key == "threshold") o.threshold = v.cast<double>();
+    else if (key == "max_steps") o.max_steps = v.cast<int64_t>();
+    else if (key == "mode") o.mode = sibling_visibility_from_string(v.cast<std::string>());
+    else if (key == "policy") o.policy = next_step_policy_from_string(v.cast<std::string>());
+    else if (key == "max_width") o.max_width = v.cast<int64_t>();
+    else if (key == "temperature") o.temperature = v.cast<double>();
+    else if (key == "sample") o.sample = v.cast<bool>();
+    else if (key == "seed") o.seed = v.cast<uint64_t>();
+    else if (key == "stop_on") o.stop_on = stop_on_from_string(v.cast<std::string>());
+    else if (key == "eos_ids") o.eos_ids = v.cast<std::vector<int64_t>>();
+    else if (key == "min_new_steps") o.min_new_steps = v.cast<int64_t>();
+    else if (key == "keep_distributions") o.keep_distributions = v.cast<bool>();
+    else throw ConfigError("generate_batch: unknown option '" + key + "'");
+  }
+  return o;
+}
+
 }  // namespace
 
 void bind_generate(py::module_& m) {
@@ -196,14 +221,37 @@ void bind_generate(py::module_& m) {
       "the result keeps none.");
 
   m.def(
+      "generate_batch",
+      [](const LlamaModel& model, const std::vector<std::vector<int64_t>>& prompts,
+         const std::vector<py::dict>& options, int64_t max_batch, bool capture,
+         std::optional<std::vector<int64_t>> layers, std::optional<std::vector<int64_t>> heads,
+         bool probabilities, bool scores, bool value_norms, const std::string& capture_dtype) {
+        const CaptureSpec spec = capture_spec(capture, layers, heads, probabilities, scores,
+                                              value_norms, capture_dtype);
+        std::vector<GenerateOptions> opts;
+        for (const auto& d : options) {
+          opts.push_back(generate_options_from(d));
+          opts.back().capture = spec;
+        }
+        py::gil_scoped_release release;
+        return generate_batch(model, prompts, opts, max_batch, check_signals);
+      },
+      py::arg("model"), py::arg("prompts"), py::arg("options"), py::arg("max_batch") = 8,
+      ATTNVAR_CAPTURE_ARGS,
+      "Several generations at once (one pass per step for all active sequences); "
+      "options[i]: generate()'s keyword arguments for prompts[i]. Each result is bit for bit "
+      "generate() of that prompt alone.");
+
+  m.def(
       "replay",
       [](const LlamaModel& model, const Tree& tree, const std::string& encoding,
          const py::list& interventions, int64_t chunk_size, const std::string& policy,
          double temperature, bool capture, std::optional<std::vector<int64_t>> layers,
          std::optional<std::vector<int64_t>> heads, bool probabilities, bool scores,
-         bool value_norms, const std::string& capture_dtype) {
+         bool value_norms, const std::string& capture_dtype, bool logits) {
         ReplayOptions o;
         o.encoding = encoding_from_string(encoding);
+        o.logits = logits;
         o.interventions = key_biases(interventions);
         o.chunk_size = chunk_size;
         o.policy = next_step_policy_from_string(policy);
@@ -216,7 +264,9 @@ void bind_generate(py::module_& m) {
       py::arg("model"), py::arg("tree"), py::arg("encoding") = "shared_isolated",
       py::arg("interventions") = py::list(), py::arg("chunk_size") = 0,
       py::arg("policy") = "mixture", py::arg("temperature") = 1.0, ATTNVAR_CAPTURE_ARGS,
-      "Teacher-force a tree under an encoding (one pass, or chunks of whole steps).");
+      py::arg("logits") = true,
+      "Teacher-force a tree under an encoding (one pass, or chunks of whole steps). "
+      "logits=False skips the output projection: no logits, no distributions.");
 
   m.def("printed_set_starts", &printed_set_starts, py::arg("tree"),
         "Printed-sequence index of each set's first member (compat bookkeeping).");

@@ -59,6 +59,7 @@ ReplayResult replay(const LlamaModel& model, const Tree& tree, const ReplayOptio
     const int64_t b = bounds[c], e = bounds[c + 1], T = e - b;
     PassInput in{ids.narrow(0, b, T), positions.narrow(0, b, T),
                  lay.visibility.narrow(0, b, T).narrow(1, 0, e)};
+    in.no_logits = !o.logits;
     for (int64_t i = b; i < e; ++i) {
       const auto& s = lay.slots[i];
       const int64_t rank = s.step >= 0 ? tree.steps[s.step].members[s.member].rank : 0;
@@ -78,11 +79,12 @@ ReplayResult replay(const LlamaModel& model, const Tree& tree, const ReplayOptio
       if (!local.key_slots.empty()) in.interventions.push_back(std::move(local));
     }
     auto out = model.forward(cache, in, o.capture);
-    logits.push_back(out.logits);
+    if (o.logits) logits.push_back(out.logits);
     if (o.capture.enabled) {
       r.passes.push_back(PassCapture{lay.slots[b].step, b, T, std::move(out.captures)});
     }
   }
+  if (!o.logits) return r;
   r.logits = at::cat(logits);
 
   // q_0 from the last prompt slot; q_{t+1} from step t's fed members.

@@ -69,6 +69,31 @@ at::Tensor Attention::forward(const at::Tensor& x, const Rope& rope, const RopeA
   return project(merged, w_.o_proj, w_.o_bias);
 }
 
+at::Tensor Attention::forward_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
+                                       const Rope& rope, const std::vector<RopeAngles>& angles,
+                                       const std::vector<KVCache*>& caches,
+                                       const std::vector<at::Tensor>& biases,
+                                       const CaptureSpec& spec,
+                                       std::vector<std::optional<LayerCapture>>* captures) const {
+  auto qkv = project_segments(x, rows, qkv_proj_, qkv_bias_);
+  std::vector<at::Tensor> merged;
+  merged.reserve(rows.size());
+  int64_t offset = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    KVCache& cache = *caches[i];
+    std::optional<LayerCapture>* capture = &(*captures)[i];
+    merged.push_back(
+        attend(qkv.narrow(0, offset, rows[i]), rope, angles[i], cache, biases[i], spec, capture));
+    if (*capture && spec.value_norms) {
+      (*capture)->value_norms =
+          select_heads(value_norms(cache.values(layer_, cache.size() + rows[i])), spec.heads)
+              .to(capture_dtype(spec));
+    }
+    offset += rows[i];
+  }
+  return project_segments(at::cat(merged), rows, w_.o_proj, w_.o_bias);
+}
+
 at::Tensor Attention::value_norms(const at::Tensor& values) const {
   // ‖W_O^h v_k‖ for every query head h (its kv head h / group) and slot k.
   const int64_t group = num_heads_ / num_kv_heads_;

@@ -14,18 +14,39 @@ FeedForwardWeights fuse_gate_up(FeedForwardWeights w) {
   return w;
 }
 
-at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w) {
+at::Tensor feed_forward_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
+                                 const FeedForwardWeights& w) {
+  // One row's values never mix with another's between the projections (silu and the
+  // product are elementwise). The elementwise ops still run per sequence, on the shapes
+  // its own pass has: a vectorised kernel split across threads at another place could
+  // send an element through its scalar tail instead, and round it differently.
   if (!w.gate_up_proj.defined()) {
-    auto gate = at::silu(project(x, w.gate_proj));
-    return project(gate.mul_(project(x, w.up_proj)), w.down_proj);
+    auto gate = project_segments(x, rows, w.gate_proj);
+    auto up = project_segments(x, rows, w.up_proj);
+    int64_t offset = 0;
+    for (const int64_t n : rows) {
+      auto g = gate.narrow(0, offset, n);
+      at::silu_(g).mul_(up.narrow(0, offset, n));
+      offset += n;
+    }
+    return project_segments(gate, rows, w.down_proj);
   }
   const int64_t inter = w.gate_proj.size(0);
-  auto gate_up = project(x, w.gate_up_proj);  // (T, 2 * intermediate)
+  auto gate_up = project_segments(x, rows, w.gate_up_proj);  // (T, 2 * intermediate)
   // silu(gate) * up in place in the gate columns, a (T, intermediate) view with row
   // stride 2 * intermediate that the down projection reads directly.
   auto gate = gate_up.narrow(1, 0, inter);
-  at::silu_(gate).mul_(gate_up.narrow(1, inter, inter));
-  return project(gate, w.down_proj);
+  int64_t offset = 0;
+  for (const int64_t n : rows) {
+    auto g = gate.narrow(0, offset, n);
+    at::silu_(g).mul_(gate_up.narrow(0, offset, n).narrow(1, inter, inter));
+    offset += n;
+  }
+  return project_segments(gate, rows, w.down_proj);
+}
+
+at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w) {
+  return feed_forward_segments(x, {x.size(0)}, w);
 }
 
 }  // namespace attnvar

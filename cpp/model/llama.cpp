@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "attnvar/error.h"
+#include "attnvar/model/feed_forward.h"
 #include "attnvar/model/projection.h"
 #include "attnvar/model/rms_norm.h"
 #include "attnvar/model/rope.h"
@@ -156,9 +157,7 @@ at::Tensor LlamaModel::build_bias(const PassInput& input, int64_t num_prev, int6
   return full;
 }
 
-ForwardOutput LlamaModel::forward(KVCache& cache, const PassInput& input,
-                                  const CaptureSpec& capture) const {
-  c10::InferenceMode guard;
+at::Tensor LlamaModel::check_pass(const KVCache& cache, const PassInput& input) const {
   const ModelConfig& c = config_;
   const auto& ids = input.token_ids;
   if (!ids.defined() || ids.dim() != 1 || ids.size(0) == 0) {
@@ -208,8 +207,30 @@ ForwardOutput LlamaModel::forward(KVCache& cache, const PassInput& input,
     }
   }
 
+  return ids_long.to(device_);
+}
+
+void LlamaModel::append_slots(KVCache& cache, const PassInput& input,
+                              const at::Tensor& ids) const {
+  std::vector<SlotInfo> new_slots = input.slots;
+  if (new_slots.empty()) {
+    const int64_t T = ids.size(0);
+    auto pos = input.positions.to(at::kDouble).cpu();
+    auto id_cpu = ids.cpu();
+    for (int64_t i = 0; i < T; ++i) {
+      new_slots.push_back(SlotInfo{pos[i].item<double>(), -1, 0, id_cpu[i].item<int64_t>()});
+    }
+  }
+  cache.append(new_slots);
+}
+
+ForwardOutput LlamaModel::forward(KVCache& cache, const PassInput& input,
+                                  const CaptureSpec& capture) const {
+  c10::InferenceMode guard;
+  const ModelConfig& c = config_;
+  auto ids_long = check_pass(cache, input);
+  const int64_t T = ids_long.size(0), S_prev = cache.size();
   cache.reserve(T);
-  ids_long = ids_long.to(device_);
   const RopeAngles angles = rope_->angles(input.positions);
   const bool any_intervention = !input.interventions.empty();
   // Every slot visible and no intervention (ordinary decoding): no bias at all, so the
@@ -243,15 +264,100 @@ ForwardOutput LlamaModel::forward(KVCache& cache, const PassInput& input,
     out.logits = project(rms_norm(h, norm_, c.rms_norm_eps), lm_head_).to(at::kFloat);
   }
 
-  std::vector<SlotInfo> new_slots = input.slots;
-  if (new_slots.empty()) {
-    auto pos = input.positions.to(at::kDouble).cpu();
-    auto id_cpu = ids_long.cpu();
-    for (int64_t i = 0; i < T; ++i) {
-      new_slots.push_back(SlotInfo{pos[i].item<double>(), -1, 0, id_cpu[i].item<int64_t>()});
+  append_slots(cache, input, ids_long);
+  return out;
+}
+
+
+std::vector<ForwardOutput> LlamaModel::forward_batch(const std::vector<KVCache*>& caches,
+                                                     const std::vector<PassInput>& inputs,
+                                                     const CaptureSpec& capture) const {
+  if (caches.size() != inputs.size()) {
+    throw ConfigError(fmt::format("forward_batch: {} caches for {} inputs", caches.size(),
+                                  inputs.size()));
+  }
+  for (size_t i = 0; i < caches.size(); ++i) {
+    if (caches[i] == nullptr) throw ConfigError("forward_batch: a null cache");
+    for (size_t j = 0; j < i; ++j) {
+      if (caches[j] == caches[i]) {
+        throw ConfigError(fmt::format("forward_batch: sequences {} and {} share a cache", j, i));
+      }
     }
   }
-  cache.append(new_slots);
+  if (inputs.size() == 1) return {forward(*caches[0], inputs[0], capture)};
+  c10::InferenceMode guard;
+  const ModelConfig& c = config_;
+  const size_t n = inputs.size();
+  std::vector<at::Tensor> ids(n), shared_bias(n);
+  std::vector<int64_t> rows(n), prev(n);
+  std::vector<RopeAngles> angles;
+  angles.reserve(n);
+  for (size_t i = 0; i < n; ++i) ids[i] = check_pass(*caches[i], inputs[i]);  // all, first
+  for (size_t i = 0; i < n; ++i) {
+    const PassInput& in = inputs[i];
+    rows[i] = ids[i].size(0);
+    prev[i] = caches[i]->size();
+    caches[i]->reserve(rows[i]);
+    angles.push_back(rope_->angles(in.positions));
+    const bool unmasked = in.interventions.empty() && in.visibility.all().item<bool>();
+    if (!unmasked) shared_bias[i] = build_bias(in, prev[i], /*layer=*/-1);
+  }
+
+  std::vector<ForwardOutput> out(n);
+  auto h = embed_tokens_.index_select(0, at::cat(ids));  // (Σ T, hidden)
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const DecoderLayer& layer = layers_[l];
+    std::vector<at::Tensor> bias(n);
+    for (size_t i = 0; i < n; ++i) {
+      bias[i] = inputs[i].interventions.empty() ? shared_bias[i]
+                                                : build_bias(inputs[i], prev[i], l);
+    }
+    std::vector<std::optional<LayerCapture>> layer_captures(n);
+    auto attn = layer.attention.forward_segments(
+        rms_norm(h, layer.input_layernorm, c.rms_norm_eps), rows, *rope_, angles, caches, bias,
+        capture, &layer_captures);
+    h = h + attn;
+    h = h + feed_forward_segments(rms_norm(h, layer.post_attention_layernorm, c.rms_norm_eps),
+                                  rows, layer.feed_forward);
+    for (size_t i = 0; i < n; ++i) {
+      if (layer_captures[i]) out[i].captures.push_back(std::move(*layer_captures[i]));
+    }
+  }
+  if (!device_.is_cpu()) {
+    for (auto& o : out) {
+      for (auto& lc : o.captures) {
+        for (at::Tensor* t : {&lc.probabilities, &lc.scores, &lc.value_norms}) {
+          if (t->defined()) *t = t->cpu();
+        }
+      }
+    }
+  }
+  // The output head, for the sequences that want logits, in one call.
+  std::vector<at::Tensor> last;
+  std::vector<int64_t> last_rows;
+  std::vector<size_t> owner;
+  int64_t offset = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!inputs[i].no_logits) {
+      auto hi = h.narrow(0, offset, rows[i]);
+      if (inputs[i].last_logits_only) hi = hi.narrow(0, rows[i] - 1, 1);
+      last.push_back(hi);
+      last_rows.push_back(hi.size(0));
+      owner.push_back(i);
+    }
+    offset += rows[i];
+  }
+  if (!last.empty()) {
+    auto logits =
+        project_segments(rms_norm(at::cat(last), norm_, c.rms_norm_eps), last_rows, lm_head_)
+            .to(at::kFloat);
+    int64_t at_row = 0;
+    for (size_t k = 0; k < owner.size(); ++k) {
+      out[owner[k]].logits = logits.narrow(0, at_row, last_rows[k]);
+      at_row += last_rows[k];
+    }
+  }
+  for (size_t i = 0; i < n; ++i) append_slots(*caches[i], inputs[i], ids[i]);
   return out;
 }
 

@@ -13,13 +13,18 @@ namespace {
 constexpr int64_t kGemvRowsMax = 16;
 
 // gemv_rows handles f32 CPU tensors whose rows are unit-stride; anything else takes linear().
-bool gemv_rows_applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+// Everything but the row count.
+bool gemv_rows_kernel_applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   const auto f32_cpu = [](const at::Tensor& t) {
     return t.scalar_type() == at::kFloat && t.device().is_cpu();
   };
-  return x.dim() == 2 && w.dim() == 2 && x.size(0) <= kGemvRowsMax && f32_cpu(x) && f32_cpu(w) &&
-         w.stride(1) == 1 && x.size(1) == w.size(1) &&
+  return x.dim() == 2 && w.dim() == 2 && f32_cpu(x) && f32_cpu(w) && w.stride(1) == 1 &&
+         x.size(1) == w.size(1) &&
          (!b.defined() || (f32_cpu(b) && b.dim() == 1 && b.size(0) == w.size(0)));
+}
+
+bool gemv_rows_applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return x.dim() == 2 && x.size(0) <= kGemvRowsMax && gemv_rows_kernel_applies(x, w, b);
 }
 
 }  // namespace
@@ -35,6 +40,35 @@ at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
   gemv_rows(xr.data_ptr<float>(), xr.stride(0), rows, w.data_ptr<float>(), w.stride(0), out, in,
             bc.defined() ? bc.data_ptr<float>() : nullptr, y.data_ptr<float>(), out);
   return y;
+}
+
+at::Tensor project_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
+                            const at::Tensor& w, const at::Tensor& b) {
+  if (rows.size() <= 1) return project(x, w, b);
+  const bool gemv = gemv_rows_kernel_applies(x, w, b);
+  std::vector<at::Tensor> parts;
+  int64_t run_begin = 0, run_rows = 0;  // consecutive rows of gemv_rows sequences
+  const auto flush = [&] {
+    for (int64_t r = 0; r < run_rows; r += kGemvRowsMax) {
+      parts.push_back(project(x.narrow(0, run_begin + r, std::min(kGemvRowsMax, run_rows - r)),
+                              w, b));
+    }
+    run_begin += run_rows;
+    run_rows = 0;
+  };
+  int64_t offset = 0;
+  for (const int64_t n : rows) {
+    if (gemv && n <= kGemvRowsMax) {
+      if (run_rows == 0) run_begin = offset;
+      run_rows += n;
+    } else {
+      flush();
+      parts.push_back(project(x.narrow(0, offset, n), w, b));
+    }
+    offset += n;
+  }
+  flush();
+  return at::cat(parts);
 }
 
 }  // namespace attnvar

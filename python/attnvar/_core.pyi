@@ -8,7 +8,7 @@ import typing
 
 import torch
 
-__all__: list[str] = ['AttnvarError', 'ConfigError', 'FormatError', 'GenerationResult', 'KVCache', 'LayerCapture', 'Layout', 'Member', 'Model', 'PassCapture', 'ReplayResult', 'SlotRecord', 'Tokenizer', 'Tree', 'TreeStep', 'causal_visibility', 'config_from_hf_json', 'encode', 'generate', 'generate_tempo2025', 'gguf_dequantize', 'gguf_metadata', 'gguf_tensor_infos', 'kernel_info', 'load_model', 'load_weights', 'next_distribution', 'printed_set_starts', 'project', 'replay', 'rope_apply', 'rope_inv_freq', 'safetensors_read', 'select_set', 'set_visibility', 'tempo_bug_visibility', 'tempo_leak_mask']
+__all__: list[str] = ['AttnvarError', 'ConfigError', 'FormatError', 'GenerationResult', 'KVCache', 'LayerCapture', 'Layout', 'Member', 'Model', 'PassCapture', 'ReplayResult', 'SlotRecord', 'Tokenizer', 'Tree', 'TreeStep', 'causal_visibility', 'config_from_hf_json', 'encode', 'generate', 'generate_batch', 'generate_tempo2025', 'gguf_dequantize', 'gguf_metadata', 'gguf_tensor_infos', 'kernel_info', 'load_model', 'load_weights', 'next_distribution', 'printed_set_starts', 'project', 'replay', 'rope_apply', 'rope_inv_freq', 'safetensors_read', 'select_set', 'set_visibility', 'tempo_bug_visibility', 'tempo_leak_mask']
 class AttnvarError(RuntimeError):
     pass
 class FormatError(ValueError):
@@ -354,6 +354,10 @@ def generate(model: Model, prompt: collections.abc.Sequence[typing.SupportsInt |
     """
     Parallel generation: every member of S_t fed in one pass at position P + t. With `sink`, each pass's capture is handed to sink(PassCapture) as it is computed and the result keeps none.
     """
+def generate_batch(model: Model, prompts: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]], options: collections.abc.Sequence[dict], max_batch: typing.SupportsInt | typing.SupportsIndex = 8, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32') -> list[GenerationResult]:
+    """
+    Several generations at once (one pass per step for all active sequences); options[i]: generate()'s keyword arguments for prompts[i]. Each result is bit for bit generate() of that prompt alone.
+    """
 def generate_tempo2025(model: Model, prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], threshold: typing.SupportsFloat | typing.SupportsIndex = 0.15, max_steps: typing.SupportsInt | typing.SupportsIndex = 30, emulate_isolation_bug: bool = False, eos_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, leaked_masks: collections.abc.Sequence[torch.Tensor] = [], capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32') -> GenerationResult:
     """
     The compat preset `tempo-2025` (the prototype's bookkeeping, not the mechanism). eos_ids: None = the model config's; [] = never stop on EOS. leaked_masks: the tempo_leak_mask of every earlier isolated-mode run of the emulated process, oldest first; [] = a clean start.
@@ -392,9 +396,9 @@ def project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> 
     """
     The engine's projection y = x wᵀ (+ b): up to 16 f32 CPU rows through gemv_rows, which reads w once for all rows; anything else through torch's linear. For tests and the benchmark's read-bandwidth probe.
     """
-def replay(model: Model, tree: Tree, encoding: str = 'shared_isolated', interventions: list = [], chunk_size: typing.SupportsInt | typing.SupportsIndex = 0, policy: str = 'mixture', temperature: typing.SupportsFloat | typing.SupportsIndex = 1.0, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32') -> ReplayResult:
+def replay(model: Model, tree: Tree, encoding: str = 'shared_isolated', interventions: list = [], chunk_size: typing.SupportsInt | typing.SupportsIndex = 0, policy: str = 'mixture', temperature: typing.SupportsFloat | typing.SupportsIndex = 1.0, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32', logits: bool = True) -> ReplayResult:
     """
-    Teacher-force a tree under an encoding (one pass, or chunks of whole steps).
+    Teacher-force a tree under an encoding (one pass, or chunks of whole steps). logits=False skips the output projection: no logits, no distributions.
     """
 def rope_apply(x: torch.Tensor, positions: torch.Tensor, theta: typing.SupportsFloat | typing.SupportsIndex = 10000.0, scaling: str = 'default', factor: typing.SupportsFloat | typing.SupportsIndex = 1.0, low_freq_factor: typing.SupportsFloat | typing.SupportsIndex = 1.0, high_freq_factor: typing.SupportsFloat | typing.SupportsIndex = 4.0, original_max_position_embeddings: typing.SupportsInt | typing.SupportsIndex = 8192) -> torch.Tensor:
     """

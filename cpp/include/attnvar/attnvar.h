@@ -334,6 +334,8 @@ inline GenerationResult generate(const LoadedModel& model, std::string_view prom
 //                          Results depend on it only through floating-point rounding.
 //   NextStepPolicy policy; for ReplayResult::distributions [kMixture]
 //   double temperature;    > 0 [1.0]
+//   bool logits;           false: skip the output projection; logits and distributions
+//                          stay undefined (captures only) [true]
 // };
 //
 // struct KeyBias (attnvar/model/llama.h): adds `delta` to the pre-softmax scores of

@@ -59,9 +59,9 @@ def control_one(model, run, sinks, layer: int, delta: float, variant: str,
                 sinks_excluded: bool) -> dict:
     """The positive control on one generated run (see the module doc)."""
     capture = Capture(scores=True, probabilities=False)
-    base = model.replay(run.tree, run.encoding, capture=capture)
+    base = model.replay(run.tree, run.encoding, capture=capture, logits=False)
     parallel = [int(i) for i in np.flatnonzero(base.slots["is_parallel"].to_numpy())]
-    hit = model.replay(run.tree, run.encoding, capture=capture,
+    hit = model.replay(run.tree, run.encoding, capture=capture, logits=False,
                        interventions=[{"layer_begin": layer, "layer_end": layer + 1,
                                        "key_slots": parallel, "delta": delta}])
     out = {}

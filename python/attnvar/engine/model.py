@@ -275,10 +275,14 @@ class Model:
         chunk_size: int = 0,
         policy: str = "mixture",
         temperature: float = 1.0,
+        logits: bool = True,
     ) -> Run:
         """Teacher-force ``tree`` (a Run's tree or a hand-built one) under ``encoding``,
         holding the text fixed. ``interventions``: dicts (layer_begin, layer_end,
-        key_slots, heads=None, delta=-inf) in the replay's slot space."""
+        key_slots, heads=None, delta=-inf) in the replay's slot space. ``logits=False``
+        skips the output projection: the run has its captures but no next-step
+        distributions (``run.distributions`` is None), and costs less to compute and to
+        store."""
         if isinstance(tree, Run):
             tree = tree.tree
         _check_choice("encoding", encoding, ENCODINGS)
@@ -287,11 +291,79 @@ class Model:
         kw, layers, heads = self._capture_kwargs(capture, n)
         res = _core.replay(self.core, tree, encoding, interventions=list(interventions),
                            chunk_size=int(chunk_size), policy=policy,
-                           temperature=float(temperature), **kw)
+                           temperature=float(temperature), logits=bool(logits), **kw)
         options = dict(encoding=encoding, interventions=list(interventions),
-                       chunk_size=chunk_size, policy=policy, temperature=temperature)
+                       chunk_size=chunk_size, policy=policy, temperature=temperature,
+                       logits=bool(logits))
         return self._run("replay", encoding, res, options, layers, heads, tree=tree,
                          slots=res.layout.slots, visibility=res.layout.visibility)
+
+    # Keyword arguments of generate() that generate_many() passes per sequence.
+    _PER_SEQUENCE = ("threshold", "max_steps", "mode", "policy", "max_width", "temperature",
+                     "sample", "seed", "stop_on", "eos_ids", "add_bos", "keep_distributions",
+                     "min_new_steps")
+
+    def generate_many(
+        self,
+        requests: Sequence,
+        capture: Capture | None = None,
+        max_batch: int = 8,
+        **common,
+    ) -> list[Run]:
+        """Several generations at once; ``result[i]`` is bit for bit what
+        ``generate(**common, **requests[i])`` gives alone — tree, slots, captures,
+        distributions — while every step's sets of all active sequences go through one
+        forward pass that reads each weight once for all their rows (up to ``max_batch``
+        sequences at a time; a finished one makes room for the next).
+
+        ``requests``: prompts (text or ids), or dicts with ``prompt`` and any of
+        generate()'s keyword arguments (threshold, max_steps, mode, policy, max_width,
+        temperature, sample, seed, stop_on, eos_ids, add_bos, keep_distributions,
+        min_new_steps), which override ``common``. One ``capture`` for all (streaming is
+        not available here). Raises ValueError naming the request for bad options.
+        """
+        if isinstance(max_batch, bool) or int(max_batch) < 1:
+            raise ValueError(f"max_batch must be an integer ≥ 1, got {max_batch!r}")
+        unknown = set(common) - set(self._PER_SEQUENCE)
+        if unknown:
+            raise ValueError(f"generate_many: unknown options {sorted(unknown)}")
+        prompts, options, settings = [], [], []
+        for i, req in enumerate(requests):
+            req = dict(req) if isinstance(req, dict) else {"prompt": req}
+            if "prompt" not in req:
+                raise ValueError(f"generate_many: request {i} has no 'prompt'")
+            opts = {**common, **{k: v for k, v in req.items() if k != "prompt"}}
+            unknown = set(opts) - set(self._PER_SEQUENCE)
+            if unknown:
+                raise ValueError(f"generate_many: request {i}: unknown options {sorted(unknown)}")
+            mode = opts.get("mode", "isolated")
+            _check_choice("mode", mode, MODES)
+            _check_choice("policy", opts.get("policy", "mixture"), POLICIES)
+            _check_choice("stop_on", opts.get("stop_on", "any_eos"), STOP_RULES)
+            ids = self.encode(req["prompt"], opts.pop("add_bos", None))
+            opts["eos_ids"] = list(self.eos_ids if opts.get("eos_ids") is None
+                                   else opts["eos_ids"])
+            prompts.append(list(ids))
+            options.append(opts)
+            settings.append((req["prompt"], mode, req.get("add_bos", common.get("add_bos"))))
+        longest = max((len(p) + int(o.get("max_steps", 30)) * int(o.get("max_width", 32))
+                       for p, o in zip(prompts, options, strict=True)), default=0)
+        kw, layers, heads = self._capture_kwargs(capture, longest)
+        results = _core.generate_batch(self.core, prompts, options, max_batch=int(max_batch),
+                                       **kw)
+        runs = []
+        for res, opts, (prompt, mode, add_bos) in zip(results, options, settings, strict=True):
+            defaults = dict(threshold=0.1, max_steps=30, mode="isolated", policy="mixture",
+                            max_width=32, temperature=1.0, sample=False, seed=0,
+                            stop_on="any_eos", min_new_steps=0)
+            recorded = {**defaults, **{k: v for k, v in opts.items()
+                                       if k != "keep_distributions"}}
+            recorded.update(prompt_text=prompt if isinstance(prompt, str) else None,
+                            add_bos=add_bos)
+            encoding = "shared_" + mode
+            runs.append(self._run("generate", encoding, res, recorded, layers, heads,
+                                  visibility=_core.encode(res.tree, encoding).visibility))
+        return runs
 
     def tempo2025(
         self,

@@ -12,6 +12,23 @@ from .. import _core
 from ..util.atomic import write_with
 
 FIELDS = ("attention", "scores", "value_norms")
+# safetensors metadata key: the layers whose attention a pass file does not store, because
+# it is exactly the softmax of the stored scores (written as comma-separated indices).
+ATTENTION_FROM_SCORES = "attention_from_scores"
+
+
+def attention_of(scores: torch.Tensor) -> torch.Tensor:
+    """α as the engine computes it from the pre-softmax scores (mask and key biases
+    included in them): softmax over the key axis in f32."""
+    return torch.softmax(scores, dim=-1, dtype=torch.float32)
+
+
+def recomputable(attention: torch.Tensor, scores: torch.Tensor) -> bool:
+    """Whether ``attention`` is bit for bit the softmax of ``scores`` (both f32), so
+    storing the scores alone loses nothing."""
+    return (attention.dtype == torch.float32 and scores.dtype == torch.float32
+            and attention.shape == scores.shape
+            and torch.equal(attention_of(scores), attention))
 
 
 class PassRecord:
@@ -20,6 +37,12 @@ class PassRecord:
     Per captured layer: ``attention`` and ``scores`` (H', T, S), ``value_norms`` (H', S).
     A record read from disk (or streamed there during generation) loads its tensors on
     first access, so a long run need not hold every pass in memory.
+
+    On disk a layer's attention is left out when it equals the softmax of its scores bit
+    for bit (checked when writing; the file's metadata lists those layers) and recomputed
+    on load with the same function: half the bytes of a run that captured both, nothing
+    lost. Attention that differs from the softmax of the stored scores — f16 storage, or
+    anything edited after the softmax — is stored as it is.
     """
 
     def __init__(self, step: int, first_slot: int, num_queries: int,
@@ -43,9 +66,14 @@ class PassRecord:
 
     def _fields(self) -> dict[str, list[torch.Tensor]]:
         if self._tensors is None:
+            from safetensors import safe_open
             from safetensors.torch import load_file
 
+            with safe_open(str(self.source), "pt") as f:
+                derived = (f.metadata() or {}).get(ATTENTION_FROM_SCORES, "")
             flat = load_file(str(self.source))
+            for i in (int(x) for x in derived.split(",") if x):
+                flat[f"layer{i:03d}.attention"] = attention_of(flat[f"layer{i:03d}.scores"])
             self._tensors = {name: [] for name in FIELDS}
             for name in FIELDS:
                 layer = 0
@@ -75,9 +103,15 @@ class PassRecord:
         """Write this pass's tensors to one safetensors file, atomically."""
         from safetensors.torch import save_file
 
+        fields = self._fields()
         flat = {f"layer{i:03d}.{name}": t.contiguous()
-                for name, ts in self._fields().items() for i, t in enumerate(ts)}
-        write_with(path, lambda tmp: save_file(flat, tmp))
+                for name, ts in fields.items() for i, t in enumerate(ts)}
+        derived = [i for i, (a, s) in enumerate(zip(fields["attention"], fields["scores"],
+                                                     strict=False)) if recomputable(a, s)]
+        for i in derived:
+            del flat[f"layer{i:03d}.attention"]
+        meta = {ATTENTION_FROM_SCORES: ",".join(str(i) for i in derived)} if derived else None
+        write_with(path, lambda tmp: save_file(flat, tmp, metadata=meta))
 
 
 def tree_to_dict(tree: _core.Tree) -> dict:
@@ -124,4 +158,5 @@ def tree_from_dict(d: dict) -> _core.Tree:
     return tree
 
 
-__all__ = ["FIELDS", "PassRecord", "tree_from_dict", "tree_to_dict"]
+__all__ = ["ATTENTION_FROM_SCORES", "FIELDS", "PassRecord", "attention_of", "recomputable",
+           "tree_from_dict", "tree_to_dict"]

@@ -86,7 +86,9 @@ def run_cell(model, study: Study, cell: Cell, prompt, runs_dir: Path, mask_leak=
         tree = run.tree if run is not None else load_run(gen_dir).tree
         for enc in missing:
             rid = replay_key(key, enc)
-            rep = model.replay(tree, enc, capture=study.capture)
+            # Captures only: the analysis never reads a replay's next-step distributions,
+            # which would be most of its bytes on disk (steps × vocabulary f32).
+            rep = model.replay(tree, enc, capture=study.capture, logits=False)
             rep.options.update(_cell_options(cell, prompt), run_id=rid, parent=key,
                                threshold=cell.threshold, mode=cell.mode, policy=cell.policy,
                                seed=cell.seed)

@@ -25,6 +25,8 @@ struct CaptureSpec {
     }
     return false;
   }
+
+  bool operator==(const CaptureSpec&) const = default;
 };
 
 }  // namespace attnvar

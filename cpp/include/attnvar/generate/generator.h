@@ -70,4 +70,18 @@ GenerationResult generate(const LlamaModel& model, const std::vector<int64_t>& p
                           const GenerateOptions& options, const InterruptCheck& interrupt = {},
                           const PassSink& sink = {});
 
+// Several generations at once: up to max_batch sequences are active; each step, every
+// active sequence selects its set and all sets go through one forward_batch() pass (each
+// weight read once for all their rows); a sequence that stops leaves and the next prompt
+// takes its place (its prefill runs alone). results[i] is bit for bit generate(model,
+// prompts[i], options[i]) — tree, slots, captures, distributions — whatever the batch.
+// Every option set must have the same capture spec. Captures are kept in the results
+// (no streaming). Throws ConfigError for mismatched lengths, max_batch < 1, or what
+// generate() would throw for any sequence (before any pass runs).
+std::vector<GenerationResult> generate_batch(const LlamaModel& model,
+                                             const std::vector<std::vector<int64_t>>& prompts,
+                                             const std::vector<GenerateOptions>& options,
+                                             int64_t max_batch = 8,
+                                             const InterruptCheck& interrupt = {});
+
 }  // namespace attnvar

@@ -22,6 +22,9 @@ struct ReplayOptions {
   int64_t chunk_size = 0;  // max queries per pass (whole steps kept together); 0: one pass
   NextStepPolicy policy = NextStepPolicy::kMixture;  // for the next-step distributions
   double temperature = 1.0;
+  // false: no output projection at all — ReplayResult::logits and ::distributions stay
+  // undefined (what a study's replays, which only need their captures, ask for).
+  bool logits = true;
 };
 
 struct ReplayResult {

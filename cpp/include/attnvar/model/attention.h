@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "attnvar/capture/capture_spec.h"
 #include "attnvar/model/config.h"
@@ -47,6 +48,16 @@ class Attention {
   at::Tensor forward(const at::Tensor& x, const Rope& rope, const RopeAngles& angles, KVCache& cache,
                      const at::Tensor& bias, const CaptureSpec& spec,
                      std::optional<LayerCapture>* capture) const;
+
+  // The same for several independent sequences in one call: x holds their rows one after
+  // another (counts `rows`); sequence i has its own angles, cache, bias and capture slot.
+  // The projections read each weight once for all of them (project_segments); each row's
+  // result is bit for bit forward() of its own sequence.
+  at::Tensor forward_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
+                              const Rope& rope, const std::vector<RopeAngles>& angles,
+                              const std::vector<KVCache*>& caches,
+                              const std::vector<at::Tensor>& biases, const CaptureSpec& spec,
+                              std::vector<std::optional<LayerCapture>>* captures) const;
 
   const AttentionWeights& weights() const { return w_; }
 

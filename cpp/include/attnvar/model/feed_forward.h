@@ -3,6 +3,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
+#include <vector>
+
 namespace attnvar {
 
 struct FeedForwardWeights {
@@ -19,5 +22,10 @@ FeedForwardWeights fuse_gate_up(FeedForwardWeights w);
 
 // x: (T, hidden) -> (T, hidden)
 at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w);
+
+// The rows of several independent sequences (counts `rows`) in one call, each row's
+// result bit for bit feed_forward() of its own sequence (projections: project_segments).
+at::Tensor feed_forward_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
+                                 const FeedForwardWeights& w);
 
 }  // namespace attnvar

@@ -81,7 +81,19 @@ class LlamaModel {
   // error the cache is left as it was.
   ForwardOutput forward(KVCache& cache, const PassInput& input, const CaptureSpec& capture) const;
 
+  // One pass of each of several independent sequences (distinct caches), computed
+  // together: every weight is read once for all their rows where the kernels allow it.
+  // Each output is bit for bit what forward() gives that sequence alone. Every input is
+  // validated before any cache changes.
+  std::vector<ForwardOutput> forward_batch(const std::vector<KVCache*>& caches,
+                                           const std::vector<PassInput>& inputs,
+                                           const CaptureSpec& capture) const;
+
  private:
+  // The checks of forward() (ConfigError naming the problem); the ids as int64 on the
+  // model's device.
+  at::Tensor check_pass(const KVCache& cache, const PassInput& input) const;
+  void append_slots(KVCache& cache, const PassInput& input, const at::Tensor& ids) const;
   at::Tensor build_bias(const PassInput& input, int64_t num_prev, int64_t layer) const;
 
   ModelConfig config_;

@@ -3,6 +3,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
+#include <vector>
+
 namespace attnvar {
 
 // x: (T, in), w: (out, in), b: (out,) or undefined -> (T, out), contiguous.
@@ -11,5 +14,15 @@ namespace attnvar {
 // rows; BLAS gemm for small M re-reads it and costs ~2× at 4 rows. More rows, other dtypes
 // and devices: linear().
 at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
+
+// The rows of several independent sequences in one call, each row's result bit for bit
+// what project() gives it in its own sequence's call: x holds the sequences' rows one
+// after another, `rows` their counts (summing to x.size(0)). Rows of sequences that
+// project() would send through gemv_rows (which gives every row the same result whatever
+// rows share the call) are gathered across sequences into calls of up to 16 rows, so the
+// weight is read once per 16 rows instead of once per sequence; a sequence that project()
+// would give to linear() (more rows, other dtypes or devices) gets its own call.
+at::Tensor project_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
+                            const at::Tensor& w, const at::Tensor& b = {});
 
 }  // namespace attnvar
