@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
                         "--preset, which refuses any other value)")
     s.add_argument("--max-prompts", type=int, default=None, help="use the first N prompts only")
     s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--batch", type=int, default=None,
+                   help="generations run together per worker (default 8; results do not "
+                        "depend on it)")
     s.add_argument("--full", action="store_true",
                    help="the full grid: core suite, θ 0.05/0.1/0.15, all modes and policies, "
                         "all replays, 30 steps")
@@ -216,6 +219,10 @@ def _cmd_study(a) -> int:
         study = Study(prompts=items, seeds=a.seeds, sample=a.sample, model_path=a.model,
                       device=a.device or "cpu", min_new_steps=a.min_new_steps, **grid,
                       **compat)
+    if a.batch is not None:
+        if a.batch < 1:
+            raise ValueError(f"--batch must be ≥ 1, got {a.batch}")
+        study.batch = a.batch
     study.run(a.out, workers=a.workers, progress=not a.no_progress)
     print(format_summary(Path(a.out)))
     if a.no_report:

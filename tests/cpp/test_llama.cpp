@@ -161,3 +161,62 @@ TEST_CASE("a model built from a moved map holds the fused weights only", "[llama
   auto cache = m.new_cache();
   CHECK(max_abs_diff(m.forward(cache, input, CaptureSpec{}).logits, expected, "logits") == 0.0);
 }
+
+TEST_CASE("forward_batch gives each sequence bit for bit its own forward()", "[llama]") {
+  auto m = tiny_model();
+  // Three sequences with their own prompts, then one set pass each: widths 1, 3 and 20
+  // (the last one beyond the gemv kernel's 16 rows), isolated / visible / one with a key
+  // bias, captured and not.
+  const std::vector<std::vector<int64_t>> prompts = {{3, 4, 5}, {9, 8}, {1, 2, 3, 4, 5, 6}};
+  const std::vector<int64_t> widths = {1, 3, 20};
+  const std::vector<SiblingVisibility> modes = {SiblingVisibility::kIsolated,
+                                                SiblingVisibility::kVisible,
+                                                SiblingVisibility::kIsolated};
+  for (const bool capture : {false, true}) {
+    const CaptureSpec spec = capture ? full_capture() : CaptureSpec{};
+    std::vector<KVCache> solo, batch;
+    std::vector<PassInput> inputs;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const int64_t P = prompts[i].size(), k = widths[i];
+      PassInput pre{ids(prompts[i]), arange_positions(0, P), causal_visibility(P, 0)};
+      solo.push_back(m.new_cache());
+      batch.push_back(m.new_cache());
+      m.forward(solo.back(), pre, CaptureSpec{});
+      m.forward(batch.back(), pre, CaptureSpec{});
+      std::vector<int64_t> members;
+      for (int64_t j = 0; j < k; ++j) members.push_back(10 + j);
+      PassInput set{ids(members), at::full({k}, double(P), at::kDouble),
+                    set_visibility(k, P, modes[i])};
+      if (i == 2) set.interventions.push_back(KeyBias{0, 1, {}, {0, 1}, -0.5});
+      if (i == 1) set.last_logits_only = true;
+      inputs.push_back(set);
+    }
+    std::vector<ForwardOutput> expected;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      expected.push_back(m.forward(solo[i], inputs[i], spec));
+    }
+    std::vector<KVCache*> caches;
+    for (auto& c : batch) caches.push_back(&c);
+    auto got = m.forward_batch(caches, inputs, spec);
+    REQUIRE(got.size() == expected.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      CHECK(at::equal(got[i].logits, expected[i].logits));
+      REQUIRE(got[i].captures.size() == expected[i].captures.size());
+      for (size_t l = 0; l < got[i].captures.size(); ++l) {
+        CHECK(at::equal(got[i].captures[l].scores, expected[i].captures[l].scores));
+        CHECK(at::equal(got[i].captures[l].probabilities,
+                        expected[i].captures[l].probabilities));
+      }
+      CHECK(batch[i].size() == solo[i].size());
+    }
+  }
+  // Two sequences may not share a cache; a bad input leaves every cache as it was.
+  auto c = m.new_cache();
+  PassInput one{ids({3}), arange_positions(0, 1), causal_visibility(1, 0)};
+  CHECK_THROWS_AS(m.forward_batch({&c, &c}, {one, one}, CaptureSpec{}), ConfigError);
+  auto d = m.new_cache();
+  PassInput bad{ids({3}), arange_positions(0, 1), causal_visibility(1, 5)};
+  CHECK_THROWS_AS(m.forward_batch({&c, &d}, {one, bad}, CaptureSpec{}), ConfigError);
+  CHECK(c.size() == 0);
+  CHECK(d.size() == 0);
+}

@@ -52,6 +52,18 @@ def _cell_options(cell: Cell, prompt) -> dict:
     }
 
 
+# Generations run this many at a time (Model.generate_many): each step reads the weights
+# once for all of them, and every run is bit for bit its solo run, so the batch changes
+# the speed and never a result (Study.batch overrides it).
+GENERATION_BATCH = 8
+
+
+def _generate_request(cell: Cell) -> dict:
+    return dict(prompt=cell.prompt_text, threshold=cell.threshold, max_steps=cell.max_steps,
+                mode=cell.mode, policy=cell.policy, max_width=cell.max_width,
+                sample=cell.sample, seed=cell.seed, min_new_steps=cell.min_new_steps or 0)
+
+
 def _generate(model, study: Study, cell: Cell, mask_leak=None):
     if cell.preset is not None:
         return model.tempo2025(cell.prompt_text, threshold=cell.threshold,
@@ -60,14 +72,29 @@ def _generate(model, study: Study, cell: Cell, mask_leak=None):
                                capture=study.capture, add_bos=cell.add_bos,
                                eos_ids=None if cell.eos_ids is None else list(cell.eos_ids),
                                mask_leak=mask_leak)
-    return model.generate(cell.prompt_text, threshold=cell.threshold, max_steps=cell.max_steps,
-                          mode=cell.mode, policy=cell.policy, max_width=cell.max_width,
-                          sample=cell.sample, seed=cell.seed, capture=study.capture,
-                          min_new_steps=cell.min_new_steps or 0)
+    request = _generate_request(cell)
+    return model.generate(request.pop("prompt"), capture=study.capture, **request)
 
 
-def run_cell(model, study: Study, cell: Cell, prompt, runs_dir: Path, mask_leak=None) -> int:
-    """Generate (unless done) and replay (each missing encoding); returns steps generated.
+def run_cells(model, study: Study, cells: list[Cell], prompts: dict, runs_dir: Path) -> int:
+    """:func:`run_cell` for several cells, their missing generations (compat preset
+    excepted) run together by ``Model.generate_many``; returns steps generated."""
+    sha = model.identity["sha256"]
+    batchable = [c for c in cells if c.preset is None
+                 and not (runs_dir / c.key(sha) / "run.json").exists()]
+    generated = {}
+    if len(batchable) > 1:
+        runs = model.generate_many([_generate_request(c) for c in batchable],
+                                   capture=study.capture, max_batch=study.batch)
+        generated = {c.key(sha): r for c, r in zip(batchable, runs, strict=True)}
+    return sum(run_cell(model, study, c, prompts[c.prompt_id], runs_dir,
+                        generated=generated.get(c.key(sha))) for c in cells)
+
+
+def run_cell(model, study: Study, cell: Cell, prompt, runs_dir: Path, mask_leak=None,
+             generated=None) -> int:
+    """Generate (unless done, or given as ``generated``) and replay (each missing
+    encoding); returns steps generated.
 
     ``mask_leak``: for a leaking compat study, the chain's :class:`attnvar.engine.MaskLeak`;
     a cell already on disk is recorded into it, so a resumed chain goes on as it was."""
@@ -77,7 +104,7 @@ def run_cell(model, study: Study, cell: Cell, prompt, runs_dir: Path, mask_leak=
                if not (runs_dir / replay_key(key, e) / "run.json").exists()]
     run = None
     if not (gen_dir / "run.json").exists():
-        run = _generate(model, study, cell, mask_leak)
+        run = generated if generated is not None else _generate(model, study, cell, mask_leak)
         run.options.update(_cell_options(cell, prompt), run_id=key, parent=None)
         run.save(gen_dir)
     elif mask_leak is not None:
@@ -96,8 +123,8 @@ def run_cell(model, study: Study, cell: Cell, prompt, runs_dir: Path, mask_leak=
     return len(run.tree.steps) if run is not None else 0
 
 
-def _worker_cell(study: Study, cell: Cell, prompt, runs_dir: str) -> int:
-    return run_cell(_worker_model, study, cell, prompt, Path(runs_dir))
+def _worker_cells(study: Study, cells: list[Cell], prompts: dict, runs_dir: str) -> int:
+    return run_cells(_worker_model, study, cells, prompts, Path(runs_dir))
 
 
 def _run_leak_chains(model, study: Study, cells: list[Cell], prompts: dict, runs_dir: Path,
@@ -118,6 +145,10 @@ def _run_leak_chains(model, study: Study, cells: list[Cell], prompts: dict, runs
                 bar.update(1)
                 bar.set_postfix(steps=steps)
     return steps
+
+
+def _groups(cells: list[Cell], size: int) -> list[list[Cell]]:
+    return [cells[i:i + size] for i in range(0, len(cells), size)]
 
 
 def run_study(study: Study, results: Path, workers: int = 1, progress: bool = True):
@@ -153,22 +184,22 @@ def run_study(study: Study, results: Path, workers: int = 1, progress: bool = Tr
             print("attnvar study: emulate_mask_leak runs each condition's prompts in order in "
                   "one process (workers = 1)", file=sys.stderr)
         steps = _run_leak_chains(model, study, cells, prompts, runs_dir, bar)
-    elif workers == 1 or len(todo) <= 1:
-        for cell in todo:
-            steps += run_cell(model, study, cell, prompts[cell.prompt_id], runs_dir)
+    elif workers == 1 or len(todo) <= study.batch:
+        for group in _groups(todo, study.batch):
+            steps += run_cells(model, study, group, prompts, runs_dir)
             if bar is not None:
-                bar.update(1)
+                bar.update(len(group))
                 bar.set_postfix(steps=steps)
     else:
         threads = max(1, torch.get_num_threads() // workers)
         with ProcessPoolExecutor(workers, initializer=_init_worker,
                                  initargs=(study.model_path, study.device, threads)) as pool:
-            futures = [pool.submit(_worker_cell, study, c, prompts[c.prompt_id], str(runs_dir))
-                       for c in todo]
+            futures = {pool.submit(_worker_cells, study, group, prompts, str(runs_dir)):
+                       len(group) for group in _groups(todo, study.batch)}
             for f in as_completed(futures):
                 steps += f.result()
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(futures[f])
                     bar.set_postfix(steps=steps)
     if bar is not None:
         bar.close()
