@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .counting import CountedPairs, count_pairs
-from .fixed_effects import fit_within_query, mean_over_heads_se
+from .fixed_effects import fit_within_query, head_patterns, mean_over_heads_se
 from .frames import HeadEstimates, frame, head_block
 
 
@@ -221,7 +221,6 @@ def mass_ratio(
 
     gen = torch.Generator().manual_seed(seed)
     L, H, Q, K = pairs.shape
-    m = torch.minimum(n_p, n_n)[..., None]  # (L, H, Q, 1)
     # exp(s − row max) once; each draw then sums it over subsets (f64: no underflow for
     # any realistic score range).
     counted = in_p | in_n
@@ -232,15 +231,31 @@ def mass_ratio(
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     e = torch.where(counted, (s - top).exp(), torch.zeros((), dtype=torch.float64))
     acc = torch.zeros(L, H, Q, dtype=torch.float64)
+    # Heads differ only by their counted pairs (the sinks they exclude): the subsets of a
+    # draw are chosen once per distinct pattern of counted pairs, not once per head.
+    B = L * H
+    patterns, head_group = head_patterns(pairs.include.reshape(B, Q, K)) if Q * K else (
+        torch.zeros(0, 0, dtype=torch.bool), torch.zeros(B, dtype=torch.long))
+    lab = torch.from_numpy(pairs.key_parallel)[None, :]
+    members = [torch.nonzero(head_group == g).flatten() for g in range(patterns.shape[0])]
+    sets = []
+    for g in range(patterns.shape[0]):
+        inc = patterns[g].reshape(Q, K)
+        p_g, n_g = inc & lab, inc & ~lab
+        sets.append((p_g, n_g, torch.minimum(p_g.sum(-1), n_g.sum(-1))[:, None]))
+    mass_p = torch.zeros(B, Q, dtype=torch.float64)
+    mass_n = torch.zeros(B, Q, dtype=torch.float64)
     for _ in range(draws):
         # One random key order per query, shared by the heads: the first m keys of P
         # (and of N) in that order are a uniform random m-subset of each.
-        order = torch.rand(Q, K, generator=gen).argsort(-1).expand(L, H, Q, K)
-        e_o = e.gather(-1, order)
-        p_o, n_o = in_p.gather(-1, order), in_n.gather(-1, order)
-        mass_p = (e_o * (p_o & (p_o.cumsum(-1) <= m))).sum(-1)
-        mass_n = (e_o * (n_o & (n_o.cumsum(-1) <= m))).sum(-1)
-        acc += torch.where(valid, mass_p.log() - mass_n.log(),
+        order = torch.rand(Q, K, generator=gen).argsort(-1)
+        e_o = e.gather(-1, order.expand(L, H, Q, K)).reshape(B, Q, K)
+        for heads, (p_g, n_g, m_g) in zip(members, sets, strict=True):
+            p_o, n_o = p_g.gather(-1, order), n_g.gather(-1, order)
+            e_h = e_o[heads]
+            mass_p[heads] = (e_h * (p_o & (p_o.cumsum(-1) <= m_g))).sum(-1)
+            mass_n[heads] = (e_h * (n_o & (n_o.cumsum(-1) <= m_g))).sum(-1)
+        acc += torch.where(valid, (mass_p.log() - mass_n.log()).reshape(L, H, Q),
                            torch.zeros((), dtype=torch.float64))
     matched = acc / max(draws, 1)
     blocks.append(head_block("M1m", "size_matched", view.layers, view.heads,
