@@ -545,11 +545,20 @@ def mde_paired(n: int, sd: float, power: float = 0.8, alpha: float = 0.05,
     guess = float(np.squeeze(solver.solve_power(effect_size=None, nobs=n, power=power,
                                                 alpha=alpha, alternative=alternative)))
     lo, hi = guess * 0.9, guess * 1.1
-    while short(lo) > 0:
-        lo /= 2
-    while short(hi) < 0:
-        hi *= 2
-    return brentq(short, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps) * sd
+    try:
+        for _ in range(60):
+            if not short(lo) > 0:
+                break
+            lo /= 2
+        for _ in range(60):
+            if not short(hi) < 0:
+                break
+            hi *= 2
+        return brentq(short, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps) * sd
+    except ValueError:
+        # The noncentral t's tail is NaN far out (n = 2, one degree of freedom): keep the
+        # solver's own answer there.
+        return guess * sd
 
 
 # ---- families -----------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ SHOW = {
     ("dataset", "accounting"): None,
     ("controls", "placebo"): ["mode", "threshold", "policy", "metric", "draws", "prompts",
                               "rejections", "rate", "rate_low", "rate_high", "band_low",
-                              "band_high", "ok"],
+                              "band_high", "reading", "ok"],
     ("controls", "positive"): ["runs", "layer", "delta", "m2_shift", "error", "max_head_error",
                                "tolerance", "primary_metric", "primary_shift",
                                "primary_shift_pct", "ok", "note"],
@@ -214,8 +214,9 @@ def controls_table(findings: dict) -> pd.DataFrame:
                 "found": f"{s['rejections']} of {s['draws']} draws reject "
                          f"({100 * s['rate']:.1f} %, 95 % CI {100 * s['rate_low']:.1f}–"
                          f"{100 * s['rate_high']:.1f} %)",
-                "required": f"{s['band_low']}–{s['band_high']} rejections "
-                            f"(Binomial({s['draws']}, {s['alpha']:g}))",
+                "required": f"≤ {s['band_high']} rejections (band {s['band_low']}–"
+                            f"{s['band_high']} of Binomial({s['draws']}, {s['alpha']:g})); "
+                            f"{s['reading']}",
                 "ok": bool(s["ok"])})
         pos = ctl.tables.get("positive", pd.DataFrame())
         if len(pos) and pos["runs"].iloc[0]:

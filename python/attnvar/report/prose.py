@@ -67,7 +67,8 @@ def controls(t: HypothesisTables, res: StudyResults) -> str:
             f"{condition_label(s)}: {s['rejections']} of {s['draws']} placebo draws "
             f"rejected at α = {s['alpha']:g} (rate {100 * s['rate']:.1f} %, 95 % CI "
             f"{100 * s['rate_low']:.1f}–{100 * s['rate_high']:.1f} %; expected band "
-            f"{s['band_low']}–{s['band_high']}) — {'passes' if s['ok'] else 'FAILS'}")
+            f"{s['band_low']}–{s['band_high']}; {s['reading']}) — "
+            f"{'passes' if s['ok'] else 'FAILS (liberal)'}")
     text = ("Placebo (random labels on the top_only replays, no effect to find): "
             + "; ".join(parts) + ". ") if parts else ""
     pos = t.tables["positive"]

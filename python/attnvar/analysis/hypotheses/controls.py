@@ -6,12 +6,16 @@ Both must pass for the report's verdicts to stand (the report withholds them oth
   the primary metric on the kept cells' ``top_only`` replays under random labels (as many
   random steps as each generated run has parallel steps; per_cell.placebo_table). There
   is no effect to find, so the share of draws that reject at α must be α up to chance:
-  the rejection count has to lie in the central band of Binomial(draws, α) of level
-  1 − 0.01 / (number of conditions), so that a correct test fails somewhere with
-  probability at most 0.01 — a failed control withholds every verdict, so its false
-  alarms must be rare. Given the data, the draws are independent (fresh labels each
-  time), so the count is binomial around the data's own rejection rate; that rate varies
-  a little between datasets, which the band ignores. On the core suite 1,000 fresh draws
+  the rejection count is read against the central band of Binomial(draws, α) of level
+  1 − 0.01 / (number of conditions). Above the band the test is liberal — it finds
+  effects where there are none — and the control fails: a correct test fails somewhere
+  with probability at most 0.005, since a failed control withholds every verdict and its
+  false alarms must be rare. Below the band the test is conservative on this study's
+  data: reported (``reading``), not a failure, since it makes no finding suspect (and
+  with a handful of prompts the rate given the data varies widely). Given the data, the
+  draws are independent (fresh labels each time), so the count is binomial around the
+  data's own rejection rate; that rate varies a little between datasets, which the band
+  ignores. On the core suite 1,000 fresh draws
   of each condition reject at 4.2–4.8 %.
 - **positive control** — a −log 2 bias on the parallel keys of one layer in a sample of
   the study's runs (analysis.controls); M2's coefficient in that layer must move by the
@@ -68,7 +72,7 @@ def placebo_summary(res: StudyResults) -> pd.DataFrame:
     Binomial(draws, α) band (family level 0.05 over the conditions) and ``ok``."""
     pl = res.tables.get("placebo", pd.DataFrame())
     cols = [*CONDITION, "metric", "draws", "prompts", "rejections", "rate", "rate_low",
-            "rate_high", "alpha", "band_low", "band_high", "ok"]
+            "rate_high", "alpha", "band_low", "band_high", "reading", "ok"]
     if pl.empty:
         return pd.DataFrame(columns=cols)
     cells = res.kept_cells()[["cell_id", "prompt_id", *CONDITION]]
@@ -95,7 +99,10 @@ def placebo_summary(res: StudyResults) -> pd.DataFrame:
             lo = int(binom.ppf(level / 2, draws, res.alpha))
             hi = int(binom.isf(level / 2, draws, res.alpha))
             row.update(rate=rejections / draws, rate_low=ci.low, rate_high=ci.high,
-                       band_low=lo, band_high=hi, ok=bool(lo <= rejections <= hi))
+                       band_low=lo, band_high=hi,
+                       reading=("liberal" if rejections > hi else
+                                "conservative" if rejections < lo else "as expected"),
+                       ok=bool(rejections <= hi))
         rows.append(row)
     return pd.DataFrame(rows, columns=cols)
 
@@ -112,6 +119,12 @@ def positive_summary(res: StudyResults) -> pd.DataFrame:
     ran = pc[pc["cell_id"].astype(str) != ""]
     if ran.empty:
         return pd.DataFrame([{"runs": 0, "note": str(pc["note"].iloc[0])}], columns=cols)
+    # A run whose injected layer leaves M2 unidentified (too few steps) says nothing.
+    ran = ran[np.isfinite(ran["m2_shift"].astype(float))]
+    if ran.empty:
+        return pd.DataFrame([{"runs": 0, "note": "no sampled run identifies M2 in the "
+                                                 "injected layer (runs too short)"}],
+                            columns=cols)
     delta = float(ran["delta"].iloc[0])
     shift = float(ran["m2_shift"].mean())
     return pd.DataFrame([{
