@@ -1,4 +1,6 @@
-// C++ exceptions -> Python exceptions (see attnvar/error.h for the mapping).
+// C++ exceptions -> Python exceptions (see attnvar/error.h for the mapping). Messages are
+// made valid UTF-8 first: one that quotes ill-formed bytes from a file would otherwise turn
+// into a UnicodeDecodeError when Python builds the exception.
 #include <pybind11/pybind11.h>
 
 #include "attnvar/error.h"
@@ -17,13 +19,13 @@ void bind_errors(py::module_& m) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const MissingError& e) {
-      py::set_error(PyExc_FileNotFoundError, e.what());
+      py::set_error(PyExc_FileNotFoundError, utf8_message(e.what()).c_str());
     } catch (const FormatError& e) {
-      py::set_error(format, e.what());
+      py::set_error(format, utf8_message(e.what()).c_str());
     } catch (const ConfigError& e) {
-      py::set_error(config, e.what());
+      py::set_error(config, utf8_message(e.what()).c_str());
     } catch (const Error& e) {
-      py::set_error(base, e.what());
+      py::set_error(base, utf8_message(e.what()).c_str());
     }
   });
 }

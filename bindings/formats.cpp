@@ -15,8 +15,26 @@ namespace py = pybind11;
 namespace attnvar::python {
 namespace {
 
+// GGUF strings should be UTF-8 but the reader keeps their bytes as found: a string with
+// ill-formed bytes reaches Python with each such byte as "\xNN" (utf8_message), never as a
+// UnicodeDecodeError from the conversion.
+py::str text(const std::string& s) { return py::str(utf8_message(s)); }
+
 py::object gguf_value_to_py(const GgufValue& v) {
-  return std::visit([](const auto& x) -> py::object { return py::cast(x); }, v.value);
+  return std::visit(
+      [](const auto& x) -> py::object {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          return text(x);
+        } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+          py::list out(x.size());
+          for (size_t i = 0; i < x.size(); ++i) out[i] = text(x[i]);
+          return std::move(out);
+        } else {
+          return py::cast(x);
+        }
+      },
+      v.value);
 }
 
 const char* rope_type_name(RopeScalingType t) {
@@ -81,11 +99,13 @@ void bind_formats(py::module_& m) {
       [](const std::string& path) {
         GgufFile f(path);
         py::dict d;
-        for (const auto& key : f.keys()) d[py::str(key)] = gguf_value_to_py(*f.value(key));
+        for (const auto& key : f.keys()) d[text(key)] = gguf_value_to_py(*f.value(key));
         return d;
       },
       py::arg("path"),
-      "GGUF metadata as {key: value} in file order (ints, floats, bools, strings, lists).");
+      "GGUF metadata as {key: value} in file order (ints, floats, bools, strings, lists). "
+      "Keys and strings that are not valid UTF-8 come back with each ill-formed byte as "
+      "\\xNN.");
   m.def(
       "gguf_tensor_infos",
       [](const std::string& path) {
@@ -93,7 +113,7 @@ void bind_formats(py::module_& m) {
         py::list out;
         for (const auto& t : f.tensors()) {
           py::dict d;
-          d["name"] = t.name;
+          d["name"] = text(t.name);
           d["shape"] = t.shape;
           d["type"] = t.type;
           d["type_name"] = ggml_type_name(t.type);
@@ -105,14 +125,15 @@ void bind_formats(py::module_& m) {
       },
       py::arg("path"),
       "Tensor infos in file order: name, shape (GGUF order, ne[0] first), type (ggml "
-      "number), type_name, offset (absolute, bytes), nbytes.");
+      "number), type_name, offset (absolute, bytes), nbytes. A name that is not valid UTF-8 "
+      "comes back with each ill-formed byte as \\xNN.");
   m.def(
       "gguf_dequantize",
       [](const std::string& path, const std::string& name) {
         py::gil_scoped_release release;
         GgufFile f(path);
         const GgufTensorInfo* t = f.find_tensor(name);
-        if (!t) throw MissingError(path + ": tensor '" + name + "' not found");
+        if (!t) throw MissingError(path + ": tensor '" + printable(name) + "' not found");
         return gguf_tensor_to_f32(f, *t);
       },
       py::arg("path"), py::arg("name"),

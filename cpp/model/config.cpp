@@ -5,6 +5,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <utility>
 
 #include "attnvar/error.h"
 
@@ -25,7 +26,9 @@ int64_t get_int(const json& j, const char* key, const std::string& origin,
     if (fallback) return *fallback;
     fail(origin, key, "missing");
   }
-  if (!it->is_number_integer()) fail(origin, key, "expected an integer, got " + it->dump());
+  if (!it->is_number_integer()) {
+    fail(origin, key, "expected an integer, got " + printable(it->dump()));
+  }
   return it->get<int64_t>();
 }
 
@@ -36,14 +39,16 @@ double get_double(const json& j, const char* key, const std::string& origin,
     if (fallback) return *fallback;
     fail(origin, key, "missing");
   }
-  if (!it->is_number()) fail(origin, key, "expected a number, got " + it->dump());
+  if (!it->is_number()) fail(origin, key, "expected a number, got " + printable(it->dump()));
   return it->get<double>();
 }
 
 bool get_bool(const json& j, const char* key, const std::string& origin, bool fallback) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
-  if (!it->is_boolean()) fail(origin, key, "expected true or false, got " + it->dump());
+  if (!it->is_boolean()) {
+    fail(origin, key, "expected true or false, got " + printable(it->dump()));
+  }
   return it->get<bool>();
 }
 
@@ -81,7 +86,8 @@ void read_rope(const json& j, ModelConfig& c, const std::string& origin) {
         get_int(*params, "original_max_position_embeddings", origin);
   } else {
     fail(origin, std::string(where) + ".rope_type",
-         "'" + type + "' is not supported (supported: default, linear, llama3)");
+         fmt::format("'{}' is not supported (supported: default, linear, llama3)",
+                     printable(type)));
   }
 }
 
@@ -93,7 +99,8 @@ Family ModelConfig::family() const {
   if (model_type == "qwen2") return Family::kQwen2;
   if (model_type == "qwen3") return Family::kQwen3;
   throw ConfigError(fmt::format(
-      "model_type '{}' is not supported (supported: llama, mistral, qwen2, qwen3)", model_type));
+      "model_type '{}' is not supported (supported: llama, mistral, qwen2, qwen3)",
+      printable(model_type)));
 }
 
 bool ModelConfig::qkv_bias() const { return family() == Family::kQwen2 || attention_bias; }
@@ -113,6 +120,13 @@ void ModelConfig::validate(const std::string& origin) {
   positive(hidden_size, "hidden_size");
   positive(intermediate_size, "intermediate_size");
   positive(num_hidden_layers, "num_hidden_layers");
+  // Checked before anything proportional to the layer count (the expected-tensor list, the
+  // decoder layers, the KV cache) is built: a corrupt count must not become an allocation.
+  if (num_hidden_layers > kMaxHiddenLayers) {
+    fail(origin, "num_hidden_layers",
+         fmt::format("{} exceeds the supported maximum of {} layers", num_hidden_layers,
+                     kMaxHiddenLayers));
+  }
   positive(num_attention_heads, "num_attention_heads");
   if (num_key_value_heads == 0) num_key_value_heads = num_attention_heads;
   positive(num_key_value_heads, "num_key_value_heads");
@@ -128,6 +142,17 @@ void ModelConfig::validate(const std::string& origin) {
     head_dim = hidden_size / num_attention_heads;
   }
   positive(head_dim, "head_dim");
+  for (const auto& [v, name] : {std::pair{vocab_size, "vocab_size"},
+                                {hidden_size, "hidden_size"},
+                                {intermediate_size, "intermediate_size"},
+                                {num_attention_heads, "num_attention_heads"},
+                                {num_key_value_heads, "num_key_value_heads"},
+                                {head_dim, "head_dim"}}) {
+    if (v > kMaxDimension) {
+      fail(origin, name,
+           fmt::format("{} exceeds the supported maximum of {}", v, kMaxDimension));
+    }
+  }
   if (head_dim % 2 != 0) fail(origin, "head_dim", fmt::format("must be even for RoPE, got {}", head_dim));
   if (!(rms_norm_eps > 0)) fail(origin, "rms_norm_eps", "must be positive");
   if (!(rope_theta > 0)) fail(origin, "rope_theta", "must be positive");
@@ -135,7 +160,8 @@ void ModelConfig::validate(const std::string& origin) {
     fail(origin, "rope_scaling.factor", "must be positive");
   }
   if (hidden_act != "silu") {
-    fail(origin, "hidden_act", "'" + hidden_act + "' is not supported (supported: silu)");
+    fail(origin, "hidden_act",
+         fmt::format("'{}' is not supported (supported: silu)", printable(hidden_act)));
   }
   if (mlp_bias) fail(origin, "mlp_bias", "true is not supported");
 }
@@ -145,7 +171,7 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
   try {
     j = json::parse(json_text);
   } catch (const json::exception& e) {
-    throw FormatError(fmt::format("{}: not valid JSON: {}", origin, e.what()));
+    throw FormatError(fmt::format("{}: not valid JSON: {}", origin, printable(e.what())));
   }
   if (!j.is_object()) throw FormatError(origin + ": config.json is not a JSON object");
   ModelConfig c;

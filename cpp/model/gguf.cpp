@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string_view>
 #include <utility>
 
 #include "attnvar/error.h"
@@ -134,8 +135,15 @@ class Cursor {
     pos_ += n;
   }
 
-  std::string read_string(const std::string& field) {
+  // A string; `max_len` bounds names (keys, tensor names) before anything is copied.
+  std::string read_string(const std::string& field,
+                          uint64_t max_len = std::numeric_limits<uint64_t>::max()) {
     const uint64_t len = read<uint64_t>(field + " (string length)");
+    if (len > max_len && len <= remaining()) {
+      const std::string_view head(reinterpret_cast<const char*>(data_ + pos_), 32);
+      fail(field, fmt::format("length {} at offset {} exceeds the {}-byte limit (starts '{}')",
+                              len, pos_ - 8, max_len, printable(head)));
+    }
     if (len > remaining()) {
       fail(field, fmt::format("string length {} at offset {} runs past the end of the file "
                               "(size {})",
@@ -317,8 +325,8 @@ void GgufFile::parse() {
 
   for (uint64_t i = 0; i < n_kv; ++i) {
     const std::string index = fmt::format("metadata key #{}", i);
-    std::string key = c.read_string(index);
-    const std::string field = fmt::format("metadata key '{}'", key);
+    std::string key = c.read_string(index, kMaxGgufKey);
+    const std::string field = fmt::format("metadata key '{}'", printable(key));
     const GgufValueType t = read_value_type(c, field);
     GgufValue v = read_value(c, t, field);
     if (kv_.count(key)) c.fail(field, "appears twice");
@@ -345,8 +353,8 @@ void GgufFile::parse() {
   tensors_.reserve(static_cast<size_t>(n_tensors));
   for (uint64_t i = 0; i < n_tensors; ++i) {
     GgufTensorInfo t;
-    t.name = c.read_string(fmt::format("tensor info #{} name", i));
-    const std::string field = fmt::format("tensor '{}'", t.name);
+    t.name = c.read_string(fmt::format("tensor info #{} name", i), kMaxGgufTensorName);
+    const std::string field = fmt::format("tensor '{}'", printable(t.name));
     const auto n_dims = c.read<uint32_t>(field + " n_dims");
     if (n_dims == 0 || n_dims > kMaxDims) {
       c.fail(field, fmt::format("n_dims {} is outside [1, {}]", n_dims, kMaxDims));
@@ -392,7 +400,7 @@ void GgufFile::parse() {
   for (size_t i = 0; i < tensors_.size(); ++i) {
     GgufTensorInfo& t = tensors_[i];
     if (relative[i] > data_size || t.nbytes > data_size - relative[i]) {
-      c.fail(fmt::format("tensor '{}'", t.name),
+      c.fail(fmt::format("tensor '{}'", printable(t.name)),
              fmt::format("data [{}, +{}) runs past the end of the data section ({} bytes at "
                          "offset {}; file truncated?)",
                          relative[i], t.nbytes, data_size, data_start));
@@ -407,8 +415,8 @@ void GgufFile::parse() {
   for (size_t i = 1; i < by_offset.size(); ++i) {
     const GgufTensorInfo* prev = by_offset[i - 1];
     if (by_offset[i]->offset < prev->offset + prev->nbytes) {
-      c.fail(fmt::format("tensor '{}'", by_offset[i]->name),
-             fmt::format("data overlaps tensor '{}'", prev->name));
+      c.fail(fmt::format("tensor '{}'", printable(by_offset[i]->name)),
+             fmt::format("data overlaps tensor '{}'", printable(prev->name)));
     }
   }
 }
@@ -435,7 +443,8 @@ namespace {
     found = fmt::format("array of {}", value_type_name(v.element_type));
   }
   throw FormatError(
-      fmt::format("{}: metadata key '{}': expected {}, found {}", path, key, want, found));
+      fmt::format("{}: metadata key '{}': expected {}, found {}", path, printable(key), want,
+                  found));
 }
 
 }  // namespace
@@ -525,7 +534,7 @@ const uint8_t* GgufFile::tensor_data(const GgufTensorInfo& t) const {
   // Infos from this file were checked at open; this guards against a foreign or edited one.
   if (t.offset > file_->size() || t.nbytes > file_->size() - t.offset) {
     throw FormatError(fmt::format("{}: tensor '{}': data [{}, +{}) is outside the file", path_,
-                                  t.name, t.offset, t.nbytes));
+                                  printable(t.name), t.offset, t.nbytes));
   }
   return file_->data() + t.offset;
 }

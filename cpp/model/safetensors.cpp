@@ -60,7 +60,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
   try {
     header = json::parse(text, text + header_len);
   } catch (const json::exception& e) {
-    fail(path, "header", std::string("invalid JSON: ") + e.what());
+    fail(path, "header", "invalid JSON: " + printable(e.what()));
   }
   if (!header.is_object()) fail(path, "header", "expected a JSON object");
 
@@ -188,7 +188,7 @@ SafetensorsModel::SafetensorsModel(const std::string& path) : origin_(path) {
   try {
     index = json::parse(ss.str());
   } catch (const json::exception& e) {
-    fail(ip, "index", std::string("invalid JSON: ") + e.what());
+    fail(ip, "index", "invalid JSON: " + printable(e.what()));
   }
   if (!index.is_object()) fail(ip, "index", "expected a JSON object");
   auto wm = index.find("weight_map");

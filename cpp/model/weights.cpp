@@ -5,12 +5,13 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <set>
+#include <string_view>
 #include <vector>
 
 #include "attnvar/error.h"
@@ -94,6 +95,10 @@ void read_llama3_rope_freqs(const GgufFile& f, ModelConfig& c, const std::string
 
 // ---- name mapping ------------------------------------------------------------------------
 
+// A bound every family meets (fused projections included): each decoder layer has at
+// least one tensor of its own, so a file cannot describe more layers than it has tensors.
+constexpr int64_t kMinTensorsPerLayer = 1;
+
 const std::map<std::string, std::string>& block_names() {
   static const std::map<std::string, std::string> kNames = {
       {"attn_norm", "input_layernorm"},    {"ffn_norm", "post_attention_layernorm"},
@@ -110,11 +115,17 @@ std::string hf_to_gguf_name(const std::string& hf) {
   if (hf == "model.embed_tokens.weight") return "token_embd.weight";
   if (hf == "model.norm.weight") return "output_norm.weight";
   if (hf == "lm_head.weight") return "output.weight";
-  static const std::regex kLayer(R"(model\.layers\.(\d+)\.(.+)\.(weight|bias))");
-  std::smatch m;
-  if (!std::regex_match(hf, m, kLayer)) return "";
+  // model.layers.<layer>.<name>.<weight|bias>
+  constexpr std::string_view kPrefix = "model.layers.";
+  if (hf.rfind(kPrefix, 0) != 0) return "";
+  const size_t layer_end = hf.find('.', kPrefix.size());
+  const size_t suffix_dot = hf.rfind('.');
+  if (layer_end == std::string::npos || suffix_dot <= layer_end) return "";
+  const std::string layer = hf.substr(kPrefix.size(), layer_end - kPrefix.size());
+  const std::string part = hf.substr(layer_end + 1, suffix_dot - layer_end - 1);
+  const std::string suffix = hf.substr(suffix_dot + 1);
   for (const auto& [gguf, name] : block_names()) {
-    if (name == m[2].str()) return fmt::format("blk.{}.{}.{}", m[1].str(), gguf, m[3].str());
+    if (name == part) return fmt::format("blk.{}.{}.{}", layer, gguf, suffix);
   }
   return "";
 }
@@ -222,11 +233,19 @@ Weights load_gguf(const std::string& path, at::ScalarType dtype, c10::Device dev
     auto hf = gguf_to_hf_name(t.name);
     if (!hf) {
       throw FormatError(
-          fmt::format("{}: tensor '{}': unexpected tensor (no HF name for it in the "
+          fmt::format("{}: tensor #{} '{}': unexpected tensor (no HF name for it in the "
                       "{} architecture)",
-                      path, t.name, c.model_type));
+                      path, &t - f.tensors().data(), printable(t.name), c.model_type));
     }
     by_hf.emplace(*hf, &t);
+  }
+  // A block count the file cannot hold fails before the expected list is built.
+  const std::string arch = f.get_string("general.architecture").value_or("");
+  if (c.num_hidden_layers > static_cast<int64_t>(f.tensors().size()) / kMinTensorsPerLayer) {
+    throw FormatError(fmt::format(
+        "{}: metadata key '{}.block_count': {} layers, but the file has only {} tensors (each "
+        "layer has at least {})",
+        path, arch, c.num_hidden_layers, f.tensors().size(), kMinTensorsPerLayer));
   }
   auto expected = expected_tensors(c);
   std::set<std::string> wanted;
@@ -240,16 +259,17 @@ Weights load_gguf(const std::string& path, at::ScalarType dtype, c10::Device dev
     const GgufTensorInfo& t = *it->second;
     std::vector<int64_t> torch_shape(t.shape.rbegin(), t.shape.rend());
     // GGUF drops trailing unit dims of ne; 1-D tensors are already in HF shape.
-    check_shape(path, t.name, hf, torch_shape, shape);
+    check_shape(path, printable(t.name), hf, torch_shape, shape);
     if (!ggml_can_dequantize(t.type)) {
-      throw FormatError(fmt::format("{}: tensor '{}': type {} cannot be dequantized", path, t.name,
-                                    ggml_type_name(t.type)));
+      throw FormatError(fmt::format("{}: tensor '{}': type {} cannot be dequantized", path,
+                                    printable(t.name), ggml_type_name(t.type)));
     }
   }
   for (const auto& [hf, t] : by_hf) {
     if (!wanted.count(hf)) {
       throw FormatError(
-          fmt::format("{}: tensor '{}': unexpected for this config (HF '{}')", path, t->name, hf));
+          fmt::format("{}: tensor '{}': unexpected for this config (HF '{}')", path,
+                      printable(t->name), hf));
     }
   }
   for (const auto& [hf, shape] : expected) {
@@ -282,6 +302,15 @@ Weights load_safetensors(const std::string& path, at::ScalarType dtype, c10::Dev
   const ModelConfig& c = w.config;
   SafetensorsModel model(path);
 
+  // As for GGUF: checked before the expected list is built.
+  const size_t n_tensors = model.tensors().size();
+  if (c.num_hidden_layers > static_cast<int64_t>(n_tensors) / kMinTensorsPerLayer) {
+    throw FormatError(fmt::format(
+        "{}/config.json: config field 'num_hidden_layers': {} layers, but {} has only {} "
+        "tensors (each layer has at least {})",
+        dir.empty() ? "." : dir.string(), c.num_hidden_layers, path, n_tensors,
+        kMinTensorsPerLayer));
+  }
   auto expected = expected_tensors(c);
   std::set<std::string> wanted;
   for (const auto& [hf, shape] : expected) {
@@ -330,12 +359,31 @@ std::optional<std::string> gguf_to_hf_name(const std::string& name) {
   if (name == "token_embd.weight") return "model.embed_tokens.weight";
   if (name == "output_norm.weight") return "model.norm.weight";
   if (name == "output.weight") return "lm_head.weight";
-  static const std::regex kBlock(R"(blk\.(\d+)\.([a-z_]+)\.(weight|bias))");
-  std::smatch m;
-  if (!std::regex_match(name, m, kBlock)) return std::nullopt;
-  auto it = block_names().find(m[2].str());
+  // blk.<layer>.<name>.<weight|bias>, parsed by hand: the name comes from the file, and
+  // std::regex recurses per character (a long name overflowed the stack).
+  constexpr std::string_view kPrefix = "blk.";
+  if (name.size() > kMaxGgufTensorName || name.rfind(kPrefix, 0) != 0) return std::nullopt;
+  size_t pos = kPrefix.size();
+  const size_t digits = pos;
+  while (pos < name.size() && name[pos] >= '0' && name[pos] <= '9') ++pos;
+  // A canonical decimal: no leading zero (blk.01 must not alias blk.1), and it fits.
+  if (pos == digits || pos - digits > 9 || (name[digits] == '0' && pos - digits > 1)) {
+    return std::nullopt;
+  }
+  int64_t layer = 0;
+  if (std::from_chars(name.data() + digits, name.data() + pos, layer).ec != std::errc()) {
+    return std::nullopt;
+  }
+  if (pos >= name.size() || name[pos] != '.') return std::nullopt;
+  const std::string_view rest = std::string_view(name).substr(pos + 1);
+  const size_t dot = rest.rfind('.');
+  if (dot == std::string_view::npos) return std::nullopt;
+  const std::string_view part = rest.substr(0, dot);
+  const std::string_view suffix = rest.substr(dot + 1);
+  if (suffix != "weight" && suffix != "bias") return std::nullopt;
+  auto it = block_names().find(std::string(part));
   if (it == block_names().end()) return std::nullopt;
-  return fmt::format("model.layers.{}.{}.{}", m[1].str(), it->second, m[3].str());
+  return fmt::format("model.layers.{}.{}.{}", layer, it->second, suffix);
 }
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const ModelConfig& c) {
@@ -390,10 +438,15 @@ ModelConfig config_from_gguf(const GgufFile& f) {
     throw ConfigError(fmt::format(
         "{}: metadata key 'general.architecture': '{}' is not supported (supported: llama, "
         "qwen2, qwen3)",
-        f.path(), arch));
+        f.path(), printable(arch)));
   }
   const std::string a = arch + ".";
   c.num_hidden_layers = require_int(f, a + "block_count");
+  if (c.num_hidden_layers > kMaxHiddenLayers) {  // before validate(), to name the GGUF key
+    throw ConfigError(fmt::format("{}: metadata key '{}block_count': {} exceeds the supported "
+                                  "maximum of {} layers",
+                                  f.path(), a, c.num_hidden_layers, kMaxHiddenLayers));
+  }
   c.hidden_size = require_int(f, a + "embedding_length");
   c.intermediate_size = require_int(f, a + "feed_forward_length");
   c.num_attention_heads = require_int(f, a + "attention.head_count");
@@ -429,7 +482,7 @@ ModelConfig config_from_gguf(const GgufFile& f) {
       throw ConfigError(fmt::format(
           "{}: metadata key '{}rope.scaling.type': '{}' is not supported (supported: none, "
           "linear)",
-          f.path(), a, *type));
+          f.path(), a, printable(*type)));
     }
     c.rope_scaling.type = RopeScalingType::kLinear;
     c.rope_scaling.factor = require_float(f, a + "rope.scaling.factor");
@@ -459,7 +512,7 @@ at::Tensor gguf_tensor_to_f32(const GgufFile& f, const GgufTensorInfo& t) {
       dequantize_row(t.type, src + begin * row_bytes, (end - begin) * row, dst + begin * row);
     });
   } catch (const FormatError& e) {
-    throw FormatError(fmt::format("{}: tensor '{}': {}", f.path(), t.name, e.what()));
+    throw FormatError(fmt::format("{}: tensor '{}': {}", f.path(), printable(t.name), e.what()));
   }
   return out;
 }

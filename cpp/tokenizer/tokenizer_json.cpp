@@ -303,7 +303,8 @@ json read_json_file(const std::filesystem::path& path) {
   try {
     return json::parse(text.str());
   } catch (const json::parse_error& e) {
-    throw FormatError(fmt::format("{}: not valid JSON: {}", path.string(), e.what()));
+    throw FormatError(
+        fmt::format("{}: not valid JSON: {}", path.string(), printable(e.what())));
   }
 }
 
@@ -480,7 +481,7 @@ Tokenizer Tokenizer::from_json(std::string_view text, std::string_view origin) {
   try {
     root = json::parse(text);
   } catch (const json::parse_error& e) {
-    throw FormatError(fmt::format("{}: not valid JSON: {}", origin, e.what()));
+    throw FormatError(fmt::format("{}: not valid JSON: {}", origin, printable(e.what())));
   }
   return Tokenizer(parse_tokenizer_json(root, std::string(origin), {}));
 }

@@ -368,11 +368,11 @@ def gguf_dequantize(path: str, name: str) -> torch.Tensor:
     """
 def gguf_metadata(path: str) -> dict:
     """
-    GGUF metadata as {key: value} in file order (ints, floats, bools, strings, lists).
+    GGUF metadata as {key: value} in file order (ints, floats, bools, strings, lists). Keys and strings that are not valid UTF-8 come back with each ill-formed byte as \\xNN.
     """
 def gguf_tensor_infos(path: str) -> list:
     """
-    Tensor infos in file order: name, shape (GGUF order, ne[0] first), type (ggml number), type_name, offset (absolute, bytes), nbytes.
+    Tensor infos in file order: name, shape (GGUF order, ne[0] first), type (ggml number), type_name, offset (absolute, bytes), nbytes. A name that is not valid UTF-8 comes back with each ill-formed byte as \\xNN.
     """
 def kernel_info() -> dict:
     """

@@ -88,3 +88,56 @@ TEST_CASE("config: unsupported or inconsistent settings are errors naming the fi
                       "x"),
                   ConfigError);
 }
+
+TEST_CASE("config: a layer count over the cap is an error before anything is built",
+          "[config][hostile]") {
+  const std::string rest = R"("model_type": "llama", "vocab_size": 10, "hidden_size": 8,
+    "intermediate_size": 16, "num_attention_heads": 2)";
+  for (const std::string n : {"4097", "10000000", "4294967296"}) {
+    INFO(n);
+    try {
+      config_from_hf_json("{" + rest + R"(, "num_hidden_layers": )" + n + "}", "big/config.json");
+      FAIL("no error");
+    } catch (const ConfigError& e) {
+      const std::string what = e.what();
+      CHECK(what.find("big/config.json") != std::string::npos);
+      CHECK(what.find("'num_hidden_layers'") != std::string::npos);
+      CHECK(what.find("maximum of 4096") != std::string::npos);
+    }
+  }
+  CHECK(config_from_hf_json("{" + rest + R"(, "num_hidden_layers": 4096})", "x")
+            .num_hidden_layers == attnvar::kMaxHiddenLayers);
+}
+
+TEST_CASE("config: dimensions whose products could overflow int64 are errors naming the field",
+          "[config][hostile]") {
+  const std::string base = R"("model_type": "llama", "num_hidden_layers": 1, "vocab_size": 10,
+    "intermediate_size": 16, "num_attention_heads": 2)";
+  for (const auto& [extra, field] :
+       {std::pair<std::string, std::string>{R"("hidden_size": 1099511627776)", "hidden_size"},
+        {R"("hidden_size": 8, "head_dim": 4294967296)", "head_dim"}}) {
+    INFO(extra);
+    try {
+      config_from_hf_json("{" + base + ", " + extra + "}", "dims/config.json");
+      FAIL("no error");
+    } catch (const ConfigError& e) {
+      const std::string what = e.what();
+      CHECK(what.find("dims/config.json: config field '" + field + "'") != std::string::npos);
+      CHECK(what.find("exceeds the supported maximum of 16777216") != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("config: ill-formed UTF-8 in config.json gives a FormatError with a valid message",
+          "[config][hostile]") {
+  try {
+    config_from_hf_json("{\"model_type\": \"ll\xff\xfe" "ama\"}", "utf8/config.json");
+    FAIL("no error");
+  } catch (const attnvar::FormatError& e) {
+    const std::string what = e.what();
+    INFO(what);
+    CHECK(what.find("utf8/config.json") != std::string::npos);
+    CHECK(what.find("\\xff") != std::string::npos);
+    CHECK(what.find('\xff') == std::string::npos);
+  }
+}

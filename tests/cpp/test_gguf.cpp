@@ -17,6 +17,7 @@
 #include "attnvar/error.h"
 #include "attnvar/model/gguf.h"
 #include "attnvar/model/weights.h"
+#include "attnvar/tokenizer/utf8.h"
 #include "catch_compat.h"
 #include "tensor_compare.h"
 
@@ -548,4 +549,116 @@ TEST_CASE("gguf: load_weights rejects a missing tensor or a wrong shape, naming 
   extra.tensor_f32("blk.0.surprise.weight", {4}, {1, 2, 3, 4});
   expect_error<FormatError>([&] { attnvar::load_weights(extra.write("extra.gguf")); },
                             {"extra.gguf", "blk.0.surprise.weight"});
+}
+
+// ---- hostile inputs: unbounded names, counts and bytes -------------------------------------
+
+TEST_CASE("gguf: printable escapes ill-formed UTF-8 and control bytes, and caps the length",
+          "[gguf][hostile]") {
+  using attnvar::printable;
+  CHECK(printable("blk.0.attn_q.weight") == "blk.0.attn_q.weight");
+  CHECK(printable(std::string("a\nb\xff\xfe", 5)) == "a\\x0ab\\xff\\xfe");
+  CHECK(printable(std::string("nul\0x", 5)) == "nul\\x00x");
+  CHECK(printable("caf\xc3\xa9") == "caf\xc3\xa9");  // well-formed UTF-8 is kept
+  CHECK(printable(std::string(1000, 'x'), 10) == "xxxxxxxxxx...(1000 bytes)");
+  CHECK(printable("a\xc3\xa9", 2) == "a...(3 bytes)");  // never cut inside a character
+  CHECK(attnvar::utf8_message("line 1\nline \xc0 2") == "line 1\nline \\xc0 2");
+  CHECK(attnvar::utf8::is_valid(printable(std::string(300, '\xff'))));
+}
+
+TEST_CASE("gguf: a 100k-character tensor name or layer number is a FormatError, not a crash",
+          "[gguf][hostile]") {
+  {
+    GgufBuilder g = tiny_llama();
+    g.tensor_f32(std::string(100000, 'a'), {4}, {1, 2, 3, 4});
+    expect_error<FormatError>([&] { GgufFile f(g.write("longname.gguf")); },
+                              {"longname.gguf", "tensor info #11 name", "length 100000",
+                               "at offset", "256-byte limit"});
+  }
+  {  // the stack-overflow reproducer: a layer number of 100k digits
+    GgufBuilder g = tiny_llama();
+    g.tensor_f32("blk." + std::string(100000, '7') + ".attn_q.weight", {4}, {1, 2, 3, 4});
+    expect_error<FormatError>([&] { attnvar::load_weights(g.write("longlayer.gguf")); },
+                              {"longlayer.gguf", "tensor info #11 name", "256-byte limit"});
+  }
+  {  // a metadata key over the spec's 65535 bytes
+    GgufBuilder g;
+    g.u32(std::string(70000, 'k'), 1);
+    expect_error<FormatError>([&] { GgufFile f(g.write("longkey.gguf")); },
+                              {"longkey.gguf", "metadata key #0", "65535-byte limit"});
+  }
+  {  // within the cap, a layer number too long for an integer: unexpected tensor, named
+    GgufBuilder g = tiny_llama();
+    g.tensor_f32("blk.123456789012345678901234567890.attn_q.weight", {4}, {1, 2, 3, 4});
+    expect_error<FormatError>(
+        [&] { attnvar::load_weights(g.write("biglayer.gguf")); },
+        {"biglayer.gguf", "tensor #11", "blk.123456789012345678901234567890.attn_q.weight"});
+  }
+}
+
+TEST_CASE("gguf: gguf_to_hf_name parses names by hand, rejecting non-canonical layers",
+          "[gguf][hostile]") {
+  using attnvar::gguf_to_hf_name;
+  CHECK(gguf_to_hf_name("blk.12.attn_q.weight") == "model.layers.12.self_attn.q_proj.weight");
+  CHECK(gguf_to_hf_name("blk.0.ffn_down.bias") == "model.layers.0.mlp.down_proj.bias");
+  CHECK(gguf_to_hf_name("blk.999999999.ffn_up.weight") ==
+        "model.layers.999999999.mlp.up_proj.weight");
+  CHECK(gguf_to_hf_name("token_embd.weight") == "model.embed_tokens.weight");
+  for (const std::string bad :
+       {"blk.01.attn_q.weight", "blk.1234567890.attn_q.weight", "blk.-1.attn_q.weight",
+        "blk..attn_q.weight", "blk.1.attn_q", "blk.1.attn_q.scale", "blk.1.attn_q.x.weight",
+        "blk.1", "blk.", "blk.1.weight", "blk.1.nope.weight", "blk.1attn_q.weight"}) {
+    INFO(bad);
+    CHECK_FALSE(gguf_to_hf_name(bad).has_value());
+  }
+  // Unbounded input: linear time and constant stack (std::regex overflowed the stack here).
+  CHECK_FALSE(gguf_to_hf_name(std::string(100000, 'a')).has_value());
+  CHECK_FALSE(gguf_to_hf_name("blk." + std::string(100000, '9') + ".attn_q.weight").has_value());
+}
+
+TEST_CASE("gguf: a block_count over the cap or beyond the file's tensors fails before allocating",
+          "[gguf][hostile]") {
+  for (const uint32_t n : {10000000u, 4294967295u}) {
+    GgufBuilder g = tiny_llama("llama.block_count");
+    g.u32("llama.block_count", n);
+    const std::string path = g.write("huge_blocks.gguf");
+    expect_error<ConfigError>([&] { attnvar::load_weights(path); },
+                              {"huge_blocks.gguf", "'llama.block_count'", std::to_string(n),
+                               "maximum of 4096"});
+  }
+  {  // under the cap, but more layers than the file's 11 tensors can hold
+    GgufBuilder g = tiny_llama("llama.block_count");
+    g.u32("llama.block_count", 4000);
+    expect_error<FormatError>([&] { attnvar::load_weights(g.write("many_blocks.gguf")); },
+                              {"many_blocks.gguf", "'llama.block_count'", "4000 layers",
+                               "the file has only 11 tensors"});
+  }
+}
+
+TEST_CASE("gguf: ill-formed UTF-8 from the file is escaped in error messages",
+          "[gguf][hostile]") {
+  auto valid_message = [](const std::function<void()>& fn) {
+    try {
+      fn();
+    } catch (const attnvar::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  GgufBuilder g = tiny_llama();
+  g.tensor_f32("blk.0.\xff\xfe_bad.weight", {4}, {1, 2, 3, 4});
+  const std::string path = g.write("badutf8_name.gguf");
+  const std::string m1 = valid_message([&] { attnvar::load_weights(path); });
+  INFO(m1);
+  CHECK(m1.find("badutf8_name.gguf") != std::string::npos);
+  CHECK(m1.find("blk.0.\\xff\\xfe_bad.weight") != std::string::npos);
+  CHECK(attnvar::utf8::is_valid(m1));
+
+  GgufBuilder arch = tiny_llama("general.architecture");
+  arch.str("general.architecture", "ll\xc3\x28ma");
+  const std::string m2 =
+      valid_message([&] { attnvar::load_weights(arch.write("badutf8_arch.gguf")); });
+  INFO(m2);
+  CHECK(m2.find("'ll\\xc3(ma'") != std::string::npos);
+  CHECK(attnvar::utf8::is_valid(m2));
 }

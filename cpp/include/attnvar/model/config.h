@@ -26,6 +26,15 @@ struct RopeScaling {
 //   qwen3: RMSNorm over head_dim on q and k before RoPE.
 enum class Family { kLlama, kMistral, kQwen2, kQwen3 };
 
+// The most decoder layers a config may declare (the largest released models have under
+// 200). validate() rejects more, so a corrupt count fails before anything proportional to it
+// is allocated.
+inline constexpr int64_t kMaxHiddenLayers = 4096;
+// The largest vocab_size, hidden_size, intermediate_size, head count or head_dim validate()
+// accepts (real models stay under 2^20): products of two, such as heads × head_dim or an
+// embedding's element count, then cannot overflow int64.
+inline constexpr int64_t kMaxDimension = int64_t{1} << 24;
+
 struct ModelConfig {
   std::string model_type = "llama";  // HF name: llama | mistral | qwen2 | qwen3
   int64_t vocab_size = 0;

@@ -10,6 +10,11 @@
 // key/value pairs, then n_tensors tensor infos {string name, u32 n_dims, u64 ne[n_dims],
 // u32 type, u64 offset}, padding to `general.alignment` (default 32), then the data
 // section; each tensor's offset is relative to the data section start.
+//
+// Names are bounded: a tensor name longer than kMaxGgufTensorName bytes (ggml itself allows
+// 63) or a key longer than kMaxGgufKey bytes (the GGUF spec's limit) is a FormatError naming
+// the tensor index or key index and the offset, so no later stage (name mapping, messages)
+// ever handles an unbounded name. Names quoted in messages pass through printable().
 #pragma once
 
 #include <cstdint>
@@ -23,6 +28,9 @@
 namespace attnvar {
 
 class MappedFile;
+
+inline constexpr uint64_t kMaxGgufTensorName = 256;  // bytes
+inline constexpr uint64_t kMaxGgufKey = 65535;       // bytes (GGUF spec: keys < 2^16)
 
 // ggml tensor types by their on-disk number. Files may hold others: GgufTensorInfo keeps
 // the raw number, and reading an unsupported one raises FormatError.

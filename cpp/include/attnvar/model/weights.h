@@ -58,7 +58,9 @@ Weights load_weights(const std::string& path, at::ScalarType dtype = at::kFloat,
 ModelConfig config_from_gguf(const GgufFile& f);
 
 // HF name of a GGUF tensor name (`blk.3.attn_q.weight` -> `model.layers.3.self_attn.
-// q_proj.weight`); nullopt for names outside the llama family's mapping.
+// q_proj.weight`); nullopt for names outside the llama family's mapping, for names longer
+// than kMaxGgufTensorName, and for a layer number that is not a canonical decimal of at most
+// 9 digits (no leading zeros). Parsed by hand, in time and stack linear in the name.
 std::optional<std::string> gguf_to_hf_name(const std::string& gguf_name);
 
 // The tensors `config` requires, with their HF shapes, in a stable order.
