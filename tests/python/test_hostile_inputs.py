@@ -323,3 +323,28 @@ def test_json_files_with_invalid_utf8_give_format_errors_with_decodable_messages
         _core.Tokenizer.from_file(str(tok))
     with pytest.raises(attnvar.FormatError, match=r"<string>: not valid JSON"):
         _core.Tokenizer.from_json(b'{"model": "\xff"}')
+
+
+# ---- one writer per results directory --------------------------------------------------------
+def test_a_second_writer_on_a_results_directory_is_refused(bundled_path, tmp_path):
+    """Two studies (or a study and an analysis) on one directory used to race: each
+    cleared the other's staging directories at start. Now the second is refused at once,
+    naming the directory and the process that holds it; the lock goes with its holder."""
+    import os
+
+    from attnvar.analysis import analyze_study
+    from attnvar.study import Study
+    from attnvar.util.lock import DirectoryBusyError, directory_lock
+
+    study = Study(prompts=["The cat sat on the"], max_steps=2, model_path=str(bundled_path),
+                  replays=["serial"])
+    with directory_lock(tmp_path / "results"):
+        with pytest.raises(DirectoryBusyError, match=rf"results: another attnvar process "
+                                                     rf"\(pid {os.getpid()}\)"):
+            study.run(tmp_path / "results", progress=False)
+        assert not (tmp_path / "results" / "runs").exists()  # refused before writing
+    study.run(tmp_path / "results", progress=False)  # released: the study runs
+    with directory_lock(tmp_path / "results"):
+        with pytest.raises(DirectoryBusyError, match="an analysis"):
+            analyze_study(tmp_path / "results", progress=False)
+    assert issubclass(DirectoryBusyError, ValueError)  # the CLI's one-line error path

@@ -53,6 +53,7 @@ from ..study.store import (
     replay_key,
 )
 from ..util.atomic import remove_stale, write_atomic
+from ..util.lock import directory_lock
 from ..util.progress import progress_bar
 from .controls import POSITIVE_TABLE, positive_control
 from .metrics import analyze, as_view, count_pairs, find_sinks, logit_regression
@@ -186,12 +187,19 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
 
     The exclusion rule and the sink source come from the study's preregistration and
     replays. Cells analysed by an earlier call (same analysis version) are not redone.
+    Holds the directory's lock (util.lock) while it writes.
     """
     results = Path(results)
     runs_path = results / TABLES / "runs.parquet"
     if not runs_path.exists():
         raise FileNotFoundError(f"{runs_path}: no runs table; run the study first")
-    runs = pd.read_parquet(runs_path)
+    with directory_lock(results, "an analysis"):
+        return _analyze_study(results, workers, progress, on_cell)
+
+
+def _analyze_study(results: Path, workers: int, progress: bool,
+                   on_cell: Callable[[str], None] | None) -> dict[str, pd.DataFrame]:
+    runs = pd.read_parquet(results / TABLES / "runs.parquet")
     prereg = preregistration.Preregistration.from_dict(preregistration.load(results)["plan"])
     rule = prereg.exclusion_rule()
     rule_fields = {"always": rule.always, "any_k_of": rule.any_k_of, "k": rule.k}

@@ -15,6 +15,7 @@ import torch
 
 from ..engine import MaskLeak, load_model, load_run
 from ..util.atomic import remove_stale, write_atomic
+from ..util.lock import directory_lock
 from ..util.markdown import markdown_table
 from ..util.progress import progress_bar
 from . import preregistration
@@ -152,8 +153,15 @@ def _groups(cells: list[Cell], size: int) -> list[list[Cell]]:
 
 
 def run_study(study: Study, results: Path, workers: int = 1, progress: bool = True):
+    """Run the study into ``results``, holding the directory's lock (util.lock): a second
+    study or analysis on the same directory is refused while this one writes."""
     if workers < 1:
         raise ValueError(f"workers must be ≥ 1, got {workers}")
+    with directory_lock(results, "another study"):
+        return _run_study(study, results, workers, progress)
+
+
+def _run_study(study: Study, results: Path, workers: int, progress: bool):
     results.mkdir(parents=True, exist_ok=True)
     runs_dir = results / RUNS
     runs_dir.mkdir(exist_ok=True)

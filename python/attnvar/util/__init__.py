@@ -1,4 +1,5 @@
-"""Leaf helpers every layer may use: atomic file output, Markdown tables, progress bars.
+"""Leaf helpers every layer may use: atomic file output, the results-directory lock,
+Markdown tables, progress bars.
 
 Nothing here imports another part of attnvar.
 """
