@@ -18,6 +18,7 @@ swapping out) the test run. GGUF and safetensors files are written byte by byte 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import subprocess
@@ -348,3 +349,53 @@ def test_a_second_writer_on_a_results_directory_is_refused(bundled_path, tmp_pat
         with pytest.raises(DirectoryBusyError, match="an analysis"):
             analyze_study(tmp_path / "results", progress=False)
     assert issubclass(DirectoryBusyError, ValueError)  # the CLI's one-line error path
+
+
+# ---- silent misreadings (issue 27, item 6) -----------------------------------------------------
+@pytest.mark.parametrize("field,value,needle", [
+    ("sample", "no", "sample must be true or false"),
+    ("thresholds", "0.1", "thresholds must be a list"),
+    ("modes", "isolated", "modes must be a list"),
+    ("thresholds", [True], "thresholds: True is not a number"),
+    ("seeds", [1.5], "seeds: 1.5 is not a int"),
+    ("max_steps", 3.0, "max_steps must be an integer"),
+])
+def test_study_fields_of_the_wrong_type_are_refused(tmp_path, field, value, needle):
+    from attnvar.study import Study
+
+    with pytest.raises(ValueError, match=needle):
+        Study(prompts=["a b"], **{field: value})
+    # The same from a TOML file, where these mistakes are made.
+    import json
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(f'prompts = ["a b"]\n{field} = {json.dumps(value)}\n')
+    with pytest.raises(ValueError, match=needle):
+        Study.from_file(cfg)
+
+
+def test_duplicate_prompt_ids_in_a_study_are_refused():
+    from attnvar.study import Study, prompts
+
+    p = prompts.suite("core")[0]
+    with pytest.raises(ValueError, match=f"the id '{p.id}' appears twice"):
+        Study(prompts=[p, p])
+
+
+def test_bytes_prompts_and_bad_interventions_are_refused(bundled_path):
+    model = attnvar.load_model(bundled_path)
+    with pytest.raises(ValueError, match="got bytes"):
+        model.generate(b"The cat", max_steps=1)
+    with pytest.raises(ValueError, match="prompt ids must be integers"):
+        model.generate([1, 2.5], max_steps=1)
+    run = model.generate("The cat sat on the", threshold=0.1, max_steps=3)
+    for iv, needle in (({"layer_begin": 0, "layer_end": 1, "key_slots": [5], "delta": math.nan},
+                        "delta must be a finite number or -inf"),
+                       ({"layer_begin": 0, "layer_end": 1, "key_slots": [5], "delta": math.inf},
+                        "delta must be"),
+                       ({"layer_begin": 0, "layer_end": 1, "key_slot": [5]},
+                        r"unknown keys \['key_slot'\]")):
+        with pytest.raises(ValueError, match=needle):
+            model.replay(run, "serial", interventions=[iv])
+    with pytest.raises(ValueError, match="chunk_size must be an integer ≥ 0"):
+        model.replay(run, "serial", chunk_size=-1)

