@@ -137,6 +137,9 @@ def test_ctrl_c_interrupts_generate_within_a_second_and_the_model_still_works(bu
     code = textwrap.dedent(
         f"""
         import json, os, signal, threading, time
+        # A parent started in the background (cron, nohup … &) hands its children SIGINT
+        # ignored; this test is about what attnvar does with a Ctrl-C that arrives.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         import attnvar as av
         m = av.load_model({str(bundled_path)!r})
         expected = m.generate("The old wizard", threshold=0.2, max_steps=5).bracketed
