@@ -22,9 +22,12 @@ fi
 # The tests and the examples (ctest runs examples/generate_parallel on the default model).
 cmake --build "$BUILD" -j"$(nproc)" --target attnvar_tests generate_parallel
 # Guard against a silently uninstrumented build.
+# (ldd's output is read in full first: `ldd | grep -q` under pipefail fails at random when
+# grep stops reading early and ldd dies of SIGPIPE.)
 for bin in tests/cpp/attnvar_tests examples/generate_parallel; do
-  ldd "$BUILD/$bin" | grep -q libasan || { echo "$bin lacks ASan"; exit 1; }
-  ldd "$BUILD/$bin" | grep -q libubsan || { echo "$bin lacks UBSan"; exit 1; }
+  libs=$(ldd "$BUILD/$bin")
+  grep -q libasan <<<"$libs" || { echo "$bin lacks ASan"; exit 1; }
+  grep -q libubsan <<<"$libs" || { echo "$bin lacks UBSan"; exit 1; }
 done
 echo "== C++ tests under ASan+UBSan ($BUILD)"
 (cd "$BUILD" && ctest --output-on-failure -j2)
