@@ -158,13 +158,21 @@ def distance_levels(pairs: CountedPairs) -> tuple[np.ndarray, np.ndarray]:
     return index, levels[order]
 
 
-def _distance_matched(pairs: CountedPairs, s: torch.Tensor, in_p) -> HeadEstimates:
-    L, H, Q, K = pairs.shape
+def distance_design(pairs: CountedPairs, extra: int) -> tuple[np.ndarray, int]:
+    """The [Q, K, n_dist + extra] design of a distance-matched fit: one dummy per logical
+    distance but the most frequent (the query effects hold that level), then ``extra``
+    zero columns for the caller's effects; and n_dist."""
     index, levels = distance_levels(pairs)
-    # One dummy per distance but the most frequent (the query effects hold the level).
-    x = np.zeros((Q, K, max(len(levels), 1)))  # a run without counted pairs: β only
+    n_dist = max(len(levels) - 1, 0)
+    x = np.zeros((*index.shape, n_dist + extra))
     qi, ki = np.nonzero(index >= 1)
     x[qi, ki, index[qi, ki] - 1] = 1.0
+    return x, n_dist
+
+
+def _distance_matched(pairs: CountedPairs, s: torch.Tensor, in_p) -> HeadEstimates:
+    L, H, Q, K = pairs.shape
+    x, _ = distance_design(pairs, 1)  # a run without counted pairs: β only
     x[:, :, -1] = pairs.key_parallel[None, :]
     # Clusters: query steps (the members of a set share their history), as the SE of
     # every other M1 variant is over steps.

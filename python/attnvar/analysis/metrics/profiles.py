@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .contrast import contrast_estimates, distance_levels
+from .contrast import contrast_estimates, distance_design
 from .counting import CountedPairs
 from .covariates import token_covariates
 from .fixed_effects import fit_within_query, mean_over_heads_se
@@ -87,12 +87,8 @@ def _matched_by_step(pairs: CountedPairs, include: torch.Tensor,
     distance effects and one parallel coefficient per query step, then the mean over the
     heads where δ_t is identified."""
     L, H, Q, K = pairs.shape
-    index, levels = distance_levels(pairs)
     steps, step_index = np.unique(pairs.query_step, return_inverse=True)
-    n_dist = max(len(levels) - 1, 0)
-    x = np.zeros((Q, K, n_dist + len(steps)))
-    qi, ki = np.nonzero(index >= 1)
-    x[qi, ki, index[qi, ki] - 1] = 1.0
+    x, n_dist = distance_design(pairs, len(steps))
     q_all = np.arange(Q)[:, None]
     x[q_all, np.arange(K)[None, :], n_dist + step_index[:, None]] = pairs.key_parallel[None, :]
     fit = fit_within_query(pairs.values("scores").reshape(L * H, Q, K),
@@ -199,11 +195,7 @@ def _matched_class(pairs: CountedPairs, keys: np.ndarray) -> tuple[float, float]
     mean of δ over the heads where it is identified and its cluster-robust SE (clusters:
     query steps)."""
     L, H, Q, K = pairs.shape
-    index, levels = distance_levels(pairs)
-    n_dist = max(len(levels) - 1, 0)
-    x = np.zeros((Q, K, n_dist + 2))
-    qi, ki = np.nonzero(index >= 1)
-    x[qi, ki, index[qi, ki] - 1] = 1.0
+    x, n_dist = distance_design(pairs, 2)
     x[:, :, n_dist] = keys[None, :]
     x[:, :, n_dist + 1] = (keys & pairs.key_parallel)[None, :]
     _, step_index = np.unique(pairs.query_step, return_inverse=True)
