@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..engine import load_run
 from ..study import degeneracy, preregistration
@@ -55,6 +54,7 @@ from ..study.store import (
 from ..util.atomic import remove_stale, write_atomic
 from ..util.lock import directory_lock
 from ..util.progress import progress_bar
+from ..util.threads import limit_worker_threads, one_thread, worker_threads
 from .controls import POSITIVE_TABLE, positive_control
 from .metrics import analyze, as_view, count_pairs, find_sinks, logit_regression
 from .metrics.placebo import placebo_contrasts
@@ -176,10 +176,6 @@ def _analyze_one(results: str, cell_id: str, encodings: list[str], prompt_id: st
     return cell_id
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
                   on_cell: Callable[[str], None] | None = None) -> dict[str, pd.DataFrame]:
     """Analyse every generated run of the study in ``results`` (resumable), then write
@@ -229,11 +225,12 @@ def _analyze_study(results: Path, workers: int, progress: bool,
             on_cell(cell_id)
 
     if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            finished(_analyze_one(*job))
+        with one_thread():
+            for job in jobs:
+                finished(_analyze_one(*job))
     else:
-        threads = max(1, torch.get_num_threads() // workers)
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(threads,)) as pool:
+        with ProcessPoolExecutor(workers, initializer=limit_worker_threads,
+                                 initargs=(worker_threads(workers),)) as pool:
             for f in as_completed([pool.submit(_analyze_one, *job) for job in jobs]):
                 finished(f.result())
     if bar is not None:

@@ -241,7 +241,9 @@ def _logistic_batch(x: np.ndarray, y: np.ndarray, weights: np.ndarray, lams: np.
         mu = 1.0 / (1.0 + np.exp(-np.clip(w @ xa.T, -35, 35)))  # (B, n)
         grad = (weights * (mu - y)) @ xa / nw[:, None] + pen * w
         s = weights * mu * (1.0 - mu)
-        hess = np.einsum("bn,ni,nj->bij", s, xa, xa) / nw[:, None, None]
+        # Σ_n s_bn·x_ni·x_nj as one batched matmul (a three-operand einsum without a
+        # contraction path loops in C over b, i, j and n: 60 of the report's 97 s).
+        hess = np.matmul((s[:, :, None] * xa[None]).transpose(0, 2, 1), xa) / nw[:, None, None]
         hess += pen[:, :, None] * np.eye(p + 1)[None] + eye
         step = np.linalg.solve(hess, grad[:, :, None])[:, :, 0]
         t = np.ones(lams.size)

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
-import torch
 
 from ..engine import MaskLeak, load_model, load_run
 from ..util.atomic import remove_stale, write_atomic
 from ..util.lock import directory_lock
 from ..util.markdown import markdown_table
 from ..util.progress import progress_bar
+from ..util.threads import limit_worker_threads, worker_threads
 from . import preregistration
 from .store import (
     GENERATED_KINDS,
@@ -42,7 +42,7 @@ def _load(model_path, device: str = "cpu"):
 
 def _init_worker(model_path, device: str, threads: int) -> None:
     global _worker_model
-    torch.set_num_threads(threads)
+    limit_worker_threads(threads)
     _worker_model = _load(model_path, device)
 
 
@@ -199,9 +199,9 @@ def _run_study(study: Study, results: Path, workers: int, progress: bool):
                 bar.update(len(group))
                 bar.set_postfix(steps=steps)
     else:
-        threads = max(1, torch.get_num_threads() // workers)
         with ProcessPoolExecutor(workers, initializer=_init_worker,
-                                 initargs=(study.model_path, study.device, threads)) as pool:
+                                 initargs=(study.model_path, study.device,
+                                           worker_threads(workers))) as pool:
             futures = {pool.submit(_worker_cells, study, group, prompts, str(runs_dir)):
                        len(group) for group in _groups(todo, study.batch)}
             for f in as_completed(futures):
