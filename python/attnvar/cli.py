@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .analysis import analyze_study
+from .analysis import CellAnalysis, analyze_study
 from .engine import Capture, load_model, load_run
 from .report import write_report
 from .report.claims import write_findings
@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--no-report", action="store_true",
                    help="stop after the runs (default: analyse them and write the report)")
+    s.add_argument("--tables-only", action="store_true",
+                   help="remove each cell's raw captures once it is analysed: the study "
+                        "keeps its trees and analysis tables (a few % of the bytes)")
 
     h = sub.add_parser("hypotheses",
                        help="analyse a study's results and write the H1–H4 report "
@@ -223,7 +226,13 @@ def _cmd_study(a) -> int:
         if a.batch < 1:
             raise ValueError(f"--batch must be ≥ 1, got {a.batch}")
         study.batch = a.batch
-    study.run(a.out, workers=a.workers, progress=not a.no_progress)
+    if a.tables_only and a.no_report:
+        raise ValueError("--tables-only removes the captures once analysed; with "
+                         "--no-report nothing would analyse them: drop one of the two")
+    # The analysis runs as each group of cells is generated (CellAnalysis), in the
+    # process that generated it; the report's analysis then only gathers the tables.
+    after = None if a.no_report else CellAnalysis(keep_capture=not a.tables_only)
+    study.run(a.out, workers=a.workers, progress=not a.no_progress, after_cells=after)
     print(format_summary(Path(a.out)))
     if a.no_report:
         return 0

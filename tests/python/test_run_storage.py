@@ -3,7 +3,11 @@
 - attention that is exactly the softmax of the stored scores is left out of the pass
   files and recomputed on load, bit for bit (generation, replay, a replay with a key
   bias); attention that is not (f16 storage, or edited after the softmax) is stored;
-- pass files written before this rule (attention stored, no metadata) still load;
+- masked pairs (−∞ in every layer and head) are not stored: each layer keeps the
+  entries outside the pass's mask, and loading restores −∞ / 0 bit for bit — with a −∞
+  key bias in some layers only, NaN scores, f16 captures, and α that is not 0 (or is
+  −0.0) where the scores are masked;
+- pass files written before these rules (attention stored, no metadata) still load;
 - a replay with ``logits=False`` has the same captures and no distributions to store.
 """
 
@@ -18,7 +22,12 @@ from safetensors.torch import save_file
 
 import attnvar
 from attnvar.engine import load_run
-from attnvar.engine.records import ATTENTION_FROM_SCORES, PassRecord
+from attnvar.engine.records import (
+    ATTENTION_FROM_SCORES,
+    SPARSE_TENSORS,
+    STORED_ENTRIES,
+    PassRecord,
+)
 from attnvar.engine.run_store import pass_file
 
 
@@ -88,6 +97,84 @@ def test_attention_that_is_not_the_softmax_is_stored(model, tmp_path):
     back = PassRecord(rec.step, rec.first_slot, rec.num_queries, source=path)
     assert torch.equal(back.attention[3], edited[3]) and torch.equal(back.attention[2],
                                                                      rec.attention[2])
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit for bit (NaN and −0.0 included)."""
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+def _roundtrip(rec: PassRecord, path) -> PassRecord:
+    rec.write(path)
+    return PassRecord(rec.step, rec.first_slot, rec.num_queries, source=path)
+
+
+def test_masked_pairs_are_not_stored_and_come_back_bit_for_bit(model, tmp_path):
+    capture = attnvar.Capture(scores=True)
+    run = model.generate("The cat sat on the", threshold=0.1, max_steps=8, capture=capture)
+    serial = model.replay(run, "serial", capture=capture)
+    parallel = [int(i) for i in run.slots["is_parallel"].to_numpy().nonzero()[0]]
+    assert parallel, "the test needs a parallel step"
+    # A knockout (−∞ bias) in layers 2–3 only: those −∞ are not masked in the other layers.
+    knocked = model.replay(run, "shared_isolated", capture=capture,
+                           interventions=[{"layer_begin": 2, "layer_end": 4,
+                                           "key_slots": parallel, "delta": float("-inf")}])
+    for name, r in (("generate", run), ("serial", serial), ("knocked", knocked)):
+        r.save(tmp_path / name)
+        back = load_run(tmp_path / name)
+        assert _same_bits(back.scores, r.scores) and _same_bits(back.attention, r.attention)
+    with safe_open(str(pass_file(tmp_path / "serial", 0)), "pt") as f:
+        meta = f.metadata()
+        keep = f.get_tensor(STORED_ENTRIES)
+        stored = f.get_tensor("layer000.scores")
+    full = serial.passes[0].scores[0]
+    masked = torch.isneginf(full).all(0)
+    assert torch.equal(keep, ~masked) and masked.sum() > 0.4 * masked.numel()  # causal
+    assert stored.shape == (full.shape[0], int((~masked).sum()))
+    assert meta[SPARSE_TENSORS].split(",") == [f"layer{i:03d}.scores" for i in range(30)]
+    # In the knockout the biased keys are −∞ in layers 2–3 only, so they are stored.
+    kept = load_run(tmp_path / "knocked").passes[0]
+    with safe_open(str(pass_file(tmp_path / "knocked", 0)), "pt") as f:
+        keep = f.get_tensor(STORED_ENTRIES)
+    q = parallel[-1] + 1 if parallel[-1] + 1 < keep.shape[0] else parallel[-1]
+    assert bool(keep[q, parallel[0]]) and torch.isneginf(kept.scores[2][:, q, parallel[0]]).all()
+    # Serial replay: scores at the sparse size, about 60 % of a dense f32 file.
+    dense = sum(t.numel() * 4 for t in serial.passes[0].scores)
+    assert os.path.getsize(pass_file(tmp_path / "serial", 0)) < 0.65 * dense
+
+
+def test_sparse_storage_keeps_odd_values_and_stored_attention(model, tmp_path):
+    run = model.generate("The cat sat on the", threshold=0.1, max_steps=4,
+                         capture=attnvar.Capture(scores=True, dtype="float16"))
+    rec = run.passes[0]  # the prefill: causal, so half its pairs are masked
+    assert torch.isneginf(rec.scores[0]).any()
+    back = _roundtrip(rec, tmp_path / "half.safetensors")
+    with safe_open(str(back.source), "pt") as f:
+        names = f.metadata()[SPARSE_TENSORS].split(",")
+    assert "layer000.attention" in names and "layer000.scores" in names  # f16 α stored sparse
+    for i in range(len(rec.scores)):
+        assert _same_bits(back.scores[i], rec.scores[i])
+        assert _same_bits(back.attention[i], rec.attention[i])
+    # NaN scores are values; α that is not +0.0 where the scores are masked stays dense.
+    scores = [t.clone() for t in rec.scores]
+    attention = [t.clone() for t in rec.attention]
+    scores[1][0, 1, 0] = float("nan")
+    masked = torch.isneginf(scores[4][0])
+    qi, ki = masked.nonzero()[0].tolist()
+    attention[4][0, qi, ki] = 1e-3
+    attention[5][0, qi, ki] = -0.0
+    odd = PassRecord(rec.step, rec.first_slot, rec.num_queries,
+                     {"attention": attention, "scores": scores, "value_norms": []})
+    back = _roundtrip(odd, tmp_path / "odd.safetensors")
+    with safe_open(str(back.source), "pt") as f:
+        names = f.metadata()[SPARSE_TENSORS].split(",")
+    assert "layer004.attention" not in names and "layer005.attention" not in names
+    assert "layer006.attention" in names
+    for i in range(len(scores)):
+        assert _same_bits(back.scores[i], scores[i]), i
+        assert _same_bits(back.attention[i], attention[i]), i
+    assert torch.signbit(back.attention[5][0, qi, ki])
 
 
 def test_pass_files_that_store_attention_still_load(model, tmp_path):

@@ -10,13 +10,16 @@ from . import hypotheses, metrics, predictability, stats
 from .per_cell import (
     ANALYSIS_VERSION,
     TABLE_NAMES,
+    CellAnalysis,
     analyze_cell,
+    analyze_cells,
     analyze_study,
     load_tables,
     read_study,
     write_analysis_tables,
 )
 
-__all__ = ["ANALYSIS_VERSION", "TABLE_NAMES", "analyze_cell", "analyze_study", "hypotheses",
+__all__ = ["ANALYSIS_VERSION", "TABLE_NAMES", "CellAnalysis", "analyze_cell", "analyze_cells",
+           "analyze_study", "hypotheses",
            "load_tables", "metrics", "predictability", "read_study", "stats",
            "write_analysis_tables"]

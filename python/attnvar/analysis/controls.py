@@ -18,6 +18,7 @@ The placebo, the other control, is computed per cell with the rest of the analys
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -100,12 +101,19 @@ def positive_control(results: str | Path, kept: set[str], model_path: str | None
                               "note": f"not run: the model could not be loaded ({e})"}],
                             columns=COLUMNS)
     layer = model.num_layers // 2
+    study_file = results / "study.json"
+    cap = json.loads(study_file.read_text()).get("capture") if study_file.exists() else None
+    top_capture = Capture(**cap) if cap else Capture()
     rows = []
     for r in cells.itertuples(index=False):
         run = load_run(results / RUNS / r.run_id)
-        top_dir = results / RUNS / replay_key(r.run_id, "top_only")
-        sinks = find_sinks(as_view(load_run(top_dir))) if (top_dir / "run.json").exists() \
-            else None
+        # The sinks the cell's analysis used, from its top_only replay — replayed here
+        # (bit for bit the stored one) rather than read, so that a study that kept no
+        # captures has its positive control too. A study without top_only replays used
+        # the first slot (sinks None).
+        has_top = (results / RUNS / replay_key(r.run_id, "top_only") / "run.json").exists()
+        sinks = find_sinks(as_view(model.replay(run.tree, "top_only", capture=top_capture,
+                                                logits=False))) if has_top else None
         rows.append({"cell_id": r.run_id, "prompt_id": r.prompt_id, "mode": r.mode,
                      "threshold": r.threshold, "primary_metric": f"M1 {variant}",
                      **control_one(model, run, sinks, layer, delta, variant, sinks_excluded)})

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from ..engine import load_run
+from ..engine.run_store import remove_capture
 from ..study import degeneracy, preregistration
 from ..study.degeneracy import ExclusionRule
 from ..study.store import (
@@ -176,6 +177,87 @@ def _analyze_one(results: str, cell_id: str, encodings: list[str], prompt_id: st
     return cell_id
 
 
+CAPTURE_REMOVED = "CAPTURE_REMOVED"  # in analysis/: some runs' captures were removed
+
+
+def prepare_analysis(results: Path) -> Path:
+    """The study's ``analysis/`` directory, made ready for this analysis version: tables
+    of another version are removed (they are recomputed) — unless captures were removed
+    after analysis (``keep_capture=False``), when nothing could recompute them and this
+    raises instead."""
+    adir = results / ANALYSIS
+    version_file = adir / "VERSION"
+    if adir.exists() and (not version_file.exists()
+                          or version_file.read_text().strip() != str(ANALYSIS_VERSION)):
+        if (adir / CAPTURE_REMOVED).exists():
+            found = version_file.read_text().strip() if version_file.exists() else "unknown"
+            raise ValueError(
+                f"{adir}: tables of analysis version {found}, and this attnvar's is "
+                f"{ANALYSIS_VERSION}; the study kept no captures (keep_capture=False), so "
+                "they cannot be recomputed: read them with the attnvar that wrote them, or "
+                "rerun the study into a new directory")
+        shutil.rmtree(adir)  # written by another analysis version: recompute
+    adir.mkdir(exist_ok=True)
+    write_atomic(version_file, str(ANALYSIS_VERSION))
+    remove_stale(adir)
+    return adir
+
+
+@dataclass(frozen=True)
+class CellAnalysis:
+    """The per-cell analysis as a study's ``after_cells`` hook (``Study.run``): each group
+    of cells is analysed by the process that generated it, as soon as it is on disk, so
+    the analysis overlaps the generations instead of following them. With
+    ``keep_capture=False`` the raw captures of every analysed cell (its generation and
+    replays) are then removed: the study keeps its trees and tables — a fraction of the
+    bytes — and its peak disk use is the captures of the groups in flight.
+
+    The positive control replays its sample itself, so it needs no stored capture;
+    :func:`analyze_study` then finds every cell done and only gathers the tables."""
+
+    keep_capture: bool = True
+
+    def prepare(self, results: Path) -> None:
+        prepare_analysis(Path(results))
+
+    def __call__(self, results: Path, cell_ids: list[str]) -> None:
+        analyze_cells(results, cell_ids, keep_capture=self.keep_capture)
+
+
+def analyze_cells(results: str | Path, cell_ids: list[str], keep_capture: bool = True) -> None:
+    """Analyse the given generated runs of the study in ``results`` (skipping cells
+    already done), in this process, then, unless ``keep_capture``, remove the captures
+    of every done cell among them. For a study's own processes (its lock is held): call
+    :func:`analyze_study` otherwise."""
+    results = Path(results)
+    study = read_study(results)
+    prereg = preregistration.Preregistration.from_dict(preregistration.load(results)["plan"])
+    rule = prereg.exclusion_rule()
+    rule_fields = {"always": rule.always, "any_k_of": rule.any_k_of, "k": rule.k}
+    adir = results / ANALYSIS
+    runs_dir = results / RUNS
+    with one_thread():
+        for cell_id in cell_ids:
+            if not (runs_dir / cell_id / "run.json").exists():
+                continue
+            if not _done(adir, cell_id):
+                prompt_id = load_run(runs_dir / cell_id).options.get("prompt_id", cell_id)
+                _analyze_one(str(results), cell_id, list(study.get("replays", [])),
+                             prompt_id, rule_fields, placebo_plan(prereg))
+            if not keep_capture:
+                _remove_captures(results, cell_id, study.get("replays", []))
+
+
+def _remove_captures(results: Path, cell_id: str, encodings) -> None:
+    write_atomic(results / ANALYSIS / CAPTURE_REMOVED, "")
+    why = ("the study kept its analysis tables only (keep_capture=False); regenerate the "
+           "run to read its capture")
+    for rid in [cell_id, *(replay_key(cell_id, e) for e in encodings)]:
+        d = results / RUNS / rid
+        if (d / "run.json").exists() and (d / "capture").exists():
+            remove_capture(d, why)
+
+
 def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
                   on_cell: Callable[[str], None] | None = None) -> dict[str, pd.DataFrame]:
     """Analyse every generated run of the study in ``results`` (resumable), then write
@@ -200,14 +282,7 @@ def _analyze_study(results: Path, workers: int, progress: bool,
     rule = prereg.exclusion_rule()
     rule_fields = {"always": rule.always, "any_k_of": rule.any_k_of, "k": rule.k}
     placebo = placebo_plan(prereg)
-    adir = results / ANALYSIS
-    version_file = adir / "VERSION"
-    if adir.exists() and (not version_file.exists()
-                          or version_file.read_text().strip() != str(ANALYSIS_VERSION)):
-        shutil.rmtree(adir)  # written by another analysis version: recompute
-    adir.mkdir(exist_ok=True)
-    write_atomic(version_file, str(ANALYSIS_VERSION))
-    remove_stale(adir)
+    adir = prepare_analysis(results)
     gen = runs[runs["kind"].isin(GENERATED_KINDS)]
     replays = runs[runs["kind"] == "replay"]
     completed = {p.name for p in iter_completed(results / RUNS)}
@@ -291,5 +366,6 @@ def read_study(results: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-__all__ = ["ANALYSIS_VERSION", "TABLE_NAMES", "analyze_cell", "analyze_study", "load_tables",
-           "read_study", "write_analysis_tables"]
+__all__ = ["ANALYSIS_VERSION", "TABLE_NAMES", "CellAnalysis", "analyze_cell", "analyze_cells",
+           "analyze_study", "load_tables", "prepare_analysis", "read_study",
+           "write_analysis_tables"]

@@ -15,6 +15,12 @@ FIELDS = ("attention", "scores", "value_norms")
 # safetensors metadata key: the layers whose attention a pass file does not store, because
 # it is exactly the softmax of the stored scores (written as comma-separated indices).
 ATTENTION_FROM_SCORES = "attention_from_scores"
+# safetensors metadata key: the tensors a pass file stores as the entries of the
+# ``STORED_ENTRIES`` mask only ([H', n] instead of [H', T, S]), comma-separated names.
+SPARSE_TENSORS = "sparse_tensors"
+STORED_ENTRIES = "stored_entries"
+# What each field holds outside the stored entries: a masked score is −∞, its α is 0.
+_FILL = {"scores": float("-inf"), "attention": 0.0}
 
 
 def attention_of(scores: torch.Tensor) -> torch.Tensor:
@@ -43,6 +49,14 @@ class PassRecord:
     on load with the same function: half the bytes of a run that captured both, nothing
     lost. Attention that differs from the softmax of the stored scores — f16 storage, or
     anything edited after the softmax — is stored as it is.
+
+    Masked pairs are not stored either: the (query, key) entries whose score is −∞ in
+    every captured layer and head (a causal replay's upper triangle, an isolated
+    sibling) form the pass's mask, stored once as ``stored_entries`` [T, S], and each
+    layer's scores are stored as ``[H', n]``, the n entries outside it. A stored α is
+    sparse the same way when it is +0.0 at every masked entry (else dense). On load the
+    masked entries are −∞ (scores) and 0 (α) again, bit for bit; NaN or a −∞ that some
+    other layer or head does not share is an ordinary stored value.
     """
 
     def __init__(self, step: int, first_slot: int, num_queries: int,
@@ -70,8 +84,10 @@ class PassRecord:
             from safetensors.torch import load_file
 
             with safe_open(str(self.source), "pt") as f:
-                derived = (f.metadata() or {}).get(ATTENTION_FROM_SCORES, "")
+                meta = f.metadata() or {}
+            derived = meta.get(ATTENTION_FROM_SCORES, "")
             flat = load_file(str(self.source))
+            _densify(flat, meta.get(SPARSE_TENSORS, ""))
             for i in (int(x) for x in derived.split(",") if x):
                 flat[f"layer{i:03d}.attention"] = attention_of(flat[f"layer{i:03d}.scores"])
             self._tensors = {name: [] for name in FIELDS}
@@ -110,8 +126,58 @@ class PassRecord:
                                                      strict=False)) if recomputable(a, s)]
         for i in derived:
             del flat[f"layer{i:03d}.attention"]
-        meta = {ATTENTION_FROM_SCORES: ",".join(str(i) for i in derived)} if derived else None
-        write_with(path, lambda tmp: save_file(flat, tmp, metadata=meta))
+        meta = {ATTENTION_FROM_SCORES: ",".join(str(i) for i in derived)} if derived else {}
+        sparse = _sparsify(flat, fields["scores"])
+        if sparse:
+            meta[SPARSE_TENSORS] = ",".join(sparse)
+        write_with(path, lambda tmp: save_file(flat, tmp, metadata=meta or None))
+
+
+def _is_fill(t: torch.Tensor, fill: float) -> torch.Tensor:
+    """Elementwise: ``t`` holds exactly ``fill`` (−∞, or +0.0 by its bits: not −0.0)."""
+    if fill == 0.0:
+        return (t == 0) & ~torch.signbit(t)
+    return t == fill
+
+
+def _sparsify(flat: dict[str, torch.Tensor], scores: list[torch.Tensor]) -> list[str]:
+    """Replace in ``flat`` each layer's scores (and each stored α that is +0.0 wherever
+    they are masked) by its entries outside the pass's mask; add the mask. Returns the
+    names stored that way (none when nothing is masked, or the layers' shapes differ)."""
+    if not scores or len({tuple(t.shape[1:]) for t in scores}) != 1:
+        return []
+    masked = torch.ones(scores[0].shape[1:], dtype=torch.bool)
+    for t in scores:
+        masked &= _is_fill(t, _FILL["scores"]).all(dim=0)
+    if not masked.any():
+        return []
+    keep = ~masked
+    names = []
+    for name in sorted(flat):
+        field = name.rsplit(".", 1)[1]
+        t = flat[name]
+        if field not in _FILL or t.dim() != 3 or tuple(t.shape[1:]) != tuple(keep.shape):
+            continue
+        if field == "attention" and not bool(_is_fill(t[:, masked], 0.0).all()):
+            continue
+        flat[name] = t[:, keep].contiguous()
+        names.append(name)
+    flat[STORED_ENTRIES] = keep
+    return names
+
+
+def _densify(flat: dict[str, torch.Tensor], sparse: str) -> None:
+    """Undo :func:`_sparsify` in place for the comma-separated tensor names ``sparse``."""
+    names = [n for n in sparse.split(",") if n]
+    if not names:
+        return
+    keep = flat.pop(STORED_ENTRIES)
+    for name in names:
+        values = flat[name]
+        full = torch.full((values.shape[0], *keep.shape), _FILL[name.rsplit(".", 1)[1]],
+                          dtype=values.dtype)
+        full[:, keep] = values
+        flat[name] = full
 
 
 def tree_to_dict(tree: _core.Tree) -> dict:
@@ -158,5 +224,5 @@ def tree_from_dict(d: dict) -> _core.Tree:
     return tree
 
 
-__all__ = ["ATTENTION_FROM_SCORES", "FIELDS", "PassRecord", "attention_of", "recomputable",
-           "tree_from_dict", "tree_to_dict"]
+__all__ = ["ATTENTION_FROM_SCORES", "FIELDS", "SPARSE_TENSORS", "STORED_ENTRIES", "PassRecord",
+           "attention_of", "recomputable", "tree_from_dict", "tree_to_dict"]

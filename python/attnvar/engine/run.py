@@ -45,6 +45,7 @@ class Run:
         timings: dict | None = None,
         distributions: torch.Tensor | None = None,
         visibility: torch.Tensor | None = None,
+        capture_removed: str = "",
     ) -> None:
         self.kind = kind
         self.encoding = encoding
@@ -59,6 +60,8 @@ class Run:
         self.stop_reason = stop_reason
         self.timings = timings or {}
         self.distributions = distributions
+        # Why this saved run has no capture any more (run_store.remove_capture), or "".
+        self.capture_removed = capture_removed
         # What the engine applied: stored with the run, or rebuilt by the engine's one
         # function for runs that were saved without it (visibility.py).
         self.visibility = (visibility.to(torch.bool) if visibility is not None else
@@ -133,6 +136,8 @@ class Run:
     def _assemble(self, name: str) -> torch.Tensor:
         if name in self._dense:
             return self._dense[name]
+        if self.capture_removed:
+            raise ValueError(f"this run's capture was removed: {self.capture_removed}")
         if not self.passes or not getattr(self.passes[0], name):
             raise ValueError(f"this run did not capture {name} (pass capture=Capture(...))")
         if name == "value_norms":

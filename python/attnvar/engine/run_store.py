@@ -85,6 +85,7 @@ def run_to_dict(run: Run) -> dict:
                 {"step": p.step, "first_slot": p.first_slot, "num_queries": p.num_queries}
                 for p in run.passes
             ],
+            **({"removed": run.capture_removed} if run.capture_removed else {}),
         },
     }
 
@@ -180,4 +181,25 @@ def read_run(path: str | os.PathLike) -> dict[str, Any]:
         timings=d.get("timings", {}),
         distributions=extras.get("distributions"),
         visibility=extras.get("visibility"),
+        capture_removed=str(d["capture"].get("removed", "")),
     )
+
+
+def remove_capture(path: str | os.PathLike, reason: str) -> int:
+    """Delete the capture files of the run saved in ``path``, keeping everything else
+    (tree, slots, options, summary, distributions); ``reason`` is recorded in run.json and
+    given by any later attempt to read the capture. run.json is rewritten first, so a
+    crash between the two steps leaves unreferenced files, never a run that names missing
+    ones. Returns the bytes freed."""
+    root = Path(path)
+    meta_path = root / RUN_JSON
+    d = json.loads(meta_path.read_text())
+    d["capture"]["passes"] = []
+    d["capture"]["removed"] = reason
+    write_atomic(meta_path, json.dumps(d))
+    freed = 0
+    capture_dir = root / CAPTURE_DIR
+    if capture_dir.exists():
+        freed = sum(f.stat().st_size for f in capture_dir.iterdir() if f.is_file())
+        shutil.rmtree(capture_dir)
+    return freed

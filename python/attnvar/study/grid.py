@@ -256,12 +256,17 @@ class Study:
         """:meth:`describe` plus the preregistered plan (what study.json stores)."""
         return {**self.describe(), "preregistration": self.preregistration.plan()}
 
-    def run(self, results_dir: str | os.PathLike, workers: int = 1, progress: bool = True):
+    def run(self, results_dir: str | os.PathLike, workers: int = 1, progress: bool = True,
+            after_cells=None):
         """Run every cell not already complete in ``results_dir``; write tables.
 
-        Returns the runs table (pandas DataFrame, one row per run).
+        ``after_cells(results_dir, cell_ids)`` runs after each group of cells in the
+        process that ran it (e.g. ``attnvar.analysis.CellAnalysis()``: the analysis
+        overlaps the generations, and with ``keep_capture=False`` the raw captures are
+        removed once analysed). Returns the runs table (pandas DataFrame, one row per run).
         """
-        return run_study(self, Path(results_dir), workers=workers, progress=progress)
+        return run_study(self, Path(results_dir), workers=workers, progress=progress,
+                         after_cells=after_cells)
 
 
 __all__ = ["MIN_NEW_STEPS", "Study"]

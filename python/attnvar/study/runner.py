@@ -124,8 +124,19 @@ def run_cell(model, study: Study, cell: Cell, prompt, runs_dir: Path, mask_leak=
     return len(run.tree.steps) if run is not None else 0
 
 
-def _worker_cells(study: Study, cells: list[Cell], prompts: dict, runs_dir: str) -> int:
-    return run_cells(_worker_model, study, cells, prompts, Path(runs_dir))
+def _run_group(model, study: Study, cells: list[Cell], prompts: dict, runs_dir: Path,
+               after_cells) -> int:
+    """:func:`run_cells`, then ``after_cells`` (if any) on the group's generated runs."""
+    steps = run_cells(model, study, cells, prompts, runs_dir)
+    if after_cells is not None:
+        sha = model.identity["sha256"]
+        after_cells(runs_dir.parent, [c.key(sha) for c in cells])
+    return steps
+
+
+def _worker_cells(study: Study, cells: list[Cell], prompts: dict, runs_dir: str,
+                  after_cells) -> int:
+    return _run_group(_worker_model, study, cells, prompts, Path(runs_dir), after_cells)
 
 
 def _run_leak_chains(model, study: Study, cells: list[Cell], prompts: dict, runs_dir: Path,
@@ -152,16 +163,22 @@ def _groups(cells: list[Cell], size: int) -> list[list[Cell]]:
     return [cells[i:i + size] for i in range(0, len(cells), size)]
 
 
-def run_study(study: Study, results: Path, workers: int = 1, progress: bool = True):
+def run_study(study: Study, results: Path, workers: int = 1, progress: bool = True,
+              after_cells=None):
     """Run the study into ``results``, holding the directory's lock (util.lock): a second
-    study or analysis on the same directory is refused while this one writes."""
+    study or analysis on the same directory is refused while this one writes.
+
+    ``after_cells``: called as ``after_cells(results, cell_ids)`` by whichever process
+    ran a group of cells, right after it (the per-cell analysis, which can then remove
+    the captures it read); its ``prepare(results)``, if it has one, runs first, once, in
+    this process. It must be picklable when ``workers`` > 1."""
     if workers < 1:
         raise ValueError(f"workers must be ≥ 1, got {workers}")
     with directory_lock(results, "another study"):
-        return _run_study(study, results, workers, progress)
+        return _run_study(study, results, workers, progress, after_cells)
 
 
-def _run_study(study: Study, results: Path, workers: int, progress: bool):
+def _run_study(study: Study, results: Path, workers: int, progress: bool, after_cells):
     results.mkdir(parents=True, exist_ok=True)
     runs_dir = results / RUNS
     runs_dir.mkdir(exist_ok=True)
@@ -172,6 +189,8 @@ def _run_study(study: Study, results: Path, workers: int, progress: bool):
     # directory keeps the plan it was started with.
     preregistration.write(results, study.preregistration, study.describe())
     write_atomic(results / STUDY_FILE, json.dumps(study.describe_with_plan(), indent=1).encode())
+    if after_cells is not None and hasattr(after_cells, "prepare"):
+        after_cells.prepare(results)
     model = _load(study.model_path, study.device)
     sha = model.identity["sha256"]
     prompts = {p.id: p for p in study.prompts}
@@ -192,9 +211,11 @@ def _run_study(study: Study, results: Path, workers: int, progress: bool):
             print("attnvar study: emulate_mask_leak runs each condition's prompts in order in "
                   "one process (workers = 1)", file=sys.stderr)
         steps = _run_leak_chains(model, study, cells, prompts, runs_dir, bar)
+        if after_cells is not None:
+            after_cells(results, [c.key(sha) for c in cells])
     elif workers == 1 or len(todo) <= study.batch:
         for group in _groups(todo, study.batch):
-            steps += run_cells(model, study, group, prompts, runs_dir)
+            steps += _run_group(model, study, group, prompts, runs_dir, after_cells)
             if bar is not None:
                 bar.update(len(group))
                 bar.set_postfix(steps=steps)
@@ -202,7 +223,8 @@ def _run_study(study: Study, results: Path, workers: int, progress: bool):
         with ProcessPoolExecutor(workers, initializer=_init_worker,
                                  initargs=(study.model_path, study.device,
                                            worker_threads(workers))) as pool:
-            futures = {pool.submit(_worker_cells, study, group, prompts, str(runs_dir)):
+            futures = {pool.submit(_worker_cells, study, group, prompts, str(runs_dir),
+                                   after_cells):
                        len(group) for group in _groups(todo, study.batch)}
             for f in as_completed(futures):
                 steps += f.result()
