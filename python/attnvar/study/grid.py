@@ -194,7 +194,11 @@ class Study:
             raise FileNotFoundError(f"study file not found: {path}")
         text = path.read_text()
         if path.suffix in (".yaml", ".yml"):
-            import yaml
+            try:
+                import yaml
+            except ImportError:
+                raise ValueError(f"{path}: a YAML study file needs PyYAML (pip install "
+                                 "'attnvar[yaml]' or pyyaml), or write it in TOML") from None
 
             data = yaml.safe_load(text)
         else:
