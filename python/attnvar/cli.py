@@ -123,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop after the runs (default: analyse them and write the report)")
     s.add_argument("--tables-only", action="store_true",
                    help="remove each cell's raw captures once it is analysed: the study "
-                        "keeps its trees and analysis tables (a few % of the bytes)")
+                        "keeps its trees and analysis tables (a few %% of the bytes)")
 
     h = sub.add_parser("hypotheses",
                        help="analyse a study's results and write the H1–H4 report "

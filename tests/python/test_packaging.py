@@ -84,7 +84,8 @@ def test_the_package_declares_every_third_party_module_it_imports():
 
     root = Path(__file__).resolve().parents[2]
     meta = tomllib.loads((root / "pyproject.toml").read_text())
-    provider = next(m for m in meta["tool"]["dynamic-metadata"] if m["provider"]["module"] == "torch_pin")
+    provider = next(m for m in meta["tool"]["dynamic-metadata"]
+                    if m["provider"]["module"] == "torch_pin")
     declared = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower()
                 for r in provider["requires"]}
     optional = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower()
