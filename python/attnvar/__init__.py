@@ -26,7 +26,7 @@ _check_torch_version(BUILT_WITH_TORCH, _torch.__version__)
 _aliases.install()
 
 from . import _core  # noqa: E402
-from ._core import AttnvarError, ConfigError, FormatError  # noqa: E402
+from ._core import AttnvarError, ConfigError, FormatError, MissingError  # noqa: E402
 from .engine import Capture, Model, Run, build_tree, default_model_path, load_model, load_run  # noqa: E402,I001
 
 
@@ -57,6 +57,7 @@ __all__ = [
     "Capture",
     "ConfigError",
     "FormatError",
+    "MissingError",
     "Model",
     "Run",
     "Tree",

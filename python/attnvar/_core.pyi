@@ -8,13 +8,23 @@ import typing
 
 import torch
 
-__all__: list[str] = ['AttnvarError', 'ConfigError', 'FormatError', 'GenerationResult', 'KVCache', 'LayerCapture', 'Layout', 'Member', 'Model', 'PassCapture', 'ReplayResult', 'SlotRecord', 'Tokenizer', 'Tree', 'TreeStep', 'causal_visibility', 'config_from_hf_json', 'encode', 'generate', 'generate_batch', 'generate_tempo2025', 'gguf_dequantize', 'gguf_metadata', 'gguf_tensor_infos', 'kernel_info', 'load_model', 'load_weights', 'next_distribution', 'printed_set_starts', 'project', 'replay', 'rope_apply', 'rope_inv_freq', 'safetensors_read', 'select_set', 'set_visibility', 'tempo_bug_visibility', 'tempo_leak_mask']
+__all__: list[str] = ['AttnvarError', 'ConfigError', 'FormatError', 'GenerationResult', 'KVCache', 'LayerCapture', 'Layout', 'Member', 'MissingError', 'Model', 'PassCapture', 'ReplayResult', 'SlotRecord', 'Tokenizer', 'Tree', 'TreeStep', 'causal_visibility', 'config_from_hf_json', 'encode', 'generate', 'generate_batch', 'generate_tempo2025', 'gguf_dequantize', 'gguf_metadata', 'gguf_tensor_infos', 'kernel_info', 'load_model', 'load_weights', 'next_distribution', 'printed_set_starts', 'project', 'replay', 'rope_apply', 'rope_inv_freq', 'safetensors_read', 'select_set', 'set_visibility', 'tempo_bug_visibility', 'tempo_leak_mask']
 class AttnvarError(RuntimeError):
-    pass
-class FormatError(ValueError):
-    pass
-class ConfigError(ValueError):
-    pass
+    """
+    Base of every error attnvar raises.
+    """
+class FormatError(AttnvarError, ValueError):
+    """
+    A malformed model, tokenizer, run or study file (names the file and field).
+    """
+class ConfigError(AttnvarError, ValueError):
+    """
+    An unsupported or inconsistent configuration or option.
+    """
+class MissingError(AttnvarError, FileNotFoundError):
+    """
+    A file or directory attnvar needs does not exist (names it).
+    """
 class KVCache:
     """
     Keys and values by slot; positions are metadata.

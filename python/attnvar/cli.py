@@ -4,10 +4,12 @@ the hypothesis report), hypotheses (analysis and report of existing results), in
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
 
+from ._core import MissingError
 from .analysis import CellAnalysis, analyze_study
 from .engine import Capture, load_model, load_run
 from .report import write_report
@@ -262,7 +264,7 @@ def _answers(path: Path) -> str:
 def _cmd_hypotheses(a) -> int:
     results = Path(a.results)
     if not (results / STUDY_FILE).exists():
-        raise FileNotFoundError(f"{results}: not a study results directory (no study.json)")
+        raise MissingError(f"{results}: not a study results directory (no study.json)")
     kwargs = {}
     if a.metric:
         kwargs["metric"] = a.metric
@@ -294,6 +296,9 @@ def _cmd_inspect(a) -> int:
     return 0
 
 
+_USER_OS_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"generate": _cmd_generate, "replay": _cmd_replay, "study": _cmd_study,
@@ -303,6 +308,15 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError) as e:
         print(f"attnvar: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # Where the output cannot be written (disk full, read-only, no permission): one
+        # line, like any user error; nothing half-written is left (files are written
+        # atomically). Other OS errors keep their traceback.
+        if e.errno not in _USER_OS_ERRORS:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"attnvar: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("attnvar: interrupted", file=sys.stderr)

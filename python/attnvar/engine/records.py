@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .. import _core
+from .._core import FormatError
 from ..util.atomic import write_with
 
 FIELDS = ("attention", "scores", "value_norms")
@@ -80,16 +81,16 @@ class PassRecord:
 
     def _fields(self) -> dict[str, list[torch.Tensor]]:
         if self._tensors is None:
-            from safetensors import safe_open
-            from safetensors.torch import load_file
-
-            with safe_open(str(self.source), "pt") as f:
-                meta = f.metadata() or {}
-            derived = meta.get(ATTENTION_FROM_SCORES, "")
-            flat = load_file(str(self.source))
-            _densify(flat, meta.get(SPARSE_TENSORS, ""))
-            for i in (int(x) for x in derived.split(",") if x):
-                flat[f"layer{i:03d}.attention"] = attention_of(flat[f"layer{i:03d}.scores"])
+            meta: dict[str, str] = {}
+            flat = load_tensors(self.source, meta)
+            try:
+                _densify(flat, meta.get(SPARSE_TENSORS, ""))
+                for i in (int(x) for x in meta.get(ATTENTION_FROM_SCORES, "").split(",") if x):
+                    flat[f"layer{i:03d}.attention"] = attention_of(
+                        flat[f"layer{i:03d}.scores"])
+            except (KeyError, ValueError, RuntimeError, IndexError) as e:
+                raise FormatError(f"{self.source}: capture file inconsistent with its "
+                                  f"metadata ({e})") from None
             self._tensors = {name: [] for name in FIELDS}
             for name in FIELDS:
                 layer = 0
@@ -180,6 +181,24 @@ def _densify(flat: dict[str, torch.Tensor], sparse: str) -> None:
         flat[name] = full
 
 
+def load_tensors(path: Path, metadata: dict | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors file ``path`` (and its metadata into ``metadata``);
+    a file that is not valid safetensors raises FormatError naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            if metadata is not None:
+                metadata.update(f.metadata() or {})
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:
+        raise FormatError(f"{path}: not a valid safetensors file ({e})") from None
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise _core.MissingError(f"{path}: capture file is missing") from None
+        raise FormatError(f"{path}: cannot be read ({e})") from None
+
+
 def tree_to_dict(tree: _core.Tree) -> dict:
     return {
         "prompt": list(tree.prompt),
@@ -225,4 +244,4 @@ def tree_from_dict(d: dict) -> _core.Tree:
 
 
 __all__ = ["ATTENTION_FROM_SCORES", "FIELDS", "SPARSE_TENSORS", "STORED_ENTRIES", "PassRecord",
-           "attention_of", "recomputable", "tree_from_dict", "tree_to_dict"]
+           "attention_of", "load_tensors", "recomputable", "tree_from_dict", "tree_to_dict"]

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._build_info import ATTNVAR_VERSION
+from .._core import FormatError, MissingError
 from ..util.atomic import new_staging_dir, publish_dir, write_atomic, write_with
-from .records import PassRecord, tree_from_dict, tree_to_dict
+from .records import PassRecord, load_tensors, tree_from_dict, tree_to_dict
 
 if TYPE_CHECKING:
     from .run import Run
@@ -137,7 +138,7 @@ def _migrate(d: dict, path: Path) -> dict:
         d.setdefault("encoding", "shared_isolated")
         d["schema_version"] = SCHEMA_VERSION
         return d
-    raise ValueError(
+    raise FormatError(
         f"{path}: run schema version {version!r} is not readable by this attnvar "
         f"(reads {SCHEMA_VERSION} and migrates 0); upgrade attnvar to read it"
     )
@@ -145,35 +146,51 @@ def _migrate(d: dict, path: Path) -> dict:
 
 def read_run(path: str | os.PathLike) -> dict[str, Any]:
     """The constructor arguments of the run saved in directory ``path`` (``Run.load``
-    builds the run); capture tensors load lazily, per pass."""
+    builds the run); capture tensors load lazily, per pass. A run directory without
+    run.json raises MissingError; a run.json that is not UTF-8 JSON, lacks a field or
+    holds one of the wrong type raises FormatError naming the file and the field."""
     root = Path(path)
     meta_path = root / RUN_JSON
     if not meta_path.exists():
-        raise FileNotFoundError(f"{root}: not a saved run (no {RUN_JSON})")
+        raise MissingError(f"{root}: not a saved run (no {RUN_JSON})")
     try:
-        d = json.loads(meta_path.read_text())
+        d = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{meta_path}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{meta_path}: corrupt run file: {e}") from e
-    d = _migrate(d, meta_path)
+        raise FormatError(f"{meta_path}: corrupt run file: {e}") from None
+    if not isinstance(d, dict):
+        raise FormatError(f"{meta_path}: a run file holds a JSON object, not "
+                          f"{type(d).__name__}")
+    try:
+        return _run_arguments(_migrate(d, meta_path), root)
+    except KeyError as e:
+        raise FormatError(f"{meta_path}: field {e.args[0]!r} is missing") from None
+    except (TypeError, ValueError, AttributeError, IndexError) as e:
+        if isinstance(e, FormatError):
+            raise
+        raise FormatError(f"{meta_path}: a field has the wrong type or value ({e})") from None
+
+
+def _run_arguments(d: dict, root: Path) -> dict[str, Any]:
     passes = []
     for i, p in enumerate(d["capture"]["passes"]):
         source = pass_file(root, i)
         if not source.exists():
-            raise ValueError(f"{root}: capture file {source.name} is missing")
-        passes.append(PassRecord(p["step"], p["first_slot"], p["num_queries"], source=source))
+            raise FormatError(f"{root}: capture file {source.name} is missing")
+        passes.append(PassRecord(int(p["step"]), int(p["first_slot"]), int(p["num_queries"]),
+                                 source=source))
     extras = {}
     if (root / EXTRAS_FILE).exists():
-        from safetensors.torch import load_file
-
-        extras = load_file(str(root / EXTRAS_FILE))
+        extras = load_tensors(root / EXTRAS_FILE)
     return dict(
-        kind=d["kind"],
-        encoding=d["encoding"],
+        kind=str(d["kind"]),
+        encoding=str(d["encoding"]),
         tree=tree_from_dict(d["tree"]),
-        slot_records=d["slots"],
+        slot_records=list(d["slots"]),
         passes=passes,
-        options=d["options"],
-        model=d["model"],
+        options=dict(d["options"]),
+        model=dict(d["model"]),
         pieces={int(k): v for k, v in d["pieces"].items()},
         capture_layers=d["capture"]["layers"],
         capture_heads=d["capture"]["heads"],

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .._core import MissingError
 from ..engine import ENCODINGS, MODES, POLICIES, Capture
 from . import prompts as prompt_suites
 from .preregistration import Preregistration
@@ -191,7 +192,7 @@ class Study:
         constructor's, ``suite = "core"`` or ``prompts = [...]``, and a [capture] table."""
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"study file not found: {path}")
+            raise MissingError(f"study file not found: {path}")
         text = path.read_text()
         if path.suffix in (".yaml", ".yml"):
             try:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .._core import MissingError
 from ..engine import ENCODINGS
 from ..util.atomic import write_atomic
 from .degeneracy import ExclusionRule
@@ -152,7 +153,7 @@ def load(results: Path) -> dict:
     """The stored record, checked: its hash must match its plan."""
     path = Path(results) / PREREGISTRATION_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no preregistration (run the study with attnvar ≥ 0.1 "
+        raise MissingError(f"{path}: no preregistration (run the study with attnvar ≥ 0.1 "
                                 "or write one with attnvar.preregistration.write)")
     try:
         rec = json.loads(path.read_text())

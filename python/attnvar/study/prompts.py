@@ -25,6 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from .._core import MissingError
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -238,7 +240,7 @@ def load_suite(path: str | os.PathLike[str], format: str | None = None) -> list[
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"prompt suite file not found: {path}")
+        raise MissingError(f"prompt suite file not found: {path}")
     fmt = format if format is not None else _FORMATS.get(path.suffix.lower())
     if fmt not in ("json", "jsonl", "toml", "text"):
         what = f"format {format!r}" if format is not None else f"suffix {path.suffix!r}"
@@ -321,7 +323,7 @@ def _packaged(name: str) -> tuple[Prompt, ...]:
     try:
         content = resource.read_text(encoding="utf-8")
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"packaged prompt suite {name!r} is missing its data file "
+        raise MissingError(f"packaged prompt suite {name!r} is missing its data file "
                                 f"{label}: the attnvar installation is incomplete") from e
     return tuple(_parse(content, "json", label))
 
