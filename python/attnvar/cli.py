@@ -78,9 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--encoding", default="serial",
                    help="shared_isolated | shared_visible | shared_causal | serial | "
                         "fractional | top_only")
-    r.add_argument("--model")
+    r.add_argument("--model", help="model file or directory (default: the run's own)")
     r.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     r.add_argument("--save", help="save the replay to this directory")
+    r.add_argument("--other-model", action="store_true",
+                   help="replay a run made by another model than --model (refused otherwise)")
 
     s = sub.add_parser("study", help="run a study grid into a results directory (the main job)")
     s.add_argument("--out", default="results", help="results directory (default ./results)")
@@ -182,7 +184,8 @@ def _cmd_generate(a) -> int:
 def _cmd_replay(a) -> int:
     src = load_run(a.run)
     model = load_model(a.model or src.model.get("path"), device=a.device)
-    rep = model.replay(src.tree, a.encoding, capture=Capture(scores=True) if a.save else None)
+    rep = model.replay(src, a.encoding, capture=Capture(scores=True) if a.save else None,
+                       other_model=a.other_model)
     print(json.dumps({"encoding": rep.encoding, **rep.summary()}, indent=1))
     if a.save:
         rep.save(a.save)

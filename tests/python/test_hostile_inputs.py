@@ -12,6 +12,8 @@
   file safetensors' own error without the path, a missing file a bare FileNotFoundError;
   now FormatError / MissingError, both AttnvarError and the builtin (ValueError,
   FileNotFoundError). The CLI printed tracebacks for a full or read-only disk: one line.
+- Replaying a run made by another model succeeded whenever its ids fit the vocabulary:
+  refused now, unless the caller passes ``other_model=True``.
 
 The crash and allocation reproducers run in a child interpreter under a timeout and a
 2 GiB address-space limit, so a regression fails the test instead of taking down (or
@@ -505,3 +507,17 @@ def test_cli_reports_a_full_or_read_only_disk_in_one_line(monkeypatch, capsys, c
         OSError(errno.EIO, "I/O error")))
     with pytest.raises(OSError):
         cli.main(["inspect", "/results/runs/abc"])
+
+
+def test_replaying_a_run_of_another_model_is_refused_unless_asked(bundled_path):
+    model = attnvar.load_model(bundled_path)
+    run = model.generate("The cat sat on the", threshold=0.1, max_steps=2)
+    assert model.replay(run, "serial", logits=False).num_slots == run.num_slots  # same model
+    own = run.model["sha256"]
+    run.model = {**run.model, "sha256": "0" * 64, "path": "/elsewhere/other.gguf"}
+    with pytest.raises(ValueError, match="made by another model.*other_model=True") as err:
+        model.replay(run, "serial")
+    assert "/elsewhere/other.gguf" in str(err.value) and own[:12] in str(err.value)
+    again = model.replay(run, "serial", logits=False, other_model=True)
+    assert again.num_slots == run.num_slots
+    model.replay(run.tree, "serial", logits=False)  # a bare tree carries no model

@@ -319,14 +319,27 @@ class Model:
         policy: str = "mixture",
         temperature: float = 1.0,
         logits: bool = True,
+        other_model: bool = False,
     ) -> Run:
         """Teacher-force ``tree`` (a Run's tree or a hand-built one) under ``encoding``,
         holding the text fixed. ``interventions``: dicts (layer_begin, layer_end,
         key_slots, heads=None, delta=-inf) in the replay's slot space. ``logits=False``
         skips the output projection: the run has its captures but no next-step
         distributions (``run.distributions`` is None), and costs less to compute and to
-        store."""
+        store.
+
+        A Run made by another model (its recorded weights' sha256 differs from this
+        model's) is refused: its token ids mean other tokens here, even where they fit
+        the vocabulary. ``other_model=True`` replays it anyway (e.g. a model and its
+        fine-tune sharing a tokenizer); a bare tree carries no model and is not checked."""
         if isinstance(tree, Run):
+            made_by = (tree.model or {}).get("sha256")
+            if made_by and made_by != self.identity.get("sha256") and not other_model:
+                raise ValueError(
+                    f"replay: this run was made by another model ({tree.model.get('path')}, "
+                    f"sha256 {made_by[:12]}…) than this one ({self.path}, sha256 "
+                    f"{str(self.identity.get('sha256'))[:12]}…); its token ids name other "
+                    "tokens here. Pass other_model=True to replay it anyway")
             tree = tree.tree
         _check_choice("encoding", encoding, ENCODINGS)
         if isinstance(chunk_size, bool) or int(chunk_size) < 0:
