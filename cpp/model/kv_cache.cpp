@@ -19,6 +19,12 @@ KVCache::KVCache(int64_t num_layers, int64_t num_kv_heads, int64_t head_dim,
     throw ConfigError(fmt::format("kv_cache: bad shape (layers {}, kv heads {}, head_dim {})",
                                   num_layers, num_kv_heads, head_dim));
   }
+  // The initial capacity is a request, not a header value, but a typo (2**40) must not
+  // become a multi-terabyte allocation error from the allocator: refuse it by name.
+  if (initial_capacity < 0 || initial_capacity > kMaxCacheSlots) {
+    throw ConfigError(fmt::format("kv_cache: initial_capacity must be in [0, {}] slots, got {}",
+                                  kMaxCacheSlots, initial_capacity));
+  }
   keys_ = at::zeros({num_layers_, num_kv_heads_, capacity_, head_dim_}, options);
   values_ = at::zeros_like(keys_);
 }

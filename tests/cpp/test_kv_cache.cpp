@@ -79,3 +79,11 @@ TEST_CASE("kv cache rejects bad slots and writes beyond its reservation", "[kv_c
   CHECK_THROWS_AS(KVCache(0, 1, 4, at::TensorOptions()), ConfigError);
   CHECK(cache.size() == 2);
 }
+
+TEST_CASE("kv cache refuses an initial capacity outside [0, kMaxCacheSlots]", "[kv_cache]") {
+  const auto opts = at::TensorOptions().dtype(at::kFloat);
+  CHECK_THROWS_AS(attnvar::KVCache(2, 1, 4, opts, attnvar::kMaxCacheSlots + 1),
+                  attnvar::ConfigError);
+  CHECK_THROWS_AS(attnvar::KVCache(2, 1, 4, opts, -1), attnvar::ConfigError);
+  CHECK(attnvar::KVCache(2, 1, 4, opts, 0).capacity() >= 1);
+}

@@ -34,3 +34,11 @@ TEST_CASE("set visibility: isolated, visible and causal siblings", "[visibility]
   CHECK(sibling_visibility_from_string("visible") == SiblingVisibility::kVisible);
   CHECK_THROWS_AS(sibling_visibility_from_string("open"), ConfigError);
 }
+
+TEST_CASE("negative slot counts are a ConfigError, not a torch shape error", "[visibility]") {
+  CHECK_THROWS_AS(attnvar::causal_visibility(-5, 0), attnvar::ConfigError);
+  CHECK_THROWS_AS(attnvar::causal_visibility(3, -2), attnvar::ConfigError);
+  CHECK_THROWS_AS(attnvar::set_visibility(-1, 3, attnvar::SiblingVisibility::kIsolated),
+                  attnvar::ConfigError);
+  CHECK(attnvar::causal_visibility(0, 4).size(0) == 0);
+}

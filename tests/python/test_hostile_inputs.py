@@ -14,6 +14,9 @@
   FileNotFoundError). The CLI printed tracebacks for a full or read-only disk: one line.
 - Replaying a run made by another model succeeded whenever its ids fit the vocabulary:
   refused now, unless the caller passes ``other_model=True``.
+- Out-of-range seeds reached pybind11 ("incompatible function arguments"), and
+  ``new_cache(2**40)`` / negative visibility sizes reached torch's allocator and shape
+  checks: ValueError / ConfigError naming the argument.
 
 The crash and allocation reproducers run in a child interpreter under a timeout and a
 2 GiB address-space limit, so a regression fails the test instead of taking down (or
@@ -521,3 +524,24 @@ def test_replaying_a_run_of_another_model_is_refused_unless_asked(bundled_path):
     again = model.replay(run, "serial", logits=False, other_model=True)
     assert again.num_slots == run.num_slots
     model.replay(run.tree, "serial", logits=False)  # a bare tree carries no model
+
+
+def test_out_of_range_seeds_and_sizes_are_value_errors_naming_the_argument(bundled_path):
+    model = attnvar.load_model(bundled_path)
+    for seed in (-1, 2**64, 2**70, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="seed must be an integer in"):
+            model.generate("The cat", max_steps=1, sample=True, seed=seed)
+    with pytest.raises(ValueError, match="request 1: seed"):
+        model.generate_many(["The cat", {"prompt": "A dog", "seed": -4}], max_steps=1)
+    assert model.generate("The cat", max_steps=1, sample=True, seed=2**64 - 1).tree.steps
+    # Sizes that used to reach torch's allocator or shape checks.
+    with pytest.raises(attnvar.ConfigError, match="initial_capacity must be in"):
+        model.core.new_cache(initial_capacity=2**40)
+    with pytest.raises(attnvar.ConfigError, match="initial_capacity must be in"):
+        model.core.new_cache(initial_capacity=-1)
+    with pytest.raises(attnvar.ConfigError, match="causal_visibility: slot counts"):
+        _core.causal_visibility(-5, 0)
+    with pytest.raises(attnvar.ConfigError, match="causal_visibility: slot counts"):
+        _core.causal_visibility(3, -2)
+    with pytest.raises(attnvar.ConfigError, match="set_visibility: slot counts"):
+        _core.set_visibility(-1, 3, "isolated")

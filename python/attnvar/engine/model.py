@@ -124,6 +124,14 @@ def _id_list(name: str, ids: Sequence[int]) -> list[int]:
     return out
 
 
+def _check_seed(seed, where: str = "seed") -> int:
+    """The sampling seed as the engine takes it: an integer in [0, 2⁶⁴)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+            or not 0 <= int(seed) < 2**64:
+        raise ValueError(f"{where} must be an integer in [0, 2**64), got {seed!r}")
+    return int(seed)
+
+
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
@@ -275,6 +283,7 @@ class Model:
         _check_choice("mode", mode, MODES)
         _check_choice("policy", policy, POLICIES)
         _check_choice("stop_on", stop_on, STOP_RULES)
+        seed = _check_seed(seed)
         ids = self.encode(prompt, add_bos)
         kw, layers, heads = self._capture_kwargs(capture, len(ids) + max_steps * max_width)
         stream = None
@@ -400,6 +409,8 @@ class Model:
             _check_choice("mode", mode, MODES)
             _check_choice("policy", opts.get("policy", "mixture"), POLICIES)
             _check_choice("stop_on", opts.get("stop_on", "any_eos"), STOP_RULES)
+            if "seed" in opts:
+                opts["seed"] = _check_seed(opts["seed"], f"generate_many: request {i}: seed")
             ids = self.encode(req["prompt"], opts.pop("add_bos", None))
             opts["eos_ids"] = list(self.eos_ids if opts.get("eos_ids") is None
                                    else opts["eos_ids"])

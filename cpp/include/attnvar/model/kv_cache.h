@@ -22,6 +22,10 @@ struct SlotInfo {
   int64_t token_id = -1;
 };
 
+// The largest initial capacity a cache accepts (16 M slots, far past any model's context);
+// the cache still grows beyond its initial capacity as slots are appended.
+inline constexpr int64_t kMaxCacheSlots = int64_t{1} << 24;
+
 class KVCache {
  public:
   // keys/values: (num_layers, num_kv_heads, capacity, head_dim) in `options`.
