@@ -482,6 +482,9 @@ def test_corrupt_or_missing_capture_files_are_format_errors_naming_the_file(save
     target = pass_file(path, 1)
     target.write_bytes(target.read_bytes()[:40])  # truncated mid-header
     run = attnvar.load_run(path)  # captures load lazily
+    with pytest.raises(attnvar.FormatError, match="pass_00001.safetensors: checksum mismatch"):
+        run.scores  # noqa: B018
+    run = attnvar.load_run(path, verify=False)  # unchecked: the parser names the file
     with pytest.raises(attnvar.FormatError, match="pass_00001.safetensors") as err:
         run.scores  # noqa: B018
     assert "not a valid safetensors file" in str(err.value)

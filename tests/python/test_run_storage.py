@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -181,7 +182,13 @@ def test_pass_files_that_store_attention_still_load(model, tmp_path):
     run = model.generate("The cat sat on the", threshold=0.1, max_steps=4,
                          capture=attnvar.Capture(scores=True))
     run.save(tmp_path / "run")
-    # Rewrite every pass file the way attnvar wrote them before: both fields, no metadata.
+    # Rewrite every pass file the way attnvar wrote them before: both fields, no metadata,
+    # and no checksums in run.json.
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    for entry in meta["capture"]["passes"]:
+        del entry["sha256"]
+    meta.pop("extras_sha256", None)
+    (tmp_path / "run" / "run.json").write_text(json.dumps(meta))
     for i, rec in enumerate(run.passes):
         flat = {f"layer{j:03d}.{n}": t.contiguous() for n, ts in
                 (("attention", rec.attention), ("scores", rec.scores)) for j, t in enumerate(ts)}
@@ -203,3 +210,36 @@ def test_replay_without_logits_keeps_its_captures_and_stores_no_distributions(mo
           f"{_bytes(tmp_path / 'lean')} without")
     assert _bytes(tmp_path / "lean") < _bytes(tmp_path / "full")
     assert load_run(tmp_path / "lean").distributions is None
+
+
+def test_every_tensor_file_is_checksummed_and_a_changed_byte_is_caught(model, tmp_path,
+                                                                      monkeypatch):
+    run = model.generate("The cat sat on the", threshold=0.1, max_steps=4,
+                         capture=attnvar.Capture(scores=True), keep_distributions=True)
+    run.save(tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert all(len(p["sha256"]) == 64 for p in meta["capture"]["passes"])
+    assert len(meta["extras_sha256"]) == 64
+    assert torch.equal(load_run(tmp_path / "run").scores, run.scores)  # verified, intact
+    # One flipped bit in a stored score: still valid safetensors, caught by the checksum.
+    target = pass_file(tmp_path / "run", 2)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x10  # the middle of the data section: layer scores
+    target.write_bytes(bytes(data))
+    with pytest.raises(attnvar.FormatError, match="pass_00002.safetensors: checksum mismatch"):
+        load_run(tmp_path / "run").scores  # noqa: B018
+    # The documented opt-out reads it unchecked (and so differently).
+    monkeypatch.setenv("ATTNVAR_VERIFY_CHECKSUMS", "0")
+    assert not torch.equal(load_run(tmp_path / "run").scores, run.scores)
+    assert not torch.equal(load_run(tmp_path / "run", verify=False).scores, run.scores)
+    monkeypatch.delenv("ATTNVAR_VERIFY_CHECKSUMS")
+    # A changed extras file, and a deleted one that run.json still records.
+    extras = tmp_path / "run" / "extras.safetensors"
+    data = bytearray(extras.read_bytes())
+    data[-1] ^= 0x01
+    extras.write_bytes(bytes(data))
+    with pytest.raises(attnvar.FormatError, match="extras.safetensors: checksum mismatch"):
+        load_run(tmp_path / "run", verify=True)
+    extras.unlink()
+    with pytest.raises(attnvar.FormatError, match="extras.safetensors is missing"):
+        load_run(tmp_path / "run")

@@ -62,12 +62,13 @@ class PassRecord:
 
     def __init__(self, step: int, first_slot: int, num_queries: int,
                  tensors: dict[str, list[torch.Tensor]] | None = None,
-                 source: Path | None = None) -> None:
+                 source: Path | None = None, sha256: str | None = None) -> None:
         self.step = step
         self.first_slot = first_slot
         self.num_queries = num_queries
         self._tensors = tensors
         self.source = source
+        self.sha256 = sha256  # of the source file, checked when it is read (None: not)
 
     @classmethod
     def from_core(cls, p) -> PassRecord:
@@ -82,7 +83,7 @@ class PassRecord:
     def _fields(self) -> dict[str, list[torch.Tensor]]:
         if self._tensors is None:
             meta: dict[str, str] = {}
-            flat = load_tensors(self.source, meta)
+            flat = load_tensors(self.source, meta, sha256=self.sha256)
             try:
                 _densify(flat, meta.get(SPARSE_TENSORS, ""))
                 for i in (int(x) for x in meta.get(ATTENTION_FROM_SCORES, "").split(",") if x):
@@ -181,22 +182,55 @@ def _densify(flat: dict[str, torch.Tensor], sparse: str) -> None:
         flat[name] = full
 
 
-def load_tensors(path: Path, metadata: dict | None = None) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path, metadata: dict | None = None,
+                 sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Every tensor of the safetensors file ``path`` (and its metadata into ``metadata``);
-    a file that is not valid safetensors raises FormatError naming it."""
+    a file that is not valid safetensors raises FormatError naming it. With ``sha256``
+    the file's bytes are read once, checked against it (FormatError on a mismatch) and
+    parsed from memory."""
+    import hashlib
+
     from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load as load_bytes
 
     try:
-        with safe_open(str(path), "pt") as f:
-            if metadata is not None:
-                metadata.update(f.metadata() or {})
-            return {k: f.get_tensor(k) for k in f.keys()}
+        if sha256 is None:
+            with safe_open(str(path), "pt") as f:
+                if metadata is not None:
+                    metadata.update(f.metadata() or {})
+                return {k: f.get_tensor(k) for k in f.keys()}
+        data = Path(path).read_bytes()
+        found = hashlib.sha256(data).hexdigest()
+        if found != sha256:
+            raise FormatError(f"{path}: checksum mismatch — the file changed after it was "
+                              f"written (run.json records sha256 {sha256[:16]}…, the file "
+                              f"has {found[:16]}…)")
+        if metadata is not None:
+            metadata.update(_header_metadata(data, path))
+        return load_bytes(data)
     except SafetensorError as e:
         raise FormatError(f"{path}: not a valid safetensors file ({e})") from None
     except OSError as e:
         if isinstance(e, FileNotFoundError):
             raise _core.MissingError(f"{path}: capture file is missing") from None
         raise FormatError(f"{path}: cannot be read ({e})") from None
+
+
+def _header_metadata(data: bytes, path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file held in memory (8-byte little-endian
+    header length, then the JSON header)."""
+    import json
+    import struct
+
+    try:
+        (n,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+        meta = header.get("__metadata__") or {}
+        if not isinstance(meta, dict):
+            raise ValueError("__metadata__ is not an object")
+        return {str(k): str(v) for k, v in meta.items()}
+    except (struct.error, ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise FormatError(f"{path}: not a valid safetensors file ({e})") from None
 
 
 def tree_to_dict(tree: _core.Tree) -> dict:

@@ -260,9 +260,11 @@ class Run:
         run_store.save_run(self, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Run:
-        """Read a run written by :meth:`save`; capture tensors load lazily, per pass."""
-        return cls(**run_store.read_run(path))
+    def load(cls, path: str | os.PathLike, verify: bool | None = None) -> Run:
+        """Read a run written by :meth:`save`; capture tensors load lazily, per pass, each
+        file checked against the SHA-256 recorded in run.json (``verify``; default yes
+        unless ``ATTNVAR_VERIFY_CHECKSUMS=0``)."""
+        return cls(**run_store.read_run(path, verify))
 
     def summary(self) -> dict[str, Any]:
         """Per-run figures for study tables."""
@@ -280,6 +282,7 @@ class Run:
         }
 
 
-def load_run(path: str | os.PathLike) -> Run:
-    """Read a run written by :meth:`Run.save` (``Run.load``)."""
-    return Run.load(path)
+def load_run(path: str | os.PathLike, verify: bool | None = None) -> Run:
+    """Read a run written by :meth:`Run.save` (``Run.load``; ``verify``: check the
+    tensor files' checksums, default yes unless ``ATTNVAR_VERIFY_CHECKSUMS=0``)."""
+    return Run.load(path, verify)

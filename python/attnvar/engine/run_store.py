@@ -117,7 +117,12 @@ def save_run(run: Run, path: str | os.PathLike, staging: Path | None = None) -> 
             from safetensors.torch import save_file
 
             write_with(staging / EXTRAS_FILE, lambda tmp: save_file(extras, tmp))
-        write_atomic(staging / RUN_JSON, json.dumps(run_to_dict(run)))
+        meta = run_to_dict(run)
+        for i, entry in enumerate(meta["capture"]["passes"]):
+            entry["sha256"] = file_sha256(pass_file(staging, i))
+        if (staging / EXTRAS_FILE).exists():
+            meta["extras_sha256"] = file_sha256(staging / EXTRAS_FILE)
+        write_atomic(staging / RUN_JSON, json.dumps(meta))
         publish_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -144,11 +149,16 @@ def _migrate(d: dict, path: Path) -> dict:
     )
 
 
-def read_run(path: str | os.PathLike) -> dict[str, Any]:
+def read_run(path: str | os.PathLike, verify: bool | None = None) -> dict[str, Any]:
     """The constructor arguments of the run saved in directory ``path`` (``Run.load``
     builds the run); capture tensors load lazily, per pass. A run directory without
     run.json raises MissingError; a run.json that is not UTF-8 JSON, lacks a field or
-    holds one of the wrong type raises FormatError naming the file and the field."""
+    holds one of the wrong type raises FormatError naming the file and the field.
+
+    ``verify`` (default :func:`verify_default`): check each tensor file against the
+    SHA-256 run.json records for it when the file is read, raising FormatError on a
+    mismatch. Runs saved before checksums were recorded load unverified."""
+    verify = verify_default() if verify is None else bool(verify)
     root = Path(path)
     meta_path = root / RUN_JSON
     if not meta_path.exists():
@@ -163,7 +173,7 @@ def read_run(path: str | os.PathLike) -> dict[str, Any]:
         raise FormatError(f"{meta_path}: a run file holds a JSON object, not "
                           f"{type(d).__name__}")
     try:
-        return _run_arguments(_migrate(d, meta_path), root)
+        return _run_arguments(_migrate(d, meta_path), root, verify)
     except KeyError as e:
         raise FormatError(f"{meta_path}: field {e.args[0]!r} is missing") from None
     except (TypeError, ValueError, AttributeError, IndexError) as e:
@@ -172,17 +182,21 @@ def read_run(path: str | os.PathLike) -> dict[str, Any]:
         raise FormatError(f"{meta_path}: a field has the wrong type or value ({e})") from None
 
 
-def _run_arguments(d: dict, root: Path) -> dict[str, Any]:
+def _run_arguments(d: dict, root: Path, verify: bool) -> dict[str, Any]:
     passes = []
     for i, p in enumerate(d["capture"]["passes"]):
         source = pass_file(root, i)
         if not source.exists():
             raise FormatError(f"{root}: capture file {source.name} is missing")
         passes.append(PassRecord(int(p["step"]), int(p["first_slot"]), int(p["num_queries"]),
-                                 source=source))
+                                 source=source,
+                                 sha256=str(p["sha256"]) if verify and "sha256" in p else None))
     extras = {}
     if (root / EXTRAS_FILE).exists():
-        extras = load_tensors(root / EXTRAS_FILE)
+        extras = load_tensors(root / EXTRAS_FILE,
+                              sha256=d.get("extras_sha256") if verify else None)
+    elif "extras_sha256" in d:
+        raise FormatError(f"{root}: {EXTRAS_FILE} is missing (run.json records its checksum)")
     return dict(
         kind=str(d["kind"]),
         encoding=str(d["encoding"]),
@@ -200,6 +214,26 @@ def _run_arguments(d: dict, root: Path) -> dict[str, Any]:
         visibility=extras.get("visibility"),
         capture_removed=str(d["capture"].get("removed", "")),
     )
+
+
+VERIFY_ENV = "ATTNVAR_VERIFY_CHECKSUMS"
+
+
+def verify_default() -> bool:
+    """Whether loaded runs check their tensor files' checksums: yes, unless the
+    environment sets ``ATTNVAR_VERIFY_CHECKSUMS=0`` (for speed; hashing costs about
+    1 ms per MB read)."""
+    return os.environ.get(VERIFY_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def remove_capture(path: str | os.PathLike, reason: str) -> int:
