@@ -8,6 +8,7 @@ back from the capture: a pre-softmax score is -inf exactly where a key was hidde
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -336,5 +337,9 @@ def test_saved_runs_rebuild_the_state_and_keep_their_mask(model, tmp_path):
         save_file(extras, str(tmp_path / "run1" / EXTRAS_FILE))
     else:
         (tmp_path / "run1" / EXTRAS_FILE).unlink()
+    # Saved before runs recorded checksums too: run.json names no extras checksum.
+    meta = json.loads((tmp_path / "run1" / "run.json").read_text())
+    meta.pop("extras_sha256", None)
+    (tmp_path / "run1" / "run.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="stale-mask leak"):
         attnvar.load_run(tmp_path / "run1")

@@ -5,6 +5,8 @@ score is -inf exactly where the engine hid the key."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -84,6 +86,10 @@ def test_saved_runs_keep_it_and_older_saves_get_it_rebuilt(bug_run, tmp_path, st
             save_file(extras, str(tmp_path / "run" / EXTRAS_FILE))
         else:
             (tmp_path / "run" / EXTRAS_FILE).unlink()
+        # Saved before runs recorded checksums too: run.json names no extras checksum.
+        meta = json.loads((tmp_path / "run" / "run.json").read_text())
+        meta.pop("extras_sha256", None)
+        (tmp_path / "run" / "run.json").write_text(json.dumps(meta))
     loaded = attnvar.load_run(tmp_path / "run")
     assert torch.equal(loaded.visibility, bug_run.visibility)
     assert np.array_equal(am.as_view(loaded).visibility, bug_run.visibility.numpy())

@@ -25,8 +25,6 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .._core import MissingError
-
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -120,6 +118,17 @@ class Prompt:
             raise ValueError(f"prompt {self.id!r}: pair must be a non-empty string or None, "
                              f"got {self.pair!r}")
 
+
+
+def _missing(message: str) -> FileNotFoundError:
+    """attnvar.MissingError (a FileNotFoundError) when this module is part of the
+    package; a plain FileNotFoundError where it is loaded on its own (it needs only the
+    standard library)."""
+    try:
+        from .._core import MissingError
+    except ImportError:
+        return FileNotFoundError(message)
+    return MissingError(message)
 
 def infer_structure(text: str) -> str:
     """The structure of a prose prompt by the documented rule.
@@ -240,7 +249,7 @@ def load_suite(path: str | os.PathLike[str], format: str | None = None) -> list[
     """
     path = Path(path)
     if not path.exists():
-        raise MissingError(f"prompt suite file not found: {path}")
+        raise _missing(f"prompt suite file not found: {path}")
     fmt = format if format is not None else _FORMATS.get(path.suffix.lower())
     if fmt not in ("json", "jsonl", "toml", "text"):
         what = f"format {format!r}" if format is not None else f"suffix {path.suffix!r}"
@@ -323,7 +332,7 @@ def _packaged(name: str) -> tuple[Prompt, ...]:
     try:
         content = resource.read_text(encoding="utf-8")
     except FileNotFoundError as e:
-        raise MissingError(f"packaged prompt suite {name!r} is missing its data file "
+        raise _missing(f"packaged prompt suite {name!r} is missing its data file "
                                 f"{label}: the attnvar installation is incomplete") from e
     return tuple(_parse(content, "json", label))
 
