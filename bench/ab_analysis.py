@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness_util import ab_main  # noqa: E402
+from harness_util import ab_main, print_round_ratios  # noqa: E402
 
 
 def worker(reps: int, threads: int) -> dict:
@@ -74,12 +74,7 @@ def main() -> int:
     for b in builds:
         print(f"{b}: " + ", ".join(
             f"{k} {statistics.median(x[k] for x in results[b]):.3f}" for k in keys))
-    if len(builds) == 2:
-        a, b = builds
-        print(f"\nper-round ratio {a} ÷ {b} (speed-up of the second):")
-        for k in keys:
-            rs = [x[k] / y[k] for x, y in zip(results[a], results[b], strict=True)]
-            print(f"  {k}: " + " ".join(f"{r:.2f}" for r in rs))
+    print_round_ratios(builds, results, keys)
     return 0
 
 

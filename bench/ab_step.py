@@ -15,7 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness_util import ab_main  # noqa: E402
+from harness_util import ab_main, print_round_ratios  # noqa: E402
 
 KS = (1, 2, 4, 8, 16)
 
@@ -68,12 +68,7 @@ def main() -> int:
         print(f"{b}: " + ", ".join(
             f"{k} {v:.1f}" + (f" [{v / med['k1_ms']:.2f}]" if k.startswith("k") else "")
             for k, v in med.items()))
-    if len(builds) == 2:
-        a, b = builds
-        print(f"\nper-round ratio {a} ÷ {b} (speed-up of the second):")
-        for k in keys:
-            rs = [x[k] / y[k] for x, y in zip(results[a], results[b], strict=True)]
-            print(f"  {k}: " + " ".join(f"{r:.2f}" for r in rs))
+    print_round_ratios(builds, results, keys)
     return 0
 
 

@@ -284,3 +284,13 @@ def ab_main(description: str, script: str, worker, rounds: int, reps: int,
     return args.builds, ab_rounds(script, args.builds, args.rounds, args.reps, args.threads,
                                   fmt)
 
+
+def print_round_ratios(builds: list[str], results: dict[str, list[dict]], keys) -> None:
+    """With two builds: each key's per-round ratio first ÷ second (the second's speed-up)."""
+    if len(builds) != 2:
+        return
+    a, b = builds
+    print(f"\nper-round ratio {a} ÷ {b} (speed-up of the second):")
+    for k in keys:
+        rs = [x[k] / y[k] for x, y in zip(results[a], results[b], strict=True)]
+        print(f"  {k}: " + " ".join(f"{r:.2f}" for r in rs))
