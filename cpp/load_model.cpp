@@ -7,7 +7,10 @@
 #include <malloc.h>
 #endif
 
+#include <fmt/format.h>
+
 #include "attnvar/error.h"
+#include "attnvar/model/weights.h"
 
 namespace attnvar {
 namespace fs = std::filesystem;
@@ -15,7 +18,8 @@ namespace fs = std::filesystem;
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
   const fs::path p(path);
   if (!fs::exists(p)) throw MissingError(path + ": no such file or directory");
-  if (p.extension() == ".gguf") return std::make_unique<Tokenizer>(Tokenizer::from_gguf_file(p));
+  // The rule load_weights uses (content, not name): tokenizer and weights from one file.
+  if (is_gguf_model(path)) return std::make_unique<Tokenizer>(Tokenizer::from_gguf_file(p));
   if (fs::is_directory(p)) {
     if (!fs::exists(p / "tokenizer.json")) return nullptr;
     return std::make_unique<Tokenizer>(Tokenizer::from_json_file(p / "tokenizer.json"));
@@ -36,6 +40,13 @@ LoadedModel load_model(const std::string& path, at::ScalarType dtype, c10::Devic
   m.decoder = std::make_unique<LlamaModel>(w.config, std::move(w.tensors), path, dtype, device);
   w.tensors.clear();
   m.tokenizer = load_tokenizer(path);
+  if (m.tokenizer && m.tokenizer->vocab_size() > w.config.vocab_size) {
+    // Ids the embedding has no row for: a tokenizer from another model beside the weights.
+    throw ConfigError(fmt::format(
+        "{}: the tokenizer has {} tokens but the model's embedding has {} rows (vocab_size); "
+        "the tokenizer belongs to another model",
+        path, m.tokenizer->vocab_size(), w.config.vocab_size));
+  }
   m.eos_ids = w.config.eos_token_ids;
   if (m.tokenizer) {
     for (int32_t id : m.tokenizer->eos_ids()) {

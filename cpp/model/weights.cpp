@@ -347,13 +347,21 @@ Weights load_safetensors(const std::string& path, at::ScalarType dtype, c10::Dev
   return w;
 }
 
+}  // namespace
+
 bool is_gguf_file(const std::string& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return false;  // opening a FIFO would block
   std::ifstream in(path, std::ios::binary);
   char magic[4] = {};
   return in.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0;
 }
 
-}  // namespace
+bool is_gguf_model(const std::string& path) {
+  std::error_code ec;
+  return !fs::is_directory(path, ec) &&
+         (fs::path(path).extension() == ".gguf" || is_gguf_file(path));
+}
 
 std::optional<std::string> gguf_to_hf_name(const std::string& name) {
   if (name == "token_embd.weight") return "model.embed_tokens.weight";
@@ -539,11 +547,12 @@ at::Tensor safetensors_to_tensor(const SafetensorsTensor& t) {
 Weights load_weights(const std::string& path, at::ScalarType dtype, c10::Device device) {
   std::error_code ec;
   if (!fs::exists(path, ec)) throw MissingError(path + ": no such file or directory");
-  // A .gguf name or GGUF magic goes to the GGUF reader, which names a wrong magic.
-  if (!fs::is_directory(path, ec) &&
-      (fs::path(path).extension() == ".gguf" || is_gguf_file(path))) {
-    return load_gguf(path, dtype, device);
+  if (!fs::is_directory(path, ec) && !fs::is_regular_file(path, ec)) {
+    // A FIFO, socket or device: reading one could block or never end.
+    throw FormatError(path + ": not a model file or directory (not a regular file)");
   }
+  // A .gguf name or GGUF magic goes to the GGUF reader, which names a wrong magic.
+  if (is_gguf_model(path)) return load_gguf(path, dtype, device);
   return load_safetensors(path, dtype, device);
 }
 

@@ -14,6 +14,8 @@
   FileNotFoundError). The CLI printed tracebacks for a full or read-only disk: one line.
 - Replaying a run made by another model succeeded whenever its ids fit the vocabulary:
   refused now, unless the caller passes ``other_model=True``.
+- A GGUF not named .gguf loaded its weights by magic but its tokenizer from whatever
+  tokenizer.json lay beside it; no vocabulary check; load_model on a FIFO blocked.
 - Out-of-range seeds reached pybind11 ("incompatible function arguments"), and
   ``new_cache(2**40)`` / negative visibility sizes reached torch's allocator and shape
   checks: ValueError / ConfigError naming the argument.
@@ -548,3 +550,54 @@ def test_out_of_range_seeds_and_sizes_are_value_errors_naming_the_argument(bundl
         _core.causal_visibility(3, -2)
     with pytest.raises(attnvar.ConfigError, match="set_visibility: slot counts"):
         _core.set_visibility(-1, 3, "isolated")
+
+
+# ---- model files by content, one source, vocabulary (item 5) -----------------------------------
+
+
+def test_a_gguf_not_named_gguf_takes_its_tokenizer_from_itself(bundled_path, tmp_path):
+    # A GGUF under another name, beside a tokenizer.json of another model: weights and
+    # tokenizer both come from the GGUF (its magic), never the file that happens to sit there.
+    (tmp_path / "model.bin").symlink_to(bundled_path)
+    (tmp_path / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": {}}}')
+    model = attnvar.load_model(tmp_path / "model.bin")
+    reference = attnvar.load_model(bundled_path)
+    assert model.encode("The cat sat on the") == reference.encode("The cat sat on the")
+    assert model.core.vocab_size == reference.core.vocab_size
+
+
+def test_a_fifo_is_refused_at_once_not_read(tmp_path):
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    code = textwrap.dedent(f"""
+        import attnvar
+        try:
+            attnvar.load_model({str(fifo)!r})
+        except attnvar.FormatError as e:
+            print("FORMAT-ERROR:", e)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=os.environ.copy())
+    assert "FORMAT-ERROR:" in proc.stdout and "not a regular file" in proc.stdout, \
+        proc.stdout + proc.stderr
+
+
+def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused(tmp_path):
+    from tiny_models import tiny_hf_model
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    hf = tiny_hf_model("llama")  # 97 embedding rows
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["the cat sat on the mat"] * 20,
+                            trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                                initial_alphabet=pre_tokenizers.ByteLevel
+                                                .alphabet()))
+    assert tok.get_vocab_size() > 97
+    tok.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(attnvar.ConfigError, match=r"tokenizer has \d+ tokens but the model's "
+                                                 r"embedding has 97 rows"):
+        attnvar.load_model(tmp_path)

@@ -48,6 +48,14 @@ struct Weights {
 // (file or tensor absent), FormatError (malformed file, wrong tensor shape or type,
 // unexpected tensor), ConfigError (unsupported architecture or option); each names the
 // file and the tensor or field.
+// Whether ``path`` is read as a GGUF model: not a directory, and a .gguf name or a
+// regular file starting with the GGUF magic. Weights and tokenizer use this one rule, so
+// both come from the same file whatever its name.
+bool is_gguf_model(const std::string& path);
+// Whether ``path`` is a regular file starting with the GGUF magic (false for a FIFO,
+// which is never opened).
+bool is_gguf_file(const std::string& path);
+
 Weights load_weights(const std::string& path, at::ScalarType dtype = at::kFloat,
                      c10::Device device = c10::kCPU);
 
