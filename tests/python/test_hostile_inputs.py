@@ -12,6 +12,9 @@
   file safetensors' own error without the path, a missing file a bare FileNotFoundError;
   now FormatError / MissingError, both AttnvarError and the builtin (ValueError,
   FileNotFoundError). The CLI printed tracebacks for a full or read-only disk: one line.
+- Unnoticed corruption: flipped bytes in capture data (now checksums, test_run_storage.py),
+  a run.json whose capture.layers or pass sizes disagree with the pass files (FormatError
+  naming the file); a failed write leaves no temporary file and the old file intact.
 - Replaying a run made by another model succeeded whenever its ids fit the vocabulary:
   refused now, unless the caller passes ``other_model=True``.
 - A GGUF not named .gguf loaded its weights by magic but its tokenizer from whatever
@@ -601,3 +604,42 @@ def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused(tmp_path):
     with pytest.raises(attnvar.ConfigError, match=r"tokenizer has \d+ tokens but the model's "
                                                  r"embedding has 97 rows"):
         attnvar.load_model(tmp_path)
+
+
+def test_run_json_disagreeing_with_its_pass_files_is_a_format_error(saved_run, tmp_path):
+    path = _copy_run(saved_run, tmp_path / "r")
+    meta = json.loads((path / "run.json").read_text())
+    meta["capture"]["layers"] = meta["capture"]["layers"][:5]
+    (path / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(attnvar.FormatError, match=r"pass_00000.safetensors: scores of 30 "
+                                                 r"layers, but the run captured 5"):
+        attnvar.load_run(path).scores  # noqa: B018
+    meta["capture"]["layers"] = list(range(30))
+    meta["capture"]["passes"][1]["num_queries"] += 3
+    (path / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(attnvar.FormatError, match="pass_00001.safetensors: layer 0 scores has "
+                                                 "shape"):
+        attnvar.load_run(path).scores  # noqa: B018
+
+
+def test_a_failed_write_leaves_no_temporary_file_and_the_old_file_intact(tmp_path):
+    import errno
+
+    from attnvar.util.atomic import write_atomic, write_with
+
+    target = tmp_path / "tables" / "runs.parquet"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+
+    def disk_full(name):
+        with open(name, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+
+    with pytest.raises(OSError, match="No space left"):
+        write_with(target, disk_full)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["runs.parquet"]
+    write_atomic(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["runs.parquet"]

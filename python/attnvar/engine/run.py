@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .. import _core
+from .._core import FormatError
 from . import run_store
 from .records import PassRecord
 from .visibility import applied_visibility
@@ -153,11 +154,33 @@ class Run:
             fill = float("-inf") if name == "scores" else 0.0
             out = torch.full((len(first), first[0].shape[0], n, n), fill)
             for p in self.passes:
-                for layer, t in enumerate(getattr(p, name)):
+                tensors = getattr(p, name)
+                self._check_pass(p, name, tensors, len(first), first[0].shape[0])
+                for layer, t in enumerate(tensors):
                     out[layer, :, p.first_slot : p.first_slot + t.shape[1], : t.shape[2]] = t
                 p.release()
         self._dense[name] = out
         return out
+
+    def _check_pass(self, p: PassRecord, name: str, tensors: list, layers: int,
+                    heads: int) -> None:
+        """A pass's tensors agree with the run: as many layers as the run captured (and as
+        the first pass), its heads, its queries, keys within the run's slots. A stored run
+        whose run.json and pass files disagree raises FormatError naming the file."""
+        where = p.source if p.source is not None else f"pass {p.step}"
+        expected_layers = len(self.capture_layers) if self.capture_layers else layers
+        expected_heads = len(self.capture_heads) if self.capture_heads else heads
+        if len(tensors) != layers or layers != expected_layers:
+            raise FormatError(f"{where}: {name} of {len(tensors)} layers, but the run "
+                              f"captured {expected_layers} (run.json capture.layers)")
+        for layer, t in enumerate(tensors):
+            if (t.dim() != 3 or t.shape[0] != expected_heads or t.shape[1] != p.num_queries
+                    or p.first_slot + t.shape[1] > self.num_slots
+                    or t.shape[2] > self.num_slots):
+                raise FormatError(
+                    f"{where}: layer {layer} {name} has shape {tuple(t.shape)}; the run "
+                    f"expects ({expected_heads} heads, {p.num_queries} queries, ≤ "
+                    f"{self.num_slots} keys) from slot {p.first_slot}")
 
     @property
     def attention(self) -> torch.Tensor:
