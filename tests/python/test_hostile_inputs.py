@@ -15,6 +15,9 @@
 - Unnoticed corruption: flipped bytes in capture data (now checksums, test_run_storage.py),
   a run.json whose capture.layers or pass sizes disagree with the pass files (FormatError
   naming the file); a failed write leaves no temporary file and the old file intact.
+- Study files: an unknown capture key raised a bare TypeError, YAML errors lacked the file
+  name, a non-UTF-8 file a UnicodeDecodeError: every mistake is a FormatError that starts
+  with the file's path and names the field.
 - Replaying a run made by another model succeeded whenever its ids fit the vocabulary:
   refused now, unless the caller passes ``other_model=True``.
 - A GGUF not named .gguf loaded its weights by magic but its tokenizer from whatever
@@ -643,3 +646,28 @@ def test_a_failed_write_leaves_no_temporary_file_and_the_old_file_intact(tmp_pat
     write_atomic(target, b"new")
     assert target.read_bytes() == b"new"
     assert sorted(p.name for p in target.parent.iterdir()) == ["runs.parquet"]
+
+
+@pytest.mark.parametrize("name, text, needle", [
+    ("a.toml", 'suite = "core"\nbogus = 3\n', r"unknown study keys \['bogus'\]"),
+    ("b.toml", 'suite = "core"\n[capture]\nscores = true\nfoo = 1\n',
+     r"capture: unknown keys \['foo'\]"),
+    ("c.toml", 'suite = "core"\ncapture = 5\n', "capture: a table"),
+    ("d.toml", 'suite = 7\n', "suite: a suite name or file"),
+    ("e.toml", 'suite = "core"\npreregistration = "M1"\n', "preregistration: a table"),
+    ("f.toml", 'prompts = 5\n', "prompts must be a list"),
+    ("g.yaml", 'suite: core\nthresholds: [0.1\n', "invalid YAML"),
+    ("h.yaml", '- 1\n- 2\n', "a table of keys, not list"),
+])
+def test_study_file_mistakes_are_format_errors_naming_the_file(tmp_path, name, text, needle):
+    pytest.importorskip("yaml")
+    from attnvar.study import Study
+
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(attnvar.FormatError, match=needle) as err:
+        Study.from_file(path)
+    assert str(err.value).startswith(str(path))
+    path.write_bytes(b"\xff\xfe" + text.encode())
+    with pytest.raises(attnvar.FormatError, match="not UTF-8"):
+        Study.from_file(path)

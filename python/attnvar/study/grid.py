@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .._core import MissingError
+from .._core import FormatError, MissingError
 from ..engine import ENCODINGS, MODES, POLICIES, Capture
 from . import prompts as prompt_suites
 from .preregistration import Preregistration
@@ -193,34 +193,63 @@ class Study:
         path = Path(path)
         if not path.exists():
             raise MissingError(f"study file not found: {path}")
-        text = path.read_text()
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise FormatError(f"{path}: not UTF-8 text (byte {e.start})") from None
         if path.suffix in (".yaml", ".yml"):
             try:
                 import yaml
             except ImportError:
                 raise ValueError(f"{path}: a YAML study file needs PyYAML (pip install "
                                  "'attnvar[yaml]' or pyyaml), or write it in TOML") from None
-
-            data = yaml.safe_load(text)
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                raise FormatError(f"{path}: invalid YAML: {e}") from None
         else:
             try:
                 data = tomllib.loads(text)
             except tomllib.TOMLDecodeError as e:
-                raise ValueError(f"{path}: invalid TOML: {e}") from e
-        data = dict(data)
+                raise FormatError(f"{path}: invalid TOML: {e}") from None
+        if not isinstance(data, dict):
+            raise FormatError(f"{path}: a study file is a table of keys, not "
+                              f"{type(data).__name__}")
+        try:
+            return cls._from_table(dict(data), path)
+        except (ValueError, TypeError) as e:
+            # Every mistake in the file names the file (the message names the field).
+            message = str(e)
+            if isinstance(e, FormatError) and message.startswith(str(path)):
+                raise
+            raise FormatError(f"{path}: {message}") from None
+
+    @classmethod
+    def _from_table(cls, data: dict, path: Path) -> Study:
         if "suite" in data:
             suite = data.pop("suite")
+            if not isinstance(suite, str):
+                raise ValueError(f"suite: a suite name or file, got {suite!r}")
             data["prompts"] = (prompt_suites.load_suite(suite) if Path(suite).exists()
                                else prompt_suites.suite(suite))
         if "capture" in data:
             cap = data.pop("capture")
+            if cap is not False and not isinstance(cap, dict):
+                raise ValueError(f"capture: a table of Capture options or false, got {cap!r}")
+            if isinstance(cap, dict):
+                unknown = set(cap) - {f.name for f in fields(Capture)}
+                if unknown:
+                    raise ValueError(f"capture: unknown keys {sorted(unknown)}")
             data["capture"] = None if cap is False else Capture(**cap)
         if "preregistration" in data:
-            data["preregistration"] = Preregistration.from_dict(data.pop("preregistration"))
+            plan = data.pop("preregistration")
+            if not isinstance(plan, dict):
+                raise ValueError(f"preregistration: a table, got {plan!r}")
+            data["preregistration"] = Preregistration.from_dict(plan)
         allowed = set(cls.__dataclass_fields__)
         unknown = set(data) - allowed
         if unknown:
-            raise ValueError(f"{path}: unknown study keys {sorted(unknown)}")
+            raise ValueError(f"unknown study keys {sorted(unknown)}")
         return cls(**data)
 
     def cells(self) -> list[Cell]:
