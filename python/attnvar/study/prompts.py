@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import asdict, dataclass
 from functools import cache
 from importlib import resources
@@ -122,13 +123,10 @@ class Prompt:
 
 def _missing(message: str) -> FileNotFoundError:
     """attnvar.MissingError (a FileNotFoundError) when this module is part of the
-    package; a plain FileNotFoundError where it is loaded on its own (it needs only the
-    standard library)."""
-    try:
-        from .._core import MissingError
-    except ImportError:
-        return FileNotFoundError(message)
-    return MissingError(message)
+    package, whose extension is then loaded; a plain FileNotFoundError where the module
+    is loaded on its own (it needs only the standard library, so imports nothing else)."""
+    core = sys.modules.get("attnvar._core")
+    return getattr(core, "MissingError", FileNotFoundError)(message)
 
 def infer_structure(text: str) -> str:
     """The structure of a prose prompt by the documented rule.
