@@ -159,6 +159,9 @@ void bind_model(py::module_& m) {
       .def_property_readonly("num_heads",
                              [](const LlamaModel& m) { return m.config().num_attention_heads; })
       .def_property_readonly("vocab_size", [](const LlamaModel& m) { return m.config().vocab_size; })
+      .def_property_readonly(
+          "context_length", [](const LlamaModel& m) { return m.config().max_position_embeddings; },
+          "Positions the model was trained on (max_position_embeddings / context_length).")
       .def_property_readonly("device", [](const LlamaModel& m) { return m.device().str(); },
                              "Where the weights and the KV cache live ('cpu', 'cuda:0').")
       .def("new_cache", &LlamaModel::new_cache, py::arg("initial_capacity") = 256)

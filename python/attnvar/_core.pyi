@@ -67,6 +67,11 @@ class Model:
     def new_cache(self, initial_capacity: typing.SupportsInt | typing.SupportsIndex = 256) -> KVCache:
         ...
     @property
+    def context_length(self) -> int:
+        """
+        Positions the model was trained on (max_position_embeddings / context_length).
+        """
+    @property
     def device(self) -> str:
         """
         Where the weights and the KV cache live ('cpu', 'cuda:0').

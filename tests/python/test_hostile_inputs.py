@@ -22,6 +22,8 @@
   refused now, unless the caller passes ``other_model=True``.
 - A GGUF not named .gguf loaded its weights by magic but its tokenizer from whatever
   tokenizer.json lay beside it; no vocabulary check; load_model on a FIFO blocked.
+- A prompt plus steps beyond the model's context just ran (issue 23): refused with the
+  numbers unless ``beyond_context=True`` (generate, generate_many, replay).
 - Out-of-range seeds reached pybind11 ("incompatible function arguments"), and
   ``new_cache(2**40)`` / negative visibility sizes reached torch's allocator and shape
   checks: ValueError / ConfigError naming the argument.
@@ -671,3 +673,25 @@ def test_study_file_mistakes_are_format_errors_naming_the_file(tmp_path, name, t
     path.write_bytes(b"\xff\xfe" + text.encode())
     with pytest.raises(attnvar.FormatError, match="not UTF-8"):
         Study.from_file(path)
+
+
+def test_runs_beyond_the_models_context_are_refused_with_the_numbers():
+    pytest.importorskip("transformers")
+    from tiny_models import tiny_llama_model
+
+    model = tiny_llama_model()  # max_position_embeddings 256
+    assert model.core.context_length == 256
+    prompt = [5 + (i % 80) for i in range(250)]
+    with pytest.raises(ValueError, match=r"250-token prompt \+ max_steps 10 needs 260 "
+                                         r"positions, beyond the model's context of 256"):
+        model.generate(prompt, threshold=0.2, max_steps=10)
+    with pytest.raises(ValueError, match="request 1.*beyond the model's context of 256"):
+        model.generate_many([prompt[:10], prompt], threshold=0.2, max_steps=10)
+    run = model.generate(prompt, threshold=0.2, max_steps=10, beyond_context=True)
+    assert len(run.tree.steps) == 10
+    ok = model.generate(prompt[:240], threshold=0.05, max_steps=12, max_width=4)
+    assert ok.num_slots > 256  # sets share positions: 252 positions hold more slots
+    model.replay(ok, "shared_isolated", logits=False)  # 252 positions: fine
+    with pytest.raises(ValueError, match=rf"{ok.num_slots} slots under serial"):
+        model.replay(ok, "serial", logits=False)  # one position per slot
+    model.replay(ok, "serial", logits=False, beyond_context=True)

@@ -261,6 +261,7 @@ class Model:
         keep_distributions: bool = False,
         stream_to: str | os.PathLike | None = None,
         min_new_steps: int = 0,
+        beyond_context: bool = False,
     ) -> Run:
         """Parallel generation (docs/generation.md): every member of S_t fed in one pass at
         logical position P + t; siblings ``isolated`` (default), ``visible`` or ``causal``.
@@ -269,6 +270,9 @@ class Model:
         probability set to 0, the rest renormalised, as a minimum-new-tokens rule does), so
         no run stops before min_new_steps sets; q_t as recorded is the model's own.
 
+        ``beyond_context``: a prompt plus ``max_steps`` needing more positions than the
+        model's context (``core.context_length``) is refused with the numbers unless
+        True (the same for ``replay`` and ``generate_many``).
         ``stream_to``: a run directory; each pass's capture is written there as soon as
         it is computed (memory holds one pass at a time) and the run is saved there at
         the end, atomically. Raises ValueError naming the option for out-of-range values.
@@ -285,6 +289,9 @@ class Model:
         _check_choice("stop_on", stop_on, STOP_RULES)
         seed = _check_seed(seed)
         ids = self.encode(prompt, add_bos)
+        self._check_context(len(ids) + int(max_steps), "generate",
+                            f"a {len(ids)}-token prompt + max_steps {int(max_steps)}",
+                            beyond_context)
         kw, layers, heads = self._capture_kwargs(capture, len(ids) + max_steps * max_width)
         stream = None
         if stream_to is not None:
@@ -318,6 +325,17 @@ class Model:
             save_run(run, stream_to, staging=stream.staging)
         return run
 
+    def _check_context(self, positions: int, where: str, what: str,
+                       beyond_context: bool) -> None:
+        """Refuse a run that would use more positions than the model was trained on,
+        with the numbers, unless ``beyond_context``."""
+        limit = int(self.core.context_length)
+        if positions > limit and not beyond_context:
+            raise ValueError(
+                f"{where}: {what} needs {positions} positions, beyond the model's context "
+                f"of {limit}; shorten it, or pass beyond_context=True to run past the "
+                "positions the model was trained on")
+
     def replay(
         self,
         tree,
@@ -329,6 +347,7 @@ class Model:
         temperature: float = 1.0,
         logits: bool = True,
         other_model: bool = False,
+        beyond_context: bool = False,
     ) -> Run:
         """Teacher-force ``tree`` (a Run's tree or a hand-built one) under ``encoding``,
         holding the text fixed. ``interventions``: dicts (layer_begin, layer_end,
@@ -357,6 +376,10 @@ class Model:
         interventions = [_check_intervention(i, iv) for i, iv in enumerate(interventions)]
         _check_choice("policy", policy, POLICIES)
         n = tree.prompt_length + sum(len(s.members) for s in tree.steps)
+        # Positions: one per slot under serial; one per step (shared or fractional within
+        # it) otherwise.
+        positions = n if encoding == "serial" else tree.prompt_length + len(tree.steps)
+        self._check_context(positions, "replay", f"{n} slots under {encoding}", beyond_context)
         kw, layers, heads = self._capture_kwargs(capture, n)
         res = _core.replay(self.core, tree, encoding, interventions=list(interventions),
                            chunk_size=int(chunk_size), policy=policy,
@@ -377,6 +400,7 @@ class Model:
         requests: Sequence,
         capture: Capture | None = None,
         max_batch: int = 8,
+        beyond_context: bool = False,
         **common,
     ) -> list[Run]:
         """Several generations at once; ``result[i]`` is bit for bit what
@@ -412,6 +436,10 @@ class Model:
             if "seed" in opts:
                 opts["seed"] = _check_seed(opts["seed"], f"generate_many: request {i}: seed")
             ids = self.encode(req["prompt"], opts.pop("add_bos", None))
+            steps = int(opts.get("max_steps", _generate_defaults()["max_steps"]))
+            self._check_context(len(ids) + steps, f"generate_many: request {i}",
+                                f"a {len(ids)}-token prompt + max_steps {steps}",
+                                beyond_context)
             opts["eos_ids"] = list(self.eos_ids if opts.get("eos_ids") is None
                                    else opts["eos_ids"])
             prompts.append(list(ids))
