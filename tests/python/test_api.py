@@ -151,7 +151,7 @@ def test_ctrl_c_interrupts_generate_within_a_second_and_the_model_still_works(bu
         threading.Thread(target=fire).start()
         try:
             m.generate("Once upon a time", threshold=1e-4, max_steps=100000, max_width=4,
-                       stop_on="top_eos", eos_ids=[])
+                       stop_on="top_eos", eos_ids=[], beyond_context=True)
             outcome = "finished"
         except KeyboardInterrupt:
             outcome = "interrupted"
