@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..engine import Capture, load_model, load_run
-from ..study.store import RUNS, TABLES, replay_key
+from ..study.store import RUNS, STUDY_FILE, TABLES, replay_key
 from .metrics import as_view, contrast_estimates, count_pairs, find_sinks, regression_fit
 
 POSITIVE_DELTA = -math.log(2)
@@ -101,7 +101,7 @@ def positive_control(results: str | Path, kept: set[str], model_path: str | None
                               "note": f"not run: the model could not be loaded ({e})"}],
                             columns=COLUMNS)
     layer = model.num_layers // 2
-    study_file = results / "study.json"
+    study_file = results / STUDY_FILE
     cap = json.loads(study_file.read_text()).get("capture") if study_file.exists() else None
     top_capture = Capture(**cap) if cap else Capture()
     rows = []

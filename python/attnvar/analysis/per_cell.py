@@ -164,10 +164,14 @@ def _done(adir: Path, cell_id: str) -> bool:
     return all(p.exists() for p in _cell_paths(adir, cell_id).values())
 
 
-def _analyze_one(results: str, cell_id: str, encodings: list[str], prompt_id: str,
+def _analyze_one(results: str, cell_id: str, encodings: list[str], prompt_id: str | None,
                  rule_fields: dict, placebo: PlaceboPlan) -> str:
+    """Analyse one cell and write its tables; ``prompt_id`` None: the one its generated
+    run records."""
     runs_dir = Path(results) / RUNS
     generated = load_run(runs_dir / cell_id)
+    if prompt_id is None:
+        prompt_id = generated.options.get("prompt_id", cell_id)
     replays = {e: load_run(runs_dir / replay_key(cell_id, e)) for e in encodings}
     tables = analyze_cell(generated, replays, ExclusionRule(**rule_fields), prompt_id, cell_id,
                           placebo)
@@ -231,10 +235,8 @@ def analyze_cells(results: str | Path, cell_ids: list[str], keep_capture: bool =
     of every done cell among them. For a study's own processes (its lock is held): call
     :func:`analyze_study` otherwise."""
     results = Path(results)
-    study = read_study(results)
-    prereg = preregistration.Preregistration.from_dict(preregistration.load(results)["plan"])
-    rule = prereg.exclusion_rule()
-    rule_fields = {"always": rule.always, "any_k_of": rule.any_k_of, "k": rule.k}
+    encodings = list(read_study(results).get("replays", []))
+    rule_fields, placebo = _plan_inputs(results)
     adir = results / ANALYSIS
     runs_dir = results / RUNS
     with one_thread():
@@ -242,15 +244,23 @@ def analyze_cells(results: str | Path, cell_ids: list[str], keep_capture: bool =
             if not (runs_dir / cell_id / "run.json").exists():
                 continue
             if not _done(adir, cell_id):
-                prompt_id = load_run(runs_dir / cell_id).options.get("prompt_id", cell_id)
-                _analyze_one(str(results), cell_id, list(study.get("replays", [])),
-                             prompt_id, rule_fields, placebo_plan(prereg))
+                _analyze_one(str(results), cell_id, encodings, None, rule_fields, placebo)
             if not keep_capture:
-                _remove_captures(results, cell_id, study.get("replays", []))
+                _remove_captures(results, cell_id, encodings)
+
+
+def _plan_inputs(results: Path) -> tuple[dict, PlaceboPlan]:
+    """What every cell's analysis takes from the study's preregistered plan: the
+    exclusion rule's fields (picklable, for worker processes) and the placebo."""
+    prereg = preregistration.Preregistration.from_dict(preregistration.load(results)["plan"])
+    rule = prereg.exclusion_rule()
+    return {"always": rule.always, "any_k_of": rule.any_k_of, "k": rule.k}, placebo_plan(prereg)
 
 
 def _remove_captures(results: Path, cell_id: str, encodings) -> None:
-    write_atomic(results / ANALYSIS / CAPTURE_REMOVED, "")
+    marker = results / ANALYSIS / CAPTURE_REMOVED
+    if not marker.exists():
+        write_atomic(marker, "")
     why = ("the study kept its analysis tables only (keep_capture=False); regenerate the "
            "run to read its capture")
     for rid in [cell_id, *(replay_key(cell_id, e) for e in encodings)]:
@@ -279,10 +289,7 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
 def _analyze_study(results: Path, workers: int, progress: bool,
                    on_cell: Callable[[str], None] | None) -> dict[str, pd.DataFrame]:
     runs = pd.read_parquet(results / TABLES / "runs.parquet")
-    prereg = preregistration.Preregistration.from_dict(preregistration.load(results)["plan"])
-    rule = prereg.exclusion_rule()
-    rule_fields = {"always": rule.always, "any_k_of": rule.any_k_of, "k": rule.k}
-    placebo = placebo_plan(prereg)
+    rule_fields, placebo = _plan_inputs(results)
     adir = prepare_analysis(results)
     gen = runs[runs["kind"].isin(GENERATED_KINDS)]
     replays = runs[runs["kind"] == "replay"]

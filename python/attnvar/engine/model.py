@@ -420,6 +420,7 @@ class Model:
         unknown = set(common) - set(self._PER_SEQUENCE)
         if unknown:
             raise ValueError(f"generate_many: unknown options {sorted(unknown)}")
+        defaults = _generate_defaults()
         prompts, options, settings = [], [], []
         for i, req in enumerate(requests):
             req = dict(req) if isinstance(req, dict) else {"prompt": req}
@@ -436,7 +437,7 @@ class Model:
             if "seed" in opts:
                 opts["seed"] = _check_seed(opts["seed"], f"generate_many: request {i}: seed")
             ids = self.encode(req["prompt"], opts.pop("add_bos", None))
-            steps = int(opts.get("max_steps", _generate_defaults()["max_steps"]))
+            steps = int(opts.get("max_steps", defaults["max_steps"]))
             self._check_context(len(ids) + steps, f"generate_many: request {i}",
                                 f"a {len(ids)}-token prompt + max_steps {steps}",
                                 beyond_context)
@@ -452,7 +453,7 @@ class Model:
                                        **kw)
         runs = []
         for res, opts, (prompt, mode, add_bos) in zip(results, options, settings, strict=True):
-            recorded = {**_generate_defaults(), **{k: v for k, v in opts.items()
+            recorded = {**defaults, **{k: v for k, v in opts.items()
                                        if k != "keep_distributions"}}
             recorded.update(prompt_text=prompt if isinstance(prompt, str) else None,
                             add_bos=add_bos)

@@ -21,7 +21,7 @@ ATTENTION_FROM_SCORES = "attention_from_scores"
 SPARSE_TENSORS = "sparse_tensors"
 STORED_ENTRIES = "stored_entries"
 # What each field holds outside the stored entries: a masked score is −∞, its α is 0.
-_FILL = {"scores": float("-inf"), "attention": 0.0}
+MASKED_FILL = {"scores": float("-inf"), "attention": 0.0}
 
 
 def attention_of(scores: torch.Tensor) -> torch.Tensor:
@@ -150,7 +150,7 @@ def _sparsify(flat: dict[str, torch.Tensor], scores: list[torch.Tensor]) -> list
         return []
     masked = torch.ones(scores[0].shape[1:], dtype=torch.bool)
     for t in scores:
-        masked &= _is_fill(t, _FILL["scores"]).all(dim=0)
+        masked &= _is_fill(t, MASKED_FILL["scores"]).all(dim=0)
     if not masked.any():
         return []
     keep = ~masked
@@ -158,7 +158,7 @@ def _sparsify(flat: dict[str, torch.Tensor], scores: list[torch.Tensor]) -> list
     for name in sorted(flat):
         field = name.rsplit(".", 1)[1]
         t = flat[name]
-        if field not in _FILL or t.dim() != 3 or tuple(t.shape[1:]) != tuple(keep.shape):
+        if field not in MASKED_FILL or t.dim() != 3 or tuple(t.shape[1:]) != tuple(keep.shape):
             continue
         if field == "attention" and not bool(_is_fill(t[:, masked], 0.0).all()):
             continue
@@ -176,7 +176,7 @@ def _densify(flat: dict[str, torch.Tensor], sparse: str) -> None:
     keep = flat.pop(STORED_ENTRIES)
     for name in names:
         values = flat[name]
-        full = torch.full((values.shape[0], *keep.shape), _FILL[name.rsplit(".", 1)[1]],
+        full = torch.full((values.shape[0], *keep.shape), MASKED_FILL[name.rsplit(".", 1)[1]],
                           dtype=values.dtype)
         full[:, keep] = values
         flat[name] = full
@@ -277,5 +277,6 @@ def tree_from_dict(d: dict) -> _core.Tree:
     return tree
 
 
-__all__ = ["ATTENTION_FROM_SCORES", "FIELDS", "SPARSE_TENSORS", "STORED_ENTRIES", "PassRecord",
-           "attention_of", "load_tensors", "recomputable", "tree_from_dict", "tree_to_dict"]
+__all__ = ["ATTENTION_FROM_SCORES", "FIELDS", "MASKED_FILL", "SPARSE_TENSORS", "STORED_ENTRIES",
+           "PassRecord", "attention_of", "load_tensors", "recomputable", "tree_from_dict",
+           "tree_to_dict"]

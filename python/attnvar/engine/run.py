@@ -12,7 +12,7 @@ import torch
 from .. import _core
 from .._core import FormatError
 from . import run_store
-from .records import PassRecord
+from .records import MASKED_FILL, PassRecord
 from .visibility import applied_visibility
 
 
@@ -151,8 +151,7 @@ class Run:
             # pass recorded read like masked ones: 0 attention, −inf score.
             first = getattr(self.passes[0], name)
             n = self.num_slots
-            fill = float("-inf") if name == "scores" else 0.0
-            out = torch.full((len(first), first[0].shape[0], n, n), fill)
+            out = torch.full((len(first), first[0].shape[0], n, n), MASKED_FILL[name])
             for p in self.passes:
                 tensors = getattr(p, name)
                 self._check_pass(p, name, tensors, len(first), first[0].shape[0])

@@ -174,11 +174,11 @@ def read_run(path: str | os.PathLike, verify: bool | None = None) -> dict[str, A
                           f"{type(d).__name__}")
     try:
         return _run_arguments(_migrate(d, meta_path), root, verify)
+    except FormatError:
+        raise
     except KeyError as e:
         raise FormatError(f"{meta_path}: field {e.args[0]!r} is missing") from None
     except (TypeError, ValueError, AttributeError, IndexError) as e:
-        if isinstance(e, FormatError):
-            raise
         raise FormatError(f"{meta_path}: a field has the wrong type or value ({e})") from None
 
 

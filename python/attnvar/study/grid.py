@@ -216,7 +216,7 @@ class Study:
             raise FormatError(f"{path}: a study file is a table of keys, not "
                               f"{type(data).__name__}")
         try:
-            return cls._from_table(dict(data), path)
+            return cls._from_table(dict(data))
         except (ValueError, TypeError) as e:
             # Every mistake in the file names the file (the message names the field).
             message = str(e)
@@ -225,7 +225,7 @@ class Study:
             raise FormatError(f"{path}: {message}") from None
 
     @classmethod
-    def _from_table(cls, data: dict, path: Path) -> Study:
+    def _from_table(cls, data: dict) -> Study:
         if "suite" in data:
             suite = data.pop("suite")
             if not isinstance(suite, str):
