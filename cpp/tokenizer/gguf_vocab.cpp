@@ -183,7 +183,8 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
     parts.space_marker = std::string(kSpaceMarker);
   }
 
-  // BOS/EOS (DESIGN.md §3): the file's flags; absent, BOS for SentencePiece only.
+  // BOS/EOS (docs/tokenizers.md, "BOS and EOS"): the file's flags; absent, BOS for
+  // SentencePiece only.
   parts.bos_id = token_id_key(f, "tokenizer.ggml.bos_token_id", n);
   const std::optional<int32_t> eos = token_id_key(f, "tokenizer.ggml.eos_token_id", n);
   for (const char* key : {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",

@@ -430,7 +430,8 @@ TokenizerParts parse_tokenizer_json(const json& root, const std::string& origin,
   };
 
   // BOS/EOS. The post-processor is the model's own statement; without one, transformers reads
-  // tokenizer_config.json, and without that the family default applies (DESIGN.md §3).
+  // tokenizer_config.json, and without that the family default applies (BOS for SentencePiece,
+  // none for byte-level BPE).
   const json& post = root.value("post_processor", json());
   parse_post_processor(post, top.at("post_processor"), parts.prefix_ids, parts.suffix_ids);
   const json config = siblings.tokenizer_config.value_or(json::object());

@@ -87,7 +87,7 @@ def test_value_norms_equal_the_norm_of_each_heads_output_contribution(model, hf)
 def test_key_bias_shifts_scores_by_delta_only_in_the_window(model):
     ids = torch.randint(3, 97, (8,))
     _, base = prefill(model, ids, capture=True, scores=True)
-    delta = -0.6931471805599453  # −log 2, the positive control of METHODS.md
+    delta = -0.6931471805599453  # −log 2, the metrics' positive control (docs/metrics.md)
     iv = [{"layer_begin": 1, "layer_end": 2, "heads": [0, 2], "key_slots": [2, 4], "delta": delta}]
     _, hit = prefill(model, ids, capture=True, scores=True, interventions=iv)
     assert torch.equal(hit["scores"][0], base["scores"][0])  # before the window: untouched

@@ -223,7 +223,7 @@ def test_positive_control_injected_bias_equals_delta_in_its_layer(model):
     assert torch.equal(hit.dense("scores")[0], base.dense("scores")[0])
 
 
-# ---- compat preset: an independent implementation of TEMPO_REFERENCE.md's rules -------------
+# ---- compat preset: an independent implementation of the prototype's rules ------------------
 
 def tempo_reference(hf, prompt, threshold, max_steps, bug):
     """Re-derive the prototype's fed sequence with HF (full recompute, no KV cache)."""

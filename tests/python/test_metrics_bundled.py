@@ -1,5 +1,5 @@
 """Metrics on the bundled SmolLM2-135M: positive control, M0 on the compat preset against
-an independent implementation of TEMPO_REFERENCE.md, and the placebo on top_only runs."""
+an independent implementation of the prototype's metric, and the placebo on top_only runs."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_positive_control_injected_delta_is_recovered_in_its_layer(bundled):
 # ---- M0 on the compat preset -----------------------------------------------------------
 
 def tempo_legacy_reduction(run) -> float:
-    """TEMPO_REFERENCE.md's metric written from its description, on the preset's passes:
+    """The prototype's metric written from its published description, on the preset's passes:
     rebuild every step's accumulated matrix (S_i = P + 1 + i rows), average over layers
     and heads, pool rows ≥ P and keys P ≤ c < row, label a key parallel when its index is
     a recorded printed index (every member of a set of k ≥ 2: L_t … L_t + k_t − 1)."""

@@ -1,6 +1,7 @@
-"""The toy null of METHODS.md: scores = f(logical distance) + noise + a large first-slot
-sink, parallel status irrelevant (metrics_toy.py). The primary metrics must find nothing;
-the legacy metric must show the biases METHODS.md predicts."""
+"""The toy null (docs/metrics.md, "Toy null"): scores = f(logical distance) + noise + a
+large first-slot sink, parallel status irrelevant (metrics_toy.py). The primary metrics
+must find nothing; the legacy metric must show its predicted biases (positive in isolated
+mode, negative in visible mode)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Every vectorised metric kernel against a plain loop written from METHODS.md.
+"""Every vectorised metric kernel against a plain loop written from the metric definitions
+(docs/metrics.md).
 
 The loops below are deliberately naive (one query, one head, one key at a time) so that
 they read like the definitions; the package's batched torch code must agree with them.

@@ -22,7 +22,7 @@ from attnvar.prompts import Prompt
 REQUIRED_CATEGORIES = {"narrative", "factual", "technical", "conversational", "simple",
                        "complex", "questions", "lists", "code", "instructions"}
 
-# TEMPO_REFERENCE.md, "The 13-prompt suite (name: text)".
+# The TEMPO research notes' 13-prompt suite, names and texts verbatim (docs/prompts.md).
 TEMPO13 = {
     "narrative_1": "Once upon a time in a distant galaxy",
     "narrative_2": "The old wizard slowly climbed the mountain",

@@ -318,7 +318,7 @@ def test_mixed_model_balanced_one_way_by_hand():
 
 
 def test_power_sixty_prompts():
-    # METHODS.md: a 10-point effect at SD 27 needs ≈ 60 prompts for 80 % power.
+    # A 10-point effect at SD 27 needs ≈ 60 prompts for 80 % power (docs/statistics.md, "Power").
     assert S.n_for_power(10, 27) == 60
     assert S.power_paired(10, 27, 60) >= 0.8 > S.power_paired(10, 27, 59)
     # noncentral t by hand: df = n − 1, ncp = d·√n

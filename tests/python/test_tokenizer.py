@@ -340,7 +340,7 @@ def test_post_processor_absent_reads_tokenizer_config_then_family_default(
     oracle = sentencepiece_tokenizer(tokens, merges, "legacy")
     oracle.post_processor = None
     path = save(oracle, tmp_path)
-    # Nothing said: SentencePiece gets BOS (DESIGN.md §3).
+    # Nothing said: SentencePiece gets BOS (docs/tokenizers.md, "BOS and EOS").
     assert Tokenizer.from_file(str(path)).add_bos
     (tmp_path / "tokenizer_config.json").write_text(
         json.dumps({"add_bos_token": False, "add_eos_token": True, "eos_token": "</s>"})

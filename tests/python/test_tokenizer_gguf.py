@@ -112,7 +112,7 @@ def test_bundled_smollm2_pieces_show_bytes_and_partial_utf8_as_hex(smollm2):
     ]
     print(f"[oracle] SmolLM2 GGUF pieces: {len(wrong)}/{len(meta['tokens'])} differ")
     assert not wrong, [(i, ours.piece(i)) for i in wrong[:5]]
-    # The bracketed display of DESIGN.md §3: members keep their leading space.
+    # The bracketed display (`The cat sat on the[ mat/ floor]`): members keep their leading space.
     cat = ours.encode("The cat sat on the mat", False)
     assert [ours.piece(i) for i in cat][-1] == " mat"
     # A CJK character split over tokens shows its bytes.
@@ -207,7 +207,7 @@ def test_synthetic_byte_level_gguf_matches_oracle(tmp_path: Path, byte_level_voc
     print(f"[oracle] synthetic gpt2 GGUF pre={pre}: {len(bad)}/{len(samples)} mismatches")
     assert not bad, bad[:3]
     assert ours.eos_ids == [meta["eos_token_id"], meta["eot_token_id"]]
-    # No add_bos_token key: byte-level BPE gets no BOS (DESIGN.md §3).
+    # No add_bos_token key: byte-level BPE gets no BOS (docs/tokenizers.md, "BOS and EOS").
     assert not ours.add_bos
     for text in corpus_samples():
         assert ours.decode(ours.encode(text, False)) == text
@@ -246,7 +246,7 @@ def test_synthetic_sentencepiece_gguf_matches_oracle(
     bad = count_mismatches(ours, oracle, samples, add_special=False)
     print(f"[oracle] synthetic llama GGUF space_prefix={space_prefix}: {len(bad)} mismatches")
     assert not bad, bad[:3]
-    # No add_bos_token key: SentencePiece gets BOS (DESIGN.md §3).
+    # No add_bos_token key: SentencePiece gets BOS (docs/tokenizers.md, "BOS and EOS").
     assert ours.add_bos and ours.encode("hi", True)[0] == 1
     decode_bad = 0
     for text in samples:

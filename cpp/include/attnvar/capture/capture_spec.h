@@ -1,4 +1,4 @@
-// What a forward pass records about attention (DESIGN.md §5). Torch-free.
+// What a forward pass records about attention (docs/engine.md, "Capture"). Torch-free.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,6 @@
 // What one forward pass of a run recorded, and the dense views a run assembles from its
-// passes (DESIGN.md §5). Each (query, key) pair is recorded once, by the pass that
-// processed the query.
+// passes (docs/engine.md, "Capture"). Each (query, key) pair is recorded once, by the pass
+// that processed the query.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,6 +1,6 @@
 // Compat preset `tempo-2025`: the public prototype's behaviour, reproduced exactly so its
-// numbers can be explained (TEMPO_REFERENCE.md). It is NOT the mechanism: no position is
-// ever shared and only one member per set enters the model.
+// numbers can be explained (docs/generation.md, "Compat preset `tempo-2025`"). It is NOT
+// the mechanism: no position is ever shared and only one member per set enters the model.
 //
 // Bookkeeping:
 //  - the prompt (BOS included by the caller) is prefilled at slots 0..P−1 (causal);

@@ -1,6 +1,6 @@
 // Encodings: how a tree is laid out for the model — a logical position and a visibility
-// row per slot (DESIGN.md §4). Holding the tree fixed while changing the encoding is the
-// core research design.
+// row per slot (docs/generation.md, "Trees and encodings"). Holding the tree fixed while
+// changing the encoding is the core research design.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,6 +1,7 @@
-// Parallel generation done as described (DESIGN.md §3): every non-EOS member of S_t is fed
-// in ONE forward pass, all at logical position P + t, each in its own slot, with sibling
-// visibility per mode; q_{t+1} comes from the fed members by a next-step policy.
+// Parallel generation done as described (docs/generation.md, "Generation"): every non-EOS
+// member of S_t is fed in ONE forward pass, all at logical position P + t, each in its own
+// slot, with sibling visibility per mode; q_{t+1} comes from the fed members by a next-step
+// policy.
 #pragma once
 
 #include <ATen/core/Tensor.h>

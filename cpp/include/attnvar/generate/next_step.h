@@ -1,4 +1,4 @@
-// How q_{t+1} comes from the fed members' outputs (DESIGN.md §3, step 4).
+// How q_{t+1} comes from the fed members' outputs (docs/generation.md, "Generation", step 4).
 #pragma once
 
 #include <ATen/core/Tensor.h>

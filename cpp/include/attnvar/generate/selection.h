@@ -1,4 +1,5 @@
-// Choosing the set S_t from the next-token distribution q_t (DESIGN.md §3, step 2).
+// Choosing the set S_t from the next-token distribution q_t (docs/generation.md,
+// "Generation", step 2).
 #pragma once
 
 #include <ATen/core/Generator.h>

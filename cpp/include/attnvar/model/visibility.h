@@ -9,7 +9,7 @@
 
 namespace attnvar {
 
-// How the members of one parallel set see each other (DESIGN.md §3).
+// How the members of one parallel set see each other (docs/generation.md, "Generation", step 3).
 enum class SiblingVisibility {
   kIsolated,  // each member sees itself only
   kVisible,   // all siblings (one shared position, no order among them)
