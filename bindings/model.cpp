@@ -19,6 +19,7 @@
 #include "attnvar/model/rope.h"
 #include "attnvar/model/single_thread.h"
 #include "attnvar/model/visibility.h"
+#include "attnvar/capture/hook_points.h"
 #include "bindings.h"
 
 namespace py = pybind11;
@@ -88,6 +89,9 @@ py::dict forward_output(ForwardOutput&& out) {
   d["attention"] = probs;
   d["scores"] = scores;
   d["value_norms"] = norms;
+  py::dict hooks;
+  for (auto& [name, t] : out.hooks) hooks[py::str(name)] = t;
+  d["hooks"] = hooks;
   return d;
 }
 
@@ -171,11 +175,13 @@ void bind_model(py::module_& m) {
              const at::Tensor& positions, const at::Tensor& visibility, bool capture,
              std::optional<std::vector<int64_t>> layers, std::optional<std::vector<int64_t>> heads,
              bool probabilities, bool scores, bool value_norms, const std::string& capture_dtype,
-             const py::list& interventions, bool last_logits_only) {
+             const py::list& interventions, bool last_logits_only,
+             std::optional<std::vector<std::string>> hooks) {
             PassInput in{ids, positions, visibility, {}, key_biases(interventions),
                          last_logits_only};
             auto spec = capture_spec(capture, layers, heads, probabilities, scores, value_norms,
                                      capture_dtype);
+            spec.hook_points = hooks.value_or(std::vector<std::string>{});
             ForwardOutput out;
             {
               py::gil_scoped_release release;
@@ -188,9 +194,14 @@ void bind_model(py::module_& m) {
           py::arg("heads") = py::none(), py::arg("probabilities") = true,
           py::arg("scores") = false, py::arg("value_norms") = false,
           py::arg("capture_dtype") = "float32", py::arg("interventions") = py::list(),
-          py::arg("last_logits_only") = false,
+          py::arg("last_logits_only") = false, py::arg("hooks") = py::none(),
           "One pass over T new tokens: returns {'logits', 'layers', 'attention', 'scores', "
-          "'value_norms'} and appends the tokens' slots to the cache.");
+          "'value_norms', 'hooks'} and appends the tokens' slots to the cache. `hooks`: hook "
+          "point names (hook_point_names()) to record; 'hooks' maps each to a tensor with the "
+          "pass's tokens first.");
+  m.def("hook_point_names", &hook_point_names, py::arg("num_layers"),
+        "Every hook point name of a model with num_layers layers, in forward order "
+        "(TransformerLens names: blocks.{l}.hook_resid_pre, ..., ln_final.hook_normalized).");
 
   m.def(
       "rope_inv_freq",

@@ -15,7 +15,7 @@ FeedForwardWeights fuse_gate_up(FeedForwardWeights w) {
 }
 
 at::Tensor feed_forward_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
-                                 const FeedForwardWeights& w) {
+                                 const FeedForwardWeights& w, at::Tensor* post) {
   // One row's values never mix with another's between the projections (silu and the
   // product are elementwise). The elementwise ops still run per sequence, on the shapes
   // its own pass has: a vectorised kernel split across threads at another place could
@@ -29,6 +29,7 @@ at::Tensor feed_forward_segments(const at::Tensor& x, const std::vector<int64_t>
       at::silu_(g).mul_(up.narrow(0, offset, n));
       offset += n;
     }
+    if (post) *post = gate.clone();
     return project_segments(gate, rows, w.down_proj);
   }
   const int64_t inter = w.gate_proj.size(0);
@@ -42,11 +43,12 @@ at::Tensor feed_forward_segments(const at::Tensor& x, const std::vector<int64_t>
     at::silu_(g).mul_(gate_up.narrow(0, offset, n).narrow(1, inter, inter));
     offset += n;
   }
+  if (post) *post = gate.clone();
   return project_segments(gate, rows, w.down_proj);
 }
 
-at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w) {
-  return feed_forward_segments(x, {x.size(0)}, w);
+at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w, at::Tensor* post) {
+  return feed_forward_segments(x, {x.size(0)}, w, post);
 }
 
 }  // namespace attnvar

@@ -11,7 +11,16 @@
 #include "attnvar/model/rope.h"
 
 namespace attnvar {
+
 namespace {
+
+// The sink of one sequence's pass: the selection, its output map, the capture dtype.
+HookSink hook_sink(const HookSelection& selection, const CaptureSpec& capture,
+                   std::map<std::string, at::Tensor>* out) {
+  return HookSink{selection.empty() ? nullptr : &selection, out,
+                  capture.dtype == CaptureDtype::kFloat16 ? at::kHalf : at::kFloat};
+}
+
 
 // Looks up one HF tensor, checks its shape, converts it, and takes it out of the map: once
 // the caller drops the result (e.g. after copying it into a fused weight), its storage is
@@ -239,17 +248,33 @@ ForwardOutput LlamaModel::forward(KVCache& cache, const PassInput& input,
   at::Tensor shared_bias = unmasked ? at::Tensor() : build_bias(input, S_prev, /*layer=*/-1);
 
   ForwardOutput out;
+  const HookSelection selection(capture.hook_points, c.num_hidden_layers);
+  const HookSink hooks = hook_sink(selection, capture, &out.hooks);
   auto h = embed_tokens_.index_select(0, ids_long);  // (T, hidden)
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const DecoderLayer& layer = layers_[l];
     at::Tensor bias = any_intervention ? build_bias(input, S_prev, l) : shared_bias;
     std::optional<LayerCapture> layer_capture;
+    if (hooks.wants(l, HookPoint::kResidPre)) hooks.put(l, HookPoint::kResidPre, h);
     auto attn = layer.attention.forward(rms_norm(h, layer.input_layernorm, c.rms_norm_eps),
-                                        *rope_, angles, cache, bias, capture, &layer_capture);
+                                        *rope_, angles, cache, bias, capture, &layer_capture,
+                                        hooks);
+    if (hooks.wants(l, HookPoint::kAttnOut)) hooks.put(l, HookPoint::kAttnOut, attn);
     h = h + attn;
-    h = h + feed_forward(rms_norm(h, layer.post_attention_layernorm, c.rms_norm_eps),
-                         layer.feed_forward);
+    if (hooks.wants(l, HookPoint::kResidMid)) hooks.put(l, HookPoint::kResidMid, h);
+    at::Tensor post;
+    auto mlp = feed_forward(rms_norm(h, layer.post_attention_layernorm, c.rms_norm_eps),
+                            layer.feed_forward,
+                            hooks.wants(l, HookPoint::kMlpPost) ? &post : nullptr);
+    if (post.defined()) hooks.put(l, HookPoint::kMlpPost, post);
+    if (hooks.wants(l, HookPoint::kMlpOut)) hooks.put(l, HookPoint::kMlpOut, mlp);
+    h = h + mlp;
+    if (hooks.wants(l, HookPoint::kResidPost)) hooks.put(l, HookPoint::kResidPost, h);
     if (layer_capture) out.captures.push_back(std::move(*layer_capture));
+  }
+  if (selection.wants_final_norm()) {
+    out.hooks[std::string(kFinalNormHook)] =
+        rms_norm(h, norm_, c.rms_norm_eps).to(hooks.dtype).cpu();
   }
   if (!device_.is_cpu()) {
     // Captures are for analysis on the host: one transfer per pass, after every layer ran.
@@ -304,6 +329,18 @@ std::vector<ForwardOutput> LlamaModel::forward_batch(const std::vector<KVCache*>
   }
 
   std::vector<ForwardOutput> out(n);
+  const HookSelection selection(capture.hook_points, c.num_hidden_layers);
+  std::vector<HookSink> hooks;
+  for (size_t i = 0; i < n; ++i) hooks.push_back(hook_sink(selection, capture, &out[i].hooks));
+  // Records a (Σ T, ...) tensor's rows of each sequence under its own sink.
+  const auto put_rows = [&](int64_t layer, HookPoint point, const at::Tensor& t) {
+    if (!hooks[0].wants(layer, point)) return;
+    int64_t offset = 0;
+    for (size_t i = 0; i < n; ++i) {
+      hooks[i].put(layer, point, t.narrow(0, offset, rows[i]));
+      offset += rows[i];
+    }
+  };
   auto h = embed_tokens_.index_select(0, at::cat(ids));  // (Σ T, hidden)
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const DecoderLayer& layer = layers_[l];
@@ -313,14 +350,33 @@ std::vector<ForwardOutput> LlamaModel::forward_batch(const std::vector<KVCache*>
                                                 : build_bias(inputs[i], prev[i], l);
     }
     std::vector<std::optional<LayerCapture>> layer_captures(n);
+    put_rows(l, HookPoint::kResidPre, h);
     auto attn = layer.attention.forward_segments(
         rms_norm(h, layer.input_layernorm, c.rms_norm_eps), rows, *rope_, angles, caches, bias,
-        capture, &layer_captures);
+        capture, &layer_captures, hooks);
+    put_rows(l, HookPoint::kAttnOut, attn);
     h = h + attn;
-    h = h + feed_forward_segments(rms_norm(h, layer.post_attention_layernorm, c.rms_norm_eps),
-                                  rows, layer.feed_forward);
+    put_rows(l, HookPoint::kResidMid, h);
+    at::Tensor post;
+    auto mlp = feed_forward_segments(rms_norm(h, layer.post_attention_layernorm, c.rms_norm_eps),
+                                     rows, layer.feed_forward,
+                                     hooks[0].wants(l, HookPoint::kMlpPost) ? &post : nullptr);
+    if (post.defined()) put_rows(l, HookPoint::kMlpPost, post);
+    put_rows(l, HookPoint::kMlpOut, mlp);
+    h = h + mlp;
+    put_rows(l, HookPoint::kResidPost, h);
     for (size_t i = 0; i < n; ++i) {
       if (layer_captures[i]) out[i].captures.push_back(std::move(*layer_captures[i]));
+    }
+  }
+  if (selection.wants_final_norm()) {
+    // Per sequence, on its own rows: the norm is row-wise, and this keeps each result the
+    // solo pass's bit for bit.
+    int64_t offset = 0;
+    for (size_t i = 0; i < n; ++i) {
+      out[i].hooks[std::string(kFinalNormHook)] =
+          rms_norm(h.narrow(0, offset, rows[i]), norm_, c.rms_norm_eps).to(hooks[i].dtype).cpu();
+      offset += rows[i];
     }
   }
   if (!device_.is_cpu()) {

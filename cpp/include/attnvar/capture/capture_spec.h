@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace attnvar {
@@ -16,6 +17,9 @@ struct CaptureSpec {
   bool scores = false;          // pre-softmax s[h, q, k] after the bias (−inf where masked)
   bool value_norms = false;     // ‖v_k W_O^h‖ per head and key
   CaptureDtype dtype = CaptureDtype::kFloat32;
+  // Named activations to record (hook_points.h), whether or not attention is captured
+  // (`enabled` governs only the fields above). Recorded in f32 (or dtype), every head.
+  std::vector<std::string> hook_points;
 
   bool captures_layer(int64_t layer) const {
     if (!enabled) return false;

@@ -20,12 +20,14 @@ struct FeedForwardWeights {
 // The same weights with gate and up concatenated into gate_up_proj (done at load).
 FeedForwardWeights fuse_gate_up(FeedForwardWeights w);
 
-// x: (T, hidden) -> (T, hidden)
-at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w);
+// x: (T, hidden) -> (T, hidden). With `post`, also sets *post to a copy of the activations
+// silu(gate(x)) * up(x) that enter down_proj, (T, intermediate) (the mlp.hook_post point).
+at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w,
+                        at::Tensor* post = nullptr);
 
 // The rows of several independent sequences (counts `rows`) in one call, each row's
 // result bit for bit feed_forward() of its own sequence (projections: project_segments).
 at::Tensor feed_forward_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
-                                 const FeedForwardWeights& w);
+                                 const FeedForwardWeights& w, at::Tensor* post = nullptr);
 
 }  // namespace attnvar

@@ -45,6 +45,9 @@ struct PassInput {
 struct ForwardOutput {
   at::Tensor logits;                  // (T or 1, vocab) f32; undefined with no_logits
   std::vector<LayerCapture> captures;  // one per captured layer, in layer order
+  // The hook points CaptureSpec::hook_points named (hook_points.h), by full name, each with
+  // the pass's T tokens first, on the host.
+  std::map<std::string, at::Tensor> hooks;
 };
 
 struct DecoderLayer {

@@ -1,0 +1,175 @@
+"""Named hook points (TransformerLens names) against HF transformers eager on tiny random
+models of every family, in a serial pass and in a pass with a parallel set at a shared
+position (explicit 4-D mask and position_ids). References come from forward hooks at HF's
+module boundaries (q/k/v_proj outputs, o_proj's input, the norms, the MLP, the decoder
+layers); post-RoPE q/k are recomputed from them with transformers' own
+apply_rotary_pos_emb and rotary embedding. Max differences are printed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnvar import ConfigError, _core
+
+transformers = pytest.importorskip("transformers")
+
+from test_engine_parity import tree_layout  # noqa: E402
+from tiny_models import FAMILIES, additive_mask, attnvar_model, report, tiny_hf_model  # noqa: E402
+
+TOL = 1e-5
+POINTS = ["hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q",
+          "attn.hook_rot_k", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_post",
+          "hook_mlp_out", "hook_resid_post"]
+
+
+def hf_hook_values(model, ids, positions, visible) -> dict[str, torch.Tensor]:
+    """Every hook point of one HF eager pass, by TransformerLens name, tokens first."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    cfg = model.config
+    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    seen: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def keep(name, take):
+        def hook(module, args, output=None):
+            seen[name] = take(args, output)[0].detach().clone()
+        return hook
+
+    def out_hook(name):
+        return keep(name, lambda a, o: o[0] if isinstance(o, tuple) else o)
+
+    def in_hook(name):
+        return keep(name, lambda a, o: a[0])
+
+    for index, layer in enumerate(model.model.layers):
+        b = f"blocks.{index}."
+        attn = layer.self_attn
+        handles += [
+            layer.register_forward_pre_hook(in_hook(b + "hook_resid_pre")),
+            attn.q_proj.register_forward_hook(out_hook(b + "q_flat")),
+            attn.k_proj.register_forward_hook(out_hook(b + "k_flat")),
+            attn.v_proj.register_forward_hook(out_hook(b + "v_flat")),
+            attn.o_proj.register_forward_pre_hook(in_hook(b + "z_flat")),
+            attn.register_forward_hook(out_hook(b + "hook_attn_out")),
+            layer.post_attention_layernorm.register_forward_pre_hook(in_hook(b + "hook_resid_mid")),
+            layer.mlp.down_proj.register_forward_pre_hook(in_hook(b + "mlp.hook_post")),
+            layer.mlp.register_forward_hook(out_hook(b + "hook_mlp_out")),
+            layer.register_forward_hook(out_hook(b + "hook_resid_post")),
+        ]
+        if hasattr(attn, "q_norm"):
+            handles += [attn.q_norm.register_forward_hook(out_hook(b + "q_normed")),
+                        attn.k_norm.register_forward_hook(out_hook(b + "k_normed"))]
+    handles.append(model.model.norm.register_forward_hook(out_hook("ln_final.hook_normalized")))
+    try:
+        with torch.no_grad():
+            model(input_ids=ids[None], position_ids=positions[None].long(),
+                  attention_mask=additive_mask(visible), use_cache=False)
+            cos, sin = model.model.rotary_emb(seen["ln_final.hook_normalized"][None],
+                                              positions[None].long())
+    finally:
+        for h in handles:
+            h.remove()
+    n = ids.shape[0]
+    for index in range(cfg.num_hidden_layers):
+        b = f"blocks.{index}."
+        seen[b + "attn.hook_q"] = seen.pop(b + "q_flat").view(n, heads, head_dim)
+        seen[b + "attn.hook_k"] = seen.pop(b + "k_flat").view(n, kv_heads, head_dim)
+        seen[b + "attn.hook_v"] = seen.pop(b + "v_flat").view(n, kv_heads, head_dim)
+        seen[b + "attn.hook_z"] = seen.pop(b + "z_flat").view(n, heads, head_dim)
+        q = seen.pop(b + "q_normed", seen[b + "attn.hook_q"])
+        k = seen.pop(b + "k_normed", seen[b + "attn.hook_k"])
+        rot_q, rot_k = apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
+                                            cos, sin)
+        seen[b + "attn.hook_rot_q"] = rot_q[0].transpose(0, 1)
+        seen[b + "attn.hook_rot_k"] = rot_k[0].transpose(0, 1)
+    return seen
+
+
+def layout(kind: str, n_prompt: int = 6, k: int = 3):
+    if kind == "serial":
+        n = n_prompt + k + 1
+        return torch.arange(float(n)), torch.ones(n, n, dtype=torch.bool).tril()
+    return tree_layout(n_prompt, k, "isolated")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ["serial", "shared_position"])
+def test_every_hook_point_matches_hf(family, kind):
+    """f32 on both sides; the bound is 1e-5 relative to max(1, the tensor's largest entry):
+    the residual stream of these random models grows to tens, where one f32 ulp is ~2e-6 and
+    the two sides' summation orders legitimately differ (absolute differences reach 1.1e-5
+    there; on the attention points, whose entries are of order 1, they stay under 5e-6)."""
+    hf = tiny_hf_model(family)
+    ours = attnvar_model(hf)
+    positions, visible = layout(kind)
+    ids = torch.randint(3, 97, (positions.shape[0],), generator=torch.Generator().manual_seed(5))
+    expected = hf_hook_values(hf, ids, positions, visible)
+    names = _core.hook_point_names(hf.config.num_hidden_layers)
+    assert sorted(names) == sorted(expected)
+    out = ours.forward(ours.new_cache(), ids, positions, visible, hooks=names)
+    assert sorted(out["hooks"]) == sorted(names)
+    worst = 0.0
+    for name in names:
+        got, ref = out["hooks"][name], expected[name]
+        assert got.shape == ref.shape, name
+        assert got.dtype == torch.float32  # hook points are recorded in the capture dtype
+        diff = report(f"{family} {kind} {name}", got, ref, "hooks")
+        worst = max(worst, diff / max(1.0, ref.abs().max().item()))
+    print(f"[hooks] {family} {kind}: {len(names)} points, "
+          f"worst max |diff| / max(1, max |ref|) = {worst:.3e}")
+    assert worst <= TOL
+
+
+def test_hooks_of_a_prefill_and_decode_steps_concatenate_to_the_single_pass():
+    hf = tiny_hf_model("qwen3")
+    ours = attnvar_model(hf)
+    positions, visible = layout("shared_position")
+    n = positions.shape[0]
+    ids = torch.randint(3, 97, (n,), generator=torch.Generator().manual_seed(2))
+    names = _core.hook_point_names(hf.config.num_hidden_layers)
+    whole = ours.forward(ours.new_cache(), ids, positions, visible, hooks=names)["hooks"]
+    cache = ours.new_cache()
+    split = [ours.forward(cache, ids[:4], positions[:4], visible[:4, :4], hooks=names)["hooks"]]
+    for t in range(4, n):
+        split.append(ours.forward(cache, ids[t:t + 1], positions[t:t + 1],
+                                  visible[t:t + 1, :t + 1], hooks=names)["hooks"])
+    for name in names:
+        joined = torch.cat([s[name] for s in split])
+        assert report(f"split {name}", joined, whole[name], "hooks") <= TOL
+
+
+def test_hook_selection_records_only_what_is_named_and_refuses_unknown_names():
+    hf = tiny_hf_model("llama")
+    ours = attnvar_model(hf)
+    ids = torch.tensor([5, 6, 7])
+    vis = _core.causal_visibility(3, 0)
+    out = ours.forward(ours.new_cache(), ids, torch.arange(3.0), vis,
+                       hooks=["blocks.1.attn.hook_z", "ln_final.hook_normalized"])
+    assert sorted(out["hooks"]) == ["blocks.1.attn.hook_z", "ln_final.hook_normalized"]
+    assert out["hooks"]["blocks.1.attn.hook_z"].shape == (3, 4, 16)
+    assert ours.forward(ours.new_cache(), ids, torch.arange(3.0), vis)["hooks"] == {}
+    for bad, match in [("blocks.3.hook_resid_pre", r"layer 3 is outside \[0, 3\)"),
+                       ("blocks.0.hook_resid", "is not one of"),
+                       ("blocks.01.hook_resid_pre", "is not one of"),
+                       ("hook_resid_pre", "is not one of"),
+                       ("blocks.-1.hook_resid_pre", "is not one of")]:
+        cache = ours.new_cache()
+        with pytest.raises(ConfigError, match=match):
+            ours.forward(cache, ids, torch.arange(3.0), vis, hooks=[bad])
+        assert cache.size == 0  # nothing appended on error
+
+
+def test_hooks_do_not_change_logits_or_attention():
+    hf = tiny_hf_model("mistral")
+    ours = attnvar_model(hf)
+    positions, visible = layout("shared_position")
+    ids = torch.randint(3, 97, (positions.shape[0],), generator=torch.Generator().manual_seed(9))
+    names = _core.hook_point_names(hf.config.num_hidden_layers)
+    plain = ours.forward(ours.new_cache(), ids, positions, visible, capture=True)
+    hooked = ours.forward(ours.new_cache(), ids, positions, visible, capture=True, hooks=names)
+    assert torch.equal(plain["logits"], hooked["logits"])
+    for a, b in zip(plain["attention"], hooked["attention"], strict=True):
+        assert torch.equal(a, b)
