@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "attnvar/error.h"
 #include "attnvar/tokenizer/tokenizer.h"
 #include "bindings.h"
 
@@ -64,8 +65,13 @@ configured as the file declares (see docs/tokenizers.md).
                                           : "sentencepiece_bpe";
                              })
       .def_property_readonly("origin", &Tokenizer::origin)
-      .def("id_to_token", &Tokenizer::id_to_token, py::arg("id"),
-           "The token string as stored (byte alphabet for byte-level BPE).")
+      .def(
+          "id_to_token",
+          [](const Tokenizer& t, int32_t id) { return utf8_message(t.id_to_token(id)); },
+          py::arg("id"),
+          "The token string as stored (byte alphabet for byte-level BPE). A byte that is not "
+          "part of well-formed UTF-8 (some GGUF vocabularies hold such tokens) is written as "
+          "the four characters \\xNN, as gguf_metadata does.")
       .def("token_to_id", &Tokenizer::token_to_id, py::arg("token"),
            "The id of a stored token string, or None.")
       .def("is_special", &Tokenizer::is_special, py::arg("id"))

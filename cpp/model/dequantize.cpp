@@ -285,6 +285,7 @@ void dequantize_row(uint32_t ggml_type, const void* src, int64_t n_elements, flo
         ggml_type_name(ggml_type)));
   }
   ggml_nbytes(ggml_type, n_elements);  // validates the count against the block size
+  if (n_elements == 0) return;         // (an empty tensor's buffers may be null)
   const auto* s = static_cast<const uint8_t*>(src);
   switch (static_cast<GgmlType>(ggml_type)) {
     case GgmlType::F32:

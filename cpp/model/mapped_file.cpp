@@ -40,9 +40,22 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
   if (::fstat(guard.fd, &st) != 0) throw FormatError(path + ": cannot stat: " + errno_text());
   if (st.st_size <= 0) throw FormatError(path + ": file is empty");
   size_ = static_cast<uint64_t>(st.st_size);
+#ifdef ATTNVAR_MAPPED_FILE_HEAP
+  auto* buffer = new uint8_t[size_];
+  for (uint64_t done = 0; done < size_;) {
+    const ssize_t n = ::pread(guard.fd, buffer + done, size_ - done, static_cast<off_t>(done));
+    if (n <= 0) {
+      delete[] buffer;
+      throw FormatError(path + ": cannot read: " + (n < 0 ? errno_text() : "file shrank"));
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  data_ = buffer;
+#else
   void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, guard.fd, 0);
   if (p == MAP_FAILED) throw FormatError(path + ": cannot map: " + errno_text());
   data_ = static_cast<const uint8_t*>(p);
+#endif
 }
 
 MappedFile::~MappedFile() { release(); }
@@ -63,7 +76,11 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
 }
 
 void MappedFile::release() noexcept {
+#ifdef ATTNVAR_MAPPED_FILE_HEAP
+  delete[] data_;
+#else
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+#endif
   data_ = nullptr;
   size_ = 0;
 }

@@ -189,12 +189,14 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) c
       if (i) joined += ' ';
       joined += tokens[i];
     }
-    return joined;
+    return utf8::repair(joined);
   }
   s.decoder->decode_chain(tokens);
   std::string text;
   for (const std::string& t : tokens) text += t;
-  return text;
+  // Valid UTF-8 whatever the vocabulary holds: a GGUF token's ill-formed bytes become U+FFFD
+  // (HF tokenizers, whose tokens are Rust strings, cannot hold such bytes at all).
+  return utf8::repair(text);
 }
 
 std::string Tokenizer::piece(int32_t id) const {

@@ -234,3 +234,13 @@ TEST_CASE("dequantize: unsupported types and partial blocks are FormatErrors", "
   CHECK_THROWS_AS(dequantize_row(77, b.data(), 1, y.data()), FormatError);
   CHECK_THROWS_AS(dequantize_row(num(GgmlType::Q4_0), b.data(), 31, y.data()), FormatError);
 }
+
+// Found by fuzzing (tests/data/fuzz/regressions/gguf/found-empty_tensor_dequantize_null.gguf):
+// an empty tensor's buffers may be null, and memcpy with a null pointer is undefined even
+// for zero bytes (UBSan reports it in the sanitizer build).
+TEST_CASE("dequantize: an empty tensor reads and writes nothing", "[dequantize]") {
+  for (GgmlType type : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0,
+                        GgmlType::Q6_K}) {
+    CHECK_NOTHROW(dequantize_row(num(type), nullptr, 0, nullptr));
+  }
+}

@@ -332,6 +332,23 @@ def test_gguf_metadata_with_non_utf8_string_value_returns_escapes(tmp_path):
     assert md["tokenizer.ggml.tokens"] == ["a", "\\xf0\\x9f", "é"]
 
 
+FUZZ_DATA = Path(__file__).resolve().parents[1] / "data" / "fuzz"
+
+
+@pytest.mark.parametrize("name", ["token_invalid_utf8.gguf", "control_token_invalid_utf8.gguf"])
+def test_gguf_vocabulary_with_non_utf8_token_loads_and_every_text_is_a_str(name):
+    """Chosen behaviour, as for gguf_metadata: a vocabulary token whose bytes are not UTF-8
+    (the fuzz regression corpus holds one as a normal and one as a control token) does not
+    stop the tokenizer from loading; id_to_token writes its bad bytes as \\xNN, piece() as
+    <0xNN>, and decode() replaces them with U+FFFD, so no call raises UnicodeDecodeError."""
+    tok = _core.Tokenizer.from_gguf(str(FUZZ_DATA / "regressions" / "gguf" / name))
+    bad = tok.vocab_size - 1
+    assert tok.id_to_token(bad) == "\\xff\\xfe\\xc3("
+    assert tok.piece(bad) == "<0xFF><0xFE><0xC3>("
+    assert tok.decode([bad]) == "\ufffd\ufffd\ufffd("
+    assert all(isinstance(tok.piece(i), str) for i in range(tok.vocab_size))
+
+
 def test_json_files_with_invalid_utf8_give_format_errors_with_decodable_messages(tmp_path):
     hf = hf_dir(tmp_path / "hf", 1)
     (hf / "config.json").write_bytes(b'{"model_type": "ll\xff\xfeama"}')

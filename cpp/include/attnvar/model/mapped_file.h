@@ -3,6 +3,10 @@
 // Readers of model files (GGUF, safetensors) parse from the mapping and hand out
 // pointers into it, so weights are never copied before dequantization or conversion.
 // The mapping lives as long as the MappedFile; pointers from data() must not outlive it.
+//
+// Built with ATTNVAR_MAPPED_FILE_HEAP defined (the fuzzing build, fuzz/), the file is read
+// into a heap buffer of exactly its size instead: AddressSanitizer then reports any read past
+// the end, which inside the last page of a mapping would go unnoticed.
 #pragma once
 
 #include <cstddef>

@@ -65,7 +65,8 @@ class Tokenizer {
 
   // An HF tokenizer.json. BOS/EOS come from its post_processor; when it has none, from a
   // tokenizer_config.json next to it (add_bos_token, add_eos_token, bos_token, eos_token),
-  // else the family default (DESIGN.md §3). EOS ids also read generation_config.json there.
+  // else the family default (BOS for SentencePiece only). EOS ids also read
+  // generation_config.json there.
   // MissingError if the file does not exist; FormatError/ConfigError naming file and field.
   static Tokenizer from_json_file(const std::filesystem::path& path);
   // The same from the text of a tokenizer.json (no sibling files); `origin` names it.
@@ -81,7 +82,9 @@ class Tokenizer {
   std::vector<int32_t> encode(std::string_view text, bool add_special = true) const;
 
   // The text of `ids`, through the declared decoder; with skip_special, special added tokens
-  // are left out. ConfigError for an id outside [0, vocab_size()) or without a token.
+  // are left out. ConfigError for an id outside [0, vocab_size()) or without a token. Always
+  // valid UTF-8: ill-formed bytes (a GGUF vocabulary may hold tokens with them; id_to_token
+  // returns those raw) become U+FFFD.
   std::string decode(std::span<const int32_t> ids, bool skip_special = false) const;
 
   // One token as a reader sees it in a parallel set: its bytes with the leading space
@@ -106,8 +109,8 @@ class Tokenizer {
   // Whether encode(add_special=true) starts with BOS: the model's flag (GGUF
   // tokenizer.ggml.add_bos_token, or the HF post-processor), else the family default.
   bool add_bos() const;
-  // Overrides add_bos() (DESIGN.md §3's `add_bos` option). ConfigError if the tokenizer has
-  // no BOS id and `add` is true.
+  // Overrides add_bos(): the user's `add_bos` choice (docs/tokenizers.md, "BOS and EOS").
+  // ConfigError if the tokenizer has no BOS id and `add` is true.
   void set_add_bos(bool add);
 
  private:
