@@ -27,7 +27,8 @@ pybind11::dict identity_to_dict(const ModelIdentity& identity);
 // Shared option conversions (capture_options.cpp).
 CaptureSpec capture_spec(bool capture, std::optional<std::vector<int64_t>> layers,
                          std::optional<std::vector<int64_t>> heads, bool probabilities,
-                         bool scores, bool value_norms, const std::string& dtype);
+                         bool scores, bool value_norms, const std::string& dtype,
+                         std::optional<std::vector<std::string>> hooks = std::nullopt);
 // Each item: dict(layer_begin, layer_end, key_slots, heads=None, delta=-inf).
 std::vector<KeyBias> key_biases(const pybind11::list& items);
 

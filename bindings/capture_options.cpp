@@ -13,8 +13,10 @@ namespace attnvar::python {
 
 CaptureSpec capture_spec(bool capture, std::optional<std::vector<int64_t>> layers,
                          std::optional<std::vector<int64_t>> heads, bool probabilities,
-                         bool scores, bool value_norms, const std::string& dtype) {
+                         bool scores, bool value_norms, const std::string& dtype,
+                         std::optional<std::vector<std::string>> hooks) {
   CaptureSpec spec;
+  spec.hook_points = hooks.value_or(std::vector<std::string>{});
   spec.enabled = capture;
   spec.layers = layers.value_or(std::vector<int64_t>{});
   spec.heads = heads.value_or(std::vector<int64_t>{});

@@ -35,7 +35,8 @@ CaptureField field_from_string(const std::string& f) {
 #define ATTNVAR_CAPTURE_ARGS                                                          \
   py::arg("capture") = false, py::arg("layers") = py::none(), py::arg("heads") = py::none(), \
       py::arg("probabilities") = true, py::arg("scores") = false,                     \
-      py::arg("value_norms") = false, py::arg("capture_dtype") = "float32"
+      py::arg("value_norms") = false, py::arg("capture_dtype") = "float32",              \
+      py::arg("hooks") = py::none()
 
 // One sequence's generation options from a dict with generate()'s keyword names (any
 // subset; the others keep generate()'s defaults). Unknown keys are a ConfigError.
@@ -99,7 +100,8 @@ void bind_generate(py::module_& m) {
       .def_readonly("step", &PassCapture::step)
       .def_readonly("first_slot", &PassCapture::first_slot)
       .def_readonly("num_queries", &PassCapture::num_queries)
-      .def_readonly("layers", &PassCapture::layers);
+      .def_readonly("layers", &PassCapture::layers)
+      .def_readonly("hooks", &PassCapture::hooks, "Hook points by name, (T, ...) each.");
 
   py::class_<GenerationResult>(m, "GenerationResult")
       .def_readonly("tree", &GenerationResult::tree)
@@ -183,7 +185,7 @@ void bind_generate(py::module_& m) {
          bool capture,
          std::optional<std::vector<int64_t>> layers, std::optional<std::vector<int64_t>> heads,
          bool probabilities, bool scores, bool value_norms, const std::string& capture_dtype,
-         py::object sink) {
+         std::optional<std::vector<std::string>> hooks, py::object sink) {
         GenerateOptions o;
         o.threshold = threshold;
         o.max_steps = max_steps;
@@ -198,7 +200,7 @@ void bind_generate(py::module_& m) {
         o.min_new_steps = min_new_steps;
         o.keep_distributions = keep_distributions;
         o.capture = capture_spec(capture, layers, heads, probabilities, scores, value_norms,
-                                 capture_dtype);
+                                 capture_dtype, hooks);
         PassSink pass_sink;
         if (!sink.is_none()) {
           // Streaming: each pass goes to the Python callable as soon as it is computed.
@@ -225,9 +227,10 @@ void bind_generate(py::module_& m) {
       [](const LlamaModel& model, const std::vector<std::vector<int64_t>>& prompts,
          const std::vector<py::dict>& options, int64_t max_batch, bool capture,
          std::optional<std::vector<int64_t>> layers, std::optional<std::vector<int64_t>> heads,
-         bool probabilities, bool scores, bool value_norms, const std::string& capture_dtype) {
+         bool probabilities, bool scores, bool value_norms, const std::string& capture_dtype,
+         std::optional<std::vector<std::string>> hooks) {
         const CaptureSpec spec = capture_spec(capture, layers, heads, probabilities, scores,
-                                              value_norms, capture_dtype);
+                                              value_norms, capture_dtype, hooks);
         std::vector<GenerateOptions> opts;
         for (const auto& d : options) {
           opts.push_back(generate_options_from(d));
@@ -248,7 +251,8 @@ void bind_generate(py::module_& m) {
          const py::list& interventions, int64_t chunk_size, const std::string& policy,
          double temperature, bool capture, std::optional<std::vector<int64_t>> layers,
          std::optional<std::vector<int64_t>> heads, bool probabilities, bool scores,
-         bool value_norms, const std::string& capture_dtype, bool logits) {
+         bool value_norms, const std::string& capture_dtype,
+         std::optional<std::vector<std::string>> hooks, bool logits) {
         ReplayOptions o;
         o.encoding = encoding_from_string(encoding);
         o.logits = logits;
@@ -257,7 +261,7 @@ void bind_generate(py::module_& m) {
         o.policy = next_step_policy_from_string(policy);
         o.temperature = temperature;
         o.capture = capture_spec(capture, layers, heads, probabilities, scores, value_norms,
-                                 capture_dtype);
+                                 capture_dtype, hooks);
         py::gil_scoped_release release;
         return replay(model, tree, o);
       },
@@ -282,7 +286,8 @@ void bind_generate(py::module_& m) {
          std::optional<std::vector<int64_t>> eos_ids, std::vector<at::Tensor> leaked_masks,
          bool capture, std::optional<std::vector<int64_t>> layers,
          std::optional<std::vector<int64_t>> heads, bool probabilities, bool scores,
-         bool value_norms, const std::string& capture_dtype) {
+         bool value_norms, const std::string& capture_dtype,
+         std::optional<std::vector<std::string>> hooks) {
         TempoOptions o;
         o.threshold = threshold;
         o.max_steps = max_steps;
@@ -290,7 +295,7 @@ void bind_generate(py::module_& m) {
         o.eos_ids = eos_ids;
         o.leaked_masks = std::move(leaked_masks);
         o.capture = capture_spec(capture, layers, heads, probabilities, scores, value_norms,
-                                 capture_dtype);
+                                 capture_dtype, hooks);
         py::gil_scoped_release release;
         return generate_tempo2025(model, prompt, o, check_signals);
       },

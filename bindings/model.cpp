@@ -164,6 +164,9 @@ void bind_model(py::module_& m) {
                              [](const LlamaModel& m) { return m.config().num_attention_heads; })
       .def_property_readonly("vocab_size", [](const LlamaModel& m) { return m.config().vocab_size; })
       .def_property_readonly(
+          "config", [](const LlamaModel& m) { return config_to_dict(m.config()); },
+          "The model's configuration as a dict (config_from_hf_json's fields).")
+      .def_property_readonly(
           "context_length", [](const LlamaModel& m) { return m.config().max_position_embeddings; },
           "Positions the model was trained on (max_position_embeddings / context_length).")
       .def_property_readonly("device", [](const LlamaModel& m) { return m.device().str(); },
@@ -180,8 +183,7 @@ void bind_model(py::module_& m) {
             PassInput in{ids, positions, visibility, {}, key_biases(interventions),
                          last_logits_only};
             auto spec = capture_spec(capture, layers, heads, probabilities, scores, value_norms,
-                                     capture_dtype);
-            spec.hook_points = hooks.value_or(std::vector<std::string>{});
+                                     capture_dtype, hooks);
             ForwardOutput out;
             {
               py::gil_scoped_release release;

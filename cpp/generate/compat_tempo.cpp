@@ -124,7 +124,9 @@ GenerationResult generate_tempo2025(const LlamaModel& model, const std::vector<i
   auto cache = model.new_cache(P + o.max_steps + 2);
   auto t0 = std::chrono::steady_clock::now();
   auto emit = [&](int64_t step, int64_t first, ForwardOutput& out) {
-    if (o.capture.enabled) r.passes.push_back(PassCapture{step, first, 1, std::move(out.captures)});
+    if (o.capture.records()) {
+      r.passes.push_back(PassCapture{step, first, 1, std::move(out.captures), std::move(out.hooks)});
+    }
   };
 
   // Each pass's visibility as applied, kept for r.visibility: the prefill's block, then one
@@ -135,7 +137,9 @@ GenerationResult generate_tempo2025(const LlamaModel& model, const std::vector<i
   apply_leaks(prefill.visibility, 0, leaks);
   applied.push_back(prefill.visibility);
   auto pre = model.forward(cache, prefill, o.capture);
-  if (o.capture.enabled) r.passes.push_back(PassCapture{-1, 0, P, std::move(pre.captures)});
+  if (o.capture.records()) {
+    r.passes.push_back(PassCapture{-1, 0, P, std::move(pre.captures), std::move(pre.hooks)});
+  }
   for (int64_t i = 0; i < P; ++i) r.slots.push_back(SlotRecord{prompt[i], double(i), -1, -1});
 
   // Slot P: the last prompt token a second time, at position P.

@@ -94,7 +94,7 @@ class Sequence {
     }
     in.last_logits_only = true;
     auto out = model_.forward(cache_, in, o_.capture);
-    emit(PassCapture{-1, 0, P_, std::move(out.captures)});
+    emit(PassCapture{-1, 0, P_, std::move(out.captures), std::move(out.hooks)});
     q_ = at::softmax(out.logits[0] / o_.temperature, -1);  // q_0
     r_.prefill_seconds = seconds_since(t0);
     started_ = std::chrono::steady_clock::now();
@@ -150,7 +150,7 @@ class Sequence {
   // whether the run goes on.
   void after_pass(ForwardOutput&& out) {
     emit(PassCapture{t_, first_, static_cast<int64_t>(fed_ids_.size()),
-                     std::move(out.captures)});
+                     std::move(out.captures), std::move(out.hooks)});
     if (!last_) q_ = next_distribution(out.logits, fed_probs_, o_.policy, o_.temperature);
   }
 
@@ -176,7 +176,7 @@ class Sequence {
   bool is_eos(int64_t id) const { return std::find(eos_.begin(), eos_.end(), id) != eos_.end(); }
 
   void emit(PassCapture&& pc) {
-    if (!o_.capture.enabled) return;
+    if (!o_.capture.records()) return;
     if (sink_) {
       sink_(std::move(pc));
     } else {

@@ -80,8 +80,9 @@ ReplayResult replay(const LlamaModel& model, const Tree& tree, const ReplayOptio
     }
     auto out = model.forward(cache, in, o.capture);
     if (o.logits) logits.push_back(out.logits);
-    if (o.capture.enabled) {
-      r.passes.push_back(PassCapture{lay.slots[b].step, b, T, std::move(out.captures)});
+    if (o.capture.records()) {
+      r.passes.push_back(
+          PassCapture{lay.slots[b].step, b, T, std::move(out.captures), std::move(out.hooks)});
     }
   }
   if (!o.logits) return r;

@@ -8,7 +8,7 @@ import typing
 
 import torch
 
-__all__: list[str] = ['AttnvarError', 'ConfigError', 'FormatError', 'GenerationResult', 'KVCache', 'LayerCapture', 'Layout', 'Member', 'MissingError', 'Model', 'PassCapture', 'ReplayResult', 'SlotRecord', 'Tokenizer', 'Tree', 'TreeStep', 'causal_visibility', 'config_from_hf_json', 'encode', 'generate', 'generate_batch', 'generate_tempo2025', 'gguf_dequantize', 'gguf_metadata', 'gguf_tensor_infos', 'kernel_info', 'load_model', 'load_weights', 'next_distribution', 'printed_set_starts', 'project', 'replay', 'rope_apply', 'rope_inv_freq', 'safetensors_read', 'select_set', 'set_visibility', 'tempo_bug_visibility', 'tempo_leak_mask']
+__all__: list[str] = ['AttnvarError', 'ConfigError', 'FormatError', 'GenerationResult', 'KVCache', 'LayerCapture', 'Layout', 'Member', 'MissingError', 'Model', 'PassCapture', 'ReplayResult', 'SlotRecord', 'Tokenizer', 'Tree', 'TreeStep', 'causal_visibility', 'config_from_hf_json', 'encode', 'generate', 'generate_batch', 'generate_tempo2025', 'gguf_dequantize', 'gguf_metadata', 'gguf_tensor_infos', 'hook_point_names', 'kernel_info', 'load_model', 'load_weights', 'next_distribution', 'printed_set_starts', 'project', 'replay', 'rope_apply', 'rope_inv_freq', 'safetensors_read', 'select_set', 'set_visibility', 'tempo_bug_visibility', 'tempo_leak_mask']
 class AttnvarError(RuntimeError):
     """
     Base of every error attnvar raises.
@@ -60,12 +60,17 @@ class Model:
         """
         Build from an HF config.json text and an HF-named state dict.
         """
-    def forward(self, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor, visibility: torch.Tensor, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32', interventions: list = [], last_logits_only: bool = False) -> dict:
+    def forward(self, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor, visibility: torch.Tensor, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32', interventions: list = [], last_logits_only: bool = False, hooks: collections.abc.Sequence[str] | None = None) -> dict:
         """
-        One pass over T new tokens: returns {'logits', 'layers', 'attention', 'scores', 'value_norms'} and appends the tokens' slots to the cache.
+        One pass over T new tokens: returns {'logits', 'layers', 'attention', 'scores', 'value_norms', 'hooks'} and appends the tokens' slots to the cache. `hooks`: hook point names (hook_point_names()) to record; 'hooks' maps each to a tensor with the pass's tokens first.
         """
     def new_cache(self, initial_capacity: typing.SupportsInt | typing.SupportsIndex = 256) -> KVCache:
         ...
+    @property
+    def config(self) -> dict:
+        """
+        The model's configuration as a dict (config_from_hf_json's fields).
+        """
     @property
     def context_length(self) -> int:
         """
@@ -120,7 +125,7 @@ class Tokenizer:
         """
     def id_to_token(self, id: typing.SupportsInt | typing.SupportsIndex) -> str:
         """
-        The token string as stored (byte alphabet for byte-level BPE).
+        The token string as stored (byte alphabet for byte-level BPE). A byte that is not part of well-formed UTF-8 (some GGUF vocabularies hold such tokens) is written as the four characters \\xNN, as gguf_metadata does.
         """
     def is_special(self, id: typing.SupportsInt | typing.SupportsIndex) -> bool:
         ...
@@ -273,6 +278,11 @@ class PassCapture:
     def first_slot(self) -> int:
         ...
     @property
+    def hooks(self) -> dict[str, torch.Tensor]:
+        """
+        Hook points by name, (T, ...) each.
+        """
+    @property
     def layers(self) -> list[LayerCapture]:
         ...
     @property
@@ -365,15 +375,15 @@ def encode(tree: Tree, encoding: str) -> Layout:
     """
     Lay a tree out under an encoding.
     """
-def generate(model: Model, prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], threshold: typing.SupportsFloat | typing.SupportsIndex = 0.1, max_steps: typing.SupportsInt | typing.SupportsIndex = 30, mode: str = 'isolated', policy: str = 'mixture', max_width: typing.SupportsInt | typing.SupportsIndex = 32, temperature: typing.SupportsFloat | typing.SupportsIndex = 1.0, sample: bool = False, seed: typing.SupportsInt | typing.SupportsIndex = 0, stop_on: str = 'any_eos', eos_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], min_new_steps: typing.SupportsInt | typing.SupportsIndex = 0, keep_distributions: bool = False, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32', sink: typing.Any = None) -> GenerationResult:
+def generate(model: Model, prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], threshold: typing.SupportsFloat | typing.SupportsIndex = 0.1, max_steps: typing.SupportsInt | typing.SupportsIndex = 30, mode: str = 'isolated', policy: str = 'mixture', max_width: typing.SupportsInt | typing.SupportsIndex = 32, temperature: typing.SupportsFloat | typing.SupportsIndex = 1.0, sample: bool = False, seed: typing.SupportsInt | typing.SupportsIndex = 0, stop_on: str = 'any_eos', eos_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [], min_new_steps: typing.SupportsInt | typing.SupportsIndex = 0, keep_distributions: bool = False, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32', hooks: collections.abc.Sequence[str] | None = None, sink: typing.Any = None) -> GenerationResult:
     """
     Parallel generation: every member of S_t fed in one pass at position P + t. With `sink`, each pass's capture is handed to sink(PassCapture) as it is computed and the result keeps none.
     """
-def generate_batch(model: Model, prompts: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]], options: collections.abc.Sequence[dict], max_batch: typing.SupportsInt | typing.SupportsIndex = 8, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32') -> list[GenerationResult]:
+def generate_batch(model: Model, prompts: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]], options: collections.abc.Sequence[dict], max_batch: typing.SupportsInt | typing.SupportsIndex = 8, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32', hooks: collections.abc.Sequence[str] | None = None) -> list[GenerationResult]:
     """
     Several generations at once (one pass per step for all active sequences); options[i]: generate()'s keyword arguments for prompts[i]. Each result is bit for bit generate() of that prompt alone.
     """
-def generate_tempo2025(model: Model, prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], threshold: typing.SupportsFloat | typing.SupportsIndex = 0.15, max_steps: typing.SupportsInt | typing.SupportsIndex = 30, emulate_isolation_bug: bool = False, eos_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, leaked_masks: collections.abc.Sequence[torch.Tensor] = [], capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32') -> GenerationResult:
+def generate_tempo2025(model: Model, prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], threshold: typing.SupportsFloat | typing.SupportsIndex = 0.15, max_steps: typing.SupportsInt | typing.SupportsIndex = 30, emulate_isolation_bug: bool = False, eos_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, leaked_masks: collections.abc.Sequence[torch.Tensor] = [], capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32', hooks: collections.abc.Sequence[str] | None = None) -> GenerationResult:
     """
     The compat preset `tempo-2025` (the prototype's bookkeeping, not the mechanism). eos_ids: None = the model config's; [] = never stop on EOS. leaked_masks: the tempo_leak_mask of every earlier isolated-mode run of the emulated process, oldest first; [] = a clean start.
     """
@@ -388,6 +398,10 @@ def gguf_metadata(path: str) -> dict:
 def gguf_tensor_infos(path: str) -> list:
     """
     Tensor infos in file order: name, shape (GGUF order, ne[0] first), type (ggml number), type_name, offset (absolute, bytes), nbytes. A name that is not valid UTF-8 comes back with each ill-formed byte as \\xNN.
+    """
+def hook_point_names(num_layers: typing.SupportsInt | typing.SupportsIndex) -> list[str]:
+    """
+    Every hook point name of a model with num_layers layers, in forward order (TransformerLens names: blocks.{l}.hook_resid_pre, ..., ln_final.hook_normalized).
     """
 def kernel_info() -> dict:
     """
@@ -411,7 +425,7 @@ def project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> 
     """
     The engine's projection y = x wᵀ (+ b): up to 16 f32 CPU rows through gemv_rows, which reads w once for all rows; anything else through torch's linear. For tests and the benchmark's read-bandwidth probe.
     """
-def replay(model: Model, tree: Tree, encoding: str = 'shared_isolated', interventions: list = [], chunk_size: typing.SupportsInt | typing.SupportsIndex = 0, policy: str = 'mixture', temperature: typing.SupportsFloat | typing.SupportsIndex = 1.0, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32', logits: bool = True) -> ReplayResult:
+def replay(model: Model, tree: Tree, encoding: str = 'shared_isolated', interventions: list = [], chunk_size: typing.SupportsInt | typing.SupportsIndex = 0, policy: str = 'mixture', temperature: typing.SupportsFloat | typing.SupportsIndex = 1.0, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32', hooks: collections.abc.Sequence[str] | None = None, logits: bool = True) -> ReplayResult:
     """
     Teacher-force a tree under an encoding (one pass, or chunks of whole steps). logits=False skips the output projection: no logits, no distributions.
     """

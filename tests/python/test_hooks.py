@@ -173,3 +173,124 @@ def test_hooks_do_not_change_logits_or_attention():
     assert torch.equal(plain["logits"], hooked["logits"])
     for a, b in zip(plain["attention"], hooked["attention"], strict=True):
         assert torch.equal(a, b)
+
+
+# ---- hook points in runs: generate, replay, batches, storage --------------------------------
+
+RUN_NAMES = ["blocks.0.hook_resid_pre", "blocks.1.attn.hook_rot_k", "blocks.1.attn.hook_z",
+             "blocks.2.mlp.hook_post", "blocks.2.hook_resid_post", "ln_final.hook_normalized"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from tiny_models import tiny_llama_model
+
+    return tiny_llama_model(seed=11), tiny_hf_model("llama", seed=11)
+
+
+def run_layout(run):
+    ids = torch.tensor([s["token_id"] for s in run.slot_records])
+    positions = torch.tensor([float(s["position"]) for s in run.slot_records])
+    return ids, positions, run.visibility
+
+
+def check_against_hf(run, hf, label):
+    ids, positions, visible = run_layout(run)
+    expected = hf_hook_values(hf, ids, positions, visible)
+    for name in RUN_NAMES:
+        got = run.hooks[name]
+        assert got.shape == (run.num_slots, *expected[name].shape[1:]), name
+        d = report(f"{label} {name}", got, expected[name], "hooks")
+        assert d <= TOL * max(1.0, expected[name].abs().max().item()), name
+
+
+@pytest.mark.parametrize("mode", ["isolated", "visible"])
+def test_generated_run_hooks_equal_one_hf_pass_over_its_layout(tiny, mode):
+    """A run's hook points, pass by pass in slot order, equal one HF pass over the whole
+    layout: the slots' ids, logical positions (siblings share one) and the visibility the
+    engine applied."""
+    import attnvar
+
+    model, hf = tiny
+    run = model.generate([5, 9, 14, 3], threshold=0.04, max_steps=5, mode=mode,
+                         capture=attnvar.Capture(names=RUN_NAMES))
+    assert max(len(s.members) for s in run.tree.steps) > 1  # a real parallel set
+    assert list(run.hooks) == RUN_NAMES
+    check_against_hf(run, hf, f"generate {mode}")
+
+
+@pytest.mark.parametrize("encoding", ["serial", "shared_isolated"])
+def test_replayed_run_hooks_equal_hf(tiny, encoding):
+    import attnvar
+
+    model, hf = tiny
+    source = model.generate([5, 9, 14, 3], threshold=0.04, max_steps=4)
+    rep = model.replay(source.tree, encoding, capture=attnvar.Capture(names=RUN_NAMES))
+    check_against_hf(rep, hf, f"replay {encoding}")
+
+
+def test_hooks_survive_save_load_and_streaming_bit_for_bit(tiny, tmp_path):
+    import attnvar
+
+    model, _ = tiny
+    cap = attnvar.Capture(names=RUN_NAMES + ["blocks.1.attn.hook_pattern"])
+    run = model.generate([5, 9, 14, 3], threshold=0.04, max_steps=4, capture=cap)
+    run.save(tmp_path / "saved")
+    streamed = model.generate([5, 9, 14, 3], threshold=0.04, max_steps=4, capture=cap,
+                              stream_to=tmp_path / "streamed")
+    for other in (attnvar.load_run(tmp_path / "saved"), attnvar.load_run(tmp_path / "streamed"),
+                  streamed):
+        assert list(other.hooks) == list(run.hooks)
+        for name in run.hooks:
+            assert torch.equal(other.hooks[name], run.hooks[name]), name
+    # The pattern view is the attention capture's layer.
+    assert torch.equal(run.hooks["blocks.1.attn.hook_pattern"], run.attention[1])
+
+
+def test_batched_generation_hooks_are_bit_identical_to_solo_runs(tiny):
+    import attnvar
+
+    model, _ = tiny
+    cap = attnvar.Capture(names=RUN_NAMES)
+    prompts = [[5, 9, 14, 3], [7, 8], [20, 21, 22, 23, 24, 25]]
+    batch = model.generate_many(prompts, threshold=0.04, max_steps=4, capture=cap)
+    for prompt, run in zip(prompts, batch, strict=True):
+        solo = model.generate(prompt, threshold=0.04, max_steps=4, capture=cap)
+        for name in RUN_NAMES:
+            assert torch.equal(run.hooks[name], solo.hooks[name]), name
+
+
+def test_capture_names_are_validated_and_budgeted(tiny):
+    import attnvar
+
+    model, _ = tiny
+    all_names = model.hook_point_names()
+    assert len(all_names) == 3 * 14 + 1 and all_names[-1] == "ln_final.hook_normalized"
+    assert attnvar.Capture(names="blocks.2.mlp").hook_names(3) == ["blocks.2.mlp.hook_post"]
+    pred = attnvar.Capture(names=lambda n: n.endswith("hook_resid_post")).hook_names(3)
+    assert pred == [f"blocks.{i}.hook_resid_post" for i in range(3)]
+    # A prefix includes attention views only where the attention capture records them.
+    assert "blocks.0.attn.hook_pattern" in attnvar.Capture(names="blocks.0.").hook_names(3)
+    assert "blocks.0.attn.hook_attn_scores" not in attnvar.Capture(
+        names="blocks.0.").hook_names(3)
+    for bad, match in [([], "is empty"), ("", "empty prefix"), (["x", "x"], "repeats"),
+                       ([3], "must hold strings"), (iter(["a"]), "must be None")]:
+        with pytest.raises(ValueError, match=match):
+            attnvar.Capture(names=bad)
+    for bad, match in [(["blocks.3.hook_resid_pre"], "is not a hook point"),
+                       ("nothing", "selects no hook point"),
+                       (["blocks.0.attn.hook_attn_scores"], "Capture.scores=True")]:
+        with pytest.raises(ValueError, match=match):
+            model.generate([5, 6], max_steps=1, capture=attnvar.Capture(names=bad))
+    plain = attnvar.Capture()
+    hooked = attnvar.Capture(names=["blocks.0.hook_resid_pre", "blocks.0.attn.hook_q",
+                                    "blocks.0.mlp.hook_post"])
+    extra = (hooked.estimate_bytes(3, 4, 10, model.dims) - plain.estimate_bytes(3, 4, 10))
+    assert extra == 10 * (64 + 4 * 16 + 96) * 4
+    with pytest.raises(ValueError, match="over the memory budget"):
+        model.generate([5, 6], max_steps=1, capture=attnvar.Capture(
+            names="blocks.", probabilities=False, memory_budget=10_000))
+    run = model.generate([5, 6], max_steps=1, capture=attnvar.Capture())
+    assert len(run.hooks) == 0
+    with pytest.raises(KeyError, match="did not record hook point"):
+        run.hooks["blocks.0.hook_resid_pre"]

@@ -1,4 +1,5 @@
-"""Capture specs: what a pass records about attention (docs/engine.md, "Capture")."""
+"""Capture specs: what a pass records about attention and which named hook points it
+records (docs/engine.md, "Capture" and "Hook points")."""
 
 from __future__ import annotations
 
@@ -6,11 +7,53 @@ import math
 import numbers
 import operator
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 DEFAULT_MEMORY_BUDGET = 4 * 1024**3  # bytes of dense capture per run
+
+# Hook points read from the attention capture rather than recorded separately: name suffix
+# -> the Capture field that must be on.
+ATTENTION_POINTS = {"attn.hook_pattern": "probabilities", "attn.hook_attn_scores": "scores"}
+# The engine's points (attnvar._core.hook_point_names), in forward order within a block.
+BLOCK_POINTS = ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+                "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_scores",
+                "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid",
+                "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
+FINAL_POINT = "ln_final.hook_normalized"
+
+HookNames = None | str | Sequence[str] | Callable[[str], bool]
+
+
+def all_hook_names(num_layers: int) -> list[str]:
+    """Every hook point name of a ``num_layers``-layer model, in forward order."""
+    return [f"blocks.{layer}.{p}" for layer in range(num_layers) for p in BLOCK_POINTS] + [
+        FINAL_POINT]
+
+
+def hook_point(name: str) -> str:
+    """The point of a hook name without its block: ``"blocks.3.attn.hook_q"`` ->
+    ``"attn.hook_q"``."""
+    return name.split(".", 2)[2] if name.startswith("blocks.") else name
+
+
+def is_attention_view(name: str) -> bool:
+    """Whether a hook name is read from the attention capture (pattern, scores)."""
+    return hook_point(name) in ATTENTION_POINTS
+
+
+def hook_shape(name: str, dims: dict) -> tuple[int, ...]:
+    """The per-slot shape of a recorded hook point (without the slot axis). ``dims``:
+    hidden, intermediate, heads, kv_heads, head_dim."""
+    point = hook_point(name)
+    if point in ("attn.hook_q", "attn.hook_rot_q", "attn.hook_z"):
+        return (dims["heads"], dims["head_dim"])
+    if point in ("attn.hook_k", "attn.hook_v", "attn.hook_rot_k"):
+        return (dims["kv_heads"], dims["head_dim"])
+    if point == "mlp.hook_post":
+        return (dims["intermediate"],)
+    return (dims["hidden"],)
 
 
 @dataclass(frozen=True)
@@ -27,8 +70,15 @@ class Capture:
     dtype : "float32", or "float16" for storage only (small weights underflow to 0;
         metrics read f32 scores)
     memory_budget : bytes, a non-negative integer (an integral float such as 8e9 is taken
-        as that int); a spec whose dense view (L·H·N²·bytes per field) would exceed it
-        fails up front with the estimate
+        as that int); a spec whose dense view (L·H·N²·bytes per field, plus N·size of each
+        hook point) would exceed it fails up front with the estimate
+    names : hook points to record besides attention (TransformerLens names, e.g.
+        ``"blocks.3.hook_resid_pre"``; ``model.hook_point_names()`` lists them):
+        None (none), a list of names, a prefix string (every name starting with it), or
+        a predicate ``name -> bool``. ``blocks.{l}.attn.hook_pattern`` and
+        ``attn.hook_attn_scores`` are views of the attention capture: a list naming one
+        needs that layer captured with ``probabilities`` (resp. ``scores``) on; a prefix or
+        predicate includes them where they are captured. Read back as ``run.hooks[name]``.
 
     An empty ``layers``/``heads`` list, a repeated index, a non-integer index and a
     NaN, infinite, negative or fractional ``memory_budget`` raise ValueError: the engine
@@ -42,6 +92,7 @@ class Capture:
     value_norms: bool = False
     dtype: Literal["float32", "float16"] = "float32"
     memory_budget: int = DEFAULT_MEMORY_BUDGET
+    names: HookNames = None
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "float16"):
@@ -49,9 +100,59 @@ class Capture:
         for name in ("layers", "heads"):
             _check_indices(name, getattr(self, name))
         object.__setattr__(self, "memory_budget", _check_budget(self.memory_budget))
+        object.__setattr__(self, "names", _check_names(self.names))
 
-    def kwargs(self) -> dict:
-        """Keyword arguments of the _core generate/replay/forward calls."""
+    def hook_names(self, num_layers: int) -> list[str]:
+        """The hook point names this spec selects for a ``num_layers``-layer model, in
+        forward order (attention views included). ValueError for a name that is not a hook
+        point, a prefix or predicate that selects nothing, or an attention view the
+        attention capture does not record."""
+        valid = all_hook_names(num_layers)
+        if self.names is None:
+            return []
+        if isinstance(self.names, str):
+            chosen = [n for n in valid if n.startswith(self.names) and self._covers(n)]
+            what = f"prefix {self.names!r}"
+        elif callable(self.names):
+            chosen = [n for n in valid if self.names(n) and self._covers(n)]
+            what = "the names predicate"
+        else:
+            known = set(valid)
+            for n in self.names:
+                if n not in known:
+                    raise ValueError(
+                        f"Capture.names: {n!r} is not a hook point of this {num_layers}-layer "
+                        f"model (blocks.{{0..{num_layers - 1}}}.{{{', '.join(BLOCK_POINTS)}}}, "
+                        f"{FINAL_POINT})")
+                if not self._covers(n):
+                    layer, point = int(n.split(".")[1]), hook_point(n)
+                    raise ValueError(
+                        f"Capture.names: {n!r} is read from the attention capture, which does "
+                        f"not record it: capture layer {layer} (Capture.layers) with "
+                        f"Capture.{ATTENTION_POINTS[point]}=True")
+            wanted = set(self.names)
+            chosen = [n for n in valid if n in wanted]
+            what = "the names list"
+        if not chosen:
+            raise ValueError(f"Capture.names: {what} selects no hook point of this "
+                             f"{num_layers}-layer model")
+        return chosen
+
+    def _covers(self, name: str) -> bool:
+        """Whether a name is recorded: engine points always; attention views when the
+        attention capture records that layer and field."""
+        point = hook_point(name)
+        if point not in ATTENTION_POINTS:
+            return True
+        layer = int(name.split(".")[1])
+        return (getattr(self, ATTENTION_POINTS[point])
+                and (isinstance(self.layers, str) or layer in {int(v) for v in self.layers}))
+
+    def kwargs(self, num_layers: int | None = None) -> dict:
+        """Keyword arguments of the _core generate/replay/forward calls (``num_layers``
+        resolves the hook point names; without it, none are recorded)."""
+        hooks = ([n for n in self.hook_names(num_layers) if not is_attention_view(n)]
+                 if num_layers is not None else [])
         return dict(
             capture=True,
             layers=None if isinstance(self.layers, str) else sorted(int(v) for v in self.layers),
@@ -60,20 +161,32 @@ class Capture:
             scores=self.scores,
             value_norms=self.value_norms,
             capture_dtype=self.dtype,
+            hooks=hooks or None,
         )
 
-    def estimate_bytes(self, num_layers: int, num_heads: int, num_slots: int) -> int:
-        """Bytes of the dense [L, H, N, N] views this spec asks for."""
+    def estimate_bytes(self, num_layers: int, num_heads: int, num_slots: int,
+                       dims: dict | None = None) -> int:
+        """Bytes of the dense [L, H, N, N] views this spec asks for, plus the recorded hook
+        points ([N, ...] each; ``dims``: the model's hidden, intermediate, heads, kv_heads
+        and head_dim, needed when ``names`` is set)."""
         # Validated at construction: the only string is "all", and lists are non-empty.
         layers = num_layers if isinstance(self.layers, str) else len(self.layers)
         heads = num_heads if isinstance(self.heads, str) else len(self.heads)
         per = 2 if self.dtype == "float16" else 4
         fields = int(self.probabilities) + int(self.scores)
         dense = layers * heads * num_slots * num_slots * per * fields
-        return dense + layers * heads * num_slots * 4  # value norms, f32
+        hooks = 0
+        if self.names is not None:
+            if dims is None:
+                raise ValueError("estimate_bytes: Capture.names needs the model's dims")
+            for n in self.hook_names(num_layers):
+                if not is_attention_view(n):
+                    hooks += num_slots * math.prod(hook_shape(n, dims)) * per
+        return dense + layers * heads * num_slots * 4 + hooks  # value norms, f32
 
-    def check_budget(self, num_layers: int, num_heads: int, num_slots: int) -> None:
-        need = self.estimate_bytes(num_layers, num_heads, num_slots)
+    def check_budget(self, num_layers: int, num_heads: int, num_slots: int,
+                     dims: dict | None = None) -> None:
+        need = self.estimate_bytes(num_layers, num_heads, num_slots, dims)
         if need > self.memory_budget:
             raise ValueError(
                 f"capture would need about {need / 1e9:.2f} GB for up to {num_slots} slots "
@@ -119,6 +232,31 @@ def _check_budget(value: object) -> int:
     if budget < 0:
         raise ValueError(f"Capture.memory_budget must be non-negative, got {budget}")
     return budget
+
+
+def _check_names(value: object) -> HookNames:
+    """None, a non-empty prefix string, a callable, or a non-empty sequence of distinct
+    strings (kept as a tuple, so the spec stays hashable)."""
+    if value is None or callable(value):
+        return value
+    if isinstance(value, str):
+        if not value:
+            raise ValueError("Capture.names: an empty prefix would select every hook point; "
+                             "pass it explicitly as a list, or a predicate")
+        return value
+    if isinstance(value, Iterator) or not hasattr(value, "__iter__"):
+        raise ValueError("Capture.names must be None, a list of hook point names, a prefix "
+                         f"string or a predicate, got {type(value).__name__}")
+    names = tuple(value)
+    if not names:
+        raise ValueError("Capture.names is empty: pass None for no hook points")
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise ValueError(f"Capture.names must hold strings, got {bad[0]!r}")
+    if len(set(names)) != len(names):
+        repeated = sorted(n for n, c in Counter(names).items() if c > 1)
+        raise ValueError(f"Capture.names repeats {repeated}: each name may appear once")
+    return names
 
 
 def no_capture_kwargs() -> dict:

@@ -17,7 +17,7 @@ import torch
 
 from .. import _core
 from .._core import MissingError
-from .capture import Capture
+from .capture import Capture, all_hook_names
 from .mask_leak import MaskLeak
 from .records import PassRecord
 from .run import Run
@@ -163,6 +163,19 @@ class Model:
     def num_heads(self) -> int:
         return self.core.num_heads
 
+    @property
+    def dims(self) -> dict[str, int]:
+        """hidden, intermediate, heads, kv_heads, head_dim: the shapes of hook points."""
+        c = self.core.config
+        return {"hidden": c["hidden_size"], "intermediate": c["intermediate_size"],
+                "heads": c["num_attention_heads"], "kv_heads": c["num_key_value_heads"],
+                "head_dim": c["head_dim"]}
+
+    def hook_point_names(self) -> list[str]:
+        """Every hook point name of this model (TransformerLens names), in forward order;
+        ``Capture(names=...)`` selects from them."""
+        return all_hook_names(self.num_layers)
+
     def info(self) -> dict:
         """Identity and shape, recorded with every run."""
         return {
@@ -221,13 +234,15 @@ class Model:
         return {i: self.tokenizer.piece(i) for i in ids}
 
     def _capture_kwargs(self, capture: Capture | None, max_slots: int
-                        ) -> tuple[dict, list, list | None]:
+                        ) -> tuple[dict, list, list | None, list[str]]:
+        """The _core keyword arguments of a capture spec, the captured layers and heads, and
+        the hook point names it selects (attention views included)."""
         if capture is None:
-            return {"capture": False}, [], None
+            return {"capture": False}, [], None, []
         if not isinstance(capture, Capture):
             raise ValueError("capture must be an attnvar.Capture or None")
-        capture.check_budget(self.num_layers, self.num_heads, max_slots)
-        kw = capture.kwargs()
+        capture.check_budget(self.num_layers, self.num_heads, max_slots, self.dims)
+        kw = capture.kwargs(self.num_layers)
         layers = kw["layers"] if kw["layers"] is not None else list(range(self.num_layers))
         for layer in layers:
             if layer >= self.num_layers:
@@ -236,7 +251,7 @@ class Model:
             for h in kw["heads"]:
                 if h >= self.num_heads:
                     raise ValueError(f"Capture.heads: head {h} outside [0, {self.num_heads})")
-        return kw, layers, kw["heads"]
+        return kw, layers, kw["heads"], capture.hook_names(self.num_layers)
 
     def tree(self, prompt: str | Sequence[int], steps: Sequence[Sequence[str | int]]):
         """A tree built by hand (``Tree.build``) with this model's tokenizer."""
@@ -292,7 +307,7 @@ class Model:
         self._check_context(len(ids) + int(max_steps), "generate",
                             f"a {len(ids)}-token prompt + max_steps {int(max_steps)}",
                             beyond_context)
-        kw, layers, heads = self._capture_kwargs(capture, len(ids) + max_steps * max_width)
+        kw, layers, heads, hooks = self._capture_kwargs(capture, len(ids) + max_steps * max_width)
         stream = None
         if stream_to is not None:
             if capture is None:
@@ -320,7 +335,7 @@ class Model:
         encoding = "shared_" + mode
         run = self._run("generate", encoding, res, options, layers, heads,
                         visibility=_core.encode(res.tree, encoding).visibility,
-                        passes=None if stream is None else stream.records)
+                        passes=None if stream is None else stream.records, hooks=hooks)
         if stream is not None:
             save_run(run, stream_to, staging=stream.staging)
         return run
@@ -380,7 +395,7 @@ class Model:
         # it) otherwise.
         positions = n if encoding == "serial" else tree.prompt_length + len(tree.steps)
         self._check_context(positions, "replay", f"{n} slots under {encoding}", beyond_context)
-        kw, layers, heads = self._capture_kwargs(capture, n)
+        kw, layers, heads, hooks = self._capture_kwargs(capture, n)
         res = _core.replay(self.core, tree, encoding, interventions=list(interventions),
                            chunk_size=int(chunk_size), policy=policy,
                            temperature=float(temperature), logits=bool(logits), **kw)
@@ -388,7 +403,7 @@ class Model:
                        chunk_size=chunk_size, policy=policy, temperature=temperature,
                        logits=bool(logits))
         return self._run("replay", encoding, res, options, layers, heads, tree=tree,
-                         slots=res.layout.slots, visibility=res.layout.visibility)
+                         slots=res.layout.slots, visibility=res.layout.visibility, hooks=hooks)
 
     # Keyword arguments of generate() that generate_many() passes per sequence.
     _PER_SEQUENCE = ("threshold", "max_steps", "mode", "policy", "max_width", "temperature",
@@ -448,7 +463,7 @@ class Model:
             settings.append((req["prompt"], mode, req.get("add_bos", common.get("add_bos"))))
         longest = max((len(p) + int(o.get("max_steps", 30)) * int(o.get("max_width", 32))
                        for p, o in zip(prompts, options, strict=True)), default=0)
-        kw, layers, heads = self._capture_kwargs(capture, longest)
+        kw, layers, heads, hooks = self._capture_kwargs(capture, longest)
         results = _core.generate_batch(self.core, prompts, options, max_batch=int(max_batch),
                                        **kw)
         runs = []
@@ -459,7 +474,8 @@ class Model:
                             add_bos=add_bos)
             encoding = "shared_" + mode
             runs.append(self._run("generate", encoding, res, recorded, layers, heads,
-                                  visibility=_core.encode(res.tree, encoding).visibility))
+                                  visibility=_core.encode(res.tree, encoding).visibility,
+                                  hooks=hooks))
         return runs
 
     def tempo2025(
@@ -503,7 +519,7 @@ class Model:
                        and self.tokenizer.bos_id is not None)
         ids = self.encode(prompt, add_bos=add_bos if isinstance(prompt, str) else None)
         eos = list(self.eos_ids) if eos_ids is None else _id_list("eos_ids", eos_ids)
-        kw, layers, heads = self._capture_kwargs(capture, len(ids) + max_steps + 1)
+        kw, layers, heads, hooks = self._capture_kwargs(capture, len(ids) + max_steps + 1)
         leaked = [] if mask_leak is None else list(mask_leak.masks)
         res = _core.generate_tempo2025(self.core, ids, threshold=float(threshold),
                                        max_steps=int(max_steps),
@@ -515,13 +531,13 @@ class Model:
                        add_bos=add_bos if isinstance(prompt, str) else None, eos_ids=eos,
                        mask_leak=None if mask_leak is None else len(leaked))
         run = self._run("tempo-2025", "tempo-2025", res, options, layers, heads,
-                        visibility=res.visibility)
+                        visibility=res.visibility, hooks=hooks)
         if mask_leak is not None:
             mask_leak.record(run)
         return run
 
     def _run(self, kind, encoding, res, options, layers, heads, tree=None, slots=None,
-             visibility=None, passes=None) -> Run:
+             visibility=None, passes=None, hooks=None) -> Run:
         tree = res.tree if tree is None else tree
         records = [
             {"token_id": s.token_id, "position": s.position, "step": s.step, "member": s.member}
@@ -537,7 +553,8 @@ class Model:
             passes=passes if passes is not None else [PassRecord.from_core(p) for p in res.passes],
             options=options,
             model=self.info(), pieces=self._pieces(tree), capture_layers=layers,
-            capture_heads=heads, stop_reason=getattr(res, "stop_reason", ""), timings=timings,
+            capture_heads=heads, capture_hooks=list(hooks or []),
+            stop_reason=getattr(res, "stop_reason", ""), timings=timings,
             distributions=dist if dist is not None and dist.numel() else None,
             visibility=visibility,
         )

@@ -22,6 +22,8 @@ SPARSE_TENSORS = "sparse_tensors"
 STORED_ENTRIES = "stored_entries"
 # What each field holds outside the stored entries: a masked score is −∞, its α is 0.
 MASKED_FILL = {"scores": float("-inf"), "attention": 0.0}
+# Pass-file tensor names of hook points: this prefix, then the hook point's name.
+HOOK_PREFIX = "hook."
 
 
 def attention_of(scores: torch.Tensor) -> torch.Tensor:
@@ -41,7 +43,8 @@ def recomputable(attention: torch.Tensor, scores: torch.Tensor) -> bool:
 class PassRecord:
     """What one forward pass recorded: queries are slots [first_slot, first_slot + T).
 
-    Per captured layer: ``attention`` and ``scores`` (H', T, S), ``value_norms`` (H', S).
+    Per captured layer: ``attention`` and ``scores`` (H', T, S), ``value_norms`` (H', S);
+    and ``hooks``, the recorded hook points by name, each with the pass's T queries first.
     A record read from disk (or streamed there during generation) loads its tensors on
     first access, so a long run need not hold every pass in memory.
 
@@ -72,12 +75,13 @@ class PassRecord:
 
     @classmethod
     def from_core(cls, p) -> PassRecord:
-        tensors: dict[str, list[torch.Tensor]] = {name: [] for name in FIELDS}
+        tensors: dict = {name: [] for name in FIELDS}
         for c in p.layers:
             for name, t in (("attention", c.probabilities), ("scores", c.scores),
                             ("value_norms", c.value_norms)):
                 if t is not None:
                     tensors[name].append(t)
+        tensors["hooks"] = dict(p.hooks)
         return cls(p.step, p.first_slot, p.num_queries, tensors)
 
     def _fields(self) -> dict[str, list[torch.Tensor]]:
@@ -98,6 +102,8 @@ class PassRecord:
                 while f"layer{layer:03d}.{name}" in flat:
                     self._tensors[name].append(flat[f"layer{layer:03d}.{name}"])
                     layer += 1
+            self._tensors["hooks"] = {k[len(HOOK_PREFIX):]: t for k, t in flat.items()
+                                      if k.startswith(HOOK_PREFIX)}
         return self._tensors
 
     def release(self) -> None:
@@ -117,13 +123,19 @@ class PassRecord:
     def value_norms(self) -> list[torch.Tensor]:
         return self._fields()["value_norms"]
 
+    @property
+    def hooks(self) -> dict[str, torch.Tensor]:
+        return self._fields().get("hooks", {})
+
     def write(self, path: Path) -> None:
         """Write this pass's tensors to one safetensors file, atomically."""
         from safetensors.torch import save_file
 
         fields = self._fields()
         flat = {f"layer{i:03d}.{name}": t.contiguous()
-                for name, ts in fields.items() for i, t in enumerate(ts)}
+                for name in FIELDS for i, t in enumerate(fields[name])}
+        flat.update({HOOK_PREFIX + name: t.contiguous()
+                     for name, t in fields.get("hooks", {}).items()})
         derived = [i for i, (a, s) in enumerate(zip(fields["attention"], fields["scores"],
                                                      strict=False)) if recomputable(a, s)]
         for i in derived:

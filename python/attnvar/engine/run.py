@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -12,6 +12,7 @@ import torch
 from .. import _core
 from .._core import FormatError
 from . import run_store
+from .capture import hook_point, is_attention_view
 from .records import MASKED_FILL, PassRecord
 from .visibility import applied_visibility
 
@@ -42,6 +43,7 @@ class Run:
         pieces: dict[int, str],
         capture_layers: list[int],
         capture_heads: list[int] | None,
+        capture_hooks: Sequence[str] = (),
         stop_reason: str = "",
         timings: dict | None = None,
         distributions: torch.Tensor | None = None,
@@ -58,6 +60,7 @@ class Run:
         self.pieces = pieces  # token id -> piece text, for every id in the tree
         self.capture_layers = capture_layers
         self.capture_heads = capture_heads
+        self.capture_hooks = list(capture_hooks)  # hook point names (Capture.names)
         self.stop_reason = stop_reason
         self.timings = timings or {}
         self.distributions = distributions
@@ -196,6 +199,47 @@ class Run:
         """[L', H', N] ‖v_k W_O^h‖ per captured layer, head and key slot."""
         return self._assemble("value_norms")
 
+    @property
+    def hooks(self) -> HookPoints:
+        """The hook points this run recorded (``Capture(names=...)``), by name, slots first
+        in slot order: ``run.hooks["blocks.3.hook_resid_pre"]`` is [N, hidden]; per-head
+        points are [N, heads, head_dim]; ``attn.hook_pattern`` / ``attn.hook_attn_scores``
+        are that layer's [H', N, N] from the attention capture."""
+        return HookPoints(self)
+
+    def _assemble_hook(self, name: str) -> torch.Tensor:
+        key = "hook:" + name
+        if key in self._dense:
+            return self._dense[key]
+        if name not in self.capture_hooks:
+            recorded = ", ".join(self.capture_hooks[:6]) or "none"
+            raise KeyError(f"this run did not record hook point {name!r} (recorded: "
+                           f"{recorded}{', ...' if len(self.capture_hooks) > 6 else ''}); "
+                           "pass Capture(names=[...])")
+        if self.capture_removed:
+            raise ValueError(f"this run's capture was removed: {self.capture_removed}")
+        if is_attention_view(name):
+            layer = int(name.split(".")[1])
+            field = "attention" if hook_point(name) == "attn.hook_pattern" else "scores"
+            layers = self.capture_layers or []
+            return self._assemble(field)[layers.index(layer) if layers else layer]
+        # Each slot is a query of exactly one pass: the passes' rows, in slot order.
+        parts, covered = [], 0
+        for p in sorted(self.passes, key=lambda p: p.first_slot):
+            t = p.hooks.get(name)
+            where = p.source if p.source is not None else f"pass {p.step}"
+            if t is None or t.shape[0] != p.num_queries or p.first_slot != covered:
+                raise FormatError(f"{where}: hook point {name!r} missing or not "
+                                  f"{p.num_queries} rows from slot {covered}")
+            parts.append(t.float())
+            covered += p.num_queries
+            p.release()
+        if covered != self.num_slots:
+            raise FormatError(f"hook point {name!r} covers {covered} of {self.num_slots} slots")
+        out = torch.cat(parts)
+        self._dense[key] = out
+        return out
+
     def to_frame(
         self,
         field: str = "attention",
@@ -302,6 +346,26 @@ class Run:
             "mean_entropy": (sum(self.entropies) / len(widths)) if widths else float("nan"),
             "seconds": sum(self.timings.values()),
         }
+
+
+class HookPoints(Mapping):
+    """``run.hooks``: a read-only mapping from hook point name to its tensor, assembled
+    from the passes on first access (and kept)."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._run._assemble_hook(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._run.capture_hooks)
+
+    def __len__(self) -> int:
+        return len(self._run.capture_hooks)
+
+    def __repr__(self) -> str:
+        return f"<run.hooks: {len(self)} hook points>"
 
 
 def load_run(path: str | os.PathLike, verify: bool | None = None) -> Run:

@@ -82,6 +82,7 @@ def run_to_dict(run: Run) -> dict:
         "capture": {
             "layers": run.capture_layers,
             "heads": run.capture_heads,
+            **({"hooks": run.capture_hooks} if run.capture_hooks else {}),
             "passes": [
                 {"step": p.step, "first_slot": p.first_slot, "num_queries": p.num_queries}
                 for p in run.passes
@@ -208,6 +209,7 @@ def _run_arguments(d: dict, root: Path, verify: bool) -> dict[str, Any]:
         pieces={int(k): v for k, v in d["pieces"].items()},
         capture_layers=d["capture"]["layers"],
         capture_heads=d["capture"]["heads"],
+        capture_hooks=[str(n) for n in d["capture"].get("hooks", [])],
         stop_reason=d.get("stop_reason", ""),
         timings=d.get("timings", {}),
         distributions=extras.get("distributions"),

@@ -273,7 +273,11 @@ class Study:
     def describe(self) -> dict:
         cap = None if self.capture is None else {
             k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.capture).items()
+            if not (k == "names" and v is None)  # (studies from before hook points match)
         }
+        if cap is not None and callable(cap.get("names")):
+            raise ValueError("a study's Capture.names must be a list of names or a prefix "
+                             "(it is recorded in study.json), not a predicate")
         return {
             "prompts": [asdict(p) for p in self.prompts],
             "thresholds": list(self.thresholds), "modes": list(self.modes),

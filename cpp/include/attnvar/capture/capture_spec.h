@@ -21,6 +21,9 @@ struct CaptureSpec {
   // (`enabled` governs only the fields above). Recorded in f32 (or dtype), every head.
   std::vector<std::string> hook_points;
 
+  // Whether a pass records anything: attention (enabled) or hook points.
+  bool records() const { return enabled || !hook_points.empty(); }
+
   bool captures_layer(int64_t layer) const {
     if (!enabled) return false;
     if (layers.empty()) return true;

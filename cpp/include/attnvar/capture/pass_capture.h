@@ -6,6 +6,8 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "attnvar/model/attention.h"
@@ -17,6 +19,7 @@ struct PassCapture {
   int64_t first_slot = 0;   // the pass's queries are slots [first_slot, first_slot + T)
   int64_t num_queries = 0;  // T
   std::vector<LayerCapture> layers;  // captured layers in order
+  std::map<std::string, at::Tensor> hooks;  // hook points by name, (T, ...) each
 };
 
 enum class CaptureField { kProbabilities, kScores };
