@@ -31,5 +31,10 @@ CaptureSpec capture_spec(bool capture, std::optional<std::vector<int64_t>> layer
                          std::optional<std::vector<std::string>> hooks = std::nullopt);
 // Each item: dict(layer_begin, layer_end, key_slots, heads=None, delta=-inf).
 std::vector<KeyBias> key_biases(const pybind11::list& items);
+// Each item: dict(kind="zero"|"set"|"add", hook, heads=None, slots=None, value=None);
+// ConfigError naming the item and key for unknown keys and missing fields.
+std::vector<HookEdit> hook_edits(const pybind11::list& items);
+// {hook point name: callable(name, tensor) -> tensor | None}, or None.
+std::map<std::string, HookCallback> hook_callbacks(const pybind11::object& fns);
 
 }  // namespace attnvar::python

@@ -1,8 +1,12 @@
 // Python keyword options -> CaptureSpec and KeyBias lists, shared by forward, generate
 // and replay bindings.
+#include <torch/csrc/utils/pybind.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <limits>
+
+#include <fmt/format.h>
 
 #include "attnvar/error.h"
 #include "bindings.h"
@@ -45,6 +49,74 @@ std::vector<KeyBias> key_biases(const py::list& items) {
     b.delta = d.contains("delta") ? d["delta"].cast<double>()
                                   : -std::numeric_limits<double>::infinity();
     out.push_back(std::move(b));
+  }
+  return out;
+}
+
+std::vector<HookEdit> hook_edits(const py::list& items) {
+  static const std::vector<std::string> kKeys = {"kind", "hook", "heads", "slots", "value"};
+  std::vector<HookEdit> out;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (!py::isinstance<py::dict>(items[i])) {
+      throw ConfigError(fmt::format("edits[{}]: a dict (kind, hook, heads, slots, value)", i));
+    }
+    auto d = items[i].cast<py::dict>();
+    for (const auto& [k, v] : d) {
+      const auto key = py::str(k).cast<std::string>();
+      if (std::find(kKeys.begin(), kKeys.end(), key) == kKeys.end()) {
+        throw ConfigError(fmt::format("edits[{}]: unknown key '{}' (known: kind, hook, heads, "
+                                      "slots, value)", i, key));
+      }
+    }
+    for (const char* key : {"kind", "hook"}) {
+      if (!d.contains(key)) throw ConfigError(fmt::format("edits[{}]: '{}' is missing", i, key));
+    }
+    HookEdit e;
+    const auto kind = d["kind"].cast<std::string>();
+    if (kind == "zero") {
+      e.kind = EditKind::kZero;
+    } else if (kind == "set") {
+      e.kind = EditKind::kSet;
+    } else if (kind == "add") {
+      e.kind = EditKind::kAdd;
+    } else {
+      throw ConfigError(fmt::format("edits[{}]: kind '{}' is not one of zero, set, add", i, kind));
+    }
+    e.hook = d["hook"].cast<std::string>();
+    if (d.contains("heads") && !d["heads"].is_none()) {
+      e.heads = d["heads"].cast<std::vector<int64_t>>();
+    }
+    if (d.contains("slots") && !d["slots"].is_none()) {
+      e.slots = d["slots"].cast<std::vector<int64_t>>();
+    }
+    if (d.contains("value") && !d["value"].is_none()) e.value = d["value"].cast<at::Tensor>();
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+std::map<std::string, HookCallback> hook_callbacks(const py::object& fns) {
+  std::map<std::string, HookCallback> out;
+  if (fns.is_none()) return out;
+  for (const auto& [k, v] : fns.cast<py::dict>()) {
+    const auto name = py::str(k).cast<std::string>();
+    if (!PyCallable_Check(v.ptr())) {
+      throw ConfigError(fmt::format("hook_fns['{}'] is not callable", name));
+    }
+    auto fn = py::reinterpret_borrow<py::function>(v);
+    out[name] = [fn](const std::string& point, const at::Tensor& t) -> at::Tensor {
+      py::gil_scoped_acquire gil;
+      // A copy: the engine's tensor may be a view of its buffers.
+      py::object r = fn(point, t.clone());
+      if (r.is_none()) return at::Tensor();
+      try {
+        return r.cast<at::Tensor>();
+      } catch (const py::cast_error&) {
+        throw ConfigError(fmt::format("the hook function at {} returned {}; it must return a "
+                                      "tensor or None",
+                                      point, py::str(py::type::of(r)).cast<std::string>()));
+      }
+    };
   }
   return out;
 }

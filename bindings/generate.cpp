@@ -36,7 +36,8 @@ CaptureField field_from_string(const std::string& f) {
   py::arg("capture") = false, py::arg("layers") = py::none(), py::arg("heads") = py::none(), \
       py::arg("probabilities") = true, py::arg("scores") = false,                     \
       py::arg("value_norms") = false, py::arg("capture_dtype") = "float32",              \
-      py::arg("hooks") = py::none()
+      py::arg("hooks") = py::none(), py::arg("edits") = py::list(),                      \
+      py::arg("hook_fns") = py::none()
 
 // One sequence's generation options from a dict with generate()'s keyword names (any
 // subset; the others keep generate()'s defaults). Unknown keys are a ConfigError.
@@ -185,7 +186,8 @@ void bind_generate(py::module_& m) {
          bool capture,
          std::optional<std::vector<int64_t>> layers, std::optional<std::vector<int64_t>> heads,
          bool probabilities, bool scores, bool value_norms, const std::string& capture_dtype,
-         std::optional<std::vector<std::string>> hooks, py::object sink) {
+         std::optional<std::vector<std::string>> hooks, const py::list& edits,
+         const py::object& hook_fns, py::object sink) {
         GenerateOptions o;
         o.threshold = threshold;
         o.max_steps = max_steps;
@@ -201,6 +203,9 @@ void bind_generate(py::module_& m) {
         o.keep_distributions = keep_distributions;
         o.capture = capture_spec(capture, layers, heads, probabilities, scores, value_norms,
                                  capture_dtype, hooks);
+        o.edits = hook_edits(edits);
+        const auto callbacks = hook_callbacks(hook_fns);
+        o.callbacks = &callbacks;
         PassSink pass_sink;
         if (!sink.is_none()) {
           // Streaming: each pass goes to the Python callable as soon as it is computed.
@@ -228,13 +233,18 @@ void bind_generate(py::module_& m) {
          const std::vector<py::dict>& options, int64_t max_batch, bool capture,
          std::optional<std::vector<int64_t>> layers, std::optional<std::vector<int64_t>> heads,
          bool probabilities, bool scores, bool value_norms, const std::string& capture_dtype,
-         std::optional<std::vector<std::string>> hooks) {
+         std::optional<std::vector<std::string>> hooks, const py::list& edits,
+         const py::object& hook_fns) {
         const CaptureSpec spec = capture_spec(capture, layers, heads, probabilities, scores,
                                               value_norms, capture_dtype, hooks);
+        const auto edit_list = hook_edits(edits);
+        const auto callbacks = hook_callbacks(hook_fns);
         std::vector<GenerateOptions> opts;
         for (const auto& d : options) {
           opts.push_back(generate_options_from(d));
           opts.back().capture = spec;
+          opts.back().edits = edit_list;
+          opts.back().callbacks = &callbacks;
         }
         py::gil_scoped_release release;
         return generate_batch(model, prompts, opts, max_batch, check_signals);
@@ -252,7 +262,8 @@ void bind_generate(py::module_& m) {
          double temperature, bool capture, std::optional<std::vector<int64_t>> layers,
          std::optional<std::vector<int64_t>> heads, bool probabilities, bool scores,
          bool value_norms, const std::string& capture_dtype,
-         std::optional<std::vector<std::string>> hooks, bool logits) {
+         std::optional<std::vector<std::string>> hooks, const py::list& edits,
+         const py::object& hook_fns, bool logits) {
         ReplayOptions o;
         o.encoding = encoding_from_string(encoding);
         o.logits = logits;
@@ -262,6 +273,9 @@ void bind_generate(py::module_& m) {
         o.temperature = temperature;
         o.capture = capture_spec(capture, layers, heads, probabilities, scores, value_norms,
                                  capture_dtype, hooks);
+        o.edits = hook_edits(edits);
+        const auto callbacks = hook_callbacks(hook_fns);
+        o.callbacks = &callbacks;
         py::gil_scoped_release release;
         return replay(model, tree, o);
       },
@@ -287,7 +301,11 @@ void bind_generate(py::module_& m) {
          bool capture, std::optional<std::vector<int64_t>> layers,
          std::optional<std::vector<int64_t>> heads, bool probabilities, bool scores,
          bool value_norms, const std::string& capture_dtype,
-         std::optional<std::vector<std::string>> hooks) {
+         std::optional<std::vector<std::string>> hooks, const py::list& edits,
+         const py::object& hook_fns) {
+        if (!edits.empty() || !hook_fns.is_none()) {
+          throw ConfigError("the compat preset tempo-2025 takes no hook edits or hook_fns");
+        }
         TempoOptions o;
         o.threshold = threshold;
         o.max_steps = max_steps;

@@ -179,9 +179,13 @@ void bind_model(py::module_& m) {
              std::optional<std::vector<int64_t>> layers, std::optional<std::vector<int64_t>> heads,
              bool probabilities, bool scores, bool value_norms, const std::string& capture_dtype,
              const py::list& interventions, bool last_logits_only,
-             std::optional<std::vector<std::string>> hooks) {
+             std::optional<std::vector<std::string>> hooks, const py::list& edits,
+             const py::object& hook_fns) {
             PassInput in{ids, positions, visibility, {}, key_biases(interventions),
                          last_logits_only};
+            in.edits = hook_edits(edits);
+            const auto callbacks = hook_callbacks(hook_fns);
+            in.callbacks = &callbacks;
             auto spec = capture_spec(capture, layers, heads, probabilities, scores, value_norms,
                                      capture_dtype, hooks);
             ForwardOutput out;
@@ -197,10 +201,13 @@ void bind_model(py::module_& m) {
           py::arg("scores") = false, py::arg("value_norms") = false,
           py::arg("capture_dtype") = "float32", py::arg("interventions") = py::list(),
           py::arg("last_logits_only") = false, py::arg("hooks") = py::none(),
+          py::arg("edits") = py::list(), py::arg("hook_fns") = py::none(),
           "One pass over T new tokens: returns {'logits', 'layers', 'attention', 'scores', "
           "'value_norms', 'hooks'} and appends the tokens' slots to the cache. `hooks`: hook "
           "point names (hook_point_names()) to record; 'hooks' maps each to a tensor with the "
-          "pass's tokens first.");
+          "pass's tokens first. `edits`: interventions at hook points, dicts (kind='zero'|'set'|"
+          "'add', hook, heads, slots, value); `hook_fns`: {name: fn(name, tensor) -> tensor or "
+          "None}, called at that point (slow path).");
   m.def("hook_point_names", &hook_point_names, py::arg("num_layers"),
         "Every hook point name of a model with num_layers layers, in forward order "
         "(TransformerLens names: blocks.{l}.hook_resid_pre, ..., ln_final.hook_normalized).");

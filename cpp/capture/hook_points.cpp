@@ -40,43 +40,50 @@ std::vector<std::string> hook_point_names(int64_t num_layers) {
   return names;
 }
 
+ParsedHook parse_hook_name(const std::string& name, int64_t num_layers) {
+  if (name == kFinalNormHook) return ParsedHook{-1, HookPoint::kCount, true};
+  // "blocks.{l}.{suffix}", l a plain decimal.
+  constexpr std::string_view kPrefix = "blocks.";
+  int64_t layer = -1;
+  std::string_view rest;
+  if (name.starts_with(kPrefix)) {
+    const char* begin = name.data() + kPrefix.size();
+    const char* end = name.data() + name.size();
+    auto [p, ec] = std::from_chars(begin, end, layer);
+    if (ec == std::errc() && p != begin && p < end && *p == '.' &&
+        (p == begin + 1 || *begin != '0')) {
+      rest = std::string_view(p + 1, static_cast<size_t>(end - p - 1));
+    } else {
+      layer = -1;
+    }
+  }
+  size_t point = kSuffixes.size();
+  for (size_t i = 0; i < kSuffixes.size(); ++i) {
+    if (kSuffixes[i] == rest) point = i;
+  }
+  if (layer < 0 || point == kSuffixes.size()) {
+    throw ConfigError(fmt::format("hook point '{}' is not one of: {}", printable(name, 80),
+                                  valid_points()));
+  }
+  if (layer >= num_layers) {
+    throw ConfigError(
+        fmt::format("hook point '{}': layer {} is outside [0, {})", name, layer, num_layers));
+  }
+  return ParsedHook{layer, static_cast<HookPoint>(point), false};
+}
+
 HookSelection::HookSelection(const std::vector<std::string>& names, int64_t num_layers)
     : masks_(static_cast<size_t>(num_layers), 0u) {
   for (const std::string& name : names) {
-    if (name == kFinalNormHook) {
+    const ParsedHook h = parse_hook_name(name, num_layers);
+    if (h.final_norm) {
       count_ += !final_norm_;
       final_norm_ = true;
       continue;
     }
-    // "blocks.{l}.{suffix}", l a plain decimal.
-    constexpr std::string_view kPrefix = "blocks.";
-    int64_t layer = -1;
-    std::string_view rest;
-    if (name.starts_with(kPrefix)) {
-      const char* begin = name.data() + kPrefix.size();
-      const char* end = name.data() + name.size();
-      auto [p, ec] = std::from_chars(begin, end, layer);
-      if (ec == std::errc() && p != begin && p < end && *p == '.' && (p == begin + 1 || *begin != '0')) {
-        rest = std::string_view(p + 1, static_cast<size_t>(end - p - 1));
-      } else {
-        layer = -1;
-      }
-    }
-    size_t point = kSuffixes.size();
-    for (size_t i = 0; i < kSuffixes.size(); ++i) {
-      if (kSuffixes[i] == rest) point = i;
-    }
-    if (layer < 0 || point == kSuffixes.size()) {
-      throw ConfigError(fmt::format("hook point '{}' is not one of: {}", printable(name, 80),
-                                    valid_points()));
-    }
-    if (layer >= num_layers) {
-      throw ConfigError(fmt::format("hook point '{}': layer {} is outside [0, {})", name, layer,
-                                    num_layers));
-    }
-    const uint32_t bit = 1u << point;
-    count_ += (masks_[layer] & bit) == 0;
-    masks_[layer] |= bit;
+    const uint32_t bit = 1u << static_cast<uint32_t>(h.point);
+    count_ += (masks_[h.layer] & bit) == 0;
+    masks_[h.layer] |= bit;
   }
 }
 

@@ -93,6 +93,8 @@ class Sequence {
       r_.slots.push_back(SlotRecord{prompt[i], static_cast<double>(i), -1, -1});
     }
     in.last_logits_only = true;
+    in.edits = o_.edits;
+    in.callbacks = o_.callbacks;
     auto out = model_.forward(cache_, in, o_.capture);
     emit(PassCapture{-1, 0, P_, std::move(out.captures), std::move(out.hooks)});
     q_ = at::softmax(out.logits[0] / o_.temperature, -1);  // q_0
@@ -142,6 +144,8 @@ class Sequence {
     // The last set is fed for its slots and capture only: no q_{t+1} after it.
     last_ = stop_ || t + 1 == o_.max_steps;
     in->no_logits = last_;
+    in->edits = o_.edits;
+    in->callbacks = o_.callbacks;
     first_ = cache_.size();
     return true;
   }
@@ -209,6 +213,7 @@ GenerationResult generate(const LlamaModel& model, const std::vector<int64_t>& p
                           const PassSink& sink) {
   validate(o, model.config().vocab_size);
   check_prompt(prompt, model.config().vocab_size);
+  model.check_edits(o.edits);
   Sequence seq(model, prompt, o, sink);
   seq.prefill();
   while (!seq.done()) {
@@ -233,6 +238,7 @@ std::vector<GenerationResult> generate_batch(const LlamaModel& model,
   for (size_t i = 0; i < prompts.size(); ++i) {
     validate(options[i], model.config().vocab_size);
     check_prompt(prompts[i], model.config().vocab_size);
+    model.check_edits(options[i].edits);
     if (!(options[i].capture == options[0].capture)) {
       throw ConfigError("generate_batch: every sequence must capture the same layers, heads "
                         "and fields (one pass computes them together)");

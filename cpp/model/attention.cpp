@@ -56,7 +56,7 @@ Attention::Attention(const ModelConfig& config, AttentionWeights weights, int64_
 at::Tensor Attention::forward(const at::Tensor& x, const Rope& rope, const RopeAngles& angles,
                               KVCache& cache,
                               const at::Tensor& bias, const CaptureSpec& spec,
-                              std::optional<LayerCapture>* capture, const HookSink& hooks) const {
+                              std::optional<LayerCapture>* capture, const HookContext& hooks) const {
   // One projection for q, k, v: (T, (H + 2 Hkv) * D); the weights stream on every thread.
   auto qkv = project(x, qkv_proj_, qkv_bias_);
   auto merged = attend(qkv, rope, angles, cache, bias, spec, capture, hooks);  // (T, H * D)
@@ -75,7 +75,7 @@ at::Tensor Attention::forward_segments(const at::Tensor& x, const std::vector<in
                                        const std::vector<at::Tensor>& biases,
                                        const CaptureSpec& spec,
                                        std::vector<std::optional<LayerCapture>>* captures,
-                                       const std::vector<HookSink>& hooks) const {
+                                       const std::vector<HookContext>& hooks) const {
   auto qkv = project_segments(x, rows, qkv_proj_, qkv_bias_);
   std::vector<at::Tensor> merged;
   merged.reserve(rows.size());
@@ -85,7 +85,7 @@ at::Tensor Attention::forward_segments(const at::Tensor& x, const std::vector<in
     std::optional<LayerCapture>* capture = &(*captures)[i];
     merged.push_back(
         attend(qkv.narrow(0, offset, rows[i]), rope, angles[i], cache, biases[i], spec, capture,
-               hooks.empty() ? HookSink{} : hooks[i]));
+               hooks.empty() ? HookContext{} : hooks[i]));
     if (*capture && spec.value_norms) {
       (*capture)->value_norms =
           select_heads(value_norms(cache.values(layer_, cache.size() + rows[i])), spec.heads)
@@ -110,7 +110,7 @@ at::Tensor Attention::value_norms(const at::Tensor& values) const {
 
 at::Tensor Attention::attend(const at::Tensor& qkv, const Rope& rope, const RopeAngles& angles,
                              KVCache& cache, const at::Tensor& bias, const CaptureSpec& spec,
-                             std::optional<LayerCapture>* capture, const HookSink& hooks) const {
+                             std::optional<LayerCapture>* capture, const HookContext& hooks) const {
   const int64_t T = qkv.size(0);
   const int64_t S = cache.size() + T;
   const int64_t group = num_heads_ / num_kv_heads_;  // query heads per kv head
@@ -121,9 +121,9 @@ at::Tensor Attention::attend(const at::Tensor& qkv, const Rope& rope, const Rope
   auto q = qkv.narrow(1, 0, q_dim).view({T, num_heads_, head_dim_});
   auto k = qkv.narrow(1, q_dim, kv_dim).view({T, num_kv_heads_, head_dim_});
   auto v = qkv.narrow(1, q_dim + kv_dim, kv_dim).view({T, num_kv_heads_, head_dim_});
-  if (hooks.wants(layer_, HookPoint::kQ)) hooks.put(layer_, HookPoint::kQ, q);
-  if (hooks.wants(layer_, HookPoint::kK)) hooks.put(layer_, HookPoint::kK, k);
-  if (hooks.wants(layer_, HookPoint::kV)) hooks.put(layer_, HookPoint::kV, v);
+  q = hooks.at_point(layer_, HookPoint::kQ, q);
+  k = hooks.at_point(layer_, HookPoint::kK, k);
+  v = hooks.at_point(layer_, HookPoint::kV, v);
   {
     SingleThreadScope one_thread;  // microsecond elementwise ops (single_thread.h)
     if (w_.q_norm.defined()) {
@@ -132,10 +132,14 @@ at::Tensor Attention::attend(const at::Tensor& qkv, const Rope& rope, const Rope
     }
     q = rope.apply(q.transpose(0, 1), angles);  // (H, T, D)
     k = rope.apply(k.transpose(0, 1), angles);  // (Hkv, T, D)
+    if (hooks.active(layer_, HookPoint::kRotQ)) {
+      q = hooks.at_point(layer_, HookPoint::kRotQ, q.transpose(0, 1)).transpose(0, 1);
+    }
+    if (hooks.active(layer_, HookPoint::kRotK)) {
+      k = hooks.at_point(layer_, HookPoint::kRotK, k.transpose(0, 1)).transpose(0, 1);
+    }
     cache.write_pending(layer_, k, v.transpose(0, 1));
   }
-  if (hooks.wants(layer_, HookPoint::kRotQ)) hooks.put(layer_, HookPoint::kRotQ, q.transpose(0, 1));
-  if (hooks.wants(layer_, HookPoint::kRotK)) hooks.put(layer_, HookPoint::kRotK, k.transpose(0, 1));
   auto keys = cache.keys(layer_, S);      // (Hkv, S, D)
   auto values = cache.values(layer_, S);  // (Hkv, S, D)
 
@@ -172,8 +176,8 @@ at::Tensor Attention::attend(const at::Tensor& qkv, const Rope& rope, const Rope
     if (spec.scores) c.scores = select_heads(scores, spec.heads).to(dtype);
     *capture = std::move(c);
   }
-  if (hooks.wants(layer_, HookPoint::kZ)) hooks.put(layer_, HookPoint::kZ, context.transpose(0, 1));
-  return context.transpose(0, 1).reshape({T, num_heads_ * head_dim_});
+  return hooks.at_point(layer_, HookPoint::kZ, context.transpose(0, 1))
+      .reshape({T, num_heads_ * head_dim_});
 }
 
 }  // namespace attnvar

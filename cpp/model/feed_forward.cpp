@@ -14,8 +14,30 @@ FeedForwardWeights fuse_gate_up(FeedForwardWeights w) {
   return w;
 }
 
+namespace {
+
+// The post-activation rows through each sequence's mlp.hook_post: `post` itself when no
+// context edits it (the down projection then reads the strided view, as without hooks).
+at::Tensor through_hook(const at::Tensor& post, const std::vector<int64_t>& rows,
+                        int64_t layer, const std::vector<HookContext>& hooks) {
+  if (hooks.empty()) return post;
+  std::vector<at::Tensor> parts;
+  bool changed = false;
+  int64_t offset = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    auto rows_i = post.narrow(0, offset, rows[i]);
+    parts.push_back(hooks[i].at_point(layer, HookPoint::kMlpPost, rows_i));
+    changed = changed || !parts.back().is_same(rows_i);
+    offset += rows[i];
+  }
+  return changed ? at::cat(parts) : post;
+}
+
+}  // namespace
+
 at::Tensor feed_forward_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
-                                 const FeedForwardWeights& w, at::Tensor* post) {
+                                 const FeedForwardWeights& w, int64_t layer,
+                                 const std::vector<HookContext>& hooks) {
   // One row's values never mix with another's between the projections (silu and the
   // product are elementwise). The elementwise ops still run per sequence, on the shapes
   // its own pass has: a vectorised kernel split across threads at another place could
@@ -29,8 +51,7 @@ at::Tensor feed_forward_segments(const at::Tensor& x, const std::vector<int64_t>
       at::silu_(g).mul_(up.narrow(0, offset, n));
       offset += n;
     }
-    if (post) *post = gate.clone();
-    return project_segments(gate, rows, w.down_proj);
+    return project_segments(through_hook(gate, rows, layer, hooks), rows, w.down_proj);
   }
   const int64_t inter = w.gate_proj.size(0);
   auto gate_up = project_segments(x, rows, w.gate_up_proj);  // (T, 2 * intermediate)
@@ -43,12 +64,12 @@ at::Tensor feed_forward_segments(const at::Tensor& x, const std::vector<int64_t>
     at::silu_(g).mul_(gate_up.narrow(0, offset, n).narrow(1, inter, inter));
     offset += n;
   }
-  if (post) *post = gate.clone();
-  return project_segments(gate, rows, w.down_proj);
+  return project_segments(through_hook(gate, rows, layer, hooks), rows, w.down_proj);
 }
 
-at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w, at::Tensor* post) {
-  return feed_forward_segments(x, {x.size(0)}, w, post);
+at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w, int64_t layer,
+                        const HookContext& hooks) {
+  return feed_forward_segments(x, {x.size(0)}, w, layer, {hooks});
 }
 
 }  // namespace attnvar

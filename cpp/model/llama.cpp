@@ -14,13 +14,14 @@ namespace attnvar {
 
 namespace {
 
-// The sink of one sequence's pass: the selection, its output map, the capture dtype.
-HookSink hook_sink(const HookSelection& selection, const CaptureSpec& capture,
-                   std::map<std::string, at::Tensor>* out) {
-  return HookSink{selection.empty() ? nullptr : &selection, out,
-                  capture.dtype == CaptureDtype::kFloat16 ? at::kHalf : at::kFloat};
+// The hook context of one sequence's pass: what it records, its edits and callbacks.
+HookContext hook_context(const HookSelection& selection, const CaptureSpec& capture,
+                         std::map<std::string, at::Tensor>* out, const PassInput& input,
+                         int64_t first_slot) {
+  return HookContext(&selection, out,
+                     capture.dtype == CaptureDtype::kFloat16 ? at::kHalf : at::kFloat,
+                     &input.edits, input.callbacks, first_slot);
 }
-
 
 // Looks up one HF tensor, checks its shape, converts it, and takes it out of the map: once
 // the caller drops the result (e.g. after copying it into a fused weight), its storage is
@@ -166,6 +167,12 @@ at::Tensor LlamaModel::build_bias(const PassInput& input, int64_t num_prev, int6
   return full;
 }
 
+void LlamaModel::check_edits(const std::vector<HookEdit>& edits, int64_t num_slots) const {
+  const ModelConfig& c = config_;
+  check_hook_edits(edits, c.num_hidden_layers, c.hidden_size, c.intermediate_size,
+                   c.num_attention_heads, c.num_key_value_heads, c.head_dim, num_slots);
+}
+
 at::Tensor LlamaModel::check_pass(const KVCache& cache, const PassInput& input) const {
   const ModelConfig& c = config_;
   const auto& ids = input.token_ids;
@@ -216,6 +223,31 @@ at::Tensor LlamaModel::check_pass(const KVCache& cache, const PassInput& input) 
     }
   }
 
+  // Hook edits: names, heads, value shapes and values; and a slot-by-slot value must hold
+  // every slot of this pass it edits.
+  check_edits(input.edits);
+  for (size_t i = 0; i < input.edits.size(); ++i) {
+    const HookEdit& e = input.edits[i];
+    if (!e.value.defined() || e.value.dim() != (hook_is_per_head(parse_hook_name(
+                                                     e.hook, c.num_hidden_layers).point)
+                                                    ? 3
+                                                    : 2)) {
+      continue;
+    }
+    int64_t needed = 0;
+    if (e.slots.empty()) {
+      needed = S;
+    } else {
+      for (int64_t s : e.slots) {
+        if (s < S) needed = std::max(needed, s + 1);
+      }
+    }
+    if (e.value.size(0) < needed) {
+      throw ConfigError(fmt::format(
+          "intervention {} ({}): value holds {} slots, the pass edits slots up to {}: the "
+          "layouts differ", i, e.hook, e.value.size(0), needed - 1));
+    }
+  }
   return ids_long.to(device_);
 }
 
@@ -249,33 +281,25 @@ ForwardOutput LlamaModel::forward(KVCache& cache, const PassInput& input,
 
   ForwardOutput out;
   const HookSelection selection(capture.hook_points, c.num_hidden_layers);
-  const HookSink hooks = hook_sink(selection, capture, &out.hooks);
+  const HookContext hooks = hook_context(selection, capture, &out.hooks, input, S_prev);
   auto h = embed_tokens_.index_select(0, ids_long);  // (T, hidden)
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const DecoderLayer& layer = layers_[l];
     at::Tensor bias = any_intervention ? build_bias(input, S_prev, l) : shared_bias;
     std::optional<LayerCapture> layer_capture;
-    if (hooks.wants(l, HookPoint::kResidPre)) hooks.put(l, HookPoint::kResidPre, h);
+    h = hooks.at_point(l, HookPoint::kResidPre, h);
     auto attn = layer.attention.forward(rms_norm(h, layer.input_layernorm, c.rms_norm_eps),
                                         *rope_, angles, cache, bias, capture, &layer_capture,
                                         hooks);
-    if (hooks.wants(l, HookPoint::kAttnOut)) hooks.put(l, HookPoint::kAttnOut, attn);
-    h = h + attn;
-    if (hooks.wants(l, HookPoint::kResidMid)) hooks.put(l, HookPoint::kResidMid, h);
-    at::Tensor post;
+    attn = hooks.at_point(l, HookPoint::kAttnOut, attn);
+    h = hooks.at_point(l, HookPoint::kResidMid, h + attn);
     auto mlp = feed_forward(rms_norm(h, layer.post_attention_layernorm, c.rms_norm_eps),
-                            layer.feed_forward,
-                            hooks.wants(l, HookPoint::kMlpPost) ? &post : nullptr);
-    if (post.defined()) hooks.put(l, HookPoint::kMlpPost, post);
-    if (hooks.wants(l, HookPoint::kMlpOut)) hooks.put(l, HookPoint::kMlpOut, mlp);
-    h = h + mlp;
-    if (hooks.wants(l, HookPoint::kResidPost)) hooks.put(l, HookPoint::kResidPost, h);
+                            layer.feed_forward, l, hooks);
+    mlp = hooks.at_point(l, HookPoint::kMlpOut, mlp);
+    h = hooks.at_point(l, HookPoint::kResidPost, h + mlp);
     if (layer_capture) out.captures.push_back(std::move(*layer_capture));
   }
-  if (selection.wants_final_norm()) {
-    out.hooks[std::string(kFinalNormHook)] =
-        rms_norm(h, norm_, c.rms_norm_eps).to(hooks.dtype).cpu();
-  }
+  if (hooks.records_final_norm()) hooks.record_final_norm(rms_norm(h, norm_, c.rms_norm_eps));
   if (!device_.is_cpu()) {
     // Captures are for analysis on the host: one transfer per pass, after every layer ran.
     for (auto& lc : out.captures) {
@@ -330,16 +354,26 @@ std::vector<ForwardOutput> LlamaModel::forward_batch(const std::vector<KVCache*>
 
   std::vector<ForwardOutput> out(n);
   const HookSelection selection(capture.hook_points, c.num_hidden_layers);
-  std::vector<HookSink> hooks;
-  for (size_t i = 0; i < n; ++i) hooks.push_back(hook_sink(selection, capture, &out[i].hooks));
-  // Records a (Σ T, ...) tensor's rows of each sequence under its own sink.
-  const auto put_rows = [&](int64_t layer, HookPoint point, const at::Tensor& t) {
-    if (!hooks[0].wants(layer, point)) return;
+  std::vector<HookContext> hooks;
+  for (size_t i = 0; i < n; ++i) {
+    hooks.push_back(hook_context(selection, capture, &out[i].hooks, inputs[i], prev[i]));
+  }
+  // A (Σ T, ...) tensor through each sequence's hook point, rows by rows: the same tensor
+  // when nothing edits it, else the sequences' edited rows joined again.
+  const auto at_rows = [&](int64_t layer, HookPoint point, const at::Tensor& t) {
+    bool any = false;
+    for (const HookContext& hc : hooks) any = any || hc.active(layer, point);
+    if (!any) return t;
+    std::vector<at::Tensor> parts;
+    bool changed = false;
     int64_t offset = 0;
     for (size_t i = 0; i < n; ++i) {
-      hooks[i].put(layer, point, t.narrow(0, offset, rows[i]));
+      auto rows_i = t.narrow(0, offset, rows[i]);
+      parts.push_back(hooks[i].at_point(layer, point, rows_i));
+      changed = changed || !parts.back().is_same(rows_i);
       offset += rows[i];
     }
+    return changed ? at::cat(parts) : t;
   };
   auto h = embed_tokens_.index_select(0, at::cat(ids));  // (Σ T, hidden)
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -350,21 +384,16 @@ std::vector<ForwardOutput> LlamaModel::forward_batch(const std::vector<KVCache*>
                                                 : build_bias(inputs[i], prev[i], l);
     }
     std::vector<std::optional<LayerCapture>> layer_captures(n);
-    put_rows(l, HookPoint::kResidPre, h);
+    h = at_rows(l, HookPoint::kResidPre, h);
     auto attn = layer.attention.forward_segments(
         rms_norm(h, layer.input_layernorm, c.rms_norm_eps), rows, *rope_, angles, caches, bias,
         capture, &layer_captures, hooks);
-    put_rows(l, HookPoint::kAttnOut, attn);
-    h = h + attn;
-    put_rows(l, HookPoint::kResidMid, h);
-    at::Tensor post;
+    attn = at_rows(l, HookPoint::kAttnOut, attn);
+    h = at_rows(l, HookPoint::kResidMid, h + attn);
     auto mlp = feed_forward_segments(rms_norm(h, layer.post_attention_layernorm, c.rms_norm_eps),
-                                     rows, layer.feed_forward,
-                                     hooks[0].wants(l, HookPoint::kMlpPost) ? &post : nullptr);
-    if (post.defined()) put_rows(l, HookPoint::kMlpPost, post);
-    put_rows(l, HookPoint::kMlpOut, mlp);
-    h = h + mlp;
-    put_rows(l, HookPoint::kResidPost, h);
+                                     rows, layer.feed_forward, l, hooks);
+    mlp = at_rows(l, HookPoint::kMlpOut, mlp);
+    h = at_rows(l, HookPoint::kResidPost, h + mlp);
     for (size_t i = 0; i < n; ++i) {
       if (layer_captures[i]) out[i].captures.push_back(std::move(*layer_captures[i]));
     }
@@ -374,8 +403,7 @@ std::vector<ForwardOutput> LlamaModel::forward_batch(const std::vector<KVCache*>
     // solo pass's bit for bit.
     int64_t offset = 0;
     for (size_t i = 0; i < n; ++i) {
-      out[i].hooks[std::string(kFinalNormHook)] =
-          rms_norm(h.narrow(0, offset, rows[i]), norm_, c.rms_norm_eps).to(hooks[i].dtype).cpu();
+      hooks[i].record_final_norm(rms_norm(h.narrow(0, offset, rows[i]), norm_, c.rms_norm_eps));
       offset += rows[i];
     }
   }

@@ -27,7 +27,21 @@ _aliases.install()
 
 from . import _core  # noqa: E402
 from ._core import AttnvarError, ConfigError, FormatError, MissingError  # noqa: E402
-from .engine import Capture, Model, Run, build_tree, default_model_path, load_model, load_run  # noqa: E402,I001
+from .engine import (  # noqa: E402
+    Capture,
+    KeyBias,
+    Knockout,
+    MeanAblate,
+    Model,
+    Patch,
+    Run,
+    Steer,
+    ZeroAblate,
+    build_tree,
+    default_model_path,
+    load_model,
+    load_run,
+)
 
 
 class Tree:
@@ -57,9 +71,15 @@ __all__ = [
     "Capture",
     "ConfigError",
     "FormatError",
+    "KeyBias",
+    "Knockout",
+    "MeanAblate",
     "MissingError",
     "Model",
+    "Patch",
     "Run",
+    "Steer",
+    "ZeroAblate",
     "Tree",
     "default_model_path",
     "load_model",

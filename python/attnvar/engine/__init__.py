@@ -8,6 +8,7 @@ Depends only on the extension ``attnvar._core`` and the leaf helpers in
 from __future__ import annotations
 
 from .capture import Capture
+from .interventions import KeyBias, Knockout, MeanAblate, Patch, Steer, ZeroAblate
 from .mask_leak import MaskLeak
 from .model import (
     ENCODINGS,
@@ -22,5 +23,6 @@ from .records import PassRecord
 from .run import Run, load_run
 from .tree import build_tree
 
-__all__ = ["ENCODINGS", "MODES", "POLICIES", "STOP_RULES", "Capture", "MaskLeak", "Model",
-           "PassRecord", "Run", "build_tree", "default_model_path", "load_model", "load_run"]
+__all__ = ["ENCODINGS", "MODES", "POLICIES", "STOP_RULES", "Capture", "KeyBias", "Knockout",
+           "MaskLeak", "MeanAblate", "Model", "PassRecord", "Patch", "Run", "Steer",
+           "ZeroAblate", "build_tree", "default_model_path", "load_model", "load_run"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import math
 import operator
 import os
 import shutil
@@ -16,8 +15,9 @@ import numpy as np
 import torch
 
 from .. import _core
-from .._core import MissingError
+from .._core import ConfigError, MissingError
 from .capture import Capture, all_hook_names
+from .interventions import prepare as prepare_interventions
 from .mask_leak import MaskLeak
 from .records import PassRecord
 from .run import Run
@@ -59,25 +59,32 @@ def _generate_defaults() -> dict:
                                            "stop_on", "min_new_steps")}
 
 
-_INTERVENTION_KEYS = {"layer_begin", "layer_end", "key_slots", "heads", "delta"}
+def _hook_fns(fns: dict | None, num_layers: int) -> dict | None:
+    """``hook_fns`` checked: a dict of hook point name -> callable (names of this model;
+    the attention views and the final norm cannot be edited)."""
+    if fns is None:
+        return None
+    if not isinstance(fns, dict):
+        raise ConfigError("hook_fns must be a dict {hook point name: callable}")
+    valid = set(all_hook_names(num_layers))
+    for name, fn in fns.items():
+        if name not in valid:
+            raise ConfigError(f"hook_fns: {name!r} is not a hook point of this model")
+        if name.endswith(("attn.hook_pattern", "attn.hook_attn_scores")) or \
+                name == "ln_final.hook_normalized":
+            raise ConfigError(f"hook_fns: {name} is read from the capture, not a point a "
+                              "function can edit")
+        if not callable(fn):
+            raise ConfigError(f"hook_fns[{name!r}] is not callable")
+    return fns
 
 
-def _check_intervention(index: int, iv) -> dict:
-    """An intervention dict as replay() takes it, checked: known keys only, a delta that
-    is a number and not NaN (−inf knocks keys out; +inf is refused: it would make every
-    other key's weight 0 and the row's softmax undefined)."""
-    if not isinstance(iv, dict):
-        raise ValueError(f"interventions[{index}] must be a dict, got {type(iv).__name__}")
-    unknown = set(iv) - _INTERVENTION_KEYS
-    if unknown:
-        raise ValueError(f"interventions[{index}]: unknown keys {sorted(unknown)} (known: "
-                         f"{sorted(_INTERVENTION_KEYS)})")
-    delta = iv.get("delta", -math.inf)
-    if isinstance(delta, bool) or not isinstance(delta, (int, float, np.floating)) \
-            or math.isnan(delta) or delta == math.inf:
-        raise ValueError(f"interventions[{index}].delta must be a finite number or -inf, "
-                         f"got {delta!r}")
-    return dict(iv)
+def _hook_fn_record(fns: dict | None) -> dict:
+    """What a run records about its Python hook functions: their points and names."""
+    if not fns:
+        return {}
+    return {"hook_fns": {k: getattr(v, "__qualname__", type(v).__name__)
+                         for k, v in fns.items()}}
 
 
 def load_model(
@@ -277,6 +284,8 @@ class Model:
         stream_to: str | os.PathLike | None = None,
         min_new_steps: int = 0,
         beyond_context: bool = False,
+        interventions: Sequence = (),
+        hook_fns: dict | None = None,
     ) -> Run:
         """Parallel generation (docs/generation.md): every member of S_t fed in one pass at
         logical position P + t; siblings ``isolated`` (default), ``visible`` or ``causal``.
@@ -288,6 +297,10 @@ class Model:
         ``beyond_context``: a prompt plus ``max_steps`` needing more positions than the
         model's context (``core.context_length``) is refused with the numbers unless
         True (the same for ``replay`` and ``generate_many``).
+        ``interventions``: ``ZeroAblate``, ``MeanAblate``, ``Patch``, ``Steer`` at hook
+        points, applied in every pass (slots: the prompt's 0..P-1, then the fed members in
+        order), recorded in ``run.options``; ``hook_fns`` as in ``replay``. Key biases
+        belong to replays (their key slots must exist before the run starts).
         ``stream_to``: a run directory; each pass's capture is written there as soon as
         it is computed (memory holds one pass at a time) and the run is saved there at
         the end, atomically. Raises ValueError naming the option for out-of-range values.
@@ -308,6 +321,10 @@ class Model:
                             f"a {len(ids)}-token prompt + max_steps {int(max_steps)}",
                             beyond_context)
         kw, layers, heads, hooks = self._capture_kwargs(capture, len(ids) + max_steps * max_width)
+        biases, edits, described = prepare_interventions(interventions, self)
+        if biases:
+            raise ConfigError("generate: key biases and knockouts belong to replay() of the "
+                              "generated tree (they act on key slots that already exist)")
         stream = None
         if stream_to is not None:
             if capture is None:
@@ -320,7 +337,8 @@ class Model:
                 mode=mode, policy=policy, max_width=int(max_width),
                 temperature=float(temperature), sample=bool(sample), seed=int(seed),
                 stop_on=stop_on, eos_ids=list(self.eos_ids if eos_ids is None else eos_ids),
-                min_new_steps=int(min_new_steps), keep_distributions=keep_distributions, **kw,
+                min_new_steps=int(min_new_steps), keep_distributions=keep_distributions,
+                edits=edits, hook_fns=_hook_fns(hook_fns, self.num_layers), **kw,
             )
         except BaseException:
             if stream is not None:
@@ -331,7 +349,9 @@ class Model:
                        max_width=max_width, temperature=temperature, sample=sample, seed=seed,
                        stop_on=stop_on, add_bos=add_bos,
                        eos_ids=list(self.eos_ids if eos_ids is None else eos_ids),
-                       min_new_steps=int(min_new_steps))
+                       min_new_steps=int(min_new_steps),
+                       **({"interventions": described} if described else {}),
+                       **_hook_fn_record(hook_fns))
         encoding = "shared_" + mode
         run = self._run("generate", encoding, res, options, layers, heads,
                         visibility=_core.encode(res.tree, encoding).visibility,
@@ -356,17 +376,23 @@ class Model:
         tree,
         encoding: str = "shared_isolated",
         capture: Capture | None = None,
-        interventions: Sequence[dict] = (),
+        interventions: Sequence = (),
         chunk_size: int = 0,
         policy: str = "mixture",
         temperature: float = 1.0,
         logits: bool = True,
         other_model: bool = False,
         beyond_context: bool = False,
+        hook_fns: dict | None = None,
     ) -> Run:
         """Teacher-force ``tree`` (a Run's tree or a hand-built one) under ``encoding``,
-        holding the text fixed. ``interventions``: dicts (layer_begin, layer_end,
-        key_slots, heads=None, delta=-inf) in the replay's slot space. ``logits=False``
+        holding the text fixed. ``interventions`` (in the replay's slot space):
+        ``ZeroAblate``, ``MeanAblate``, ``Patch``, ``Steer`` at hook points, and
+        ``KeyBias`` / ``Knockout`` (or their dict form: layer_begin, layer_end, key_slots,
+        heads=None, delta=-inf) on attention scores; each is recorded in
+        ``run.options["interventions"]``. ``hook_fns``: {hook point name: fn(name, tensor)
+        -> tensor or None}, Python called at that point of every pass (the slow path; the
+        run records their names only). ``logits=False``
         skips the output projection: the run has its captures but no next-step
         distributions (``run.distributions`` is None), and costs less to compute and to
         store.
@@ -388,20 +414,22 @@ class Model:
         if isinstance(chunk_size, bool) or int(chunk_size) < 0:
             raise ValueError(f"chunk_size must be an integer ≥ 0 (0: one pass), got "
                              f"{chunk_size!r}")
-        interventions = [_check_intervention(i, iv) for i, iv in enumerate(interventions)]
         _check_choice("policy", policy, POLICIES)
+        layout_ids = _core.encode(tree, encoding).token_ids.tolist()
+        biases, edits, described = prepare_interventions(interventions, self, layout_ids)
         n = tree.prompt_length + sum(len(s.members) for s in tree.steps)
         # Positions: one per slot under serial; one per step (shared or fractional within
         # it) otherwise.
         positions = n if encoding == "serial" else tree.prompt_length + len(tree.steps)
         self._check_context(positions, "replay", f"{n} slots under {encoding}", beyond_context)
         kw, layers, heads, hooks = self._capture_kwargs(capture, n)
-        res = _core.replay(self.core, tree, encoding, interventions=list(interventions),
+        res = _core.replay(self.core, tree, encoding, interventions=biases, edits=edits,
+                           hook_fns=_hook_fns(hook_fns, self.num_layers),
                            chunk_size=int(chunk_size), policy=policy,
                            temperature=float(temperature), logits=bool(logits), **kw)
-        options = dict(encoding=encoding, interventions=list(interventions),
+        options = dict(encoding=encoding, interventions=described,
                        chunk_size=chunk_size, policy=policy, temperature=temperature,
-                       logits=bool(logits))
+                       logits=bool(logits), **_hook_fn_record(hook_fns))
         return self._run("replay", encoding, res, options, layers, heads, tree=tree,
                          slots=res.layout.slots, visibility=res.layout.visibility, hooks=hooks)
 
@@ -416,6 +444,8 @@ class Model:
         capture: Capture | None = None,
         max_batch: int = 8,
         beyond_context: bool = False,
+        interventions: Sequence = (),
+        hook_fns: dict | None = None,
         **common,
     ) -> list[Run]:
         """Several generations at once; ``result[i]`` is bit for bit what
@@ -464,14 +494,20 @@ class Model:
         longest = max((len(p) + int(o.get("max_steps", 30)) * int(o.get("max_width", 32))
                        for p, o in zip(prompts, options, strict=True)), default=0)
         kw, layers, heads, hooks = self._capture_kwargs(capture, longest)
+        biases, edits, described = prepare_interventions(interventions, self)
+        if biases:
+            raise ConfigError("generate_many: key biases and knockouts belong to replay()")
         results = _core.generate_batch(self.core, prompts, options, max_batch=int(max_batch),
+                                       edits=edits, hook_fns=_hook_fns(hook_fns, self.num_layers),
                                        **kw)
         runs = []
         for res, opts, (prompt, mode, add_bos) in zip(results, options, settings, strict=True):
             recorded = {**defaults, **{k: v for k, v in opts.items()
                                        if k != "keep_distributions"}}
             recorded.update(prompt_text=prompt if isinstance(prompt, str) else None,
-                            add_bos=add_bos)
+                            add_bos=add_bos,
+                            **({"interventions": described} if described else {}),
+                            **_hook_fn_record(hook_fns))
             encoding = "shared_" + mode
             runs.append(self._run("generate", encoding, res, recorded, layers, heads,
                                   visibility=_core.encode(res.tree, encoding).visibility,

@@ -46,6 +46,16 @@ inline constexpr std::string_view kFinalNormHook = "ln_final.hook_normalized";
 // Every valid name for a model of `num_layers` layers, in forward order.
 std::vector<std::string> hook_point_names(int64_t num_layers);
 
+// One name taken apart: a block point (layer, point), or the final norm.
+struct ParsedHook {
+  int64_t layer = -1;
+  HookPoint point = HookPoint::kCount;
+  bool final_norm = false;
+};
+// ConfigError naming `name` when it is not a hook point of a `num_layers`-layer model (an
+// unknown point, a layer out of range), with the list of valid points.
+ParsedHook parse_hook_name(const std::string& name, int64_t num_layers);
+
 // A parsed list of names: which points of which layers a pass records.
 class HookSelection {
  public:
@@ -63,6 +73,11 @@ class HookSelection {
     return layer >= 0 && layer < static_cast<int64_t>(masks_.size()) && masks_[layer] != 0;
   }
   bool wants_final_norm() const { return final_norm_; }
+  int64_t num_layers() const { return static_cast<int64_t>(masks_.size()); }
+  // Bit p set when point p of `layer` is recorded.
+  uint32_t mask(int64_t layer) const {
+    return layer >= 0 && layer < static_cast<int64_t>(masks_.size()) ? masks_[layer] : 0u;
+  }
 
  private:
   std::vector<uint32_t> masks_;  // per layer: bit p set when point p is recorded

@@ -43,6 +43,11 @@ struct GenerateOptions {
   int64_t min_new_steps = 0;  // ≥ 0
   CaptureSpec capture;
   bool keep_distributions = false;  // keep every q_t (steps, V)
+  // Interventions at hook points in every pass (slots in the run's slot space: the prompt's
+  // 0..P-1, then the fed members in order), and functions called at hook points (the slow
+  // path; not owned, must outlive the call).
+  std::vector<HookEdit> edits;
+  const std::map<std::string, HookCallback>* callbacks = nullptr;
 };
 
 // Throws ConfigError naming the offending option.

@@ -25,6 +25,10 @@ struct ReplayOptions {
   // false: no output projection at all — ReplayResult::logits and ::distributions stay
   // undefined (what a study's replays, which only need their captures, ask for).
   bool logits = true;
+  // Interventions at hook points (slots in the replay layout's slot space) and functions
+  // called at hook points (not owned).
+  std::vector<HookEdit> edits;
+  const std::map<std::string, HookCallback>* callbacks = nullptr;
 };
 
 struct ReplayResult {

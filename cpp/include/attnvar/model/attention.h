@@ -10,7 +10,7 @@
 
 #include "attnvar/capture/capture_spec.h"
 #include "attnvar/model/config.h"
-#include "attnvar/model/hook_sink.h"
+#include "attnvar/model/hook_edit.h"
 #include "attnvar/model/kv_cache.h"
 #include "attnvar/model/rope.h"
 
@@ -45,11 +45,11 @@ class Attention {
   // bias: (T, S) or (1|H, T, S) f32 additive, S = cache.size() + T; undefined when every
   // slot is visible to every query.
   // Writes this layer's k, v for the new tokens into the cache's pending slots.
-  // Returns (T, hidden). When spec captures this layer, fills *capture; records the
-  // attention's hook points (q, k, v, rot_q, rot_k, z) the sink wants.
+  // Returns (T, hidden). When spec captures this layer, fills *capture. At the attention's
+  // hook points (q, k, v, rot_q, rot_k, z) `hooks` edits and records.
   at::Tensor forward(const at::Tensor& x, const Rope& rope, const RopeAngles& angles, KVCache& cache,
                      const at::Tensor& bias, const CaptureSpec& spec,
-                     std::optional<LayerCapture>* capture, const HookSink& hooks = {}) const;
+                     std::optional<LayerCapture>* capture, const HookContext& hooks = {}) const;
 
   // The same for several independent sequences in one call: x holds their rows one after
   // another (counts `rows`); sequence i has its own angles, cache, bias and capture slot.
@@ -60,7 +60,7 @@ class Attention {
                               const std::vector<KVCache*>& caches,
                               const std::vector<at::Tensor>& biases, const CaptureSpec& spec,
                               std::vector<std::optional<LayerCapture>>* captures,
-                              const std::vector<HookSink>& hooks = {}) const;
+                              const std::vector<HookContext>& hooks = {}) const;
 
   const AttentionWeights& weights() const { return w_; }
 
@@ -70,7 +70,7 @@ class Attention {
   // outputs merged, (T, H * D). Fills *capture except value_norms, which run on all threads.
   at::Tensor attend(const at::Tensor& qkv, const Rope& rope, const RopeAngles& angles,
                     KVCache& cache, const at::Tensor& bias, const CaptureSpec& spec,
-                    std::optional<LayerCapture>* capture, const HookSink& hooks) const;
+                    std::optional<LayerCapture>* capture, const HookContext& hooks) const;
   // ‖W_O^h v_k‖ of every query head h and slot k: (H, S), given values (Hkv, S, D).
   at::Tensor value_norms(const at::Tensor& values) const;
 

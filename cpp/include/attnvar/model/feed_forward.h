@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "attnvar/model/hook_edit.h"
+
 namespace attnvar {
 
 struct FeedForwardWeights {
@@ -20,14 +22,16 @@ struct FeedForwardWeights {
 // The same weights with gate and up concatenated into gate_up_proj (done at load).
 FeedForwardWeights fuse_gate_up(FeedForwardWeights w);
 
-// x: (T, hidden) -> (T, hidden). With `post`, also sets *post to a copy of the activations
-// silu(gate(x)) * up(x) that enter down_proj, (T, intermediate) (the mlp.hook_post point).
-at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w,
-                        at::Tensor* post = nullptr);
+// x: (T, hidden) -> (T, hidden). The activations silu(gate(x)) * up(x) that enter down_proj,
+// (T, intermediate), pass through `hooks` at blocks.{layer}.mlp.hook_post.
+at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w, int64_t layer = -1,
+                        const HookContext& hooks = {});
 
 // The rows of several independent sequences (counts `rows`) in one call, each row's
 // result bit for bit feed_forward() of its own sequence (projections: project_segments).
+// hooks: one context per sequence (or none).
 at::Tensor feed_forward_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
-                                 const FeedForwardWeights& w, at::Tensor* post = nullptr);
+                                 const FeedForwardWeights& w, int64_t layer = -1,
+                                 const std::vector<HookContext>& hooks = {});
 
 }  // namespace attnvar

@@ -40,13 +40,18 @@ struct PassInput {
   std::vector<KeyBias> interventions = {};
   bool last_logits_only = false;   // logits for the last token only (saves memory)
   bool no_logits = false;  // no final norm and lm_head: the caller reads only the cache/capture
+  // Edits at hook points (hook_edit.h), their slots in the cache's slot space (the pass's
+  // rows are slots [cache.size(), cache.size() + T)); checked before the pass.
+  std::vector<HookEdit> edits = {};
+  // Functions called at hook points by name (the slow path); null: none.
+  const std::map<std::string, HookCallback>* callbacks = nullptr;
 };
 
 struct ForwardOutput {
   at::Tensor logits;                  // (T or 1, vocab) f32; undefined with no_logits
   std::vector<LayerCapture> captures;  // one per captured layer, in layer order
   // The hook points CaptureSpec::hook_points named (hook_points.h), by full name, each with
-  // the pass's T tokens first, on the host.
+  // the pass's T tokens first, on the host: the values after any edits (what the model used).
   std::map<std::string, at::Tensor> hooks;
 };
 
@@ -78,6 +83,10 @@ class LlamaModel {
   c10::Device device() const { return device_; }
 
   KVCache new_cache(int64_t initial_capacity = 256) const;
+
+  // Checks hook edits against this model before a run (check_hook_edits with its shapes);
+  // num_slots: the run's slot count when known (a replay), else -1.
+  void check_edits(const std::vector<HookEdit>& edits, int64_t num_slots = -1) const;
 
   // Runs the pass, appends its T slots to `cache` and returns logits (+ captures).
   // Validates shapes, ids and visibility first (ConfigError naming the input); on any
