@@ -59,6 +59,20 @@ Tokenizer::Tokenizer(TokenizerParts parts) : state_(std::make_unique<State>()) {
   State& s = *state_;
   s.origin = std::move(parts.origin);
   s.family = parts.family;
+  // Tables are indexed by id: before any is built, the id space must be about as large as
+  // the token count (real vocabularies are dense; added tokens may leave small gaps), so a
+  // file of a few kilobytes cannot ask for gigabytes with one large id.
+  {
+    int64_t top = -1;
+    for (const VocabEntry& e : parts.vocab) top = std::max<int64_t>(top, e.id);
+    for (const AddedToken& t : parts.added_tokens) top = std::max<int64_t>(top, t.id);
+    const auto count = static_cast<int64_t>(parts.vocab.size() + parts.added_tokens.size());
+    if (top + 1 > kMaxUnusedIds + 2 * count) {
+      throw FormatError(fmt::format(
+          "{}: token ids reach {} for {} tokens; at most {} ids may be unused (a vocabulary "
+          "is dense: ids 0..n-1 plus a few gaps)", s.origin, top, count, kMaxUnusedIds + count));
+    }
+  }
   parts.bpe.byte_level = parts.pre_tokenizer && parts.pre_tokenizer->is_byte_level();
   s.model = std::make_unique<BpeModel>(parts.vocab, parts.merges, parts.bpe);
   s.normalizer = std::move(parts.normalizer);

@@ -349,6 +349,23 @@ def test_gguf_vocabulary_with_non_utf8_token_loads_and_every_text_is_a_str(name)
     assert all(isinstance(tok.piece(i), str) for i in range(tok.vocab_size))
 
 
+def test_tokenizer_with_one_huge_id_is_refused_before_allocating():
+    """Found by fuzzing (tests/data/fuzz/regressions/tokenizer_json/): one vocabulary id of
+    10,000,079 in a 12 KB tokenizer.json made the id-indexed tables take 320 MB. The id space
+    may exceed the token count by at most the count plus 65,536 ids."""
+    text = (FUZZ_DATA / "regressions" / "tokenizer_json" /
+            "found-vocab_id_10M_allocates_320MB.json").read_bytes()
+    with pytest.raises(attnvar.FormatError, match=r"token ids reach 10000079 for \d+ tokens"):
+        _core.Tokenizer.from_json(text)
+    vocab = {"a": 0, "b": 1, "ab": 2, "far": 65536 + 2 * 4 - 1}  # the largest id allowed
+    ok = json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": ["a b"]}})
+    assert _core.Tokenizer.from_json(ok).vocab_size == 65536 + 2 * 4
+    vocab["far"] += 1
+    with pytest.raises(attnvar.FormatError, match="at most 65540 ids may be unused"):
+        _core.Tokenizer.from_json(json.dumps({"model": {"type": "BPE", "vocab": vocab,
+                                                        "merges": ["a b"]}}))
+
+
 def test_json_files_with_invalid_utf8_give_format_errors_with_decodable_messages(tmp_path):
     hf = hf_dir(tmp_path / "hf", 1)
     (hf / "config.json").write_bytes(b'{"model_type": "ll\xff\xfeama"}')

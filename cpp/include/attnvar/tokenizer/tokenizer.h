@@ -52,6 +52,11 @@ struct TokenizerParts {
   std::string space_marker = "\u2581";  // SentencePiece's "▁", shown as a space by piece()
 };
 
+// The id space of a vocabulary may exceed its token count by at most this many ids plus the
+// count itself (ids up to 2 × count + 65536): a larger gap is a FormatError, since tables
+// are indexed by id.
+inline constexpr int64_t kMaxUnusedIds = 65536;
+
 class Tokenizer {
  public:
   // Throws ConfigError/FormatError naming `parts.origin` when the parts are inconsistent
