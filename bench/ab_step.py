@@ -1,5 +1,7 @@
 """A/B of two attnvar builds on the engine's hot paths: one pass of k members at one position
-after a 128-token context (isolated set, no capture), and decode steps. Each build runs in
+after a 128-token context (isolated set, no capture), decode steps, and a pass of 4 members
+capturing one layer's attention pattern (``attn.hook_pattern`` of the last layer, asked for
+by name where the build has hook points). Each build runs in
 its own fresh process, the builds alternate round by round, so both see the same machine
 load; the report gives per-round medians and the ratio of the two builds.
 
@@ -53,6 +55,24 @@ def worker(reps: int, threads: int) -> dict:
                      _core.causal_visibility(1, ctx + i))
         times.append(time.perf_counter() - t0)
     out["decode_ms"] = 1000 * statistics.median(times)
+    # One layer's pattern: by hook name where the build has Capture(names=...), else the
+    # attention capture of that layer (the same engine call either way).
+    last = core.num_layers - 1
+    try:
+        spec = attnvar.Capture(layers=[last], names=[f"blocks.{last}.attn.hook_pattern"])
+        kw = spec.kwargs(core.num_layers)
+    except TypeError:
+        kw = attnvar.Capture(layers=[last]).kwargs()
+    cache.truncate(ctx)
+    vis = _core.set_visibility(4, ctx, "isolated")
+    pos = torch.full((4,), float(ctx))
+    times = []
+    for _ in range(reps + 1):
+        t0 = time.perf_counter()
+        core.forward(cache, ids[ctx:ctx + 4], pos, vis, **kw)
+        times.append(time.perf_counter() - t0)
+        cache.truncate(ctx)
+    out["k4_pattern_ms"] = 1000 * statistics.median(times[1:])
     return out
 
 
@@ -66,7 +86,8 @@ def main() -> int:
     for b in builds:
         med = {k: statistics.median(x[k] for x in results[b]) for k in keys}
         print(f"{b}: " + ", ".join(
-            f"{k} {v:.1f}" + (f" [{v / med['k1_ms']:.2f}]" if k.startswith("k") else "")
+            f"{k} {v:.1f}" + (f" [{v / med['k1_ms']:.2f}]" if k.startswith("k") and
+                              k.endswith("_ms") and "pattern" not in k else "")
             for k, v in med.items()))
     print_round_ratios(builds, results, keys)
     return 0

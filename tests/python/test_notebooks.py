@@ -29,7 +29,8 @@ STRIP_HINT = "strip outputs with: python tools/strip_notebook_outputs.py noteboo
 
 def test_the_documented_notebooks_are_present():
     names = {p.stem for p in NOTEBOOKS}
-    assert {"01_quickstart", "02_parallel_set_anatomy", "03_hypotheses"} <= names
+    assert {"01_quickstart", "02_parallel_set_anatomy", "03_hypotheses",
+            "04_rope_or_key_content"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

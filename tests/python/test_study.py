@@ -177,3 +177,84 @@ def test_cli_study_keeps_the_files_device_unless_device_is_given(bundled_path, t
     assert main(["study", "--config", str(cfg), "--out", str(tmp_path / "b"), "--no-report",
                  "--no-progress", "--device", "cpu"]) == 0
     assert (tmp_path / "b" / "tables" / "runs.parquet").exists()
+
+
+# ---- interventions as a grid axis -------------------------------------------------------------
+
+
+def test_interventions_axis_runs_each_condition_under_its_own_keys(bundled_path, tmp_path):
+    ablate = av.ZeroAblate("blocks.20.attn.hook_z", heads=[0, 1, 2])
+    steer = {"kind": "steer", "hook": "blocks.10.hook_resid_pre", "vector": [0.5] * 576,
+             "scale": 2.0}
+    bias = {"kind": "key_bias", "layer_begin": 0, "layer_end": 4, "key_slots": [1],
+            "delta": -1.0}
+    study = small_study(bundled_path, prompts=PROMPTS[:1],
+                        interventions=[[], [ablate], [steer, bias]])
+    plain = small_study(bundled_path, prompts=PROMPTS[:1])
+    # The [] condition is the study without interventions: same cell keys, same study.json.
+    sha = "0" * 64
+    assert study.cells()[0].key(sha) == plain.cells()[0].key(sha)
+    assert len({c.key(sha) for c in study.cells()}) == 3
+    assert "interventions" not in plain.describe()
+    assert study.describe()["interventions"][1] == [
+        {"kind": "zero_ablate", "hook": "blocks.20.attn.hook_z", "heads": [0, 1, 2],
+         "slots": None}]
+    table = study.run(tmp_path, progress=False)
+    assert len(table) == 6 and table["interventions"].nunique() == 3
+    assert (table["interventions"] == "none").sum() == 2
+    runs = {r.run_id: av.load_run(tmp_path / "runs" / r.run_id) for r in table.itertuples()}
+    by_label = {}
+    for r in table.itertuples():
+        by_label.setdefault(r.interventions, {})[r.kind] = runs[r.run_id]
+    assert "interventions" not in by_label["none"]["generate"].options
+    kinds = {label: [d.get("kind", "key_bias") for d in
+                     runs_["replay"].options.get("interventions", [])]
+             for label, runs_ in by_label.items()}
+    assert sorted(kinds.values()) == [[], ["steer", "key_bias"], ["zero_ablate"]]
+    # Generations get the hook edits only; the key bias acts in the replays.
+    gen_kinds = sorted([d["kind"] for d in runs_["generate"].options.get("interventions", [])]
+                       for runs_ in by_label.values())
+    assert gen_kinds == [[], ["steer"], ["zero_ablate"]]
+    # The plain condition's run is the one a study without the axis makes.
+    alone = plain.run(tmp_path / "plain", progress=False)
+    assert (alone[alone["kind"] == "generate"]["bracketed"].iloc[0]
+            == table[(table["kind"] == "generate") & (table["interventions"] == "none")]
+            ["bracketed"].iloc[0])
+    from attnvar.analysis import analyze_study
+
+    with pytest.raises(ValueError, match="3 intervention conditions"):
+        analyze_study(tmp_path, progress=False)
+
+
+def test_interventions_axis_is_validated(bundled_path, tmp_path):
+    source = av.Run  # any object that is not an intervention
+    for axis, match in [
+        ("zero", "must be a list of conditions"),
+        ([{"kind": "zero_ablate", "hook": "blocks.0.hook_resid_pre"}], "must be a list of "
+                                                                      "interventions"),
+        ([[{"kind": "scale", "hook": "x"}]], r"interventions\[0\]\[0\]\.kind"),
+        ([[{"kind": "zero_ablate", "hook": "blocks.0.hook_resid_pre", "head": 1}]],
+         "unknown keys"),
+        ([[{"kind": "zero_ablate"}]], "hook"),
+        ([[av.Patch("blocks.0.hook_resid_pre", torch_zeros())]], "can be written as data"),
+        ([[], []], "appears twice"),
+        ([[source]], "can be written as data"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            small_study(bundled_path, interventions=axis)
+    with pytest.raises(ValueError, match="compat preset"):
+        Study(prompts=PROMPTS[:1], preset="tempo-2025",
+              interventions=[[av.ZeroAblate("blocks.0.hook_resid_pre")]])
+    toml = tmp_path / "s.toml"
+    toml.write_text(f'prompts = ["The cat sat on the"]\nmax_steps = 2\n'
+                    f'model_path = "{bundled_path}"\n'
+                    'interventions = [[], [{kind = "zero_ablate", '
+                    'hook = "blocks.3.attn.hook_z", heads = [1]}]]\n')
+    s = Study.from_file(toml)
+    assert len(s.cells()) == 2 and s.interventions[1][0]["heads"] == [1]
+
+
+def torch_zeros():
+    import torch
+
+    return torch.zeros(3, 576)

@@ -235,6 +235,7 @@ def analyze_cells(results: str | Path, cell_ids: list[str], keep_capture: bool =
     of every done cell among them. For a study's own processes (its lock is held): call
     :func:`analyze_study` otherwise."""
     results = Path(results)
+    _check_one_condition(results)
     encodings = list(read_study(results).get("replays", []))
     rule_fields, placebo = _plan_inputs(results)
     adir = results / ANALYSIS
@@ -247,6 +248,18 @@ def analyze_cells(results: str | Path, cell_ids: list[str], keep_capture: bool =
                 _analyze_one(str(results), cell_id, encodings, None, rule_fields, placebo)
             if not keep_capture:
                 _remove_captures(results, cell_id, encodings)
+
+
+def _check_one_condition(results: Path) -> None:
+    """The analysis pools a study's cells: a grid with several intervention conditions
+    would mix them, so it is refused (analyse one condition per study directory)."""
+    conditions = read_study(results).get("interventions") or []
+    if len(conditions) > 1:
+        raise ValueError(
+            f"{results}: the study has {len(conditions)} intervention conditions; the "
+            "hypothesis analysis would pool them. Run each condition as a study of its own "
+            "(Study(..., interventions=[condition])) into its own directory and analyse "
+            "that; runs.parquet's interventions column tells this grid's runs apart")
 
 
 def _plan_inputs(results: Path) -> tuple[dict, PlaceboPlan]:
@@ -288,6 +301,7 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
 
 def _analyze_study(results: Path, workers: int, progress: bool,
                    on_cell: Callable[[str], None] | None) -> dict[str, pd.DataFrame]:
+    _check_one_condition(results)
     runs = pd.read_parquet(results / TABLES / "runs.parquet")
     rule_fields, placebo = _plan_inputs(results)
     adir = prepare_analysis(results)

@@ -334,3 +334,54 @@ def prepare(interventions: Sequence, model, token_ids: Sequence[int] | None = No
                               "key-bias dict)")
         described.append(iv.describe())
     return biases, edits, described
+
+
+# ---- interventions as data (study grids, study.json) ----------------------------------------
+
+SPEC_KINDS = ("zero_ablate", "mean_ablate", "steer", "key_bias")
+
+
+def to_spec(iv) -> dict:
+    """An intervention as JSON-able data that :func:`from_spec` turns back into it; tensors
+    become nested lists. Those that need a run (Patch, MeanAblate of a reference run) have
+    no such form: a study cannot record them."""
+    if isinstance(iv, dict):
+        iv = KeyBias.from_dict(0, iv)
+    if isinstance(iv, ZeroAblate):
+        return {"kind": "zero_ablate", "hook": iv.hook, "heads": _list(iv.heads),
+                "slots": _list(iv.slots)}
+    if isinstance(iv, MeanAblate) and iv.mean is not None:
+        return {"kind": "mean_ablate", "hook": iv.hook, "mean": iv.mean.tolist(),
+                "heads": _list(iv.heads), "slots": _list(iv.slots)}
+    if isinstance(iv, Steer):
+        return {"kind": "steer", "hook": iv.hook, "vector": iv.vector.tolist(),
+                "scale": float(iv.scale), "heads": _list(iv.heads), "slots": _list(iv.slots)}
+    if isinstance(iv, KeyBias):
+        return {"kind": "key_bias", **iv.bias()}
+    raise ConfigError(f"{type(iv).__name__}: only ZeroAblate, MeanAblate(mean=...), Steer and "
+                      "KeyBias can be written as data (a Patch or a reference-run mean needs "
+                      "a run)")
+
+
+def from_spec(d: object, where: str):
+    """The intervention a :func:`to_spec` dict describes; ConfigError naming ``where`` and
+    the field for anything else."""
+    if not isinstance(d, dict) or "kind" not in d:
+        raise ConfigError(f"{where}: a table with a 'kind' ({', '.join(SPEC_KINDS)})")
+    fields = {k: v for k, v in d.items() if k != "kind"}
+    classes = {"zero_ablate": ZeroAblate, "mean_ablate": MeanAblate, "steer": Steer,
+               "key_bias": KeyBias}
+    cls = classes.get(d["kind"])
+    if cls is None:
+        raise ConfigError(f"{where}.kind: {d['kind']!r} is not one of {', '.join(SPEC_KINDS)}")
+    known = set(cls.__dataclass_fields__) - {"reference", "reference_slots"}
+    unknown = set(fields) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)} for {d['kind']} (known: "
+                          f"{sorted(known)})")
+    try:
+        return cls(**fields)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except TypeError as e:  # a required field missing
+        raise ConfigError(f"{where}: {e}") from None

@@ -5,6 +5,7 @@ resumes with nothing lost or duplicated."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from .._core import FormatError, MissingError
 from ..engine import ENCODINGS, MODES, POLICIES, Capture
+from ..engine.interventions import from_spec, to_spec
 from . import prompts as prompt_suites
 from .preregistration import Preregistration
 from .prompts import Prompt
@@ -60,6 +62,14 @@ class Study:
         *complete* half of H2's matched pairs) still give measurable queries instead of
         ending at once and dropping out of the very comparison H2 makes; 0 for the compat
         preset (the prototype has no such rule, and the preset refuses one).
+    interventions : one more grid axis: a list of conditions, each a list of interventions
+        (``attnvar.ZeroAblate``, ``MeanAblate(mean=...)``, ``Steer``, ``KeyBias``, or their
+        data form, e.g. ``{kind = "zero_ablate", hook = "blocks.3.attn.hook_z", heads =
+        [1]}`` in TOML); ``[]`` is the condition without interventions. Hook edits apply
+        to every cell's generation and replays (same slots: the layouts number them
+        alike), key biases to the replays only. Each condition is part of its cells' keys
+        (and of runs.parquet, column ``interventions``); a study with more than one
+        condition is run as a grid, and analysed one condition per study directory.
     emulate_mask_leak : compat only: the prompts of each condition (θ, mode) run as one
         ordered sequence in one process, each run after an isolated one seeing the stale
         masks the prototype leaked (docs/generation.md). Forces one worker; each cell's
@@ -85,6 +95,7 @@ class Study:
     emulate_mask_leak: bool = False
     min_new_steps: int | None = None
     batch: int = GENERATION_BATCH
+    interventions: Sequence = ()
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -128,7 +139,31 @@ class Study:
                              "stops (it has no minimum); leave it unset or 0")
         if isinstance(self.preregistration, dict):
             self.preregistration = Preregistration.from_dict(self.preregistration)
+        self._check_interventions()
         self._check_preset()
+
+    def _check_interventions(self) -> None:
+        """Each condition as a list of interventions in data form (canonical, so equal
+        conditions give equal keys); ValueError naming the condition and the field."""
+        axis = self.interventions
+        if isinstance(axis, (str, bytes, dict)) or not isinstance(axis, Sequence):
+            raise ValueError("interventions must be a list of conditions, each a list of "
+                             "interventions ([] for none)")
+        conditions = []
+        for i, cond in enumerate(axis):
+            if isinstance(cond, (str, bytes, dict)) or not isinstance(cond, Sequence):
+                raise ValueError(f"interventions[{i}] must be a list of interventions ([] for "
+                                 f"none), got {cond!r}")
+            specs = [to_spec(from_spec(iv, f"interventions[{i}][{j}]") if isinstance(iv, dict)
+                             else iv) for j, iv in enumerate(cond)]
+            conditions.append(specs)
+        labels = [json.dumps(c, sort_keys=True) for c in conditions]
+        if len(set(labels)) != len(labels):
+            raise ValueError("interventions: a condition appears twice")
+        if conditions and self.preset is not None:
+            raise ValueError("interventions: the compat preset runs the prototype as it was; "
+                             "run interventions in a mechanism study")
+        self.interventions = conditions
 
     def _check_types(self) -> None:
         """Every field of the grid has the type it reads as: a TOML `sample = "no"` is
@@ -261,13 +296,15 @@ class Study:
             compat = dict(preset=self.preset, add_bos=self.add_bos,
                           eos_ids=None if self.eos_ids is None else tuple(self.eos_ids))
         ids = [p.id for p in self.prompts]
+        conditions = [json.dumps(c, sort_keys=True) if c else None
+                      for c in self.interventions] or [None]
         return [
             Cell(p.id, p.text, float(t), m, pol, int(s), self.sample, self.max_steps,
                  self.max_width, **compat,
                  leak_after=tuple(ids[:i]) if self.emulate_mask_leak else None,
-                 min_new_steps=self.min_new_steps or None)
+                 min_new_steps=self.min_new_steps or None, interventions=iv)
             for i, p in enumerate(self.prompts) for t in self.thresholds for m in self.modes
-            for pol in self.policies for s in seeds
+            for pol in self.policies for s in seeds for iv in conditions
         ]
 
     def describe(self) -> dict:
@@ -285,6 +322,7 @@ class Study:
             "seeds": list(self.seeds), "sample": self.sample, "max_steps": self.max_steps,
             "max_width": self.max_width, "capture": cap, "model_path": self.model_path,
             **({"min_new_steps": self.min_new_steps} if not self.preset else {}),
+            **({"interventions": self.interventions} if self.interventions else {}),
             **({"preset": self.preset, "add_bos": self.add_bos,
                 "eos_ids": None if self.eos_ids is None else list(self.eos_ids),
                 "emulate_mask_leak": self.emulate_mask_leak} if self.preset else {}),

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..engine import MaskLeak, load_model, load_run
+from ..engine import KeyBias, MaskLeak, load_model, load_run
+from ..engine.interventions import from_spec
 from ..util.atomic import remove_stale, write_atomic
 from ..util.lock import directory_lock
 from ..util.markdown import markdown_table
@@ -50,6 +51,8 @@ def _cell_options(cell: Cell, prompt) -> dict:
     return {
         "prompt_id": cell.prompt_id, "category": prompt.category, "structure": prompt.structure,
         "pair": prompt.pair,
+        **({"intervention_condition": cell.intervention_label}
+           if cell.interventions is not None else {}),
     }
 
 
@@ -57,6 +60,16 @@ def _cell_options(cell: Cell, prompt) -> dict:
 # once for all of them, and every run is bit for bit its solo run, so the batch changes
 # the speed and never a result (Study.batch overrides it).
 GENERATION_BATCH = 8
+
+
+def _interventions(cell: Cell, replay: bool) -> list:
+    """The cell's interventions as objects: all of them for a replay; the hook edits only
+    for its generation (key biases act on the replays' existing key slots)."""
+    if cell.interventions is None:
+        return []
+    ivs = [from_spec(d, f"cell {cell.prompt_id} interventions[{i}]")
+           for i, d in enumerate(json.loads(cell.interventions))]
+    return ivs if replay else [iv for iv in ivs if not isinstance(iv, KeyBias)]
 
 
 def _generate_request(cell: Cell) -> dict:
@@ -74,7 +87,8 @@ def _generate(model, study: Study, cell: Cell, mask_leak=None):
                                eos_ids=None if cell.eos_ids is None else list(cell.eos_ids),
                                mask_leak=mask_leak)
     request = _generate_request(cell)
-    return model.generate(request.pop("prompt"), capture=study.capture, **request)
+    return model.generate(request.pop("prompt"), capture=study.capture,
+                          interventions=_interventions(cell, replay=False), **request)
 
 
 def run_cells(model, study: Study, cells: list[Cell], prompts: dict, runs_dir: Path) -> int:
@@ -84,10 +98,14 @@ def run_cells(model, study: Study, cells: list[Cell], prompts: dict, runs_dir: P
     batchable = [c for c in cells if c.preset is None
                  and not (runs_dir / c.key(sha) / "run.json").exists()]
     generated = {}
-    if len(batchable) > 1:
-        runs = model.generate_many([_generate_request(c) for c in batchable],
-                                   capture=study.capture, max_batch=study.batch)
-        generated = {c.key(sha): r for c, r in zip(batchable, runs, strict=True)}
+    # One batch per intervention condition (a batch shares its interventions).
+    for condition in dict.fromkeys(c.interventions for c in batchable):
+        group = [c for c in batchable if c.interventions == condition]
+        if len(group) > 1:
+            runs = model.generate_many([_generate_request(c) for c in group],
+                                       capture=study.capture, max_batch=study.batch,
+                                       interventions=_interventions(group[0], replay=False))
+            generated.update({c.key(sha): r for c, r in zip(group, runs, strict=True)})
     return sum(run_cell(model, study, c, prompts[c.prompt_id], runs_dir,
                         generated=generated.get(c.key(sha))) for c in cells)
 
@@ -116,7 +134,8 @@ def run_cell(model, study: Study, cell: Cell, prompt, runs_dir: Path, mask_leak=
             rid = replay_key(key, enc)
             # Captures only: the analysis never reads a replay's next-step distributions,
             # which would be most of its bytes on disk (steps × vocabulary f32).
-            rep = model.replay(tree, enc, capture=study.capture, logits=False)
+            rep = model.replay(tree, enc, capture=study.capture, logits=False,
+                               interventions=_interventions(cell, replay=True))
             rep.options.update(_cell_options(cell, prompt), run_id=rid, parent=key,
                                threshold=cell.threshold, mode=cell.mode, policy=cell.policy,
                                seed=cell.seed)
@@ -257,7 +276,9 @@ def runs_table(study: Study, results: Path, model_sha: str):
             "category": meta["options"].get("category"),
             "structure": meta["options"].get("structure"), "pair": meta["options"].get("pair"),
             "threshold": cell.threshold, "mode": cell.mode, "policy": cell.policy,
-            "seed": cell.seed, **meta["summary"], "bracketed": meta.get("bracketed", ""),
+            "seed": cell.seed,
+            **({"interventions": cell.intervention_label} if study.interventions else {}),
+            **meta["summary"], "bracketed": meta.get("bracketed", ""),
         })
     frame = pd.DataFrame(rows)
     if len(frame):

@@ -31,7 +31,8 @@ COMPAT_MODES = ("isolated", "visible")
 GENERATED_KINDS = ("generate", COMPAT_PRESET)
 # Fields added to Cell after studies existed: left out of the key while unset, so the
 # keys (and so the results) of every earlier study stay valid.
-_OPTIONAL_KEY_FIELDS = ("preset", "add_bos", "eos_ids", "leak_after", "min_new_steps")
+_OPTIONAL_KEY_FIELDS = ("preset", "add_bos", "eos_ids", "leak_after", "min_new_steps",
+                        "interventions")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class Cell:
     eos_ids: tuple[int, ...] | None = None  # compat: its stopping ids
     leak_after: tuple[str, ...] | None = None  # compat with the mask leak: prompts before
     min_new_steps: int | None = None  # no EOS before this many steps (None: 0)
+    # The cell's intervention condition: the canonical JSON of its interventions as data
+    # (attnvar.engine.interventions.to_spec), None for none.
+    interventions: str | None = None
 
     def key(self, model_sha: str) -> str:
         fields = {k: v for k, v in asdict(self).items()
@@ -66,7 +70,15 @@ class Cell:
 
     def condition(self) -> tuple:
         """The cell's grid values other than the prompt (one leak chain per condition)."""
-        return (self.threshold, self.mode, self.policy, self.seed)
+        return (self.threshold, self.mode, self.policy, self.seed, self.interventions)
+
+    @property
+    def intervention_label(self) -> str:
+        """A short name of the intervention condition: "none", or the first 12 hex digits
+        of its canonical JSON's SHA-256."""
+        if self.interventions is None:
+            return "none"
+        return hashlib.sha256(self.interventions.encode()).hexdigest()[:12]
 
 
 def replay_key(cell_key: str, encoding: str) -> str:
