@@ -294,3 +294,25 @@ def test_capture_names_are_validated_and_budgeted(tiny):
     assert len(run.hooks) == 0
     with pytest.raises(KeyError, match="did not record hook point"):
         run.hooks["blocks.0.hook_resid_pre"]
+
+
+def test_hook_frame_is_a_tidy_table_of_one_point(tiny):
+    import attnvar
+
+    model, _ = tiny
+    run = model.generate([5, 9, 14, 3], threshold=0.04, max_steps=3,
+                         capture=attnvar.Capture(names=RUN_NAMES))
+    z = run.hooks["blocks.1.attn.hook_z"]
+    frame = run.hook_frame("blocks.1.attn.hook_z", heads=[1, 3])
+    assert len(frame) == run.num_slots * 2 * 16
+    assert list(frame.columns) == ["slot", "step", "rank", "token_id", "piece", "position",
+                                   "is_parallel", "head", "component", "value"]
+    row = frame[(frame["slot"] == 5) & (frame["head"] == 3) & (frame["component"] == 7)]
+    assert row["value"].item() == z[5, 3, 7].item()
+    assert row["token_id"].item() == run.slot_records[5]["token_id"]
+    resid = run.hook_frame("blocks.2.hook_resid_post", slots=[0, 4])
+    assert len(resid) == 2 * 64 and "head" not in resid.columns
+    assert resid["value"].to_numpy().tolist() == run.hooks["blocks.2.hook_resid_post"][
+        [0, 4]].reshape(-1).tolist()
+    with pytest.raises(ValueError, match="no head axis"):
+        run.hook_frame("blocks.2.hook_resid_post", heads=[0])

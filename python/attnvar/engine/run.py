@@ -292,6 +292,47 @@ class Run:
         frame["visible"] = vis[frame["query"], frame["key"]]
         return frame
 
+    def hook_frame(self, name: str, slots: Sequence[int] | None = None,
+                   heads: Sequence[int] | None = None):
+        """Tidy long table of one recorded hook point: one row per (slot, [head,]
+        component). Columns: slot, step, rank, token_id, piece, position, is_parallel, then
+        ``head`` for per-head points (q, k, v, rot_q, rot_k, z), then component (the index
+        along the last axis) and value. Filter with ``slots`` and ``heads``. Attention
+        views (``attn.hook_pattern``, ``attn.hook_attn_scores``) are tables of pairs:
+        read them with :meth:`to_frame`."""
+        import numpy as np
+        import pandas as pd
+
+        if is_attention_view(name):
+            raise ValueError(f"{name} is a table of (query, key) pairs: use "
+                             "run.to_frame(field='attention' or 'scores', layers=[...])")
+        t = self.hooks[name].numpy()
+        rows = np.arange(t.shape[0]) if slots is None else np.asarray(list(slots), dtype=int)
+        if rows.size and (rows.min() < 0 or rows.max() >= t.shape[0]):
+            raise ValueError(f"slots: outside [0, {t.shape[0]})")
+        t = t[rows]
+        per_head = t.ndim == 3
+        if per_head and heads is not None:
+            head_ids = np.asarray(list(heads), dtype=int)
+            if head_ids.size and (head_ids.min() < 0 or head_ids.max() >= t.shape[1]):
+                raise ValueError(f"heads: outside [0, {t.shape[1]})")
+            t = t[:, head_ids]
+        elif per_head:
+            head_ids = np.arange(t.shape[1])
+        elif heads is not None:
+            raise ValueError(f"heads: {name} has no head axis")
+        per_slot = int(np.prod(t.shape[1:]))
+        info = self.slots.iloc[rows]
+        frame = pd.DataFrame({"slot": np.repeat(rows, per_slot)})
+        for col in SLOT_COLUMNS:
+            frame[col] = np.repeat(info[col].to_numpy(), per_slot)
+        if per_head:
+            frame["head"] = np.tile(np.repeat(head_ids, t.shape[2]), len(rows))
+        frame["component"] = np.tile(np.arange(t.shape[-1]), per_slot // t.shape[-1]
+                                     * len(rows))
+        frame["value"] = t.reshape(-1)
+        return frame
+
     # ---- display ----------------------------------------------------------------------
     def _repr_html_(self) -> str:
         parts = [html.escape(self.prompt_text)]
@@ -346,6 +387,10 @@ class Run:
             "mean_entropy": (sum(self.entropies) / len(widths)) if widths else float("nan"),
             "seconds": sum(self.timings.values()),
         }
+
+
+# The slot table's columns repeated on every row of a hook frame.
+SLOT_COLUMNS = ("step", "rank", "token_id", "piece", "position", "is_parallel")
 
 
 class HookPoints(Mapping):
