@@ -126,9 +126,13 @@ at::Tensor Attention::attend(const at::Tensor& qkv, const Rope& rope, const Rope
   v = hooks.at_point(layer_, HookPoint::kV, v);
   {
     SingleThreadScope one_thread;  // microsecond elementwise ops (single_thread.h)
-    if (w_.q_norm.defined()) {
+    if (w_.q_norm.defined() && w_.q_norm.size(0) == head_dim_) {  // per head (Qwen3)
       q = rms_norm(q, w_.q_norm, rms_norm_eps_);
       k = rms_norm(k, w_.k_norm, rms_norm_eps_);
+    } else if (w_.q_norm.defined()) {  // over the whole projection (OLMo 2)
+      q = rms_norm(q.reshape({T, q_dim}), w_.q_norm, rms_norm_eps_).view({T, num_heads_, head_dim_});
+      k = rms_norm(k.reshape({T, kv_dim}), w_.k_norm, rms_norm_eps_)
+              .view({T, num_kv_heads_, head_dim_});
     }
     q = rope.apply(q.transpose(0, 1), angles);  // (H, T, D)
     k = rope.apply(k.transpose(0, 1), angles);  // (Hkv, T, D)

@@ -63,6 +63,18 @@ void read_rope(const json& j, ModelConfig& c, const std::string& origin) {
     params = &*it2;
   }
   c.rope_theta = get_double(j, "rope_theta", origin, 10000.0);
+  // Partial rotary embeddings (Phi-3 variants, others): only the full rotation is supported.
+  for (const json* where_factor : {&j, params}) {
+    if (where_factor == nullptr) continue;
+    if (auto f = where_factor->find("partial_rotary_factor");
+        f != where_factor->end() && !f->is_null()) {
+      if (!f->is_number() || f->get<double>() != 1.0) {
+        fail(origin, "partial_rotary_factor",
+             fmt::format("{} is not supported (only 1.0: RoPE over the whole head)",
+                         printable(f->dump())));
+      }
+    }
+  }
   if (!params) return;
   if (params->contains("rope_theta")) c.rope_theta = get_double(*params, "rope_theta", origin);
   std::string type = "default";
@@ -98,14 +110,19 @@ Family ModelConfig::family() const {
   if (model_type == "mistral") return Family::kMistral;
   if (model_type == "qwen2") return Family::kQwen2;
   if (model_type == "qwen3") return Family::kQwen3;
+  if (model_type == "phi3") return Family::kPhi3;
+  if (model_type == "olmo2") return Family::kOlmo2;
   throw ConfigError(fmt::format(
-      "model_type '{}' is not supported (supported: llama, mistral, qwen2, qwen3)",
+      "model_type '{}' is not supported (supported: llama, mistral, qwen2, qwen3, phi3, olmo2)",
       printable(model_type)));
 }
 
 bool ModelConfig::qkv_bias() const { return family() == Family::kQwen2 || attention_bias; }
 bool ModelConfig::o_bias() const { return family() != Family::kQwen2 && attention_bias; }
 bool ModelConfig::qk_norm() const { return family() == Family::kQwen3; }
+bool ModelConfig::qk_norm_whole() const { return family() == Family::kOlmo2; }
+bool ModelConfig::post_norms() const { return family() == Family::kOlmo2; }
+bool ModelConfig::fused_projections() const { return family() == Family::kPhi3; }
 
 void ModelConfig::validate(const std::string& origin) {
   try {
@@ -194,9 +211,11 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
   c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", origin, false);
   c.attention_bias = get_bool(j, "attention_bias", origin, false);
   c.mlp_bias = get_bool(j, "mlp_bias", origin, false);
-  // Mistral and Qwen declare a sliding window; Qwen only uses it when use_sliding_window.
+  // Mistral, Phi-3 and Qwen declare a sliding window; Qwen only uses it when
+  // use_sliding_window.
   if (auto it = j.find("sliding_window"); it != j.end() && it->is_number_integer()) {
-    bool used = c.model_type == "mistral" || get_bool(j, "use_sliding_window", origin, false);
+    bool used = c.model_type == "mistral" || c.model_type == "phi3" ||
+                get_bool(j, "use_sliding_window", origin, false);
     if (used) c.sliding_window = it->get<int64_t>();
   }
   if (auto it = j.find("bos_token_id"); it != j.end() && it->is_number_integer()) {

@@ -98,9 +98,16 @@ LlamaModel::LlamaModel(ModelConfig config, std::map<std::string, at::Tensor>&& t
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = fmt::format("model.layers.{}.", i);
     AttentionWeights a;
-    a.q_proj = src.get(p + "self_attn.q_proj.weight", {q_dim, hidden});
-    a.k_proj = src.get(p + "self_attn.k_proj.weight", {kv_dim, hidden});
-    a.v_proj = src.get(p + "self_attn.v_proj.weight", {kv_dim, hidden});
+    if (c.fused_projections()) {  // Phi-3: rows q, then k, then v, as attnvar fuses them
+      auto qkv = src.get(p + "self_attn.qkv_proj.weight", {q_dim + 2 * kv_dim, hidden});
+      a.q_proj = qkv.narrow(0, 0, q_dim);
+      a.k_proj = qkv.narrow(0, q_dim, kv_dim);
+      a.v_proj = qkv.narrow(0, q_dim + kv_dim, kv_dim);
+    } else {
+      a.q_proj = src.get(p + "self_attn.q_proj.weight", {q_dim, hidden});
+      a.k_proj = src.get(p + "self_attn.k_proj.weight", {kv_dim, hidden});
+      a.v_proj = src.get(p + "self_attn.v_proj.weight", {kv_dim, hidden});
+    }
     a.o_proj = src.get(p + "self_attn.o_proj.weight", {hidden, q_dim});
     if (c.qkv_bias()) {
       a.q_bias = src.get(p + "self_attn.q_proj.bias", {q_dim});
@@ -112,14 +119,32 @@ LlamaModel::LlamaModel(ModelConfig config, std::map<std::string, at::Tensor>&& t
       a.q_norm = src.get(p + "self_attn.q_norm.weight", {c.head_dim});
       a.k_norm = src.get(p + "self_attn.k_norm.weight", {c.head_dim});
     }
-    FeedForwardWeights f = fuse_gate_up(
-        {src.get(p + "mlp.gate_proj.weight", {c.intermediate_size, hidden}),
-         src.get(p + "mlp.up_proj.weight", {c.intermediate_size, hidden}),
-         src.get(p + "mlp.down_proj.weight", {hidden, c.intermediate_size}),
-         {}});
-    layers_.push_back(DecoderLayer{src.get(p + "input_layernorm.weight", {hidden}),
-                                   src.get(p + "post_attention_layernorm.weight", {hidden}),
-                                   Attention(c, std::move(a), i), std::move(f)});
+    if (c.qk_norm_whole()) {  // OLMo 2: over the whole projection (the Attention sees the size)
+      a.q_norm = src.get(p + "self_attn.q_norm.weight", {q_dim});
+      a.k_norm = src.get(p + "self_attn.k_norm.weight", {kv_dim});
+    }
+    const int64_t inter = c.intermediate_size;
+    FeedForwardWeights f;
+    if (c.fused_projections()) {  // Phi-3: gate rows, then up rows, as attnvar fuses them
+      f.gate_up_proj = src.get(p + "mlp.gate_up_proj.weight", {2 * inter, hidden});
+      f.gate_proj = f.gate_up_proj.narrow(0, 0, inter);
+      f.up_proj = f.gate_up_proj.narrow(0, inter, inter);
+      f.down_proj = src.get(p + "mlp.down_proj.weight", {hidden, inter});
+    } else {
+      f = fuse_gate_up({src.get(p + "mlp.gate_proj.weight", {inter, hidden}),
+                        src.get(p + "mlp.up_proj.weight", {inter, hidden}),
+                        src.get(p + "mlp.down_proj.weight", {hidden, inter}),
+                        {}});
+    }
+    DecoderLayer layer{{}, {}, {}, {}, Attention(c, std::move(a), i), std::move(f)};
+    if (c.post_norms()) {
+      layer.attn_out_norm = src.get(p + "post_attention_layernorm.weight", {hidden});
+      layer.mlp_out_norm = src.get(p + "post_feedforward_layernorm.weight", {hidden});
+    } else {
+      layer.attn_in_norm = src.get(p + "input_layernorm.weight", {hidden});
+      layer.mlp_in_norm = src.get(p + "post_attention_layernorm.weight", {hidden});
+    }
+    layers_.push_back(std::move(layer));
   }
   norm_ = src.get("model.norm.weight", {hidden});
   if (c.tie_word_embeddings) {
@@ -127,6 +152,10 @@ LlamaModel::LlamaModel(ModelConfig config, std::map<std::string, at::Tensor>&& t
   } else {
     lm_head_ = src.get("lm_head.weight", {c.vocab_size, hidden});
   }
+}
+
+at::Tensor LlamaModel::norm_if(const at::Tensor& x, const at::Tensor& w) const {
+  return w.defined() ? rms_norm(x, w, config_.rms_norm_eps) : x;
 }
 
 KVCache LlamaModel::new_cache(int64_t initial_capacity) const {
@@ -288,14 +317,12 @@ ForwardOutput LlamaModel::forward(KVCache& cache, const PassInput& input,
     at::Tensor bias = any_intervention ? build_bias(input, S_prev, l) : shared_bias;
     std::optional<LayerCapture> layer_capture;
     h = hooks.at_point(l, HookPoint::kResidPre, h);
-    auto attn = layer.attention.forward(rms_norm(h, layer.input_layernorm, c.rms_norm_eps),
-                                        *rope_, angles, cache, bias, capture, &layer_capture,
-                                        hooks);
-    attn = hooks.at_point(l, HookPoint::kAttnOut, attn);
+    auto attn = layer.attention.forward(norm_if(h, layer.attn_in_norm), *rope_, angles, cache,
+                                        bias, capture, &layer_capture, hooks);
+    attn = hooks.at_point(l, HookPoint::kAttnOut, norm_if(attn, layer.attn_out_norm));
     h = hooks.at_point(l, HookPoint::kResidMid, h + attn);
-    auto mlp = feed_forward(rms_norm(h, layer.post_attention_layernorm, c.rms_norm_eps),
-                            layer.feed_forward, l, hooks);
-    mlp = hooks.at_point(l, HookPoint::kMlpOut, mlp);
+    auto mlp = feed_forward(norm_if(h, layer.mlp_in_norm), layer.feed_forward, l, hooks);
+    mlp = hooks.at_point(l, HookPoint::kMlpOut, norm_if(mlp, layer.mlp_out_norm));
     h = hooks.at_point(l, HookPoint::kResidPost, h + mlp);
     if (layer_capture) out.captures.push_back(std::move(*layer_capture));
   }
@@ -385,14 +412,14 @@ std::vector<ForwardOutput> LlamaModel::forward_batch(const std::vector<KVCache*>
     }
     std::vector<std::optional<LayerCapture>> layer_captures(n);
     h = at_rows(l, HookPoint::kResidPre, h);
-    auto attn = layer.attention.forward_segments(
-        rms_norm(h, layer.input_layernorm, c.rms_norm_eps), rows, *rope_, angles, caches, bias,
-        capture, &layer_captures, hooks);
-    attn = at_rows(l, HookPoint::kAttnOut, attn);
+    auto attn = layer.attention.forward_segments(norm_if(h, layer.attn_in_norm), rows, *rope_,
+                                                 angles, caches, bias, capture,
+                                                 &layer_captures, hooks);
+    attn = at_rows(l, HookPoint::kAttnOut, norm_if(attn, layer.attn_out_norm));
     h = at_rows(l, HookPoint::kResidMid, h + attn);
-    auto mlp = feed_forward_segments(rms_norm(h, layer.post_attention_layernorm, c.rms_norm_eps),
-                                     rows, layer.feed_forward, l, hooks);
-    mlp = at_rows(l, HookPoint::kMlpOut, mlp);
+    auto mlp = feed_forward_segments(norm_if(h, layer.mlp_in_norm), rows, layer.feed_forward,
+                                     l, hooks);
+    mlp = at_rows(l, HookPoint::kMlpOut, norm_if(mlp, layer.mlp_out_norm));
     h = at_rows(l, HookPoint::kResidPost, h + mlp);
     for (size_t i = 0; i < n; ++i) {
       if (layer_captures[i]) out[i].captures.push_back(std::move(*layer_captures[i]));

@@ -402,10 +402,14 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const
   out.push_back({"model.embed_tokens.weight", {v, h}});
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = fmt::format("model.layers.{}.", l);
-    out.push_back({p + "input_layernorm.weight", {h}});
-    out.push_back({p + "self_attn.q_proj.weight", {q_rows, h}});
-    out.push_back({p + "self_attn.k_proj.weight", {kv_rows, h}});
-    out.push_back({p + "self_attn.v_proj.weight", {kv_rows, h}});
+    if (!c.post_norms()) out.push_back({p + "input_layernorm.weight", {h}});
+    if (c.fused_projections()) {
+      out.push_back({p + "self_attn.qkv_proj.weight", {q_rows + 2 * kv_rows, h}});
+    } else {
+      out.push_back({p + "self_attn.q_proj.weight", {q_rows, h}});
+      out.push_back({p + "self_attn.k_proj.weight", {kv_rows, h}});
+      out.push_back({p + "self_attn.v_proj.weight", {kv_rows, h}});
+    }
     out.push_back({p + "self_attn.o_proj.weight", {h, q_rows}});
     if (c.qkv_bias()) {
       out.push_back({p + "self_attn.q_proj.bias", {q_rows}});
@@ -417,9 +421,18 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const
       out.push_back({p + "self_attn.q_norm.weight", {c.head_dim}});
       out.push_back({p + "self_attn.k_norm.weight", {c.head_dim}});
     }
+    if (c.qk_norm_whole()) {
+      out.push_back({p + "self_attn.q_norm.weight", {q_rows}});
+      out.push_back({p + "self_attn.k_norm.weight", {kv_rows}});
+    }
     out.push_back({p + "post_attention_layernorm.weight", {h}});
-    out.push_back({p + "mlp.gate_proj.weight", {ffn, h}});
-    out.push_back({p + "mlp.up_proj.weight", {ffn, h}});
+    if (c.post_norms()) out.push_back({p + "post_feedforward_layernorm.weight", {h}});
+    if (c.fused_projections()) {
+      out.push_back({p + "mlp.gate_up_proj.weight", {2 * ffn, h}});
+    } else {
+      out.push_back({p + "mlp.gate_proj.weight", {ffn, h}});
+      out.push_back({p + "mlp.up_proj.weight", {ffn, h}});
+    }
     out.push_back({p + "mlp.down_proj.weight", {h, ffn}});
     if (c.mlp_bias) {
       out.push_back({p + "mlp.gate_proj.bias", {ffn}});

@@ -44,21 +44,36 @@ def hf_hook_values(model, ids, positions, visible) -> dict[str, torch.Tensor]:
     def in_hook(name):
         return keep(name, lambda a, o: a[0])
 
+    post_norms = hasattr(model.model.layers[0], "post_feedforward_layernorm")  # OLMo 2
     for index, layer in enumerate(model.model.layers):
         b = f"blocks.{index}."
         attn = layer.self_attn
         handles += [
             layer.register_forward_pre_hook(in_hook(b + "hook_resid_pre")),
-            attn.q_proj.register_forward_hook(out_hook(b + "q_flat")),
-            attn.k_proj.register_forward_hook(out_hook(b + "k_flat")),
-            attn.v_proj.register_forward_hook(out_hook(b + "v_flat")),
             attn.o_proj.register_forward_pre_hook(in_hook(b + "z_flat")),
-            attn.register_forward_hook(out_hook(b + "hook_attn_out")),
-            layer.post_attention_layernorm.register_forward_pre_hook(in_hook(b + "hook_resid_mid")),
             layer.mlp.down_proj.register_forward_pre_hook(in_hook(b + "mlp.hook_post")),
-            layer.mlp.register_forward_hook(out_hook(b + "hook_mlp_out")),
             layer.register_forward_hook(out_hook(b + "hook_resid_post")),
         ]
+        if hasattr(attn, "qkv_proj"):  # Phi-3: one fused projection, rows q, k, v
+            handles.append(attn.qkv_proj.register_forward_hook(out_hook(b + "qkv_flat")))
+        else:
+            handles += [attn.q_proj.register_forward_hook(out_hook(b + "q_flat")),
+                        attn.k_proj.register_forward_hook(out_hook(b + "k_flat")),
+                        attn.v_proj.register_forward_hook(out_hook(b + "v_flat"))]
+        if post_norms:  # a block's output is its post-norm's; resid_mid is computed below
+            handles += [
+                layer.post_attention_layernorm.register_forward_hook(
+                    out_hook(b + "hook_attn_out")),
+                layer.post_feedforward_layernorm.register_forward_hook(
+                    out_hook(b + "hook_mlp_out")),
+            ]
+        else:
+            handles += [
+                attn.register_forward_hook(out_hook(b + "hook_attn_out")),
+                layer.post_attention_layernorm.register_forward_pre_hook(
+                    in_hook(b + "hook_resid_mid")),
+                layer.mlp.register_forward_hook(out_hook(b + "hook_mlp_out")),
+            ]
         if hasattr(attn, "q_norm"):
             handles += [attn.q_norm.register_forward_hook(out_hook(b + "q_normed")),
                         attn.k_norm.register_forward_hook(out_hook(b + "k_normed"))]
@@ -75,12 +90,19 @@ def hf_hook_values(model, ids, positions, visible) -> dict[str, torch.Tensor]:
     n = ids.shape[0]
     for index in range(cfg.num_hidden_layers):
         b = f"blocks.{index}."
+        if b + "qkv_flat" in seen:
+            q_rows, kv_rows = heads * head_dim, kv_heads * head_dim
+            qkv = seen.pop(b + "qkv_flat")
+            seen[b + "q_flat"], seen[b + "k_flat"], seen[b + "v_flat"] = qkv.split(
+                [q_rows, kv_rows, kv_rows], dim=-1)
+        if b + "hook_resid_mid" not in seen:
+            seen[b + "hook_resid_mid"] = seen[b + "hook_resid_pre"] + seen[b + "hook_attn_out"]
         seen[b + "attn.hook_q"] = seen.pop(b + "q_flat").view(n, heads, head_dim)
         seen[b + "attn.hook_k"] = seen.pop(b + "k_flat").view(n, kv_heads, head_dim)
         seen[b + "attn.hook_v"] = seen.pop(b + "v_flat").view(n, kv_heads, head_dim)
         seen[b + "attn.hook_z"] = seen.pop(b + "z_flat").view(n, heads, head_dim)
-        q = seen.pop(b + "q_normed", seen[b + "attn.hook_q"])
-        k = seen.pop(b + "k_normed", seen[b + "attn.hook_k"])
+        q = seen.pop(b + "q_normed", seen[b + "attn.hook_q"]).reshape(n, heads, head_dim)
+        k = seen.pop(b + "k_normed", seen[b + "attn.hook_k"]).reshape(n, kv_heads, head_dim)
         rot_q, rot_k = apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
                                             cos, sin)
         seen[b + "attn.hook_rot_q"] = rot_q[0].transpose(0, 1)

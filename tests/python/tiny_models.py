@@ -6,7 +6,8 @@ import json
 
 import torch
 
-FAMILIES = ["llama", "llama3_scaled", "smollm2_tied", "mistral", "qwen2", "qwen3"]
+FAMILIES = ["llama", "llama3_scaled", "smollm2_tied", "mistral", "qwen2", "qwen3", "phi3",
+            "olmo2"]
 
 
 def tiny_config(family: str):
@@ -48,6 +49,12 @@ def tiny_config(family: str):
         return transformers.Qwen2Config(**common, tie_word_embeddings=False)
     if family == "qwen3":
         return transformers.Qwen3Config(**common, head_dim=16, tie_word_embeddings=False)
+    if family == "phi3":  # fused qkv_proj and gate_up_proj; GQA 4:2
+        return transformers.Phi3Config(**common, pad_token_id=0, tie_word_embeddings=False,
+                                       sliding_window=None)
+    if family == "olmo2":  # post-norms, q/k norms over the whole projection
+        return transformers.Olmo2Config(**{**common, "num_key_value_heads": 4},
+                                        pad_token_id=0, tie_word_embeddings=False)
     raise ValueError(family)
 
 

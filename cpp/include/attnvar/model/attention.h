@@ -22,7 +22,9 @@ struct AttentionWeights {
   at::Tensor v_proj;  // (num_kv_heads * head_dim, hidden)
   at::Tensor o_proj;  // (hidden, num_heads * head_dim)
   at::Tensor q_bias, k_bias, v_bias, o_bias;  // undefined when the family has none
-  at::Tensor q_norm, k_norm;                  // (head_dim,) qwen3 only
+  // Qwen3: (head_dim,) per head; OLMo 2: (num_heads·head_dim,) / (num_kv_heads·head_dim,)
+  // over the whole projection; undefined otherwise.
+  at::Tensor q_norm, k_norm;
 };
 
 // What one layer recorded for one pass. H' = captured heads, T = the pass's queries,

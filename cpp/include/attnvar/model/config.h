@@ -24,7 +24,7 @@ struct RopeScaling {
 //   llama / mistral: no biases unless attention_bias / mlp_bias.
 //   qwen2: q, k, v projections carry a bias (o does not).
 //   qwen3: RMSNorm over head_dim on q and k before RoPE.
-enum class Family { kLlama, kMistral, kQwen2, kQwen3 };
+enum class Family { kLlama, kMistral, kQwen2, kQwen3, kPhi3, kOlmo2 };
 
 // The most decoder layers a config may declare (the largest released models have under
 // 200). validate() rejects more, so a corrupt count fails before anything proportional to it
@@ -36,7 +36,7 @@ inline constexpr int64_t kMaxHiddenLayers = 4096;
 inline constexpr int64_t kMaxDimension = int64_t{1} << 24;
 
 struct ModelConfig {
-  std::string model_type = "llama";  // HF name: llama | mistral | qwen2 | qwen3
+  std::string model_type = "llama";  // HF name: llama | mistral | qwen2 | qwen3 | phi3 | olmo2
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
@@ -60,7 +60,13 @@ struct ModelConfig {
   // q/k/v projection bias: qwen2 always, others when attention_bias.
   bool qkv_bias() const;
   bool o_bias() const;
-  bool qk_norm() const;  // qwen3
+  bool qk_norm() const;  // qwen3: RMSNorm of each head's q and k (head_dim weights)
+  // olmo2: RMSNorm of the whole q and k projections (num_heads·head_dim weights)
+  bool qk_norm_whole() const;
+  // olmo2: no norm before attention and MLP; one after each, on the block's output
+  bool post_norms() const;
+  // phi3: q/k/v in one qkv_proj tensor and gate/up in one gate_up_proj tensor
+  bool fused_projections() const;
 
   // Fills derived fields (head_dim) and checks ranges and supported options.
   // Throws ConfigError naming `origin` and the offending field.

@@ -55,9 +55,13 @@ struct ForwardOutput {
   std::map<std::string, at::Tensor> hooks;
 };
 
+// One decoder layer. Pre-norm families (Llama, Qwen, Phi-3) normalise each block's input;
+// OLMo 2 normalises each block's output instead. Norm weights a family lacks stay undefined.
 struct DecoderLayer {
-  at::Tensor input_layernorm;           // (hidden,)
-  at::Tensor post_attention_layernorm;  // (hidden,)
+  at::Tensor attn_in_norm;   // (hidden,): HF input_layernorm (pre-norm families)
+  at::Tensor mlp_in_norm;    // (hidden,): HF post_attention_layernorm (pre-norm families)
+  at::Tensor attn_out_norm;  // (hidden,): OLMo 2's post_attention_layernorm
+  at::Tensor mlp_out_norm;   // (hidden,): OLMo 2's post_feedforward_layernorm
   Attention attention;
   FeedForwardWeights feed_forward;
 };
@@ -107,6 +111,8 @@ class LlamaModel {
   at::Tensor check_pass(const KVCache& cache, const PassInput& input) const;
   void append_slots(KVCache& cache, const PassInput& input, const at::Tensor& ids) const;
   at::Tensor build_bias(const PassInput& input, int64_t num_prev, int64_t layer) const;
+  // RMSNorm of x by w, or x itself when the family has no such norm (w undefined).
+  at::Tensor norm_if(const at::Tensor& x, const at::Tensor& w) const;
 
   ModelConfig config_;
   at::ScalarType dtype_;
