@@ -106,8 +106,18 @@ const std::map<std::string, std::string>& block_names() {
       {"attn_v", "self_attn.v_proj"},      {"attn_output", "self_attn.o_proj"},
       {"attn_q_norm", "self_attn.q_norm"}, {"attn_k_norm", "self_attn.k_norm"},
       {"ffn_gate", "mlp.gate_proj"},       {"ffn_up", "mlp.up_proj"},
-      {"ffn_down", "mlp.down_proj"}};
+      {"ffn_down", "mlp.down_proj"},       {"attn_qkv", "self_attn.qkv_proj"}};
   return kNames;
+}
+
+// Families with fused projections (Phi-3) keep gate and up in llama.cpp's ffn_up: the HF
+// name is then gate_up_proj, not up_proj.
+std::string fused_hf_name(std::string hf, const ModelConfig& c) {
+  constexpr std::string_view kUp = ".mlp.up_proj.";
+  if (const size_t at = hf.find(kUp); c.fused_projections() && at != std::string::npos) {
+    hf.replace(at, kUp.size(), ".mlp.gate_up_proj.");
+  }
+  return hf;
 }
 
 // The GGUF name of an HF tensor name, for error messages ("" when outside the mapping).
@@ -127,6 +137,7 @@ std::string hf_to_gguf_name(const std::string& hf) {
   for (const auto& [gguf, name] : block_names()) {
     if (name == part) return fmt::format("blk.{}.{}.{}", layer, gguf, suffix);
   }
+  if (part == "mlp.gate_up_proj") return fmt::format("blk.{}.ffn_up.{}", layer, suffix);
   return "";
 }
 
@@ -237,7 +248,7 @@ Weights load_gguf(const std::string& path, at::ScalarType dtype, c10::Device dev
                       "{} architecture)",
                       path, &t - f.tensors().data(), printable(t.name), c.model_type));
     }
-    by_hf.emplace(*hf, &t);
+    by_hf.emplace(fused_hf_name(*hf, c), &t);
   }
   // A block count the file cannot hold fails before the expected list is built.
   const std::string arch = f.get_string("general.architecture").value_or("");
@@ -453,12 +464,12 @@ ModelConfig config_from_gguf(const GgufFile& f) {
   }
   const std::string arch = *arch_value;
   ModelConfig c;
-  if (arch == "llama" || arch == "qwen2" || arch == "qwen3") {
+  if (arch == "llama" || arch == "qwen2" || arch == "qwen3" || arch == "phi3") {
     c.model_type = arch;
   } else {
     throw ConfigError(fmt::format(
         "{}: metadata key 'general.architecture': '{}' is not supported (supported: llama, "
-        "qwen2, qwen3)",
+        "qwen2, qwen3, phi3; OLMo 2 loads from an HF directory)",
         f.path(), printable(arch)));
   }
   const std::string a = arch + ".";
@@ -491,6 +502,7 @@ ModelConfig config_from_gguf(const GgufFile& f) {
         "{}: required metadata key 'tokenizer.ggml.tokens' (or '{}vocab_size') is missing",
         f.path(), a));
   }
+  if (auto sw = f.get_int(a + "attention.sliding_window"); sw && *sw > 0) c.sliding_window = *sw;
   if (auto bos = f.get_int("tokenizer.ggml.bos_token_id")) c.bos_token_id = *bos;
   if (auto eos = f.get_int("tokenizer.ggml.eos_token_id")) c.eos_token_ids.push_back(*eos);
   c.tie_word_embeddings = f.find_tensor("output.weight") == nullptr;

@@ -203,6 +203,8 @@ BLOCK_NAMES = {
     "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
+    "self_attn.qkv_proj": "attn_qkv",  # Phi-3's fused projections, as llama.cpp names them
+    "mlp.gate_up_proj": "ffn_up",
 }
 
 
@@ -228,6 +230,7 @@ def tiny_hf_model(model_type: str, out_dir: Path, **overrides):
         "llama": ("LlamaConfig", "LlamaForCausalLM"),
         "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
         "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+        "phi3": ("Phi3Config", "Phi3ForCausalLM"),
     }[model_type]
     kwargs = dict(
         vocab_size=96,
@@ -277,6 +280,8 @@ def write_gguf(hf_dir: Path, config, path: Path, qtype) -> dict[str, np.ndarray]
     w.add_token_list([f"tok{i}" for i in range(config.vocab_size)])
     w.add_bos_token_id(config.bos_token_id)
     w.add_eos_token_id(config.eos_token_id)
+    if getattr(config, "pad_token_id", None) is not None:
+        w.add_pad_token_id(config.pad_token_id)
     expected = {}
     for name, t in hf.items():
         if name == "lm_head.weight" and config.tie_word_embeddings:
@@ -349,6 +354,7 @@ CASES = [
     ("llama", dict(tie_word_embeddings=False)),
     ("qwen2", dict(tie_word_embeddings=True)),
     ("qwen3", dict(tie_word_embeddings=False, head_dim=32)),
+    ("phi3", dict(tie_word_embeddings=False, pad_token_id=0)),
 ]
 
 
@@ -356,7 +362,8 @@ CASES = [
 # head_dim != hidden / heads) on two.
 TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1]
 COMBOS = [
-    (arch, kw, q) for arch, kw in CASES for q in TYPES if arch != "qwen3" or q in (Q.F32, Q.Q8_0)
+    (arch, kw, q) for arch, kw in CASES for q in TYPES
+    if arch not in ("qwen3", "phi3") or q in (Q.F32, Q.Q8_0)
 ]
 
 
@@ -508,7 +515,8 @@ def test_missing_required_key_and_tensor_are_named(tmp_path):
 
 
 @pytest.mark.parametrize("model_type,qtype", [("llama", Q.F32), ("llama", Q.Q8_0),
-                                              ("qwen2", Q.F16), ("qwen3", Q.F32)])
+                                              ("qwen2", Q.F16), ("qwen3", Q.F32),
+                                              ("phi3", Q.F32), ("phi3", Q.Q8_0)])
 def test_tiny_model_gguf_logits_equal_the_same_model_from_safetensors(tmp_path, model_type,
                                                                       qtype):
     """Logits of the GGUF file (q/k permuted as llama.cpp does) equal those of the same
@@ -519,7 +527,7 @@ def test_tiny_model_gguf_logits_equal_the_same_model_from_safetensors(tmp_path, 
     from safetensors.torch import save_file
 
     hf_dir = tmp_path / "hf"
-    hf_config = tiny_hf_model(model_type, hf_dir)
+    hf_config = tiny_hf_model(model_type, hf_dir, **dict(CASES)[model_type])
     path = tmp_path / f"tiny-{qtype.name}.gguf"
     expected = write_gguf(hf_dir, hf_config, path, qtype)
     ref_dir = hf_dir
@@ -543,3 +551,31 @@ def test_tiny_model_gguf_logits_equal_the_same_model_from_safetensors(tmp_path, 
     print(f"[parity] {model_type} {qtype.name} GGUF vs safetensors logits: max |diff| = {diff}")
     assert diff <= 1e-6
     assert json.loads((hf_dir / "config.json").read_text())["model_type"] == model_type
+
+
+@pytest.mark.parametrize("model_type", ["llama", "phi3"])
+def test_tiny_model_gguf_logits_equal_transformers_loading_the_same_file(tmp_path, model_type):
+    """The oracle reads the GGUF itself: transformers' own GGUF loader (gguf_file=), for
+    the architectures it supports (Phi-3: fused attn_qkv and ffn_up, as llama.cpp writes
+    them)."""
+    import transformers
+
+    hf_dir = tmp_path / "hf"
+    hf_config = tiny_hf_model(model_type, hf_dir, **dict(CASES)[model_type])
+    path = tmp_path / "tiny.gguf"
+    write_gguf(hf_dir, hf_config, path, Q.F32)
+    oracle = transformers.AutoModelForCausalLM.from_pretrained(
+        str(tmp_path), gguf_file=path.name, dtype=torch.float32).eval()
+    ids = torch.tensor([1, 5, 9, 33, 7, 60, 2, 41])
+    with torch.no_grad():
+        expected = oracle(input_ids=ids[None]).logits[0]
+    config, tensors, _ = _core.load_weights(str(path))
+    assert config["model_type"] == model_type
+    model = _core.Model.from_tensors((hf_dir / "config.json").read_text(), tensors,
+                                     origin=str(path))
+    got = model.forward(model.new_cache(), ids, torch.arange(8.0),
+                        _core.causal_visibility(8, 0))["logits"]
+    diff = (got - expected).abs().max().item()
+    print(f"[parity] {model_type} GGUF: attnvar vs transformers(gguf_file=) logits: "
+          f"max |diff| = {diff:.2e}")
+    assert diff <= 1e-4
