@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
+
+#include <c10/core/InferenceMode.h>
 
 #include <fmt/format.h>
 
@@ -71,8 +74,22 @@ std::vector<HookEdit> hook_edits(const py::list& items) {
     for (const char* key : {"kind", "hook"}) {
       if (!d.contains(key)) throw ConfigError(fmt::format("edits[{}]: '{}' is missing", i, key));
     }
+    // A field of the wrong type is a ConfigError naming it, not pybind's cast error.
+    const auto field = [&](const char* key, auto* out) {
+      using T = std::remove_pointer_t<decltype(out)>;
+      try {
+        *out = d[key].cast<T>();
+      } catch (const py::cast_error&) {
+        throw ConfigError(fmt::format("edits[{}].{}: expected {}, got {}", i, key,
+                                      std::is_same_v<T, std::string> ? "a string"
+                                      : std::is_same_v<T, at::Tensor> ? "a tensor"
+                                                                      : "a list of integers",
+                                      py::str(py::type::of(d[key])).cast<std::string>()));
+      }
+    };
     HookEdit e;
-    const auto kind = d["kind"].cast<std::string>();
+    std::string kind;
+    field("kind", &kind);
     if (kind == "zero") {
       e.kind = EditKind::kZero;
     } else if (kind == "set") {
@@ -82,14 +99,10 @@ std::vector<HookEdit> hook_edits(const py::list& items) {
     } else {
       throw ConfigError(fmt::format("edits[{}]: kind '{}' is not one of zero, set, add", i, kind));
     }
-    e.hook = d["hook"].cast<std::string>();
-    if (d.contains("heads") && !d["heads"].is_none()) {
-      e.heads = d["heads"].cast<std::vector<int64_t>>();
-    }
-    if (d.contains("slots") && !d["slots"].is_none()) {
-      e.slots = d["slots"].cast<std::vector<int64_t>>();
-    }
-    if (d.contains("value") && !d["value"].is_none()) e.value = d["value"].cast<at::Tensor>();
+    field("hook", &e.hook);
+    if (d.contains("heads") && !d["heads"].is_none()) field("heads", &e.heads);
+    if (d.contains("slots") && !d["slots"].is_none()) field("slots", &e.slots);
+    if (d.contains("value") && !d["value"].is_none()) field("value", &e.value);
     out.push_back(std::move(e));
   }
   return out;
@@ -106,8 +119,14 @@ std::map<std::string, HookCallback> hook_callbacks(const py::object& fns) {
     auto fn = py::reinterpret_borrow<py::function>(v);
     out[name] = [fn](const std::string& point, const at::Tensor& t) -> at::Tensor {
       py::gil_scoped_acquire gil;
-      // A copy: the engine's tensor may be a view of its buffers.
-      py::object r = fn(point, t.clone());
+      // A copy (the engine's tensor may be a view of its buffers), made outside inference
+      // mode so the function may keep it, edit it in place or use it with autograd.
+      at::Tensor copy;
+      {
+        c10::InferenceMode ordinary(false);
+        copy = t.clone();
+      }
+      py::object r = fn(point, copy);
       if (r.is_none()) return at::Tensor();
       try {
         return r.cast<at::Tensor>();

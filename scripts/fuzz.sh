@@ -64,10 +64,11 @@ echo "== fuzzing with $cxx, ASan+UBSan, targets: ${targets[*]}"
 # sweep (a third of the GGUF target's time); the parsers return by value, never a stack address.
 export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-# Readable stacks without LLVM's own symbolizer (the llvm-N package): binutils' addr2line.
-if ! command -v llvm-symbolizer >/dev/null && command -v addr2line >/dev/null; then
-  export ASAN_SYMBOLIZER_PATH=$(command -v addr2line)
-fi
+# Readable stacks need LLVM's symbolizer (Debian's llvm-N package, not installed by default:
+# replay a finding with it installed to see function names).
+for s in "/usr/lib/llvm-${cxx#clang++-}/bin/llvm-symbolizer" "$(command -v llvm-symbolizer || true)"; do
+  if [[ -x $s ]]; then export ASAN_SYMBOLIZER_PATH=$s; break; fi
+done
 data=tests/data/fuzz
 status=0
 printf '%-15s %10s %8s %8s %8s  %s\n' target runs exec/s corpus slowest result

@@ -95,6 +95,7 @@ class Sequence {
     in.last_logits_only = true;
     in.edits = o_.edits;
     in.callbacks = o_.callbacks;
+    in.edits_prepared = true;
     auto out = model_.forward(cache_, in, o_.capture);
     emit(PassCapture{-1, 0, P_, std::move(out.captures), std::move(out.hooks)});
     q_ = at::softmax(out.logits[0] / o_.temperature, -1);  // q_0
@@ -146,6 +147,7 @@ class Sequence {
     in->no_logits = last_;
     in->edits = o_.edits;
     in->callbacks = o_.callbacks;
+    in->edits_prepared = true;
     first_ = cache_.size();
     return true;
   }
@@ -213,14 +215,15 @@ GenerationResult generate(const LlamaModel& model, const std::vector<int64_t>& p
                           const PassSink& sink) {
   validate(o, model.config().vocab_size);
   check_prompt(prompt, model.config().vocab_size);
-  model.check_edits(o.edits);
-  Sequence seq(model, prompt, o, sink);
+  GenerateOptions prepared = o;
+  prepared.edits = model.prepare_edits(o.edits);
+  Sequence seq(model, prompt, prepared, sink);
   seq.prefill();
   while (!seq.done()) {
     if (interrupt) interrupt();
     PassInput in;
     const bool fed = seq.select(&in);
-    if (fed) seq.after_pass(model.forward(*seq.cache(), in, o.capture));
+    if (fed) seq.after_pass(model.forward(*seq.cache(), in, prepared.capture));
     seq.end_step(fed);
   }
   return seq.finish();
@@ -238,12 +241,13 @@ std::vector<GenerationResult> generate_batch(const LlamaModel& model,
   for (size_t i = 0; i < prompts.size(); ++i) {
     validate(options[i], model.config().vocab_size);
     check_prompt(prompts[i], model.config().vocab_size);
-    model.check_edits(options[i].edits);
     if (!(options[i].capture == options[0].capture)) {
       throw ConfigError("generate_batch: every sequence must capture the same layers, heads "
                         "and fields (one pass computes them together)");
     }
   }
+  std::vector<GenerateOptions> prepared = options;
+  for (GenerateOptions& o : prepared) o.edits = model.prepare_edits(o.edits);
   std::vector<GenerationResult> results(prompts.size());
   std::vector<std::pair<size_t, std::unique_ptr<Sequence>>> active;
   size_t next = 0;
@@ -252,7 +256,7 @@ std::vector<GenerationResult> generate_batch(const LlamaModel& model,
     // Refill: a new sequence's prefill is a pass of its own (its many rows would not be
     // cheaper together, and a solo prefill is what its solo run computes).
     while (static_cast<int64_t>(active.size()) < max_batch && next < prompts.size()) {
-      auto seq = std::make_unique<Sequence>(model, prompts[next], options[next], PassSink{});
+      auto seq = std::make_unique<Sequence>(model, prompts[next], prepared[next], PassSink{});
       seq->prefill();
       if (seq->done()) {
         results[next] = seq->finish();

@@ -50,7 +50,7 @@ ReplayResult replay(const LlamaModel& model, const Tree& tree, const ReplayOptio
   r.layout = encode(tree, o.encoding);
   const Layout& lay = r.layout;
   const int64_t N = lay.size(), P = tree.prompt_length();
-  model.check_edits(o.edits, N);
+  const std::vector<HookEdit> edits = model.prepare_edits(o.edits, N);
   auto ids = lay.token_ids();
   auto positions = lay.positions();
   auto cache = model.new_cache(N);
@@ -61,8 +61,9 @@ ReplayResult replay(const LlamaModel& model, const Tree& tree, const ReplayOptio
     PassInput in{ids.narrow(0, b, T), positions.narrow(0, b, T),
                  lay.visibility.narrow(0, b, T).narrow(1, 0, e)};
     in.no_logits = !o.logits;
-    in.edits = o.edits;
+    in.edits = edits;
     in.callbacks = o.callbacks;
+    in.edits_prepared = true;
     for (int64_t i = b; i < e; ++i) {
       const auto& s = lay.slots[i];
       const int64_t rank = s.step >= 0 ? tree.steps[s.step].members[s.member].rank : 0;

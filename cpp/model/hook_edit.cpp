@@ -4,7 +4,10 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <limits>
+
+#include <c10/core/InferenceMode.h>
 
 #include "attnvar/error.h"
 
@@ -64,6 +67,14 @@ void check_hook_edits(const std::vector<HookEdit>& edits, int64_t num_layers, in
           throw ConfigError(fmt::format("{}: heads: head {} is outside [0, {})", where, head,
                                         slot_shape[0]));
         }
+      }
+    }
+    for (const auto* list : {&e.heads, &e.slots}) {
+      std::vector<int64_t> sorted = *list;
+      std::sort(sorted.begin(), sorted.end());
+      if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+        throw ConfigError(fmt::format("{}: {}: an index appears twice", where,
+                                      list == &e.heads ? "heads" : "slots"));
       }
     }
     for (int64_t slot : e.slots) {
@@ -229,13 +240,20 @@ at::Tensor HookContext::at_point(int64_t layer, HookPoint point, const at::Tenso
     }
   }
   if (record_ != nullptr && record_->wants(layer, point)) {
-    (*out_)[hook_name(layer, point)] = cur.to(dtype_, /*non_blocking=*/false, /*copy=*/true).cpu();
+    (*out_)[hook_name(layer, point)] = recorded_copy(cur, dtype_);
   }
   return cur;
 }
 
 void HookContext::record_final_norm(const at::Tensor& t) const {
-  (*out_)[std::string(kFinalNormHook)] = t.to(dtype_, false, true).cpu();
+  (*out_)[std::string(kFinalNormHook)] = recorded_copy(t, dtype_);
+}
+
+at::Tensor recorded_copy(const at::Tensor& t, at::ScalarType dtype) {
+  // Outside inference mode: the copy is an ordinary tensor, which the caller may edit in
+  // place or use with autograd (an inference tensor refuses both).
+  c10::InferenceMode ordinary(false);
+  return t.to(dtype, /*non_blocking=*/false, /*copy=*/true).cpu();
 }
 
 }  // namespace attnvar

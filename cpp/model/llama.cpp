@@ -202,6 +202,16 @@ void LlamaModel::check_edits(const std::vector<HookEdit>& edits, int64_t num_slo
                    c.num_attention_heads, c.num_key_value_heads, c.head_dim, num_slots);
 }
 
+std::vector<HookEdit> LlamaModel::prepare_edits(const std::vector<HookEdit>& edits,
+                                                int64_t num_slots) const {
+  check_edits(edits, num_slots);
+  std::vector<HookEdit> out = edits;
+  for (HookEdit& e : out) {
+    if (e.value.defined()) e.value = e.value.to(device_, dtype_);
+  }
+  return out;
+}
+
 at::Tensor LlamaModel::check_pass(const KVCache& cache, const PassInput& input) const {
   const ModelConfig& c = config_;
   const auto& ids = input.token_ids;
@@ -254,7 +264,15 @@ at::Tensor LlamaModel::check_pass(const KVCache& cache, const PassInput& input) 
 
   // Hook edits: names, heads, value shapes and values; and a slot-by-slot value must hold
   // every slot of this pass it edits.
-  check_edits(input.edits);
+  if (!input.edits_prepared) check_edits(input.edits);
+  if (input.callbacks != nullptr) {
+    for (const auto& [name, fn] : *input.callbacks) {
+      if (parse_hook_name(name, c.num_hidden_layers).final_norm) {
+        throw ConfigError(fmt::format("hook function at {}: the final norm is recorded, not "
+                                      "edited", name));
+      }
+    }
+  }
   for (size_t i = 0; i < input.edits.size(); ++i) {
     const HookEdit& e = input.edits[i];
     if (!e.value.defined() || e.value.dim() != (hook_is_per_head(parse_hook_name(

@@ -32,10 +32,13 @@ at::Tensor rms_norm_rows_f32(const at::Tensor& x, const at::Tensor& weight, doub
 }  // namespace
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  // Every f32 CPU input takes the row kernel, strided ones through a contiguous copy: the
+  // result must not depend on the memory layout (an edited q is contiguous, the unedited
+  // one a strided view of the fused projection; both must round alike).
   if (x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && x.is_cpu() &&
-      weight.is_cpu() && x.dim() >= 1 && x.size(-1) > 0 && x.is_contiguous() &&
-      weight.is_contiguous() && weight.dim() == 1 && weight.size(0) == x.size(-1)) {
-    return rms_norm_rows_f32(x, weight, eps);
+      weight.is_cpu() && x.dim() >= 1 && x.size(-1) > 0 && weight.dim() == 1 &&
+      weight.size(0) == x.size(-1)) {
+    return rms_norm_rows_f32(x.contiguous(), weight.contiguous(), eps);
   }
   auto xf = x.to(at::kFloat);
   auto variance = xf.pow(2).mean(-1, /*keepdim=*/true);

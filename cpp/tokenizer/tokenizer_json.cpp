@@ -302,7 +302,7 @@ json read_json_file(const std::filesystem::path& path) {
   text << in.rdbuf();
   try {
     return json::parse(text.str());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse errors, and numbers out of range (1e1010)
     throw FormatError(
         fmt::format("{}: not valid JSON: {}", path.string(), printable(e.what())));
   }
@@ -481,7 +481,7 @@ Tokenizer Tokenizer::from_json(std::string_view text, std::string_view origin) {
   json root;
   try {
     root = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse errors, and numbers out of range (1e1010)
     throw FormatError(fmt::format("{}: not valid JSON: {}", origin, printable(e.what())));
   }
   return Tokenizer(parse_tokenizer_json(root, std::string(origin), {}));

@@ -366,6 +366,19 @@ def test_tokenizer_with_one_huge_id_is_refused_before_allocating():
                                                         "merges": ["a b"]}}))
 
 
+def test_tokenizer_json_with_a_number_beyond_double_is_a_format_error(tmp_path):
+    """Found by fuzzing: a number such as 1.1E1010 made the JSON parser throw its
+    out-of-range exception, which escaped as a bare RuntimeError."""
+    text = (FUZZ_DATA / "regressions" / "tokenizer_json" /
+            "found-number_overflow_1e1010_escapes_as_json_out_of_range.json").read_bytes()
+    with pytest.raises(attnvar.FormatError, match="not valid JSON: .*number overflow"):
+        _core.Tokenizer.from_json(text)
+    path = tmp_path / "tokenizer.json"
+    path.write_bytes(text)
+    with pytest.raises(attnvar.FormatError, match=r"tokenizer\.json: not valid JSON"):
+        _core.Tokenizer.from_file(str(path))
+
+
 def test_json_files_with_invalid_utf8_give_format_errors_with_decodable_messages(tmp_path):
     hf = hf_dir(tmp_path / "hf", 1)
     (hf / "config.json").write_bytes(b'{"model_type": "ll\xff\xfeama"}')

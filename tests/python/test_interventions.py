@@ -325,3 +325,86 @@ def test_intervention_objects_and_dicts_are_validated(tiny):
                         hook_fns={"blocks.0.hook_resid_pre": lambda n, t: None})
     recorded = run.options["hook_fns"]["blocks.0.hook_resid_pre"]
     assert recorded.endswith("<locals>.<lambda>")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_edit_that_changes_nothing_changes_nothing_bit_for_bit(family):
+    """Adding zeros at any hook point, to one slot, leaves the logits bit-identical: an
+    edit's copy must not move any computation onto another kernel path (Qwen3's and OLMo 2's
+    q/k norms once did, changing every head by ~1e-6)."""
+    from attnvar.engine.capture import BLOCK_POINTS, hook_shape
+
+    hf = tiny_hf_model(family)
+    ours = attnvar_model(hf)
+    positions, visible = layout("shared_position")
+    ids = ids_for(positions)
+    plain = ours_logits(ours, ids, positions, visible)
+    cfg = ours.config
+    dims = {"hidden": cfg["hidden_size"], "intermediate": cfg["intermediate_size"],
+            "heads": cfg["num_attention_heads"], "kv_heads": cfg["num_key_value_heads"],
+            "head_dim": cfg["head_dim"]}
+    for point in BLOCK_POINTS:
+        if "hook_pattern" in point or "hook_attn_scores" in point:
+            continue
+        name = f"blocks.1.{point}"
+        zero = torch.zeros(hook_shape(name, dims))
+        got = ours_logits(ours, ids, positions, visible,
+                          [{"kind": "add", "hook": name, "slots": [5], "value": zero}])
+        assert torch.equal(got, plain), name
+
+
+def test_core_checks_hook_functions_and_raw_edit_fields():
+    hf = tiny_hf_model("llama")
+    ours = attnvar_model(hf)
+    positions, visible = layout("serial")
+    ids = ids_for(positions)
+    for fns, match in [({"blocks.9.hook_resid_pre": print}, r"layer 9 is outside"),
+                       ({"ln_final.hook_normalized": print}, "recorded, not edited"),
+                       ({"blocks.0.hook_bogus": print}, "is not one of")]:
+        cache = ours.new_cache()
+        with pytest.raises(ConfigError, match=match):
+            ours.forward(cache, ids, positions, visible, hook_fns=fns)
+        assert cache.size == 0
+    z = "blocks.0.attn.hook_z"
+    for edit, match in [({"kind": 3, "hook": z}, r"edits\[0\]\.kind: expected a string"),
+                        ({"kind": "zero", "hook": z, "slots": "ab"}, r"\.slots: expected"),
+                        ({"kind": "add", "hook": z, "value": "x"}, r"\.value: expected a tensor"),
+                        ({"kind": "zero", "hook": z, "slots": [1, 1]}, "appears twice"),
+                        ({"kind": "zero", "hook": z, "heads": [2, 2]}, "appears twice")]:
+        with pytest.raises(ConfigError, match=match):
+            ours.forward(ours.new_cache(), ids, positions, visible, edits=[edit])
+
+
+def test_recorded_points_and_hook_function_arguments_are_ordinary_tensors(tiny):
+    kept = []
+    run = tiny.generate([5, 9, 14, 3], threshold=0.04, max_steps=2,
+                        capture=attnvar.Capture(names=["blocks.0.hook_resid_pre"]),
+                        hook_fns={"blocks.1.hook_resid_pre": lambda n, t: kept.append(t)})
+    t = run.hooks["blocks.0.hook_resid_pre"]
+    assert not t.is_inference() and not kept[0].is_inference()
+    t.add_(1.0)  # an inference tensor would refuse this outside inference mode
+    kept[0].mul_(2.0)
+
+
+def test_generation_checks_patches_on_the_prompt_and_warns_about_unreached_slots(tiny):
+    name = "blocks.1.hook_resid_pre"
+    source = tiny.generate([5, 9, 14, 3, 8, 8], threshold=0.04, max_steps=3,
+                           capture=attnvar.Capture(names=[name]))
+    with pytest.raises(ConfigError, match="slot 0 holds token 5 in the source run but 7"):
+        tiny.generate([7, 7, 8], max_steps=2, interventions=[attnvar.Patch(name, source)])
+    with pytest.warns(UserWarning, match="before slots named by 1 intervention"):
+        run = tiny.generate([5, 9], threshold=0.5, max_steps=1,
+                            interventions=[attnvar.ZeroAblate(name, slots=[1, 500])])
+    assert run.options["unreached_interventions"] == [
+        {"hook": name, "kind": "zero_ablate", "unreached": [500]}]
+
+
+def test_hook_points_alone_keep_the_fast_attention_path(tiny):
+    cap = attnvar.Capture(names="blocks.1", probabilities=False)
+    assert cap.kwargs(3)["capture"] is False
+    assert cap.hook_names(3)[0] == "blocks.1.hook_resid_pre"
+    assert all(n.startswith("blocks.1.") for n in cap.hook_names(12))  # not 10, 11
+    run = tiny.generate([5, 9, 14, 3], threshold=0.04, max_steps=2, capture=cap)
+    assert run.hooks["blocks.1.attn.hook_z"].shape[0] == run.num_slots
+    with pytest.raises(ValueError, match="did not capture attention"):
+        _ = run.attention

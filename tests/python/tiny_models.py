@@ -52,9 +52,8 @@ def tiny_config(family: str):
     if family == "phi3":  # fused qkv_proj and gate_up_proj; GQA 4:2
         return transformers.Phi3Config(**common, pad_token_id=0, tie_word_embeddings=False,
                                        sliding_window=None)
-    if family == "olmo2":  # post-norms, q/k norms over the whole projection
-        return transformers.Olmo2Config(**{**common, "num_key_value_heads": 4},
-                                        pad_token_id=0, tie_word_embeddings=False)
+    if family == "olmo2":  # post-norms, q/k norms over the whole projection; GQA 4:2
+        return transformers.Olmo2Config(**common, pad_token_id=0, tie_word_embeddings=False)
     raise ValueError(family)
 
 

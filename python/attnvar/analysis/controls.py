@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..engine import Capture, load_model, load_run
+from ..engine.interventions import from_spec
 from ..study.store import RUNS, STUDY_FILE, TABLES, replay_key
 from .metrics import as_view, contrast_estimates, count_pairs, find_sinks, regression_fit
 
@@ -57,13 +58,17 @@ def _primary(pairs, variant: str) -> float:
 
 
 def control_one(model, run, sinks, layer: int, delta: float, variant: str,
-                sinks_excluded: bool) -> dict:
-    """The positive control on one generated run (see the module doc)."""
+                sinks_excluded: bool, interventions: list | None = None) -> dict:
+    """The positive control on one generated run (see the module doc). ``interventions``:
+    the study's intervention condition, applied to both replays as to the study's own."""
     capture = Capture(scores=True, probabilities=False)
-    base = model.replay(run.tree, run.encoding, capture=capture, logits=False)
+    condition = list(interventions or [])
+    base = model.replay(run.tree, run.encoding, capture=capture, logits=False,
+                        interventions=condition)
     parallel = [int(i) for i in np.flatnonzero(base.slots["is_parallel"].to_numpy())]
     hit = model.replay(run.tree, run.encoding, capture=capture, logits=False,
-                       interventions=[{"layer_begin": layer, "layer_end": layer + 1,
+                       interventions=[*condition,
+                                      {"layer_begin": layer, "layer_end": layer + 1,
                                        "key_slots": parallel, "delta": delta}])
     out = {}
     for name, replayed in (("unbiased", base), ("biased", hit)):
@@ -102,8 +107,13 @@ def positive_control(results: str | Path, kept: set[str], model_path: str | None
                             columns=COLUMNS)
     layer = model.num_layers // 2
     study_file = results / STUDY_FILE
-    cap = json.loads(study_file.read_text()).get("capture") if study_file.exists() else None
+    described = json.loads(study_file.read_text()) if study_file.exists() else {}
+    cap = described.get("capture")
     top_capture = Capture(**cap) if cap else Capture()
+    # The study's one intervention condition (a grid of several is not analysed).
+    conditions = described.get("interventions") or [[]]
+    condition = [from_spec(d, f"{STUDY_FILE} interventions[0][{i}]")
+                 for i, d in enumerate(conditions[0])]
     rows = []
     for r in cells.itertuples(index=False):
         run = load_run(results / RUNS / r.run_id)
@@ -113,10 +123,12 @@ def positive_control(results: str | Path, kept: set[str], model_path: str | None
         # the first slot (sinks None).
         has_top = (results / RUNS / replay_key(r.run_id, "top_only") / "run.json").exists()
         sinks = find_sinks(as_view(model.replay(run.tree, "top_only", capture=top_capture,
-                                                logits=False))) if has_top else None
+                                                logits=False, interventions=condition))
+                           ) if has_top else None
         rows.append({"cell_id": r.run_id, "prompt_id": r.prompt_id, "mode": r.mode,
                      "threshold": r.threshold, "primary_metric": f"M1 {variant}",
-                     **control_one(model, run, sinks, layer, delta, variant, sinks_excluded)})
+                     **control_one(model, run, sinks, layer, delta, variant, sinks_excluded,
+                                   condition)})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -223,6 +223,7 @@ class CellAnalysis:
     keep_capture: bool = True
 
     def prepare(self, results: Path) -> None:
+        _check_one_condition(Path(results))  # before any run, not after the first group
         prepare_analysis(Path(results))
 
     def __call__(self, results: Path, cell_ids: list[str]) -> None:

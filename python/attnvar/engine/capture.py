@@ -74,8 +74,11 @@ class Capture:
         hook point) would exceed it fails up front with the estimate
     names : hook points to record besides attention (TransformerLens names, e.g.
         ``"blocks.3.hook_resid_pre"``; ``model.hook_point_names()`` lists them):
-        None (none), a list of names, a prefix string (every name starting with it), or
-        a predicate ``name -> bool``. ``blocks.{l}.attn.hook_pattern`` and
+        None (none), a list of names, a prefix of whole name components (``"blocks.3"``:
+        every point of layer 3; ``"blocks.3.attn"``: its attention points), or a predicate
+        ``name -> bool``. With ``probabilities``, ``scores`` and ``value_norms`` all off,
+        only the hook points are recorded and attention keeps its fast path.
+        ``blocks.{l}.attn.hook_pattern`` and
         ``attn.hook_attn_scores`` are views of the attention capture: a list naming one
         needs that layer captured with ``probabilities`` (resp. ``scores``) on; a prefix or
         predicate includes them where they are captured. Read back as ``run.hooks[name]``.
@@ -111,7 +114,10 @@ class Capture:
         if self.names is None:
             return []
         if isinstance(self.names, str):
-            chosen = [n for n in valid if n.startswith(self.names) and self._covers(n)]
+            # Whole name components: "blocks.1" is layer 1, not 10 and 11.
+            prefix = self.names.rstrip(".")
+            chosen = [n for n in valid if (n == prefix or n.startswith(prefix + "."))
+                      and self._covers(n)]
             what = f"prefix {self.names!r}"
         elif callable(self.names):
             chosen = [n for n in valid if self.names(n) and self._covers(n)]
@@ -153,8 +159,10 @@ class Capture:
         resolves the hook point names; without it, none are recorded)."""
         hooks = ([n for n in self.hook_names(num_layers) if not is_attention_view(n)]
                  if num_layers is not None else [])
+        attention = self.probabilities or self.scores or self.value_norms
         return dict(
-            capture=True,
+            # Hook points alone: the attention keeps its fast path (nothing to capture).
+            capture=attention or not hooks,
             layers=None if isinstance(self.layers, str) else sorted(int(v) for v in self.layers),
             heads=None if isinstance(self.heads, str) else [int(v) for v in self.heads],
             probabilities=self.probabilities,

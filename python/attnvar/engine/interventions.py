@@ -155,7 +155,10 @@ class Patch:
     """Activation patching: each selected slot's value at ``hook`` is replaced by the same
     slot's value in ``source`` (a run that recorded the point, or a tensor [N, ...]). Slots
     are matched by index; where the runs' layouts differ (another slot count, or another
-    token in a patched slot), the patch is refused with the first difference."""
+    token in a patched slot), the patch is refused with the first difference. A replay is
+    checked slot by slot before it runs; a generation can only be checked on its prompt
+    slots (later ones do not exist yet). Patching a slot whose token differs on purpose (a
+    clean run into a corrupted one) takes a tensor source: ``Patch(hook, run.hooks[hook])``."""
 
     hook: str
     source: Any
@@ -176,14 +179,18 @@ class Patch:
             return self.source
         return _recorded(self.source, self.hook, "Patch.source")
 
-    def check_layout(self, token_ids: Sequence[int] | None) -> None:
+    def check_layout(self, token_ids: Sequence[int] | None, prompt_only: bool = False) -> None:
         """Refuse a target whose slots differ from the source run's (token by token, over
-        the patched slots); a tensor source is checked by the engine (slot count)."""
+        the patched slots); a tensor source is checked by the engine (slot count). With
+        ``prompt_only`` (a generation), ``token_ids`` is the prompt and only its slots are
+        compared."""
         if token_ids is None or isinstance(self.source, torch.Tensor):
             return
         source_ids = [s["token_id"] for s in self.source.slot_records]
         slots = self.slots if self.slots is not None else range(len(token_ids))
-        if self.slots is None and len(source_ids) != len(token_ids):
+        if prompt_only:
+            slots = [s for s in slots if s < len(token_ids)]
+        elif self.slots is None and len(source_ids) != len(token_ids):
             raise ConfigError(f"Patch: the source run has {len(source_ids)} slots, this run "
                               f"{len(token_ids)}: the layouts differ")
         for s in slots:
@@ -309,11 +316,12 @@ def _recorded(run, hook: str, what: str) -> torch.Tensor:
     return run.hooks[hook]
 
 
-def prepare(interventions: Sequence, model, token_ids: Sequence[int] | None = None
-            ) -> tuple[list[dict], list[dict], list[dict]]:
+def prepare(interventions: Sequence, model, token_ids: Sequence[int] | None = None,
+            prompt_only: bool = False) -> tuple[list[dict], list[dict], list[dict]]:
     """Split a list of interventions into the engine's key biases and hook edits, with
     the description each run records. Dicts are today's key-bias form.
-    ``token_ids``: the target's slots when known in advance (a replay), for layout checks."""
+    ``token_ids``: the target's slots when known in advance (a replay), or its prompt with
+    ``prompt_only`` (a generation), for the layout checks of patches."""
     if isinstance(interventions, (str, bytes, dict)) or not hasattr(interventions, "__iter__"):
         raise ConfigError("interventions must be a list of interventions")
     biases, edits, described = [], [], []
@@ -326,7 +334,7 @@ def prepare(interventions: Sequence, model, token_ids: Sequence[int] | None = No
             biases.append(iv.bias())
         elif isinstance(iv, HOOK_EDITS):
             if isinstance(iv, Patch):
-                iv.check_layout(token_ids)
+                iv.check_layout(token_ids, prompt_only)
             edits.append(iv.edit(model))
         else:
             raise ConfigError(f"interventions[{i}]: {type(iv).__name__} is not an intervention "
@@ -357,7 +365,11 @@ def to_spec(iv) -> dict:
         return {"kind": "steer", "hook": iv.hook, "vector": iv.vector.tolist(),
                 "scale": float(iv.scale), "heads": _list(iv.heads), "slots": _list(iv.slots)}
     if isinstance(iv, KeyBias):
-        return {"kind": "key_bias", **iv.bias()}
+        # −inf (a knockout) as the string "-inf": JSON has no infinity.
+        bias = iv.bias()
+        if bias["delta"] == -math.inf:
+            bias["delta"] = "-inf"
+        return {"kind": "key_bias", **bias}
     raise ConfigError(f"{type(iv).__name__}: only ZeroAblate, MeanAblate(mean=...), Steer and "
                       "KeyBias can be written as data (a Patch or a reference-run mean needs "
                       "a run)")
@@ -374,6 +386,8 @@ def from_spec(d: object, where: str):
     cls = classes.get(d["kind"])
     if cls is None:
         raise ConfigError(f"{where}.kind: {d['kind']!r} is not one of {', '.join(SPEC_KINDS)}")
+    if cls is KeyBias and fields.get("delta") == "-inf":
+        fields["delta"] = -math.inf
     known = set(cls.__dataclass_fields__) - {"reference", "reference_slots"}
     unknown = set(fields) - known
     if unknown:
@@ -385,3 +399,15 @@ def from_spec(d: object, where: str):
         raise ConfigError(f"{where}: {e}") from None
     except TypeError as e:  # a required field missing
         raise ConfigError(f"{where}: {e}") from None
+
+
+def unreached_slots(described: list[dict], num_slots: int) -> list[dict]:
+    """The hook edits among ``described`` that name slots a finished run never had
+    (a generation that stopped before them): they changed nothing there."""
+    out = []
+    for d in described:
+        slots = d.get("slots") if d.get("kind") != "key_bias" else None
+        if slots and max(slots) >= num_slots:
+            out.append({"hook": d["hook"], "kind": d["kind"],
+                        "unreached": [s for s in slots if s >= num_slots]})
+    return out

@@ -7,6 +7,7 @@ import inspect
 import operator
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,7 @@ from .. import _core
 from .._core import ConfigError, MissingError
 from .capture import Capture, all_hook_names
 from .interventions import prepare as prepare_interventions
+from .interventions import unreached_slots
 from .mask_leak import MaskLeak
 from .records import PassRecord
 from .run import Run
@@ -77,6 +79,18 @@ def _hook_fns(fns: dict | None, num_layers: int) -> dict | None:
         if not callable(fn):
             raise ConfigError(f"hook_fns[{name!r}] is not callable")
     return fns
+
+
+def _note_unreached(run: Run, described: list[dict]) -> None:
+    """A generation that ended before slots its interventions name: recorded in
+    ``run.options["unreached_interventions"]`` and warned about, never silent."""
+    missed = unreached_slots(described, run.num_slots)
+    if missed:
+        run.options["unreached_interventions"] = missed
+        warnings.warn(f"the run ended with {run.num_slots} slots, before slots named by "
+                      f"{len(missed)} intervention(s) ({missed[0]['hook']}: "
+                      f"{missed[0]['unreached'][:5]}): those changed nothing there",
+                      stacklevel=3)
 
 
 def _hook_fn_record(fns: dict | None) -> dict:
@@ -321,7 +335,8 @@ class Model:
                             f"a {len(ids)}-token prompt + max_steps {int(max_steps)}",
                             beyond_context)
         kw, layers, heads, hooks = self._capture_kwargs(capture, len(ids) + max_steps * max_width)
-        biases, edits, described = prepare_interventions(interventions, self)
+        biases, edits, described = prepare_interventions(interventions, self, ids,
+                                                         prompt_only=True)
         if biases:
             raise ConfigError("generate: key biases and knockouts belong to replay() of the "
                               "generated tree (they act on key slots that already exist)")
@@ -356,6 +371,7 @@ class Model:
         run = self._run("generate", encoding, res, options, layers, heads,
                         visibility=_core.encode(res.tree, encoding).visibility,
                         passes=None if stream is None else stream.records, hooks=hooks)
+        _note_unreached(run, described)
         if stream is not None:
             save_run(run, stream_to, staging=stream.staging)
         return run
@@ -512,6 +528,7 @@ class Model:
             runs.append(self._run("generate", encoding, res, recorded, layers, heads,
                                   visibility=_core.encode(res.tree, encoding).visibility,
                                   hooks=hooks))
+            _note_unreached(runs[-1], described)
         return runs
 
     def tempo2025(

@@ -140,6 +140,9 @@ class Study:
         if isinstance(self.preregistration, dict):
             self.preregistration = Preregistration.from_dict(self.preregistration)
         self._check_interventions()
+        if self.capture is not None and callable(self.capture.names):
+            raise ValueError("capture.names: a study records its capture in study.json; give "
+                             "a list of hook point names or a prefix, not a predicate")
         self._check_preset()
 
     def _check_interventions(self) -> None:
@@ -160,6 +163,8 @@ class Study:
         labels = [json.dumps(c, sort_keys=True) for c in conditions]
         if len(set(labels)) != len(labels):
             raise ValueError("interventions: a condition appears twice")
+        if all(not c for c in conditions):
+            conditions = []  # only the empty condition: the study without the axis
         if conditions and self.preset is not None:
             raise ValueError("interventions: the compat preset runs the prototype as it was; "
                              "run interventions in a mechanism study")

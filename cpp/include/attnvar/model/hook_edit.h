@@ -72,6 +72,10 @@ class HookContext {
   std::vector<uint32_t> active_;  // per layer: bit p when point p records, edits or calls back
 };
 
+// A copy of an activation for the caller (recorded hook points, Python hook functions): in
+// `dtype`, on the host, an ordinary tensor (not an inference tensor).
+at::Tensor recorded_copy(const at::Tensor& t, at::ScalarType dtype);
+
 // Checks a list of edits against a model before any pass runs: known hook names, heads
 // only on per-head points and in range, slots ≥ 0 (and < num_slots when it is known, ≥ 0),
 // value shapes, finite values. ConfigError naming the edit (its index) and the field.

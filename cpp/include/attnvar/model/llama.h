@@ -45,6 +45,9 @@ struct PassInput {
   std::vector<HookEdit> edits = {};
   // Functions called at hook points by name (the slow path); null: none.
   const std::map<std::string, HookCallback>* callbacks = nullptr;
+  // The edits were checked (and their values put on the model's device and dtype) for the
+  // whole run already: forward() skips the per-pass check (generate and replay set it).
+  bool edits_prepared = false;
 };
 
 struct ForwardOutput {
@@ -91,6 +94,10 @@ class LlamaModel {
   // Checks hook edits against this model before a run (check_hook_edits with its shapes);
   // num_slots: the run's slot count when known (a replay), else -1.
   void check_edits(const std::vector<HookEdit>& edits, int64_t num_slots = -1) const;
+  // check_edits, then the edits with their values on the model's device and in its dtype
+  // (converted once per run instead of at every pass).
+  std::vector<HookEdit> prepare_edits(const std::vector<HookEdit>& edits,
+                                      int64_t num_slots = -1) const;
 
   // Runs the pass, appends its T slots to `cache` and returns logits (+ captures).
   // Validates shapes, ids and visibility first (ConfigError naming the input); on any
