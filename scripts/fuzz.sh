@@ -40,6 +40,9 @@ for v in 19 18 17 16; do
   fi
 done
 if [[ -z $cxx ]]; then
+  # A fresh machine may have no package lists yet.
+  apt-cache show clang-16 >/dev/null 2>&1 || apt-cache show clang-19 >/dev/null 2>&1 ||
+    apt-get update -qq
   for v in 19 18 17 16; do
     if apt-cache show "clang-$v" "libclang-rt-$v-dev" >/dev/null 2>&1; then
       echo "fuzz.sh: installing clang-$v and libclang-rt-$v-dev"
