@@ -86,13 +86,14 @@ def test_compat_options_need_the_preset(kw):
 
 
 def test_mechanism_cell_keys_are_what_they_were():
-    """Fields added for compat cells stay out of the key while unset: every earlier
-    results directory still resumes."""
+    """Fields added for compat cells (and the intervention condition) stay out of the key
+    while unset: every earlier results directory still resumes."""
     cell = Study(prompts=["a b c"]).cells()[0]
     old = {k: v for k, v in asdict(cell).items()
-           if k not in ("preset", "add_bos", "eos_ids", "leak_after")}
+           if k not in ("preset", "add_bos", "eos_ids", "leak_after", "interventions")}
     payload = json.dumps({"model": "m", **old}, sort_keys=True)
     assert cell.key("m") == hashlib.sha256(payload.encode()).hexdigest()[:16]
+    assert cell.key("m") == "87b30db97630553c"  # as computed by the code before both
     compat = Cell(**{**asdict(cell), "preset": "tempo-2025"})
     assert compat.key("m") != cell.key("m")
 
