@@ -163,11 +163,22 @@ KVCache LlamaModel::new_cache(int64_t initial_capacity) const {
                  at::TensorOptions().dtype(dtype_).device(device_), initial_capacity);
 }
 
-at::Tensor LlamaModel::build_bias(const PassInput& input, int64_t num_prev, int64_t layer) const {
+at::Tensor LlamaModel::applied_visibility(const KVCache& cache, const PassInput& input) const {
+  const ModelConfig& c = config_;
+  if (!c.sliding_window || c.family() == Family::kQwen2) return input.visibility;
+  auto dbl = at::TensorOptions().dtype(at::kDouble);
+  auto q = input.positions.to(at::kDouble).cpu();
+  auto k = at::cat({cache.positions().to(at::kDouble).cpu(), q});
+  auto within = (q.unsqueeze(1) - k.unsqueeze(0)) < static_cast<double>(*c.sliding_window);
+  return input.visibility.logical_and(within.to(input.visibility.device()));
+}
+
+at::Tensor LlamaModel::build_bias(const PassInput& input, const at::Tensor& visibility,
+                                  int64_t num_prev, int64_t layer) const {
   const int64_t T = input.token_ids.size(0), S = num_prev + T;
   auto opts = at::TensorOptions().dtype(at::kFloat).device(device_);
   auto bias = at::zeros({T, S}, opts).masked_fill_(
-      input.visibility.to(device_).logical_not(), -std::numeric_limits<float>::infinity());
+      visibility.to(device_).logical_not(), -std::numeric_limits<float>::infinity());
   bool per_head = false;
   at::Tensor extra;  // (H, T, S)
   for (const auto& iv : input.interventions) {
@@ -244,9 +255,11 @@ at::Tensor LlamaModel::check_pass(const KVCache& cache, const PassInput& input) 
   if (!input.slots.empty() && static_cast<int64_t>(input.slots.size()) != T) {
     throw ConfigError("forward: slots metadata must have one entry per token");
   }
-  if (c.sliding_window && S > *c.sliding_window) {
+  // Qwen2's window applies from max_window_layers on, which is not implemented: such a
+  // model runs only while every slot is inside the window.
+  if (c.sliding_window && c.family() == Family::kQwen2 && S > *c.sliding_window) {
     throw ConfigError(fmt::format("forward: {} slots exceed the model's sliding_window {}; "
-                                  "sliding-window attention is not implemented",
+                                  "Qwen2's layer-dependent sliding window is not implemented",
                                   S, *c.sliding_window));
   }
   for (const auto& iv : input.interventions) {
@@ -323,8 +336,10 @@ ForwardOutput LlamaModel::forward(KVCache& cache, const PassInput& input,
   const bool any_intervention = !input.interventions.empty();
   // Every slot visible and no intervention (ordinary decoding): no bias at all, so the
   // fused kernel runs unmasked.
-  const bool unmasked = !any_intervention && input.visibility.all().item<bool>();
-  at::Tensor shared_bias = unmasked ? at::Tensor() : build_bias(input, S_prev, /*layer=*/-1);
+  const at::Tensor visibility = applied_visibility(cache, input);
+  const bool unmasked = !any_intervention && visibility.all().item<bool>();
+  at::Tensor shared_bias =
+      unmasked ? at::Tensor() : build_bias(input, visibility, S_prev, /*layer=*/-1);
 
   ForwardOutput out;
   const HookSelection selection(capture.hook_points, c.num_hidden_layers);
@@ -332,7 +347,7 @@ ForwardOutput LlamaModel::forward(KVCache& cache, const PassInput& input,
   auto h = embed_tokens_.index_select(0, ids_long);  // (T, hidden)
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const DecoderLayer& layer = layers_[l];
-    at::Tensor bias = any_intervention ? build_bias(input, S_prev, l) : shared_bias;
+    at::Tensor bias = any_intervention ? build_bias(input, visibility, S_prev, l) : shared_bias;
     std::optional<LayerCapture> layer_capture;
     h = hooks.at_point(l, HookPoint::kResidPre, h);
     auto attn = layer.attention.forward(norm_if(h, layer.attn_in_norm), *rope_, angles, cache,
@@ -382,7 +397,7 @@ std::vector<ForwardOutput> LlamaModel::forward_batch(const std::vector<KVCache*>
   c10::InferenceMode guard;
   const ModelConfig& c = config_;
   const size_t n = inputs.size();
-  std::vector<at::Tensor> ids(n), shared_bias(n);
+  std::vector<at::Tensor> ids(n), shared_bias(n), visibility(n);
   std::vector<int64_t> rows(n), prev(n);
   std::vector<RopeAngles> angles;
   angles.reserve(n);
@@ -393,8 +408,9 @@ std::vector<ForwardOutput> LlamaModel::forward_batch(const std::vector<KVCache*>
     prev[i] = caches[i]->size();
     caches[i]->reserve(rows[i]);
     angles.push_back(rope_->angles(in.positions));
-    const bool unmasked = in.interventions.empty() && in.visibility.all().item<bool>();
-    if (!unmasked) shared_bias[i] = build_bias(in, prev[i], /*layer=*/-1);
+    visibility[i] = applied_visibility(*caches[i], in);
+    const bool unmasked = in.interventions.empty() && visibility[i].all().item<bool>();
+    if (!unmasked) shared_bias[i] = build_bias(in, visibility[i], prev[i], /*layer=*/-1);
   }
 
   std::vector<ForwardOutput> out(n);
@@ -426,7 +442,7 @@ std::vector<ForwardOutput> LlamaModel::forward_batch(const std::vector<KVCache*>
     std::vector<at::Tensor> bias(n);
     for (size_t i = 0; i < n; ++i) {
       bias[i] = inputs[i].interventions.empty() ? shared_bias[i]
-                                                : build_bias(inputs[i], prev[i], l);
+                                                : build_bias(inputs[i], visibility[i], prev[i], l);
     }
     std::vector<std::optional<LayerCapture>> layer_captures(n);
     h = at_rows(l, HookPoint::kResidPre, h);

@@ -117,7 +117,12 @@ class LlamaModel {
   // model's device.
   at::Tensor check_pass(const KVCache& cache, const PassInput& input) const;
   void append_slots(KVCache& cache, const PassInput& input, const at::Tensor& ids) const;
-  at::Tensor build_bias(const PassInput& input, int64_t num_prev, int64_t layer) const;
+  at::Tensor build_bias(const PassInput& input, const at::Tensor& visibility, int64_t num_prev,
+                        int64_t layer) const;
+  // The pass's visibility as applied: the input's, and, for a model with a sliding window on
+  // every layer (Mistral, Phi-3), only keys whose logical position is less than the window
+  // behind the query's (HF's rule q − k < window, on positions rather than indices).
+  at::Tensor applied_visibility(const KVCache& cache, const PassInput& input) const;
   // RMSNorm of x by w, or x itself when the family has no such norm (w undefined).
   at::Tensor norm_if(const at::Tensor& x, const at::Tensor& w) const;
 
