@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 from tiny_models import (  # noqa: E402
     FAMILIES,
+    SHAPES,
     attnvar_model,
     hf_forward,
     report,
@@ -114,3 +115,21 @@ def test_parallel_set_at_shared_position_matches_hf_with_explicit_mask(family, m
     assert report(f"{family}/{mode} one-pass logits", one["logits"], logits) < TOL
     for layer in range(hf.config.num_hidden_layers):
         assert (one["attention"][layer] - attn[layer]).abs().max().item() < TOL
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_other_head_counts_and_head_dims_match_hf(family, shape):
+    """Multi-query (8 heads, 1 kv head), multi-head (2 × 32) and a head_dim that is not
+    hidden / heads (4 × 24 over a hidden size of 64), with a parallel set at one position."""
+    hf = tiny_hf_model(family, shape=SHAPES[shape])
+    ours = attnvar_model(hf)
+    assert ours.config["head_dim"] == SHAPES[shape]["head_dim"]
+    positions, visible = tree_layout(5, 3, "isolated")
+    n = positions.shape[0]
+    ids = torch.randint(3, 97, (n,), generator=torch.Generator().manual_seed(3))
+    logits, attn = hf_forward(hf, ids, positions, visible)
+    out = ours.forward(ours.new_cache(), ids, positions, visible, capture=True)
+    assert report(f"{family} {shape} logits", out["logits"], logits) < TOL
+    for layer, (a, b) in enumerate(zip(out["attention"], attn, strict=True)):
+        assert report(f"{family} {shape} attention L{layer}", a, b) < TOL

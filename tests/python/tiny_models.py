@@ -57,12 +57,24 @@ def tiny_config(family: str):
     raise ValueError(family)
 
 
-def tiny_hf_model(family: str, seed: int = 0):
-    """An eager-attention HF model with weights large enough for non-uniform attention."""
+# Attention shapes beyond the default (4 heads, 2 kv heads, head_dim 16): multi-query,
+# plain multi-head, and a head_dim that is not hidden_size / heads.
+SHAPES = {
+    "mqa_8x8": dict(num_attention_heads=8, num_key_value_heads=1, head_dim=8),
+    "mha_2x32": dict(num_attention_heads=2, num_key_value_heads=2, head_dim=32),
+    "wide_4x24": dict(num_attention_heads=4, num_key_value_heads=4, head_dim=24),
+}
+
+
+def tiny_hf_model(family: str, seed: int = 0, shape: dict | None = None):
+    """An eager-attention HF model with weights large enough for non-uniform attention;
+    ``shape`` overrides the head counts and head_dim (SHAPES)."""
     import transformers
 
     torch.manual_seed(seed)
     cfg = tiny_config(family)
+    for key, value in (shape or {}).items():
+        setattr(cfg, key, value)
     cfg._attn_implementation = "eager"
     model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
     with torch.no_grad():
