@@ -16,27 +16,20 @@ from attnvar import _core
 transformers = pytest.importorskip("transformers")
 
 from test_engine_parity import tree_layout  # noqa: E402
-from tiny_models import additive_mask, attnvar_model, hf_forward, report  # noqa: E402
+from tiny_models import (  # noqa: E402
+    additive_mask,
+    attnvar_model,
+    hf_forward,
+    report,
+    tiny_hf_model,
+)
 
 WINDOW = 4
 TOL = 1e-4
 
 
 def windowed(family: str):
-    import tiny_models
-
-    cfg = tiny_models.tiny_config(family)
-    cfg.sliding_window = WINDOW
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            else:
-                p.copy_(0.15 * torch.randn_like(p))
-    return model.eval()
+    return tiny_hf_model(family, shape={"sliding_window": WINDOW})
 
 
 @pytest.mark.parametrize("family", ["mistral", "phi3"])

@@ -68,7 +68,8 @@ SHAPES = {
 
 def tiny_hf_model(family: str, seed: int = 0, shape: dict | None = None):
     """An eager-attention HF model with weights large enough for non-uniform attention;
-    ``shape`` overrides the head counts and head_dim (SHAPES)."""
+    ``shape`` overrides config attributes (the head counts and head_dim of SHAPES, a
+    sliding_window)."""
     import transformers
 
     torch.manual_seed(seed)
