@@ -93,9 +93,7 @@ class Sequence {
       r_.slots.push_back(SlotRecord{prompt[i], static_cast<double>(i), -1, -1});
     }
     in.last_logits_only = true;
-    in.edits = o_.edits;
-    in.callbacks = o_.callbacks;
-    in.edits_prepared = true;
+    attach_edits(in);
     auto out = model_.forward(cache_, in, o_.capture);
     emit(PassCapture{-1, 0, P_, std::move(out.captures), std::move(out.hooks)});
     q_ = at::softmax(out.logits[0] / o_.temperature, -1);  // q_0
@@ -145,9 +143,7 @@ class Sequence {
     // The last set is fed for its slots and capture only: no q_{t+1} after it.
     last_ = stop_ || t + 1 == o_.max_steps;
     in->no_logits = last_;
-    in->edits = o_.edits;
-    in->callbacks = o_.callbacks;
-    in->edits_prepared = true;
+    attach_edits(*in);
     first_ = cache_.size();
     return true;
   }
@@ -180,6 +176,13 @@ class Sequence {
 
  private:
   bool is_eos(int64_t id) const { return std::find(eos_.begin(), eos_.end(), id) != eos_.end(); }
+
+  // The run's hook edits (prepared once, before the prefill) and functions, on a pass.
+  void attach_edits(PassInput& in) const {
+    in.edits = o_.edits;
+    in.callbacks = o_.callbacks;
+    in.edits_prepared = true;
+  }
 
   void emit(PassCapture&& pc) {
     if (!o_.capture.records()) return;

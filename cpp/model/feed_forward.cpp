@@ -14,27 +14,6 @@ FeedForwardWeights fuse_gate_up(FeedForwardWeights w) {
   return w;
 }
 
-namespace {
-
-// The post-activation rows through each sequence's mlp.hook_post: `post` itself when no
-// context edits it (the down projection then reads the strided view, as without hooks).
-at::Tensor through_hook(const at::Tensor& post, const std::vector<int64_t>& rows,
-                        int64_t layer, const std::vector<HookContext>& hooks) {
-  if (hooks.empty()) return post;
-  std::vector<at::Tensor> parts;
-  bool changed = false;
-  int64_t offset = 0;
-  for (size_t i = 0; i < rows.size(); ++i) {
-    auto rows_i = post.narrow(0, offset, rows[i]);
-    parts.push_back(hooks[i].at_point(layer, HookPoint::kMlpPost, rows_i));
-    changed = changed || !parts.back().is_same(rows_i);
-    offset += rows[i];
-  }
-  return changed ? at::cat(parts) : post;
-}
-
-}  // namespace
-
 at::Tensor feed_forward_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
                                  const FeedForwardWeights& w, int64_t layer,
                                  const std::vector<HookContext>& hooks) {
@@ -51,7 +30,7 @@ at::Tensor feed_forward_segments(const at::Tensor& x, const std::vector<int64_t>
       at::silu_(g).mul_(up.narrow(0, offset, n));
       offset += n;
     }
-    return project_segments(through_hook(gate, rows, layer, hooks), rows, w.down_proj);
+    return project_segments(at_point_rows(hooks, rows, layer, HookPoint::kMlpPost, gate), rows, w.down_proj);
   }
   const int64_t inter = w.gate_proj.size(0);
   auto gate_up = project_segments(x, rows, w.gate_up_proj);  // (T, 2 * intermediate)
@@ -64,7 +43,7 @@ at::Tensor feed_forward_segments(const at::Tensor& x, const std::vector<int64_t>
     at::silu_(g).mul_(gate_up.narrow(0, offset, n).narrow(1, inter, inter));
     offset += n;
   }
-  return project_segments(through_hook(gate, rows, layer, hooks), rows, w.down_proj);
+  return project_segments(at_point_rows(hooks, rows, layer, HookPoint::kMlpPost, gate), rows, w.down_proj);
 }
 
 at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w, int64_t layer,

@@ -103,19 +103,44 @@ void check_hook_edits(const std::vector<HookEdit>& edits, int64_t num_layers, in
           c10::str(sizes), e.hook, c10::str(at::IntArrayRef(slot_shape)),
           fmt::join(slot_shape, ", ")));
     }
-    if (per_slot) {
-      int64_t needed = num_slots;
-      for (int64_t slot : e.slots) needed = std::max(needed, slot + 1);
-      if (needed >= 0 && sizes[0] < needed) {
-        throw ConfigError(fmt::format(
-            "{}: value holds {} slots but the run has {}: the layouts differ", where, sizes[0],
-            needed));
-      }
-    }
+    check_value_covers(e, i, num_slots, /*whole_run=*/true);
     if (!at::isfinite(e.value).all().item<bool>()) {
       throw ConfigError(fmt::format("{}: value holds NaN or infinite entries", where));
     }
   }
+}
+
+void check_value_covers(const HookEdit& e, size_t index, int64_t num_slots, bool whole_run) {
+  if (!e.value.defined()) return;
+  const ParsedHook h = parse_hook_name(e.hook, std::numeric_limits<int64_t>::max());
+  const int64_t slot_dims = hook_is_per_head(h.point) ? 2 : 1;
+  if (e.value.dim() != slot_dims + 1) return;  // one slot's value, for every slot
+  int64_t needed = whole_run || e.slots.empty() ? std::max<int64_t>(num_slots, 0) : 0;
+  for (int64_t slot : e.slots) {
+    if (whole_run || slot < num_slots) needed = std::max(needed, slot + 1);
+  }
+  if (e.value.size(0) < needed) {
+    throw ConfigError(fmt::format(
+        "intervention {} ({}): value holds {} slots, but slots up to {} are edited: the "
+        "layouts differ", index, printable(e.hook, 80), e.value.size(0), needed - 1));
+  }
+}
+
+at::Tensor at_point_rows(const std::vector<HookContext>& hooks, const std::vector<int64_t>& rows,
+                         int64_t layer, HookPoint point, const at::Tensor& t) {
+  bool any = false;
+  for (const HookContext& hc : hooks) any = any || hc.active(layer, point);
+  if (!any) return t;
+  std::vector<at::Tensor> parts;
+  bool changed = false;
+  int64_t offset = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    auto rows_i = t.narrow(0, offset, rows[i]);
+    parts.push_back(hooks[i].at_point(layer, point, rows_i));
+    changed = changed || !parts.back().is_same(rows_i);
+    offset += rows[i];
+  }
+  return changed ? at::cat(parts) : t;
 }
 
 HookContext::HookContext(const HookSelection* record, std::map<std::string, at::Tensor>* out,

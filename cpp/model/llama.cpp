@@ -166,7 +166,6 @@ KVCache LlamaModel::new_cache(int64_t initial_capacity) const {
 at::Tensor LlamaModel::applied_visibility(const KVCache& cache, const PassInput& input) const {
   const ModelConfig& c = config_;
   if (!c.sliding_window || c.family() == Family::kQwen2) return input.visibility;
-  auto dbl = at::TensorOptions().dtype(at::kDouble);
   auto q = input.positions.to(at::kDouble).cpu();
   auto k = at::cat({cache.positions().to(at::kDouble).cpu(), q});
   auto within = (q.unsqueeze(1) - k.unsqueeze(0)) < static_cast<double>(*c.sliding_window);
@@ -275,8 +274,8 @@ at::Tensor LlamaModel::check_pass(const KVCache& cache, const PassInput& input) 
     }
   }
 
-  // Hook edits: names, heads, value shapes and values; and a slot-by-slot value must hold
-  // every slot of this pass it edits.
+  // Hook edits (names, heads, value shapes and values) unless checked for the whole run, and
+  // the names of hook functions.
   if (!input.edits_prepared) check_edits(input.edits);
   if (input.callbacks != nullptr) {
     for (const auto& [name, fn] : *input.callbacks) {
@@ -286,27 +285,9 @@ at::Tensor LlamaModel::check_pass(const KVCache& cache, const PassInput& input) 
       }
     }
   }
+  // A slot-by-slot value must hold every slot of this pass it edits.
   for (size_t i = 0; i < input.edits.size(); ++i) {
-    const HookEdit& e = input.edits[i];
-    if (!e.value.defined() || e.value.dim() != (hook_is_per_head(parse_hook_name(
-                                                     e.hook, c.num_hidden_layers).point)
-                                                    ? 3
-                                                    : 2)) {
-      continue;
-    }
-    int64_t needed = 0;
-    if (e.slots.empty()) {
-      needed = S;
-    } else {
-      for (int64_t s : e.slots) {
-        if (s < S) needed = std::max(needed, s + 1);
-      }
-    }
-    if (e.value.size(0) < needed) {
-      throw ConfigError(fmt::format(
-          "intervention {} ({}): value holds {} slots, the pass edits slots up to {}: the "
-          "layouts differ", i, e.hook, e.value.size(0), needed - 1));
-    }
+    check_value_covers(input.edits[i], i, S, /*whole_run=*/false);
   }
   return ids_long.to(device_);
 }
@@ -419,22 +400,8 @@ std::vector<ForwardOutput> LlamaModel::forward_batch(const std::vector<KVCache*>
   for (size_t i = 0; i < n; ++i) {
     hooks.push_back(hook_context(selection, capture, &out[i].hooks, inputs[i], prev[i]));
   }
-  // A (Σ T, ...) tensor through each sequence's hook point, rows by rows: the same tensor
-  // when nothing edits it, else the sequences' edited rows joined again.
   const auto at_rows = [&](int64_t layer, HookPoint point, const at::Tensor& t) {
-    bool any = false;
-    for (const HookContext& hc : hooks) any = any || hc.active(layer, point);
-    if (!any) return t;
-    std::vector<at::Tensor> parts;
-    bool changed = false;
-    int64_t offset = 0;
-    for (size_t i = 0; i < n; ++i) {
-      auto rows_i = t.narrow(0, offset, rows[i]);
-      parts.push_back(hooks[i].at_point(layer, point, rows_i));
-      changed = changed || !parts.back().is_same(rows_i);
-      offset += rows[i];
-    }
-    return changed ? at::cat(parts) : t;
+    return at_point_rows(hooks, rows, layer, point, t);
   };
   auto h = embed_tokens_.index_select(0, at::cat(ids));  // (Σ T, hidden)
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {

@@ -11,17 +11,24 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from .. import _core
+
 DEFAULT_MEMORY_BUDGET = 4 * 1024**3  # bytes of dense capture per run
 
 # Hook points read from the attention capture rather than recorded separately: name suffix
 # -> the Capture field that must be on.
 ATTENTION_POINTS = {"attn.hook_pattern": "probabilities", "attn.hook_attn_scores": "scores"}
-# The engine's points (attnvar._core.hook_point_names), in forward order within a block.
-BLOCK_POINTS = ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v",
-                "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_scores",
-                "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid",
-                "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
-FINAL_POINT = "ln_final.hook_normalized"
+
+
+def _block_points() -> tuple[str, ...]:
+    """The points of one block in forward order: the engine's own (from the extension, so
+    the two lists cannot drift), with the attention views after the post-RoPE q/k, where
+    the scores and the pattern are computed."""
+    engine = [hook_point(n) for n in _core.hook_point_names(1)[:-1]]
+    at = engine.index("attn.hook_rot_k") + 1
+    return (*engine[:at], "attn.hook_attn_scores", "attn.hook_pattern", *engine[at:])
+
+
 
 HookNames = None | str | Sequence[str] | Callable[[str], bool]
 
@@ -41,6 +48,10 @@ def hook_point(name: str) -> str:
 def is_attention_view(name: str) -> bool:
     """Whether a hook name is read from the attention capture (pattern, scores)."""
     return hook_point(name) in ATTENTION_POINTS
+
+
+BLOCK_POINTS = _block_points()
+FINAL_POINT = _core.hook_point_names(0)[-1]  # ln_final.hook_normalized
 
 
 def hook_shape(name: str, dims: dict) -> tuple[int, ...]:

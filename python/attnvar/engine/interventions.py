@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .._core import ConfigError
-from .capture import ATTENTION_POINTS, FINAL_POINT, hook_point, hook_shape
+from .capture import ATTENTION_POINTS, FINAL_POINT, hook_point
 
 
 def _indices(owner: str, name: str, value: object) -> tuple[int, ...] | None:
@@ -73,10 +73,6 @@ def _digest(t: torch.Tensor) -> dict:
             "sha256": hashlib.sha256(t.numpy().tobytes()).hexdigest()}
 
 
-def _slot_shape(hook: str, model) -> tuple[int, ...]:
-    return hook_shape(hook, model.dims)
-
-
 @dataclass(frozen=True)
 class ZeroAblate:
     """Set a hook point to zero: every head (or ``heads``, on per-head points such as
@@ -91,7 +87,7 @@ class ZeroAblate:
         object.__setattr__(self, "heads", _indices("ZeroAblate", "heads", self.heads))
         object.__setattr__(self, "slots", _indices("ZeroAblate", "slots", self.slots))
 
-    def edit(self, model) -> dict:
+    def edit(self) -> dict:
         return {"kind": "zero", "hook": self.hook, "heads": _list(self.heads),
                 "slots": _list(self.slots)}
 
@@ -137,7 +133,7 @@ class MeanAblate:
             values = values[list(self.reference_slots)]
         return values.mean(dim=0)
 
-    def edit(self, model) -> dict:
+    def edit(self) -> dict:
         return {"kind": "set", "hook": self.hook, "heads": _list(self.heads),
                 "slots": _list(self.slots), "value": self.value()}
 
@@ -201,7 +197,7 @@ class Patch:
                 raise ConfigError(f"Patch: slot {s} holds token {source_ids[s]} in the source "
                                   f"run but {token_ids[s]} here: the layouts differ")
 
-    def edit(self, model) -> dict:
+    def edit(self) -> dict:
         return {"kind": "set", "hook": self.hook, "heads": _list(self.heads),
                 "slots": _list(self.slots), "value": self.value()}
 
@@ -233,7 +229,7 @@ class Steer:
         object.__setattr__(self, "slots", _indices("Steer", "slots", self.slots))
         object.__setattr__(self, "heads", _indices("Steer", "heads", self.heads))
 
-    def edit(self, model) -> dict:
+    def edit(self) -> dict:
         return {"kind": "add", "hook": self.hook, "heads": _list(self.heads),
                 "slots": _list(self.slots), "value": self.vector * float(self.scale)}
 
@@ -316,7 +312,7 @@ def _recorded(run, hook: str, what: str) -> torch.Tensor:
     return run.hooks[hook]
 
 
-def prepare(interventions: Sequence, model, token_ids: Sequence[int] | None = None,
+def prepare(interventions: Sequence, token_ids: Sequence[int] | None = None,
             prompt_only: bool = False) -> tuple[list[dict], list[dict], list[dict]]:
     """Split a list of interventions into the engine's key biases and hook edits, with
     the description each run records. Dicts are today's key-bias form.
@@ -335,7 +331,7 @@ def prepare(interventions: Sequence, model, token_ids: Sequence[int] | None = No
         elif isinstance(iv, HOOK_EDITS):
             if isinstance(iv, Patch):
                 iv.check_layout(token_ids, prompt_only)
-            edits.append(iv.edit(model))
+            edits.append(iv.edit())
         else:
             raise ConfigError(f"interventions[{i}]: {type(iv).__name__} is not an intervention "
                               "(ZeroAblate, MeanAblate, Patch, Steer, KeyBias, Knockout, or a "

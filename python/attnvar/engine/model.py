@@ -335,7 +335,7 @@ class Model:
                             f"a {len(ids)}-token prompt + max_steps {int(max_steps)}",
                             beyond_context)
         kw, layers, heads, hooks = self._capture_kwargs(capture, len(ids) + max_steps * max_width)
-        biases, edits, described = prepare_interventions(interventions, self, ids,
+        biases, edits, described = prepare_interventions(interventions, ids,
                                                          prompt_only=True)
         if biases:
             raise ConfigError("generate: key biases and knockouts belong to replay() of the "
@@ -432,7 +432,7 @@ class Model:
                              f"{chunk_size!r}")
         _check_choice("policy", policy, POLICIES)
         layout_ids = _core.encode(tree, encoding).token_ids.tolist()
-        biases, edits, described = prepare_interventions(interventions, self, layout_ids)
+        biases, edits, described = prepare_interventions(interventions, layout_ids)
         n = tree.prompt_length + sum(len(s.members) for s in tree.steps)
         # Positions: one per slot under serial; one per step (shared or fractional within
         # it) otherwise.
@@ -510,7 +510,7 @@ class Model:
         longest = max((len(p) + int(o.get("max_steps", 30)) * int(o.get("max_width", 32))
                        for p, o in zip(prompts, options, strict=True)), default=0)
         kw, layers, heads, hooks = self._capture_kwargs(capture, longest)
-        biases, edits, described = prepare_interventions(interventions, self)
+        biases, edits, described = prepare_interventions(interventions)
         if biases:
             raise ConfigError("generate_many: key biases and knockouts belong to replay()")
         results = _core.generate_batch(self.core, prompts, options, max_batch=int(max_batch),

@@ -72,6 +72,19 @@ class HookContext {
   std::vector<uint32_t> active_;  // per layer: bit p when point p records, edits or calls back
 };
 
+// A slot-by-slot value ([N, slot shape...]) must be long enough. For a whole run
+// (`whole_run`), all of its `num_slots` slots and every named slot (num_slots < 0: length
+// unknown, named slots only); for one pass, every slot below `num_slots` (the slots that
+// exist by its end) that the edit selects — all of them when it names none. ConfigError
+// naming the edit (`index`).
+void check_value_covers(const HookEdit& edit, size_t index, int64_t num_slots, bool whole_run);
+
+// A (Σ T, ...) tensor of several sequences' rows (counts `rows`) through each sequence's
+// hook point (`hooks[i]` for its rows): `t` itself when no context changes it, else the
+// sequences' rows joined again. With no contexts, `t`.
+at::Tensor at_point_rows(const std::vector<HookContext>& hooks, const std::vector<int64_t>& rows,
+                         int64_t layer, HookPoint point, const at::Tensor& t);
+
 // A copy of an activation for the caller (recorded hook points, Python hook functions): in
 // `dtype`, on the host, an ordinary tensor (not an inference tensor).
 at::Tensor recorded_copy(const at::Tensor& t, at::ScalarType dtype);
