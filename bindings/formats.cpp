@@ -78,6 +78,33 @@ py::dict config_to_dict(const ModelConfig& c) {
   d["attention_bias"] = c.attention_bias;
   d["mlp_bias"] = c.mlp_bias;
   d["sliding_window"] = c.sliding_window ? py::cast(*c.sliding_window) : py::none();
+  py::list kinds;
+  for (LayerKind k : c.layer_types) {
+    kinds.append(k == LayerKind::kSliding ? "sliding_attention" : "full_attention");
+  }
+  d["layer_types"] = kinds;
+  if (c.rope_local_theta > 0) {
+    // Local and global layers with their own RoPE (Gemma 3), spelled as transformers does,
+    // so that the dict reads back through config_from_hf_json.
+    py::dict local;
+    local["rope_theta"] = c.rope_local_theta;
+    local["rope_type"] = rope_type_name(c.rope_local_scaling.type);
+    if (c.rope_local_scaling.type != RopeScalingType::kNone) {
+      local["factor"] = c.rope_local_scaling.factor;
+    }
+    py::dict global = rope.attr("copy")();
+    global["rope_theta"] = c.rope_theta;
+    py::dict per_kind;
+    per_kind["full_attention"] = global;
+    per_kind["sliding_attention"] = local;
+    d["rope_parameters"] = per_kind;
+  }
+  d["query_pre_attn_scalar"] =
+      c.query_pre_attn_scalar > 0 ? py::cast(c.query_pre_attn_scalar) : py::none();
+  d["attn_logit_softcapping"] =
+      c.attn_logit_softcapping ? py::cast(*c.attn_logit_softcapping) : py::none();
+  d["final_logit_softcapping"] =
+      c.final_logit_softcapping ? py::cast(*c.final_logit_softcapping) : py::none();
   d["bos_token_id"] = c.bos_token_id ? py::cast(*c.bos_token_id) : py::none();
   d["eos_token_id"] = c.eos_token_ids;
   return d;

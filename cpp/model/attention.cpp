@@ -34,7 +34,8 @@ Attention::Attention(const ModelConfig& config, AttentionWeights weights, int64_
       num_kv_heads_(config.num_key_value_heads),
       head_dim_(config.head_dim),
       rms_norm_eps_(config.rms_norm_eps),
-      scale_(1.0 / std::sqrt(static_cast<double>(config.head_dim))),
+      scale_(config.attention_scale()),
+      softcap_(config.attn_logit_softcapping),
       w_(std::move(weights)) {
   const int64_t q_dim = w_.q_proj.size(0), kv_dim = w_.k_proj.size(0);
   qkv_proj_ = at::cat({w_.q_proj, w_.k_proj, w_.v_proj}, 0);
@@ -148,7 +149,8 @@ at::Tensor Attention::attend(const at::Tensor& qkv, const Rope& rope, const Rope
   auto values = cache.values(layer_, S);  // (Hkv, S, D)
 
   at::Tensor context;  // (H, T, D)
-  if (!spec.captures_layer(layer_)) {
+  const bool captured = spec.captures_layer(layer_);
+  if (!captured && !softcap_) {
     // Fast path: fused attention, nothing materialised beyond what the kernel needs. On
     // all intra-op threads: its blocking, hence its rounding, depends on their number.
     std::optional<at::Tensor> mask;
@@ -161,24 +163,29 @@ at::Tensor Attention::attend(const at::Tensor& qkv, const Rope& rope, const Rope
                                                /*enable_gqa=*/true)
                   .squeeze(0);
   } else {
-    // Explicit path, as HF eager computes it: (q k^T) * scale + bias, softmax in f32.
+    // Explicit path, as HF eager computes it: (q k^T) * scale, soft-capped (Gemma 2:
+    // cap · tanh(scores / cap)), + bias, softmax in f32. The bias (mask and interventions)
+    // is added after the cap, so a key bias of δ shifts the scores by exactly δ.
     // Query heads sharing a kv head are stacked so keys are never repeated in memory:
     // (H, T, D) -> (Hkv, group * T, D). A step's few queries over the cache take
     // microseconds: on this thread alone (single_thread.h), with the same results.
     SingleThreadScope one_thread(num_heads_ * T * S * head_dim_ <= kSingleThreadAttentionMax);
     auto qg = q.reshape({num_kv_heads_, group * T, head_dim_});
     auto scores = at::bmm(qg, keys.transpose(1, 2)).mul_(scale_).view({num_heads_, T, S});
+    if (softcap_) scores.div_(*softcap_).tanh_().mul_(*softcap_);
     if (bias.defined()) scores.add_(bias);  // broadcasts (T, S) or (1|H, T, S)
     auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
     context =
         at::bmm(probs.view({num_kv_heads_, group * T, S}), values).view({num_heads_, T, head_dim_});
 
-    LayerCapture c;
-    c.layer = layer_;
-    const auto dtype = capture_dtype(spec);
-    if (spec.probabilities) c.probabilities = select_heads(probs, spec.heads).to(dtype);
-    if (spec.scores) c.scores = select_heads(scores, spec.heads).to(dtype);
-    *capture = std::move(c);
+    if (captured) {
+      LayerCapture c;
+      c.layer = layer_;
+      const auto dtype = capture_dtype(spec);
+      if (spec.probabilities) c.probabilities = select_heads(probs, spec.heads).to(dtype);
+      if (spec.scores) c.scores = select_heads(scores, spec.heads).to(dtype);
+      *capture = std::move(c);
+    }
   }
   return hooks.at_point(layer_, HookPoint::kZ, context.transpose(0, 1))
       .reshape({T, num_heads_ * head_dim_});

@@ -4,6 +4,8 @@
 #include <c10/core/InferenceMode.h>
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "attnvar/error.h"
 #include "attnvar/model/feed_forward.h"
 #include "attnvar/model/projection.h"
@@ -85,6 +87,11 @@ LlamaModel::LlamaModel(ModelConfig config, std::map<std::string, at::Tensor>&& t
   config_.validate(origin);
   rope_ = std::make_unique<Rope>(
       RopeParams{config_.head_dim, config_.rope_theta, config_.rope_scaling}, device);
+  if (config_.rope_local_theta > 0 && config_.any_sliding()) {
+    local_rope_ = std::make_unique<Rope>(
+        RopeParams{config_.head_dim, config_.rope_local_theta, config_.rope_local_scaling},
+        device);
+  }
   if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) {
     throw ConfigError(fmt::format("{}: dtype {} is not supported (float32, bfloat16, float16)",
                                   origin, c10::toString(dtype)));
@@ -94,7 +101,20 @@ LlamaModel::LlamaModel(ModelConfig config, std::map<std::string, at::Tensor>&& t
   const int64_t hidden = c.hidden_size, q_dim = c.num_attention_heads * c.head_dim,
                 kv_dim = c.num_key_value_heads * c.head_dim;
   TensorSource src(tensors, origin, dtype, device);
+  // A norm weight as the family applies it (rms_norm.h): in the model's dtype, or in f32
+  // where the product is taken in f32, plus one where the family stores w for (1 + w).
+  const auto norm = [&](const std::string& name, int64_t size) {
+    at::Tensor w = src.get(name, {size});
+    if (c.norm_product_in_f32()) w = w.to(at::kFloat);
+    if (c.unit_offset_norms()) w = w + 1.0;
+    return w;
+  };
   embed_tokens_ = src.get("model.embed_tokens.weight", {c.vocab_size, hidden});
+  if (c.embedding_scaled()) {
+    // As transformers: √hidden as an f32 scalar, cast to the weights' dtype.
+    embed_scale_ = at::scalar_tensor(std::sqrt(static_cast<double>(hidden)), at::kFloat)
+                       .to(device, dtype);
+  }
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = fmt::format("model.layers.{}.", i);
     AttentionWeights a;
@@ -115,13 +135,13 @@ LlamaModel::LlamaModel(ModelConfig config, std::map<std::string, at::Tensor>&& t
       a.v_bias = src.get(p + "self_attn.v_proj.bias", {kv_dim});
     }
     if (c.o_bias()) a.o_bias = src.get(p + "self_attn.o_proj.bias", {hidden});
-    if (c.qk_norm()) {
-      a.q_norm = src.get(p + "self_attn.q_norm.weight", {c.head_dim});
-      a.k_norm = src.get(p + "self_attn.k_norm.weight", {c.head_dim});
+    if (c.qk_norm()) {  // Qwen3, Gemma 3: per head
+      a.q_norm = norm(p + "self_attn.q_norm.weight", c.head_dim);
+      a.k_norm = norm(p + "self_attn.k_norm.weight", c.head_dim);
     }
     if (c.qk_norm_whole()) {  // OLMo 2: over the whole projection (the Attention sees the size)
-      a.q_norm = src.get(p + "self_attn.q_norm.weight", {q_dim});
-      a.k_norm = src.get(p + "self_attn.k_norm.weight", {kv_dim});
+      a.q_norm = norm(p + "self_attn.q_norm.weight", q_dim);
+      a.k_norm = norm(p + "self_attn.k_norm.weight", kv_dim);
     }
     const int64_t inter = c.intermediate_size;
     FeedForwardWeights f;
@@ -136,22 +156,41 @@ LlamaModel::LlamaModel(ModelConfig config, std::map<std::string, at::Tensor>&& t
                         src.get(p + "mlp.down_proj.weight", {hidden, inter}),
                         {}});
     }
+    f.activation = c.activation();
     DecoderLayer layer{{}, {}, {}, {}, Attention(c, std::move(a), i), std::move(f)};
     if (c.post_norms()) {
-      layer.attn_out_norm = src.get(p + "post_attention_layernorm.weight", {hidden});
-      layer.mlp_out_norm = src.get(p + "post_feedforward_layernorm.weight", {hidden});
+      layer.attn_out_norm = norm(p + "post_attention_layernorm.weight", hidden);
+      layer.mlp_out_norm = norm(p + "post_feedforward_layernorm.weight", hidden);
+    } else if (c.sandwich_norms()) {
+      layer.attn_in_norm = norm(p + "input_layernorm.weight", hidden);
+      layer.attn_out_norm = norm(p + "post_attention_layernorm.weight", hidden);
+      layer.mlp_in_norm = norm(p + "pre_feedforward_layernorm.weight", hidden);
+      layer.mlp_out_norm = norm(p + "post_feedforward_layernorm.weight", hidden);
     } else {
-      layer.attn_in_norm = src.get(p + "input_layernorm.weight", {hidden});
-      layer.mlp_in_norm = src.get(p + "post_attention_layernorm.weight", {hidden});
+      layer.attn_in_norm = norm(p + "input_layernorm.weight", hidden);
+      layer.mlp_in_norm = norm(p + "post_attention_layernorm.weight", hidden);
     }
     layers_.push_back(std::move(layer));
   }
-  norm_ = src.get("model.norm.weight", {hidden});
+  norm_ = norm("model.norm.weight", hidden);
   if (c.tie_word_embeddings) {
     lm_head_ = embed_tokens_;
   } else {
     lm_head_ = src.get("lm_head.weight", {c.vocab_size, hidden});
   }
+}
+
+at::Tensor LlamaModel::embed(const at::Tensor& ids) const {
+  auto h = embed_tokens_.index_select(0, ids);
+  return embed_scale_.defined() ? h.mul_(embed_scale_) : h;
+}
+
+at::Tensor LlamaModel::output_head(const at::Tensor& x, const std::vector<int64_t>& rows) const {
+  auto logits = project_segments(rms_norm(x, norm_, config_.rms_norm_eps), rows, lm_head_);
+  if (const auto& cap = config_.final_logit_softcapping) {
+    logits.div_(*cap).tanh_().mul_(*cap);
+  }
+  return logits.to(at::kFloat);
 }
 
 at::Tensor LlamaModel::norm_if(const at::Tensor& x, const at::Tensor& w) const {
@@ -163,13 +202,33 @@ KVCache LlamaModel::new_cache(int64_t initial_capacity) const {
                  at::TensorOptions().dtype(dtype_).device(device_), initial_capacity);
 }
 
-at::Tensor LlamaModel::applied_visibility(const KVCache& cache, const PassInput& input) const {
+std::array<LlamaModel::KindInputs, 2> LlamaModel::kind_inputs(const KVCache& cache,
+                                                               const PassInput& input) const {
   const ModelConfig& c = config_;
-  if (!c.sliding_window || c.family() == Family::kQwen2) return input.visibility;
-  auto q = input.positions.to(at::kDouble).cpu();
-  auto k = at::cat({cache.positions().to(at::kDouble).cpu(), q});
-  auto within = (q.unsqueeze(1) - k.unsqueeze(0)) < static_cast<double>(*c.sliding_window);
-  return input.visibility.logical_and(within.to(input.visibility.device()));
+  std::array<KindInputs, 2> kinds;
+  const int64_t S_prev = cache.size();
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    KindInputs& k = kinds[c.sliding(l) ? 1 : 0];
+    if (k.visibility.defined()) continue;
+    k.visibility = input.visibility;
+    if (c.sliding(l) && c.sliding_window) {
+      auto q = input.positions.to(at::kDouble).cpu();
+      auto keys = at::cat({cache.positions().to(at::kDouble).cpu(), q});
+      auto within = (q.unsqueeze(1) - keys.unsqueeze(0)) < static_cast<double>(*c.sliding_window);
+      k.visibility = input.visibility.logical_and(within.to(input.visibility.device()));
+      auto sees = k.visibility.any(-1);
+      if (!sees.all().item<bool>()) {
+        throw ConfigError(fmt::format(
+            "forward: query {} of the pass sees no slot within the sliding window of {} "
+            "positions (layer {})",
+            sees.logical_not().nonzero()[0][0].item<int64_t>(), *c.sliding_window, l));
+      }
+    }
+    const bool unmasked = input.interventions.empty() && k.visibility.all().item<bool>();
+    if (!unmasked) k.shared_bias = build_bias(input, k.visibility, S_prev, /*layer=*/-1);
+    k.angles = rope_for(l).angles(input.positions);
+  }
+  return kinds;
 }
 
 at::Tensor LlamaModel::build_bias(const PassInput& input, const at::Tensor& visibility,
@@ -254,13 +313,6 @@ at::Tensor LlamaModel::check_pass(const KVCache& cache, const PassInput& input) 
   if (!input.slots.empty() && static_cast<int64_t>(input.slots.size()) != T) {
     throw ConfigError("forward: slots metadata must have one entry per token");
   }
-  // Qwen2's window applies from max_window_layers on, which is not implemented: such a
-  // model runs only while every slot is inside the window.
-  if (c.sliding_window && c.family() == Family::kQwen2 && S > *c.sliding_window) {
-    throw ConfigError(fmt::format("forward: {} slots exceed the model's sliding_window {}; "
-                                  "Qwen2's layer-dependent sliding window is not implemented",
-                                  S, *c.sliding_window));
-  }
   for (const auto& iv : input.interventions) {
     for (int64_t k : iv.key_slots) {
       if (k < 0 || k >= S) throw ConfigError(fmt::format("intervention key slot {} outside [0, {})", k, S));
@@ -312,27 +364,23 @@ ForwardOutput LlamaModel::forward(KVCache& cache, const PassInput& input,
   const ModelConfig& c = config_;
   auto ids_long = check_pass(cache, input);
   const int64_t T = ids_long.size(0), S_prev = cache.size();
+  const auto kinds = kind_inputs(cache, input);
   cache.reserve(T);
-  const RopeAngles angles = rope_->angles(input.positions);
   const bool any_intervention = !input.interventions.empty();
-  // Every slot visible and no intervention (ordinary decoding): no bias at all, so the
-  // fused kernel runs unmasked.
-  const at::Tensor visibility = applied_visibility(cache, input);
-  const bool unmasked = !any_intervention && visibility.all().item<bool>();
-  at::Tensor shared_bias =
-      unmasked ? at::Tensor() : build_bias(input, visibility, S_prev, /*layer=*/-1);
 
   ForwardOutput out;
   const HookSelection selection(capture.hook_points, c.num_hidden_layers);
   const HookContext hooks = hook_context(selection, capture, &out.hooks, input, S_prev);
-  auto h = embed_tokens_.index_select(0, ids_long);  // (T, hidden)
+  auto h = embed(ids_long);  // (T, hidden)
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const DecoderLayer& layer = layers_[l];
-    at::Tensor bias = any_intervention ? build_bias(input, visibility, S_prev, l) : shared_bias;
+    const KindInputs& kind = for_layer(kinds, l);
+    at::Tensor bias =
+        any_intervention ? build_bias(input, kind.visibility, S_prev, l) : kind.shared_bias;
     std::optional<LayerCapture> layer_capture;
     h = hooks.at_point(l, HookPoint::kResidPre, h);
-    auto attn = layer.attention.forward(norm_if(h, layer.attn_in_norm), *rope_, angles, cache,
-                                        bias, capture, &layer_capture, hooks);
+    auto attn = layer.attention.forward(norm_if(h, layer.attn_in_norm), rope_for(l),
+                                        kind.angles, cache, bias, capture, &layer_capture, hooks);
     attn = hooks.at_point(l, HookPoint::kAttnOut, norm_if(attn, layer.attn_out_norm));
     h = hooks.at_point(l, HookPoint::kResidMid, h + attn);
     auto mlp = feed_forward(norm_if(h, layer.mlp_in_norm), layer.feed_forward, l, hooks);
@@ -351,7 +399,7 @@ ForwardOutput LlamaModel::forward(KVCache& cache, const PassInput& input,
   }
   if (!input.no_logits) {
     if (input.last_logits_only) h = h.narrow(0, T - 1, 1);
-    out.logits = project(rms_norm(h, norm_, c.rms_norm_eps), lm_head_).to(at::kFloat);
+    out.logits = output_head(h, {h.size(0)});
   }
 
   append_slots(cache, input, ids_long);
@@ -378,20 +426,17 @@ std::vector<ForwardOutput> LlamaModel::forward_batch(const std::vector<KVCache*>
   c10::InferenceMode guard;
   const ModelConfig& c = config_;
   const size_t n = inputs.size();
-  std::vector<at::Tensor> ids(n), shared_bias(n), visibility(n);
+  std::vector<at::Tensor> ids(n);
   std::vector<int64_t> rows(n), prev(n);
-  std::vector<RopeAngles> angles;
-  angles.reserve(n);
-  for (size_t i = 0; i < n; ++i) ids[i] = check_pass(*caches[i], inputs[i]);  // all, first
+  std::vector<std::array<KindInputs, 2>> kinds(n);
+  for (size_t i = 0; i < n; ++i) {  // every check before any cache changes
+    ids[i] = check_pass(*caches[i], inputs[i]);
+    kinds[i] = kind_inputs(*caches[i], inputs[i]);
+  }
   for (size_t i = 0; i < n; ++i) {
-    const PassInput& in = inputs[i];
     rows[i] = ids[i].size(0);
     prev[i] = caches[i]->size();
     caches[i]->reserve(rows[i]);
-    angles.push_back(rope_->angles(in.positions));
-    visibility[i] = applied_visibility(*caches[i], in);
-    const bool unmasked = in.interventions.empty() && visibility[i].all().item<bool>();
-    if (!unmasked) shared_bias[i] = build_bias(in, visibility[i], prev[i], /*layer=*/-1);
   }
 
   std::vector<ForwardOutput> out(n);
@@ -403,18 +448,22 @@ std::vector<ForwardOutput> LlamaModel::forward_batch(const std::vector<KVCache*>
   const auto at_rows = [&](int64_t layer, HookPoint point, const at::Tensor& t) {
     return at_point_rows(hooks, rows, layer, point, t);
   };
-  auto h = embed_tokens_.index_select(0, at::cat(ids));  // (Σ T, hidden)
+  auto h = embed(at::cat(ids));  // (Σ T, hidden)
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const DecoderLayer& layer = layers_[l];
     std::vector<at::Tensor> bias(n);
+    std::vector<RopeAngles> angles(n);
     for (size_t i = 0; i < n; ++i) {
-      bias[i] = inputs[i].interventions.empty() ? shared_bias[i]
-                                                : build_bias(inputs[i], visibility[i], prev[i], l);
+      const KindInputs& kind = for_layer(kinds[i], l);
+      bias[i] = inputs[i].interventions.empty()
+                    ? kind.shared_bias
+                    : build_bias(inputs[i], kind.visibility, prev[i], l);
+      angles[i] = kind.angles;
     }
     std::vector<std::optional<LayerCapture>> layer_captures(n);
     h = at_rows(l, HookPoint::kResidPre, h);
-    auto attn = layer.attention.forward_segments(norm_if(h, layer.attn_in_norm), rows, *rope_,
-                                                 angles, caches, bias, capture,
+    auto attn = layer.attention.forward_segments(norm_if(h, layer.attn_in_norm), rows,
+                                                 rope_for(l), angles, caches, bias, capture,
                                                  &layer_captures, hooks);
     attn = at_rows(l, HookPoint::kAttnOut, norm_if(attn, layer.attn_out_norm));
     h = at_rows(l, HookPoint::kResidMid, h + attn);
@@ -460,9 +509,7 @@ std::vector<ForwardOutput> LlamaModel::forward_batch(const std::vector<KVCache*>
     offset += rows[i];
   }
   if (!last.empty()) {
-    auto logits =
-        project_segments(rms_norm(at::cat(last), norm_, c.rms_norm_eps), last_rows, lm_head_)
-            .to(at::kFloat);
+    auto logits = output_head(at::cat(last), last_rows);
     int64_t at_row = 0;
     for (size_t k = 0; k < owner.size(); ++k) {
       out[owner[k]].logits = logits.narrow(0, at_row, last_rows[k]);

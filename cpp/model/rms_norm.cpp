@@ -42,7 +42,11 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   }
   auto xf = x.to(at::kFloat);
   auto variance = xf.pow(2).mean(-1, /*keepdim=*/true);
-  return weight * (xf * at::rsqrt(variance + eps)).to(x.scalar_type());
+  auto normalised = xf * at::rsqrt(variance + eps);
+  if (weight.scalar_type() == at::kFloat && x.scalar_type() != at::kFloat) {
+    return (weight * normalised).to(x.scalar_type());  // the product in f32 (Gemma, OLMo 2)
+  }
+  return weight * normalised.to(x.scalar_type());  // cast, then the product (Llama)
 }
 
 }  // namespace attnvar

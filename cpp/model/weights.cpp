@@ -106,22 +106,31 @@ const std::map<std::string, std::string>& block_names() {
       {"attn_v", "self_attn.v_proj"},      {"attn_output", "self_attn.o_proj"},
       {"attn_q_norm", "self_attn.q_norm"}, {"attn_k_norm", "self_attn.k_norm"},
       {"ffn_gate", "mlp.gate_proj"},       {"ffn_up", "mlp.up_proj"},
-      {"ffn_down", "mlp.down_proj"},       {"attn_qkv", "self_attn.qkv_proj"}};
+      {"ffn_down", "mlp.down_proj"},       {"attn_qkv", "self_attn.qkv_proj"},
+      {"post_attention_norm", "post_attention_layernorm"},
+      {"post_ffw_norm", "post_feedforward_layernorm"}};
   return kNames;
 }
 
-// Families with fused projections (Phi-3) keep gate and up in llama.cpp's ffn_up: the HF
-// name is then gate_up_proj, not up_proj.
-std::string fused_hf_name(std::string hf, const ModelConfig& c) {
+// gguf_to_hf_name's HF name as the family names it: Phi-3 keeps gate and up in llama.cpp's
+// ffn_up (HF gate_up_proj, not up_proj); Gemma 2/3's ffn_norm is the norm before the MLP
+// (pre_feedforward_layernorm), as their post_attention_layernorm is llama.cpp's
+// post_attention_norm.
+std::string family_hf_name(std::string hf, const std::string& gguf, const ModelConfig& c) {
   constexpr std::string_view kUp = ".mlp.up_proj.";
   if (const size_t at = hf.find(kUp); c.fused_projections() && at != std::string::npos) {
     hf.replace(at, kUp.size(), ".mlp.gate_up_proj.");
+  }
+  constexpr std::string_view kFfnNorm = ".ffn_norm.";
+  constexpr std::string_view kPostAttn = ".post_attention_layernorm.";
+  if (c.sandwich_norms() && gguf.find(kFfnNorm) != std::string::npos) {
+    hf.replace(hf.find(kPostAttn), kPostAttn.size(), ".pre_feedforward_layernorm.");
   }
   return hf;
 }
 
 // The GGUF name of an HF tensor name, for error messages ("" when outside the mapping).
-std::string hf_to_gguf_name(const std::string& hf) {
+std::string hf_to_gguf_name(const std::string& hf, const ModelConfig& c) {
   if (hf == "model.embed_tokens.weight") return "token_embd.weight";
   if (hf == "model.norm.weight") return "output_norm.weight";
   if (hf == "lm_head.weight") return "output.weight";
@@ -134,6 +143,12 @@ std::string hf_to_gguf_name(const std::string& hf) {
   const std::string layer = hf.substr(kPrefix.size(), layer_end - kPrefix.size());
   const std::string part = hf.substr(layer_end + 1, suffix_dot - layer_end - 1);
   const std::string suffix = hf.substr(suffix_dot + 1);
+  std::string gguf_part;
+  if (part == "pre_feedforward_layernorm") gguf_part = "ffn_norm";
+  if (part == "post_attention_layernorm" && (c.post_norms() || c.sandwich_norms())) {
+    gguf_part = "post_attention_norm";
+  }
+  if (!gguf_part.empty()) return fmt::format("blk.{}.{}.{}", layer, gguf_part, suffix);
   for (const auto& [gguf, name] : block_names()) {
     if (name == part) return fmt::format("blk.{}.{}.{}", layer, gguf, suffix);
   }
@@ -248,7 +263,11 @@ Weights load_gguf(const std::string& path, at::ScalarType dtype, c10::Device dev
                       "{} architecture)",
                       path, &t - f.tensors().data(), printable(t.name), c.model_type));
     }
-    by_hf.emplace(fused_hf_name(*hf, c), &t);
+    const std::string name = family_hf_name(*hf, t.name, c);
+    if (auto [at, fresh] = by_hf.emplace(name, &t); !fresh) {
+      throw FormatError(fmt::format("{}: tensors '{}' and '{}' are both HF '{}'", path,
+                                    printable(at->second->name), printable(t.name), name));
+    }
   }
   // A block count the file cannot hold fails before the expected list is built.
   const std::string arch = f.get_string("general.architecture").value_or("");
@@ -265,7 +284,7 @@ Weights load_gguf(const std::string& path, at::ScalarType dtype, c10::Device dev
     auto it = by_hf.find(hf);
     if (it == by_hf.end()) {
       throw MissingError(fmt::format("{}: tensor '{}' (HF '{}') is missing (the config implies it)",
-                                     path, hf_to_gguf_name(hf), hf));
+                                     path, hf_to_gguf_name(hf, c), hf));
     }
     const GgufTensorInfo& t = *it->second;
     std::vector<int64_t> torch_shape(t.shape.rbegin(), t.shape.rend());
@@ -292,6 +311,12 @@ Weights load_gguf(const std::string& path, at::ScalarType dtype, c10::Device dev
       } else if (t.name.find(".attn_k.") != std::string::npos) {
         x = unpermute_llama_qk(x, c.num_key_value_heads);
       }
+    }
+    // llama.cpp stores Gemma's norm weights with the 1 of (1 + w) added; HF's w is without.
+    constexpr std::string_view kNorm = "norm.weight";
+    if (c.unit_offset_norms() && hf.size() >= kNorm.size() &&
+        hf.compare(hf.size() - kNorm.size(), kNorm.size(), kNorm) == 0) {
+      x = x - 1.0;
     }
     w.tensors.emplace(hf, x.to(device, dtype));
   }
@@ -414,6 +439,7 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = fmt::format("model.layers.{}.", l);
     if (!c.post_norms()) out.push_back({p + "input_layernorm.weight", {h}});
+    if (c.sandwich_norms()) out.push_back({p + "pre_feedforward_layernorm.weight", {h}});
     if (c.fused_projections()) {
       out.push_back({p + "self_attn.qkv_proj.weight", {q_rows + 2 * kv_rows, h}});
     } else {
@@ -437,7 +463,9 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const
       out.push_back({p + "self_attn.k_norm.weight", {kv_rows}});
     }
     out.push_back({p + "post_attention_layernorm.weight", {h}});
-    if (c.post_norms()) out.push_back({p + "post_feedforward_layernorm.weight", {h}});
+    if (c.post_norms() || c.sandwich_norms()) {
+      out.push_back({p + "post_feedforward_layernorm.weight", {h}});
+    }
     if (c.fused_projections()) {
       out.push_back({p + "mlp.gate_up_proj.weight", {2 * ffn, h}});
     } else {
@@ -456,6 +484,37 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const
   return out;
 }
 
+namespace {
+
+// What llama.cpp's conventions fix for Gemma files beyond the common keys: GeGLU; Gemma 2's
+// soft-capping keys; the local/global layer pattern (Gemma 2 alternates starting with a
+// sliding layer, Gemma 3 slides on all but every sliding_window_pattern-th, 6 unless the
+// file says, as a period or a per-layer list); Gemma 3's local RoPE base, 10000; and the
+// query scale, which GGUF does not carry: head_dim^-1/2, except for the 27B models
+// (46 layers in Gemma 2, 62 in Gemma 3), scaled by (hidden / heads)^-1/2 as their
+// query_pre_attn_scalar says.
+void read_gemma_gguf(const GgufFile& f, ModelConfig& c, const std::string& arch) {
+  const std::string a = arch + ".";
+  c.hidden_act = "gelu_pytorch_tanh";
+  if (arch == "gemma") return;
+  c.attn_logit_softcapping = f.get_float(a + "attn_logit_softcapping");
+  c.final_logit_softcapping = f.get_float(a + "final_logit_softcapping");
+  const std::string pattern_key = a + "attention.sliding_window_pattern";
+  if (auto period = f.get_int(pattern_key)) {
+    c.sliding_window_pattern = *period;
+  } else if (auto per_layer = f.get_int_array(pattern_key)) {
+    for (int64_t v : *per_layer) c.layer_types.push_back(v ? LayerKind::kSliding : LayerKind::kFull);
+  }
+  if (arch == "gemma3") c.rope_local_theta = 10000.0;
+  const bool is_27b = c.num_hidden_layers == (arch == "gemma2" ? 46 : 62);
+  if (is_27b && c.num_attention_heads > 0) {
+    c.query_pre_attn_scalar =
+        static_cast<double>(c.hidden_size) / static_cast<double>(c.num_attention_heads);
+  }
+}
+
+}  // namespace
+
 ModelConfig config_from_gguf(const GgufFile& f) {
   auto arch_value = f.get_string("general.architecture");
   if (!arch_value) {
@@ -464,12 +523,15 @@ ModelConfig config_from_gguf(const GgufFile& f) {
   }
   const std::string arch = *arch_value;
   ModelConfig c;
-  if (arch == "llama" || arch == "qwen2" || arch == "qwen3" || arch == "phi3") {
+  if (arch == "llama" || arch == "qwen2" || arch == "qwen3" || arch == "phi3" ||
+      arch == "olmo2" || arch == "gemma" || arch == "gemma2") {
     c.model_type = arch;
+  } else if (arch == "gemma3") {
+    c.model_type = "gemma3_text";  // a GGUF holds the text model
   } else {
     throw ConfigError(fmt::format(
         "{}: metadata key 'general.architecture': '{}' is not supported (supported: llama, "
-        "qwen2, qwen3, phi3; OLMo 2 loads from an HF directory)",
+        "qwen2, qwen3, phi3, olmo2, gemma, gemma2, gemma3)",
         f.path(), printable(arch)));
   }
   const std::string a = arch + ".";
@@ -503,6 +565,7 @@ ModelConfig config_from_gguf(const GgufFile& f) {
         f.path(), a));
   }
   if (auto sw = f.get_int(a + "attention.sliding_window"); sw && *sw > 0) c.sliding_window = *sw;
+  if (arch == "gemma" || arch == "gemma2" || arch == "gemma3") read_gemma_gguf(f, c, arch);
   if (auto bos = f.get_int("tokenizer.ggml.bos_token_id")) c.bos_token_id = *bos;
   if (auto eos = f.get_int("tokenizer.ggml.eos_token_id")) c.eos_token_ids.push_back(*eos);
   c.tie_word_embeddings = f.find_tensor("output.weight") == nullptr;

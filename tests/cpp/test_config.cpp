@@ -82,11 +82,17 @@ TEST_CASE("config: unsupported or inconsistent settings are errors naming the fi
   auto m4 = message_of(R"({"model_type": "llama", "num_attention_heads": 2})");
   CHECK(m4.find("vocab_size") != std::string::npos);
   CHECK_THROWS_AS(config_from_hf_json("{not json", "x"), attnvar::FormatError);
-  CHECK_THROWS_AS(config_from_hf_json(
-                      R"({"model_type": "llama", "hidden_act": "gelu", "num_attention_heads": 2, )" +
-                          body + "}",
-                      "x"),
-                  ConfigError);
+  auto m5 = message_of(R"({"model_type": "llama", "hidden_act": "relu", "num_attention_heads": 2, )" +
+                       body + "}");
+  CHECK(m5.find("'hidden_act': 'relu' is not supported") != std::string::npos);
+  auto m6 = message_of(R"({"model_type": "gemma3", "num_attention_heads": 2, )" + body + "}");
+  CHECK(m6.find("gemma3_text") != std::string::npos);
+  auto m7 = message_of(R"({"model_type": "gemma2", "attn_logit_softcapping": -1, )"
+                       R"("num_attention_heads": 2, )" + body + "}");
+  CHECK(m7.find("'attn_logit_softcapping': must be positive") != std::string::npos);
+  auto m8 = message_of(R"({"model_type": "gemma3_text", "use_bidirectional_attention": true, )"
+                       R"("num_attention_heads": 2, )" + body + "}");
+  CHECK(m8.find("use_bidirectional_attention") != std::string::npos);
 }
 
 TEST_CASE("config: a layer count over the cap is an error before anything is built",

@@ -238,3 +238,29 @@ def test_project_rejects_mismatched_shapes_naming_them():
         _core.project(torch.randn(3, 6), w)
     with pytest.raises(attnvar.ConfigError, match=r"b must be \(out,\) = \(5,\); got \[4\]"):
         _core.project(torch.randn(3, 7), w, torch.randn(4))
+
+
+def test_soft_capped_scores_take_a_key_bias_exactly_and_stay_inside_the_cap():
+    """Gemma 2 caps scores at ±cap (cap · tanh(s / cap)) before the mask and any key bias
+    are added: the captured scores are what enters the softmax, the visible ones inside the
+    cap, and a −log 2 bias moves the biased keys' scores by −log 2 (the cap does not squash
+    it), in the layer it names only."""
+    gemma = attnvar_model(tiny_hf_model("gemma2", seed=5))
+    cap = gemma.config["attn_logit_softcapping"]
+    assert cap == 5.0
+    ids = torch.randint(3, 97, (8,))
+    _, base = prefill(gemma, ids, capture=True, scores=True)
+    for s in base["scores"]:
+        finite = s[torch.isfinite(s)]
+        assert finite.abs().max().item() < cap
+    delta = -0.6931471805599453
+    iv = [{"layer_begin": 1, "layer_end": 2, "key_slots": [2, 4], "delta": delta}]
+    _, hit = prefill(gemma, ids, capture=True, scores=True, interventions=iv)
+    assert torch.equal(hit["scores"][0], base["scores"][0])
+    diff = hit["scores"][1] - base["scores"][1]
+    finite = torch.isfinite(diff)
+    expected = torch.zeros_like(diff)
+    expected[:, :, [2, 4]] = delta
+    err = (diff[finite] - expected[finite]).abs().max().item()
+    print(f"[parity] gemma2 key bias after soft-capping: max |diff - delta| = {err:.3e}")
+    assert err < 1e-6

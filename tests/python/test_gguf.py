@@ -208,7 +208,18 @@ BLOCK_NAMES = {
 }
 
 
-def gguf_name(hf: str) -> str:
+# Families whose norms come after a block, not only before it: llama.cpp names the norm after
+# attention post_attention_norm (HF post_attention_layernorm), and Gemma 2/3's norm before
+# the MLP ffn_norm (HF pre_feedforward_layernorm).
+POST_NORM_NAMES = {
+    "post_attention_layernorm": "post_attention_norm",
+    "pre_feedforward_layernorm": "ffn_norm",
+    "post_feedforward_layernorm": "post_ffw_norm",
+}
+GGUF_ARCH = {"gemma3_text": "gemma3"}  # transformers' model_type -> llama.cpp's architecture
+
+
+def gguf_name(hf: str, arch: str = "llama") -> str:
     top = {
         "model.embed_tokens.weight": "token_embd.weight",
         "model.norm.weight": "output_norm.weight",
@@ -218,6 +229,8 @@ def gguf_name(hf: str) -> str:
         return top[hf]
     _, _, layer, rest = hf.split(".", 3)
     module, kind = rest.rsplit(".", 1)
+    if arch in ("olmo2", "gemma2", "gemma3") and module in POST_NORM_NAMES:
+        return f"blk.{layer}.{POST_NORM_NAMES[module]}.{kind}"
     return f"blk.{layer}.{BLOCK_NAMES[module]}.{kind}"
 
 
@@ -231,6 +244,10 @@ def tiny_hf_model(model_type: str, out_dir: Path, **overrides):
         "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
         "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
         "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+        "olmo2": ("Olmo2Config", "Olmo2ForCausalLM"),
+        "gemma": ("GemmaConfig", "GemmaForCausalLM"),
+        "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+        "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
     }[model_type]
     kwargs = dict(
         vocab_size=96,
@@ -248,10 +265,11 @@ def tiny_hf_model(model_type: str, out_dir: Path, **overrides):
     kwargs.update(overrides)
     config = getattr(transformers, cls[0])(**kwargs)
     model = getattr(transformers, cls[1])(config)
-    with torch.no_grad():  # norms start at exactly 1: make them informative
+    offset = 0.0 if model_type.startswith("gemma") else 1.0  # Gemma's norms apply 1 + w
+    with torch.no_grad():  # norms start at exactly 1 (Gemma: 0): make them informative
         for p in model.parameters():
             if p.dim() == 1:
-                p.copy_(1 + 0.1 * torch.randn_like(p))
+                p.copy_(offset + 0.1 * torch.randn_like(p))
     model.save_pretrained(out_dir)
     return config
 
@@ -259,10 +277,12 @@ def tiny_hf_model(model_type: str, out_dir: Path, **overrides):
 def write_gguf(hf_dir: Path, config, path: Path, qtype) -> dict[str, np.ndarray]:
     """Writes the HF model at hf_dir as GGUF with 2-D weights in `qtype` (1-D in F32, as
     llama.cpp does). Returns, per HF name, what the loader must produce: the file's tensor
-    dequantized by the gguf package and un-permuted (llama)."""
+    dequantized by the gguf package and un-permuted (llama), less the 1 llama.cpp adds to
+    Gemma's norm weights."""
     from safetensors.numpy import load_file
 
-    arch = config.model_type
+    arch = GGUF_ARCH.get(config.model_type, config.model_type)
+    gemma = arch.startswith("gemma")
     hf = load_file(str(hf_dir / "model.safetensors"))
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(config.num_hidden_layers)
@@ -271,11 +291,19 @@ def write_gguf(hf_dir: Path, config, path: Path, qtype) -> dict[str, np.ndarray]
     w.add_head_count(config.num_attention_heads)
     w.add_head_count_kv(config.num_key_value_heads)
     w.add_layer_norm_rms_eps(config.rms_norm_eps)
-    w.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    # Gemma 3 gives each layer kind its RoPE; GGUF holds the global one (the local base
+    # is llama.cpp's fixed 10000, transformers' default).
+    w.add_rope_freq_base(config.rope_parameters.get("full_attention",
+                                                    config.rope_parameters)["rope_theta"])
     w.add_context_length(config.max_position_embeddings)
-    if arch == "qwen3":
+    if arch in ("qwen3", "gemma", "gemma2", "gemma3"):
         w.add_key_length(config.head_dim)
         w.add_value_length(config.head_dim)
+    if arch == "gemma2":
+        w.add_attn_logit_softcapping(config.attn_logit_softcapping)
+        w.add_final_logit_softcapping(config.final_logit_softcapping)
+    if arch in ("gemma2", "gemma3"):
+        w.add_sliding_window(config.sliding_window)
     w.add_tokenizer_model("gpt2")
     w.add_token_list([f"tok{i}" for i in range(config.vocab_size)])
     w.add_bos_token_id(config.bos_token_id)
@@ -287,19 +315,22 @@ def write_gguf(hf_dir: Path, config, path: Path, qtype) -> dict[str, np.ndarray]
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue
         data = t.astype(np.float32)
+        shifted = gemma and name.endswith("norm.weight")
+        if shifted:
+            data = data + np.float32(1.0)
         if arch == "llama" and ".q_proj." in name:
             data = permute(data, config.num_attention_heads)
         elif arch == "llama" and ".k_proj." in name:
             data = permute(data, config.num_key_value_heads)
         if data.ndim == 1 or qtype == Q.F32:
             stored, stored_type = data, Q.F32
-            w.add_tensor(gguf_name(name), data)
+            w.add_tensor(gguf_name(name, arch), data)
         elif qtype == Q.F16:
             stored, stored_type = data.astype(np.float16), Q.F16
-            w.add_tensor(gguf_name(name), stored)
+            w.add_tensor(gguf_name(name, arch), stored)
         else:
             stored, stored_type = gguf.quants.quantize(data, qtype), qtype
-            w.add_tensor(gguf_name(name), stored, raw_dtype=qtype)
+            w.add_tensor(gguf_name(name, arch), stored, raw_dtype=qtype)
         back = torch.from_numpy(
             np.ascontiguousarray(gguf.quants.dequantize(stored, stored_type)).astype(np.float32)
         )
@@ -307,6 +338,8 @@ def write_gguf(hf_dir: Path, config, path: Path, qtype) -> dict[str, np.ndarray]
             back = reverse_permute(back, config.num_attention_heads)
         elif arch == "llama" and ".k_proj." in name:
             back = reverse_permute(back, config.num_key_value_heads)
+        if shifted:
+            back = back - 1.0
         expected[name] = back
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -346,7 +379,8 @@ def assert_config_matches(config: dict, hf) -> None:
         assert config[key] == getattr(hf, key), key
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     assert config["head_dim"] == head_dim
-    assert config["rope_theta"] == hf.rope_parameters["rope_theta"]
+    rope = hf.rope_parameters.get("full_attention", hf.rope_parameters)  # Gemma 3: per kind
+    assert config["rope_theta"] == rope["rope_theta"]
     assert config["eos_token_id"] == [hf.eos_token_id]
 
 
@@ -355,6 +389,14 @@ CASES = [
     ("qwen2", dict(tie_word_embeddings=True)),
     ("qwen3", dict(tie_word_embeddings=False, head_dim=32)),
     ("phi3", dict(tie_word_embeddings=False, pad_token_id=0)),
+    ("olmo2", dict(tie_word_embeddings=False, pad_token_id=0)),
+    ("gemma", dict(head_dim=16, pad_token_id=0)),
+    # GGUF does not carry query_pre_attn_scalar: llama.cpp scales by head_dim (except for the
+    # 27B models), transformers by its default 256; head_dim 256 makes the two agree.
+    ("gemma2", dict(head_dim=256, num_attention_heads=2, num_key_value_heads=1,
+                    pad_token_id=0, sliding_window=4)),
+    ("gemma3", dict(head_dim=256, num_attention_heads=2, num_key_value_heads=1,
+                    num_hidden_layers=6, pad_token_id=0, sliding_window=4)),
 ]
 
 
@@ -363,7 +405,7 @@ CASES = [
 TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1]
 COMBOS = [
     (arch, kw, q) for arch, kw in CASES for q in TYPES
-    if arch not in ("qwen3", "phi3") or q in (Q.F32, Q.Q8_0)
+    if arch in ("llama", "qwen2") or q in (Q.F32, Q.Q8_0)
 ]
 
 
@@ -396,7 +438,9 @@ def test_tiny_model_gguf_loads_to_the_hf_tensors(tmp_path, model_type, overrides
         worst_exact = max(worst_exact, (got - expected[name]).abs().max().item())
         rel = ((got.double() - ref.double()).norm() / ref.double().norm()).item()
         worst_rel = max(worst_rel, rel)
-        tol = REL_TOL[qtype] if ref.dim() == 2 else 0.0  # 1-D tensors are stored in F32
+        # 1-D tensors are stored in F32, Gemma's norms as 1 + w (w back as (1 + w) − 1).
+        gemma_norm = model_type.startswith("gemma") and name.endswith("norm.weight")
+        tol = REL_TOL[qtype] if ref.dim() == 2 else 1e-6 if gemma_norm else 0.0
         assert rel <= tol, (name, rel)
     print(
         f"[parity] {model_type} {qtype.name}: max |diff| vs gguf dequantize = {worst_exact}, "
@@ -404,7 +448,7 @@ def test_tiny_model_gguf_loads_to_the_hf_tensors(tmp_path, model_type, overrides
     )
     assert worst_exact == 0.0
     if qtype == Q.F32:
-        assert worst_rel == 0.0
+        assert worst_rel <= (1e-6 if model_type.startswith("gemma") else 0.0)
 
 
 def test_gguf_load_honours_dtype(tmp_path):
@@ -516,12 +560,16 @@ def test_missing_required_key_and_tensor_are_named(tmp_path):
 
 @pytest.mark.parametrize("model_type,qtype", [("llama", Q.F32), ("llama", Q.Q8_0),
                                               ("qwen2", Q.F16), ("qwen3", Q.F32),
-                                              ("phi3", Q.F32), ("phi3", Q.Q8_0)])
+                                              ("phi3", Q.F32), ("phi3", Q.Q8_0),
+                                              ("olmo2", Q.F32), ("olmo2", Q.Q8_0),
+                                              ("gemma", Q.F32), ("gemma2", Q.Q8_0),
+                                              ("gemma3", Q.F32)])
 def test_tiny_model_gguf_logits_equal_the_same_model_from_safetensors(tmp_path, model_type,
                                                                       qtype):
-    """Logits of the GGUF file (q/k permuted as llama.cpp does) equal those of the same
-    weights from safetensors: the HF directory itself for F32, or the dequantized tensors
-    written as safetensors for quantized types."""
+    """Logits of the GGUF file (q/k permuted as llama.cpp does; Gemma's norms stored as
+    1 + w), with the configuration read from the file itself, equal those of the same
+    weights from safetensors with config.json: the HF directory itself for F32, or the
+    dequantized tensors written as safetensors for quantized types."""
     import json
 
     from safetensors.torch import save_file
@@ -541,23 +589,28 @@ def test_tiny_model_gguf_logits_equal_the_same_model_from_safetensors(tmp_path, 
     config_text = (hf_dir / "config.json").read_text()
     logits = []
     for source in (path, ref_dir):
-        # The tiny GGUF carries no tokenizer: build the decoder from the loaded weights.
-        _, tensors, _ = _core.load_weights(str(source))
-        model = _core.Model.from_tensors(config_text, tensors, origin=str(source))
+        # The tiny GGUF carries no tokenizer: build the decoder from the loaded weights and
+        # the configuration as the loader read it.
+        config, tensors, _ = _core.load_weights(str(source))
+        model = _core.Model.from_tensors(json.dumps(config), tensors, origin=str(source))
         out = model.forward(model.new_cache(), ids, torch.arange(8.0),
                             _core.causal_visibility(8, 0))
         logits.append(out["logits"])
     diff = (logits[0] - logits[1]).abs().max().item()
     print(f"[parity] {model_type} {qtype.name} GGUF vs safetensors logits: max |diff| = {diff}")
-    assert diff <= 1e-6
-    assert json.loads((hf_dir / "config.json").read_text())["model_type"] == model_type
+    # Gemma's norms come back as (1 + w) − 1, then 1 is added again: a last-bit difference.
+    assert diff <= (1e-5 if model_type.startswith("gemma") else 1e-6)
+    assert json.loads(config_text)["model_type"] == hf_config.model_type
 
 
-@pytest.mark.parametrize("model_type", ["llama", "phi3"])
+@pytest.mark.parametrize("model_type", ["llama", "phi3", "gemma2", "gemma3"])
 def test_tiny_model_gguf_logits_equal_transformers_loading_the_same_file(tmp_path, model_type):
     """The oracle reads the GGUF itself: transformers' own GGUF loader (gguf_file=), for
     the architectures it supports (Phi-3: fused attn_qkv and ffn_up, as llama.cpp writes
-    them)."""
+    them; Gemma 2/3: norms stored as 1 + w, soft-capping, local and global layers with a
+    window shorter than the run). attnvar builds the model from the file's own metadata."""
+    import json
+
     import transformers
 
     hf_dir = tmp_path / "hf"
@@ -570,9 +623,10 @@ def test_tiny_model_gguf_logits_equal_transformers_loading_the_same_file(tmp_pat
     with torch.no_grad():
         expected = oracle(input_ids=ids[None]).logits[0]
     config, tensors, _ = _core.load_weights(str(path))
-    assert config["model_type"] == model_type
-    model = _core.Model.from_tensors((hf_dir / "config.json").read_text(), tensors,
-                                     origin=str(path))
+    assert config["model_type"] == hf_config.model_type
+    assert config["layer_types"] == (getattr(oracle.config, "layer_types", None)
+                                     or ["full_attention"] * hf_config.num_hidden_layers)
+    model = _core.Model.from_tensors(json.dumps(config), tensors, origin=str(path))
     got = model.forward(model.new_cache(), ids, torch.arange(8.0),
                         _core.causal_visibility(8, 0))["logits"]
     diff = (got - expected).abs().max().item()

@@ -7,6 +7,8 @@ apply_rotary_pos_emb and rotary embedding. Max differences are printed."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -44,7 +46,8 @@ def hf_hook_values(model, ids, positions, visible) -> dict[str, torch.Tensor]:
     def in_hook(name):
         return keep(name, lambda a, o: a[0])
 
-    post_norms = hasattr(model.model.layers[0], "post_feedforward_layernorm")  # OLMo 2
+    # OLMo 2, Gemma 2/3: a norm after each block, whose output is the block's output
+    post_norms = hasattr(model.model.layers[0], "post_feedforward_layernorm")
     for index, layer in enumerate(model.model.layers):
         b = f"blocks.{index}."
         attn = layer.self_attn
@@ -82,8 +85,13 @@ def hf_hook_values(model, ids, positions, visible) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             model(input_ids=ids[None], position_ids=positions[None].long(),
                   attention_mask=additive_mask(visible), use_cache=False)
-            cos, sin = model.model.rotary_emb(seen["ln_final.hook_normalized"][None],
-                                              positions[None].long())
+            x, pos = seen["ln_final.hook_normalized"][None], positions[None].long()
+            kinds = getattr(cfg, "layer_types", None) or ["full_attention"]
+            if "layer_type" in inspect.signature(model.model.rotary_emb.forward).parameters:
+                # Gemma 3: local and global layers have their own RoPE tables
+                tables = {kind: model.model.rotary_emb(x, pos, kind) for kind in set(kinds)}
+            else:
+                tables = dict.fromkeys(set(kinds), model.model.rotary_emb(x, pos))
     finally:
         for h in handles:
             h.remove()
@@ -101,8 +109,12 @@ def hf_hook_values(model, ids, positions, visible) -> dict[str, torch.Tensor]:
         seen[b + "attn.hook_k"] = seen.pop(b + "k_flat").view(n, kv_heads, head_dim)
         seen[b + "attn.hook_v"] = seen.pop(b + "v_flat").view(n, kv_heads, head_dim)
         seen[b + "attn.hook_z"] = seen.pop(b + "z_flat").view(n, heads, head_dim)
-        q = seen.pop(b + "q_normed", seen[b + "attn.hook_q"]).reshape(n, heads, head_dim)
-        k = seen.pop(b + "k_normed", seen[b + "attn.hook_k"]).reshape(n, kv_heads, head_dim)
+        q = seen.pop(b + "q_normed", seen[b + "attn.hook_q"])
+        k = seen.pop(b + "k_normed", seen[b + "attn.hook_k"])
+        if cfg.model_type == "gemma3_text":  # its q/k norms run on (heads, tokens, head_dim)
+            q, k = q.transpose(0, 1), k.transpose(0, 1)
+        q, k = q.reshape(n, heads, head_dim), k.reshape(n, kv_heads, head_dim)
+        cos, sin = tables[kinds[index] if len(kinds) > index else kinds[0]]
         rot_q, rot_k = apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
                                             cos, sin)
         seen[b + "attn.hook_rot_q"] = rot_q[0].transpose(0, 1)

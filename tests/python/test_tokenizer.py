@@ -136,11 +136,15 @@ def sentencepiece_tokenizer(tokens, merges, layout: str) -> HFTokenizer:
         models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True)
     )
     fallback = [decoders.Replace(SPACE_MARKER, " "), decoders.ByteFallback(), decoders.Fuse()]
-    if layout == "legacy":  # Llama 2 / TinyLlama / Mistral v0.1 tokenizer.json
+    if layout == "legacy":  # Llama 2 / TinyLlama / Mistral v0.1 / Phi-3 tokenizer.json
         tok.normalizer = normalizers.Sequence(
             [normalizers.Prepend(SPACE_MARKER), normalizers.Replace(" ", SPACE_MARKER)]
         )
         tok.decoder = decoders.Sequence([*fallback, decoders.Strip(" ", 1, 0)])
+    elif layout == "gemma":  # Gemma 1/2/3: spaces become ▁, no dummy prefix, no Strip
+        tok.normalizer = normalizers.Replace(" ", SPACE_MARKER)
+        tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+        tok.decoder = decoders.Sequence(fallback)
     elif layout == "metaspace_first":  # transformers' LlamaTokenizer (legacy=False)
         tok.pre_tokenizer = pre_tokenizers.Metaspace(
             SPACE_MARKER, prepend_scheme="first", split=False
@@ -177,7 +181,8 @@ def sentencepiece_tokenizer(tokens, merges, layout: str) -> HFTokenizer:
     return tok
 
 
-SENTENCEPIECE_LAYOUTS = ["legacy", "metaspace_first", "metaspace_split", "no_byte_fallback"]
+SENTENCEPIECE_LAYOUTS = ["legacy", "gemma", "metaspace_first", "metaspace_split",
+                         "no_byte_fallback"]
 
 
 def save(tok: HFTokenizer, directory: Path, *, legacy_merges: bool = False) -> Path:
@@ -327,7 +332,7 @@ def test_sentencepiece_tokenizer_json_matches_oracle(tmp_path: Path, sentencepie
     # A normalized added token shows its normalized form, the dummy-prefix space included.
     tool = ours.piece(ours.token_to_id("<tool>"))
     assert tool == (" <tool>" if layout == "legacy" else "<tool>")
-    if layout == "legacy":  # SentencePiece proper: lossless on text without special tokens
+    if layout in ("legacy", "gemma"):  # lossless on text without special tokens
         for text in corpus_samples():
             if "<" not in text:
                 assert ours.decode(ours.encode(text, False)) == text

@@ -7,7 +7,7 @@ import json
 import torch
 
 FAMILIES = ["llama", "llama3_scaled", "smollm2_tied", "mistral", "qwen2", "qwen3", "phi3",
-            "olmo2"]
+            "olmo2", "gemma", "gemma2", "gemma3"]
 
 
 def tiny_config(family: str):
@@ -54,6 +54,27 @@ def tiny_config(family: str):
                                        sliding_window=None)
     if family == "olmo2":  # post-norms, q/k norms over the whole projection; GQA 4:2
         return transformers.Olmo2Config(**common, pad_token_id=0, tie_word_embeddings=False)
+    # Gemma: embeddings × √hidden, (1 + w) norms, GeGLU, tied embeddings.
+    if family == "gemma":
+        return transformers.GemmaConfig(**common, head_dim=16, pad_token_id=0)
+    # Gemma 2: norms around attention and MLP, a query scale that is not head_dim's, and
+    # caps low enough that tanh bends the scores and logits of these weights. Layers
+    # alternate sliding and full; the window here is longer than any run (windows shorter
+    # than the run: test_sliding_window.py).
+    if family == "gemma2":
+        return transformers.Gemma2Config(**common, head_dim=16, pad_token_id=0,
+                                         query_pre_attn_scalar=24, attn_logit_softcapping=5.0,
+                                         final_logit_softcapping=3.0, sliding_window=128)
+    # Gemma 3: per-head q/k norms, and local layers (here two of three) with their own RoPE
+    # base; the global layers' RoPE is linearly scaled.
+    if family == "gemma3":
+        return transformers.Gemma3TextConfig(
+            **common, head_dim=16, pad_token_id=0, query_pre_attn_scalar=16,
+            sliding_window=128, sliding_window_pattern=2,
+            rope_parameters={
+                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            })
     raise ValueError(family)
 
 
@@ -78,10 +99,11 @@ def tiny_hf_model(family: str, seed: int = 0, shape: dict | None = None):
         setattr(cfg, key, value)
     cfg._attn_implementation = "eager"
     model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    offset = 0.0 if cfg.model_type.startswith("gemma") else 1.0  # Gemma applies 1 + w
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+                p.copy_(offset + 0.1 * torch.randn_like(p))
             else:
                 p.copy_(0.15 * torch.randn_like(p))
     return model.eval()

@@ -231,8 +231,8 @@ inline std::vector<int64_t> encode_prompt(const LoadedModel& model, std::string_
 //              captures are collected in GenerationResult::passes.
 //   Returns the run (below).
 //   Throws  ConfigError: an option out of range (validate() names it), an empty prompt, a
-//             prompt id outside the vocabulary, or a run longer than the model's
-//             sliding_window (Mistral-style models).
+//             prompt id outside the vocabulary, or a query that a sliding window leaves
+//             with no visible key.
 //           c10::Error: a capture head outside [0, num_attention_heads) (capture layers
 //             outside [0, num_hidden_layers) are simply never captured); out of memory.
 //
@@ -320,8 +320,8 @@ inline GenerationResult generate(const LoadedModel& model, std::string_view prom
 //   Throws  ConfigError: temperature ≤ 0, an id outside the vocabulary, an empty prompt,
 //             an intervention out of range (key slot outside [0, N), layer window not
 //             inside [0, num_hidden_layers), head outside [0, num_attention_heads)), an
-//             intervention that hides every key from some query, or more slots than the
-//             model's sliding_window.
+//             intervention that hides every key from some query, or a query that a
+//             sliding window leaves with no visible key.
 //           c10::Error: a capture head out of range, as for generate(); out of memory.
 //
 // struct ReplayOptions {

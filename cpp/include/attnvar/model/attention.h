@@ -32,7 +32,7 @@ struct AttentionWeights {
 struct LayerCapture {
   int64_t layer = 0;
   at::Tensor probabilities;  // (H', T, S)
-  at::Tensor scores;         // (H', T, S), pre-softmax, after the bias
+  at::Tensor scores;         // (H', T, S), what enters the softmax: soft-capped, then biased
   at::Tensor value_norms;    // (H', S): ‖v_k W_O^h‖
 };
 
@@ -81,7 +81,8 @@ class Attention {
   int64_t num_kv_heads_;
   int64_t head_dim_;
   double rms_norm_eps_;
-  double scale_;
+  double scale_;                   // q·k factor (ModelConfig::attention_scale)
+  std::optional<double> softcap_;  // Gemma 2's attention logit soft-capping
   AttentionWeights w_;
   at::Tensor qkv_proj_;  // (q_dim + 2 * kv_dim, hidden): q rows, then k, then v
   at::Tensor qkv_bias_;  // (q_dim + 2 * kv_dim,) or undefined

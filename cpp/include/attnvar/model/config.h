@@ -24,7 +24,16 @@ struct RopeScaling {
 //   llama / mistral: no biases unless attention_bias / mlp_bias.
 //   qwen2: q, k, v projections carry a bias (o does not).
 //   qwen3: RMSNorm over head_dim on q and k before RoPE.
-enum class Family { kLlama, kMistral, kQwen2, kQwen3, kPhi3, kOlmo2 };
+//   gemma (1), gemma2, gemma3_text: see the accessors below (embedding scale, (1 + w)
+//   norms, GeGLU, norms around attention and MLP, soft-capping, local/global layers).
+enum class Family { kLlama, kMistral, kQwen2, kQwen3, kPhi3, kOlmo2, kGemma, kGemma2, kGemma3 };
+
+// What a layer's attention sees (HF `layer_types`): every visible key, or only keys whose
+// logical position is less than sliding_window behind the query's.
+enum class LayerKind { kFull, kSliding };
+
+// The feed-forward's gate activation (HF hidden_act / hidden_activation).
+enum class Activation { kSilu, kGeluTanh, kGelu };
 
 // The most decoder layers a config may declare (the largest released models have under
 // 200). validate() rejects more, so a corrupt count fails before anything proportional to it
@@ -36,7 +45,8 @@ inline constexpr int64_t kMaxHiddenLayers = 4096;
 inline constexpr int64_t kMaxDimension = int64_t{1} << 24;
 
 struct ModelConfig {
-  std::string model_type = "llama";  // HF name: llama | mistral | qwen2 | qwen3 | phi3 | olmo2
+  // HF name: llama | mistral | qwen2 | qwen3 | phi3 | olmo2 | gemma | gemma2 | gemma3_text
+  std::string model_type = "llama";
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
@@ -48,11 +58,31 @@ struct ModelConfig {
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
-  std::string hidden_act = "silu";
+  // Gemma 3's sliding-window layers have their own RoPE (rope_local_base_freq, or
+  // rope_parameters.sliding_attention); 0: every layer uses rope_theta / rope_scaling.
+  double rope_local_theta = 0.0;
+  RopeScaling rope_local_scaling;
+  std::string hidden_act = "silu";  // silu | gelu_pytorch_tanh | gelu
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // bias on q, k, v and o (llama/mistral/qwen3 option)
   bool mlp_bias = false;
-  std::optional<int64_t> sliding_window;  // mistral; sequences must stay shorter
+  // Keys whose logical position is sliding_window or more behind the query's are hidden in
+  // the layers of kind kSliding (unset: no layer slides).
+  std::optional<int64_t> sliding_window;
+  // One kind per layer once validated. Given (HF layer_types) or, when a window is set,
+  // derived from the family:
+  // Mistral and Phi-3 slide on every layer, Qwen2 from max_window_layers on, Gemma 2 on
+  // every other layer starting with the first, Gemma 3 on all but every
+  // sliding_window_pattern-th.
+  std::vector<LayerKind> layer_types;
+  int64_t max_window_layers = 28;      // qwen2
+  int64_t sliding_window_pattern = 6;  // gemma3
+  // Scores are q·k scaled by query_pre_attn_scalar^-1/2 (Gemma 2/3); 0: head_dim.
+  double query_pre_attn_scalar = 0.0;
+  // Gemma 2: scores become cap·tanh(scores / cap) before the mask is added, and logits
+  // likewise at the output.
+  std::optional<double> attn_logit_softcapping;
+  std::optional<double> final_logit_softcapping;
   std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_ids;
 
@@ -67,6 +97,22 @@ struct ModelConfig {
   bool post_norms() const;
   // phi3: q/k/v in one qkv_proj tensor and gate/up in one gate_up_proj tensor
   bool fused_projections() const;
+  // gemma*: the embedding rows are multiplied by √hidden_size (in the model's dtype).
+  bool embedding_scaled() const;
+  // gemma*: every RMSNorm weight is stored as w and applied as (1 + w).
+  bool unit_offset_norms() const;
+  // gemma*, olmo2: the norm's product with its weight is taken in f32, then cast (Llama
+  // casts the normalised value first).
+  bool norm_product_in_f32() const;
+  // gemma2, gemma3: a norm before and after both attention and MLP (four per layer).
+  bool sandwich_norms() const;
+  Activation activation() const;
+  bool sliding(int64_t layer) const {
+    return layer_types[static_cast<size_t>(layer)] == LayerKind::kSliding;
+  }
+  bool any_sliding() const;
+  // The factor q·k is multiplied by: query_pre_attn_scalar^-1/2, else head_dim^-1/2.
+  double attention_scale() const;
 
   // Fills derived fields (head_dim) and checks ranges and supported options.
   // Throws ConfigError naming `origin` and the offending field.
@@ -74,7 +120,8 @@ struct ModelConfig {
 };
 
 // Parses the text of an HF config.json (both the `rope_theta`/`rope_scaling` and the
-// newer `rope_parameters` spellings). `origin` (usually the path) appears in errors.
+// newer `rope_parameters` spellings, flat or per layer type as Gemma 3 writes it). `origin`
+// (usually the path) appears in errors.
 ModelConfig config_from_hf_json(const std::string& json_text, const std::string& origin);
 
 // Reads and parses `<dir>/config.json`.

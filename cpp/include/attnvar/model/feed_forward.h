@@ -1,4 +1,5 @@
-// The SwiGLU feed-forward block of Llama-family decoders: down(silu(gate(x)) * up(x)).
+// The gated feed-forward block of Llama-family decoders: down(act(gate(x)) * up(x)), with
+// act silu (SwiGLU) or GELU (GeGLU: Gemma's tanh approximation, or exact).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -6,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "attnvar/model/config.h"
 #include "attnvar/model/hook_edit.h"
 
 namespace attnvar {
@@ -17,12 +19,13 @@ struct FeedForwardWeights {
   // (2 * intermediate, hidden): gate rows, then up rows; when defined, gate_proj and
   // up_proj are views of it and one projection computes both.
   at::Tensor gate_up_proj;
+  Activation activation = Activation::kSilu;
 };
 
 // The same weights with gate and up concatenated into gate_up_proj (done at load).
 FeedForwardWeights fuse_gate_up(FeedForwardWeights w);
 
-// x: (T, hidden) -> (T, hidden). The activations silu(gate(x)) * up(x) that enter down_proj,
+// x: (T, hidden) -> (T, hidden). The activations act(gate(x)) * up(x) that enter down_proj,
 // (T, intermediate), pass through `hooks` at blocks.{layer}.mlp.hook_post.
 at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w, int64_t layer = -1,
                         const HookContext& hooks = {});

@@ -1,10 +1,12 @@
-// The Llama-family decoder (Llama 2/3, Mistral, Qwen2/2.5, Qwen3, SmolLM2, TinyLlama):
+// The Llama-family decoder (Llama 2/3, Mistral, Qwen2/2.5, Qwen3, SmolLM2, TinyLlama,
+// Phi-3, OLMo 2, Gemma 1/2/3):
 // one forward pass over T new tokens at explicit logical positions, with explicit
 // visibility over the KV cache, optional interventions and optional capture.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <limits>
 #include <map>
 #include <memory>
@@ -58,13 +60,15 @@ struct ForwardOutput {
   std::map<std::string, at::Tensor> hooks;
 };
 
-// One decoder layer. Pre-norm families (Llama, Qwen, Phi-3) normalise each block's input;
-// OLMo 2 normalises each block's output instead. Norm weights a family lacks stay undefined.
+// One decoder layer. Pre-norm families (Llama, Qwen, Phi-3, Gemma 1) normalise each block's
+// input; OLMo 2 normalises each block's output instead; Gemma 2/3 both. Norm weights a
+// family lacks stay undefined. Gemma's are stored as (1 + w) in f32 (rms_norm.h).
 struct DecoderLayer {
-  at::Tensor attn_in_norm;   // (hidden,): HF input_layernorm (pre-norm families)
-  at::Tensor mlp_in_norm;    // (hidden,): HF post_attention_layernorm (pre-norm families)
-  at::Tensor attn_out_norm;  // (hidden,): OLMo 2's post_attention_layernorm
-  at::Tensor mlp_out_norm;   // (hidden,): OLMo 2's post_feedforward_layernorm
+  at::Tensor attn_in_norm;   // (hidden,): HF input_layernorm
+  at::Tensor mlp_in_norm;    // (hidden,): HF post_attention_layernorm (pre-norm families),
+                             // Gemma 2/3's pre_feedforward_layernorm
+  at::Tensor attn_out_norm;  // (hidden,): OLMo 2's and Gemma 2/3's post_attention_layernorm
+  at::Tensor mlp_out_norm;   // (hidden,): post_feedforward_layernorm
   Attention attention;
   FeedForwardWeights feed_forward;
 };
@@ -119,10 +123,30 @@ class LlamaModel {
   void append_slots(KVCache& cache, const PassInput& input, const at::Tensor& ids) const;
   at::Tensor build_bias(const PassInput& input, const at::Tensor& visibility, int64_t num_prev,
                         int64_t layer) const;
-  // The pass's visibility as applied: the input's, and, for a model with a sliding window on
-  // every layer (Mistral, Phi-3), only keys whose logical position is less than the window
-  // behind the query's (HF's rule q − k < window, on positions rather than indices).
-  at::Tensor applied_visibility(const KVCache& cache, const PassInput& input) const;
+
+  // What every layer of one kind (LayerKind) shares in a pass: the visibility as applied,
+  // the bias when no intervention varies it by layer (undefined when every slot is visible
+  // and nothing intervenes: the fused kernel runs unmasked) and the RoPE tables.
+  struct KindInputs {
+    at::Tensor visibility;
+    at::Tensor shared_bias;
+    RopeAngles angles;
+  };
+  // Index: static_cast<int>(LayerKind). Kinds no layer has are left empty. A sliding layer
+  // sees the pass's visibility intersected with the window: only keys whose logical
+  // position is less than sliding_window behind the query's (HF's rule q − k < window, on
+  // positions rather than indices). Throws ConfigError if that hides every key from a query.
+  std::array<KindInputs, 2> kind_inputs(const KVCache& cache, const PassInput& input) const;
+  const KindInputs& for_layer(const std::array<KindInputs, 2>& kinds, int64_t layer) const {
+    return kinds[config_.sliding(layer) ? 1 : 0];
+  }
+  const Rope& rope_for(int64_t layer) const {
+    return config_.sliding(layer) && local_rope_ ? *local_rope_ : *rope_;
+  }
+  // The embedding rows of `ids`, scaled as the family does.
+  at::Tensor embed(const at::Tensor& ids) const;
+  // The output head on final-normed rows: logits (soft-capped where the family caps them).
+  at::Tensor output_head(const at::Tensor& x, const std::vector<int64_t>& rows) const;
   // RMSNorm of x by w, or x itself when the family has no such norm (w undefined).
   at::Tensor norm_if(const at::Tensor& x, const at::Tensor& w) const;
 
@@ -132,6 +156,8 @@ class LlamaModel {
   at::Tensor embed_tokens_;  // (vocab, hidden)
   std::vector<DecoderLayer> layers_;
   std::unique_ptr<Rope> rope_;  // shared by every layer: angles computed once per pass
+  std::unique_ptr<Rope> local_rope_;  // Gemma 3's sliding layers; null: rope_ everywhere
+  at::Tensor embed_scale_;  // √hidden as a 0-d tensor in the model's dtype (Gemma), or none
   at::Tensor norm_;     // (hidden,)
   at::Tensor lm_head_;  // (vocab, hidden), the embedding when tied
 };

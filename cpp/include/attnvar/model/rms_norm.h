@@ -1,4 +1,7 @@
-// RMSNorm as transformers computes it: in f32, then scaled by the weight in the input dtype.
+// RMSNorm as transformers computes it: normalised in f32, then scaled by the weight. The
+// weight's dtype says where the product is taken: a weight in x's dtype multiplies the
+// normalised value cast to it (Llama, Qwen, Phi-3); an f32 weight multiplies in f32 and the
+// product is cast (Gemma, OLMo 2). For f32 x the two are the same.
 #pragma once
 
 #include <ATen/core/Tensor.h>
