@@ -181,6 +181,22 @@ def config_seeds() -> dict[str, str]:
                                   "attention_bias": False}),
         "mistral.json": json.dumps({**base, "model_type": "mistral", "sliding_window": 128,
                                     "rope_scaling": {"type": "linear", "factor": 2.0}}),
+        "gemma2.json": json.dumps({**base, "model_type": "gemma2", "sliding_window": 64,
+                                   "hidden_activation": "gelu_pytorch_tanh",
+                                   "query_pre_attn_scalar": 24, "attn_logit_softcapping": 50.0,
+                                   "final_logit_softcapping": None,
+                                   "layer_types": ["sliding_attention", "full_attention"]}),
+        "gemma3_text.json": json.dumps({**base, "model_type": "gemma3_text",
+                                        "sliding_window": 64, "sliding_window_pattern": 6,
+                                        "rope_parameters": {
+                                            "full_attention": {"rope_type": "linear",
+                                                               "factor": 8.0,
+                                                               "rope_theta": 1e6},
+                                            "sliding_attention": {"rope_type": "default",
+                                                                  "rope_theta": 1e4}}}),
+        "qwen2_window.json": json.dumps({**base, "model_type": "qwen2",
+                                         "use_sliding_window": True, "sliding_window": 32,
+                                         "max_window_layers": 1}),
     }
 
 
