@@ -100,12 +100,19 @@ py::dict forward_output(ForwardOutput&& out) {
 void bind_model(py::module_& m) {
   m.def(
       "load_model",
-      [](const std::string& path, at::ScalarType dtype, const std::string& device) {
+      [](const std::string& path, at::ScalarType dtype, const std::string& device,
+         const std::string& weights) {
         const c10::Device dev = parse_device(device);
+        if (weights != "quantized" && weights != "float32") {
+          throw ConfigError(fmt::format("load_model: weights must be 'quantized' or 'float32', "
+                                        "got '{}'", printable(weights)));
+        }
         LoadedModel loaded;
         {
           py::gil_scoped_release release;
-          loaded = load_model(path, dtype, dev);
+          loaded = load_model(path, dtype, dev,
+                              weights == "quantized" ? WeightMode::kQuantized
+                                                     : WeightMode::kFloat32);
         }
         py::dict d;
         d["model"] = py::cast(std::move(*loaded.decoder));
@@ -115,8 +122,11 @@ void bind_model(py::module_& m) {
         return d;
       },
       py::arg("path"), py::arg("dtype") = at::kFloat, py::arg("device") = "cpu",
+      py::arg("weights") = "quantized",
       "Load a .gguf file or an HF directory onto a device ('cpu', 'cuda', 'cuda:1'): "
-      "{'model', 'tokenizer', 'identity', 'eos_ids'}.");
+      "{'model', 'tokenizer', 'identity', 'eos_ids'}. weights: 'quantized' keeps a GGUF "
+      "file's quantized weights in their blocks (float32 on the CPU; bit for bit the "
+      "float32 results), 'float32' decodes them at load.");
 
   m.def("causal_visibility", &causal_visibility, py::arg("num_new"), py::arg("num_prev") = 0,
         "(T, S_prev + T) bool: every earlier slot, causal among the new tokens.");
@@ -171,6 +181,12 @@ void bind_model(py::module_& m) {
           "Positions the model was trained on (max_position_embeddings / context_length).")
       .def_property_readonly("device", [](const LlamaModel& m) { return m.device().str(); },
                              "Where the weights and the KV cache live ('cpu', 'cuda:0').")
+      .def_property_readonly(
+          "weights", [](const LlamaModel& m) { return m.quantized() ? "quantized" : "float32"; },
+          "How the weights are held: 'quantized' (GGUF blocks) or 'float32' (dense tensors "
+          "in the model's dtype).")
+      .def_property_readonly("weight_bytes", &LlamaModel::weight_bytes,
+                             "Bytes the weights hold in memory.")
       .def("new_cache", &LlamaModel::new_cache, py::arg("initial_capacity") = 256)
       .def(
           "forward",

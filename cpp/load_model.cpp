@@ -31,13 +31,15 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
   return load_tokenizer(p.parent_path().string());
 }
 
-LoadedModel load_model(const std::string& path, at::ScalarType dtype, c10::Device device) {
-  Weights w = load_weights(path, dtype, device);
+LoadedModel load_model(const std::string& path, at::ScalarType dtype, c10::Device device,
+                       WeightMode weights) {
+  Weights w = load_weights(path, dtype, device, weights);
   LoadedModel m;
   m.identity = w.identity;
   // Handed over: the decoder frees each layer's q/k/v and gate/up as it fuses them, so the
   // fused weights are the only copy and the peak stays one layer above the weights.
-  m.decoder = std::make_unique<LlamaModel>(w.config, std::move(w.tensors), path, dtype, device);
+  m.decoder = std::make_unique<LlamaModel>(w.config, std::move(w.tensors), path, dtype, device,
+                                           std::move(w.quantized));
   w.tensors.clear();
   m.tokenizer = load_tokenizer(path);
   if (m.tokenizer && m.tokenizer->vocab_size() > w.config.vocab_size) {

@@ -37,14 +37,16 @@ Attention::Attention(const ModelConfig& config, AttentionWeights weights, int64_
       scale_(config.attention_scale()),
       softcap_(config.attn_logit_softcapping),
       w_(std::move(weights)) {
-  const int64_t q_dim = w_.q_proj.size(0), kv_dim = w_.k_proj.size(0);
-  qkv_proj_ = at::cat({w_.q_proj, w_.k_proj, w_.v_proj}, 0);
-  w_.q_proj = qkv_proj_.narrow(0, 0, q_dim);
-  w_.k_proj = qkv_proj_.narrow(0, q_dim, kv_dim);
-  w_.v_proj = qkv_proj_.narrow(0, q_dim + kv_dim, kv_dim);
+  const int64_t q_dim = w_.q_proj.out_features(), kv_dim = w_.k_proj.out_features();
+  qkv_proj_ = Linear::cat_rows({w_.q_proj, w_.k_proj, w_.v_proj});
+  w_.q_proj = qkv_proj_.narrow_rows(0, q_dim);
+  w_.k_proj = qkv_proj_.narrow_rows(q_dim, kv_dim);
+  w_.v_proj = qkv_proj_.narrow_rows(q_dim + kv_dim, kv_dim);
   if (w_.q_bias.defined() || w_.k_bias.defined() || w_.v_bias.defined()) {
+    const at::Tensor& given =
+        w_.q_bias.defined() ? w_.q_bias : (w_.k_bias.defined() ? w_.k_bias : w_.v_bias);
     const auto or_zeros = [&](const at::Tensor& b, int64_t n) {
-      return b.defined() ? b : at::zeros({n}, qkv_proj_.options());
+      return b.defined() ? b : at::zeros({n}, given.options());
     };
     qkv_bias_ = at::cat({or_zeros(w_.q_bias, q_dim), or_zeros(w_.k_bias, kv_dim),
                          or_zeros(w_.v_bias, kv_dim)});
@@ -100,8 +102,9 @@ at::Tensor Attention::forward_segments(const at::Tensor& x, const std::vector<in
 at::Tensor Attention::value_norms(const at::Tensor& values) const {
   // ‖W_O^h v_k‖ for every query head h (its kv head h / group) and slot k.
   const int64_t group = num_heads_ / num_kv_heads_;
-  const int64_t hidden = w_.o_proj.size(0);
-  auto o_heads = w_.o_proj.view({hidden, num_heads_, head_dim_}).permute({1, 2, 0});
+  const int64_t hidden = w_.o_proj.out_features();
+  // A quantized o_proj is decoded for this (capture-only) product.
+  auto o_heads = w_.o_proj.to_dense().view({hidden, num_heads_, head_dim_}).permute({1, 2, 0});
   auto head_kv = at::arange(num_heads_, at::TensorOptions().dtype(at::kLong))
                      .div(group, "floor")
                      .to(values.device());

@@ -70,19 +70,7 @@ uint32_t load_u32(const uint8_t* p) {
 
 float load_half(const uint8_t* p) { return half_to_float(load_u16(p)); }
 
-// Q4_K / Q5_K: the 6-bit scale and min of sub-block i (0..7) from the 12 packed bytes.
-// Bytes 0-3 hold scales 0-3 (low 6 bits) and the top 2 bits of scales 4-7; bytes 4-7
-// the same for mins; bytes 8-11 the low 4 bits of scales 4-7 (low nibble) and of
-// mins 4-7 (high nibble).
-void scale_min_k4(const uint8_t* s, int i, float* sc, float* m) {
-  if (i < 4) {
-    *sc = static_cast<float>(s[i] & 63);
-    *m = static_cast<float>(s[i + 4] & 63);
-  } else {
-    *sc = static_cast<float>((s[i + 4] & 0xF) | ((s[i - 4] >> 6) << 4));
-    *m = static_cast<float>((s[i + 4] >> 4) | ((s[i] >> 6) << 4));
-  }
-}
+void scale_min_k4(const uint8_t* s, int i, float* sc, float* m) { ggml_scale_min_k4(s, i, sc, m); }
 
 void dequant_q4_0(const uint8_t* b, float* y) {
   const float d = load_half(b);
@@ -230,6 +218,19 @@ float half_to_float(uint16_t h) {
   float f;
   std::memcpy(&f, &bits, 4);
   return f;
+}
+
+// Bytes 0-3 hold scales 0-3 (low 6 bits) and the top 2 bits of scales 4-7; bytes 4-7 the
+// same for mins; bytes 8-11 the low 4 bits of scales 4-7 (low nibble) and of mins 4-7
+// (high nibble).
+void ggml_scale_min_k4(const uint8_t* s, int i, float* sc, float* m) {
+  if (i < 4) {
+    *sc = static_cast<float>(s[i] & 63);
+    *m = static_cast<float>(s[i + 4] & 63);
+  } else {
+    *sc = static_cast<float>((s[i + 4] & 0xF) | ((s[i - 4] >> 6) << 4));
+    *m = static_cast<float>((s[i + 4] >> 4) | ((s[i] >> 6) << 4));
+  }
 }
 
 float bf16_to_float(uint16_t h) {

@@ -25,10 +25,10 @@ void activate_(at::Tensor& g, Activation a) {
 }  // namespace
 
 FeedForwardWeights fuse_gate_up(FeedForwardWeights w) {
-  const int64_t inter = w.gate_proj.size(0);
-  w.gate_up_proj = at::cat({w.gate_proj, w.up_proj}, 0);
-  w.gate_proj = w.gate_up_proj.narrow(0, 0, inter);
-  w.up_proj = w.gate_up_proj.narrow(0, inter, inter);
+  const int64_t inter = w.gate_proj.out_features();
+  w.gate_up_proj = Linear::cat_rows({w.gate_proj, w.up_proj});
+  w.gate_proj = w.gate_up_proj.narrow_rows(0, inter);
+  w.up_proj = w.gate_up_proj.narrow_rows(inter, inter);
   return w;
 }
 
@@ -51,7 +51,7 @@ at::Tensor feed_forward_segments(const at::Tensor& x, const std::vector<int64_t>
     }
     return project_segments(at_point_rows(hooks, rows, layer, HookPoint::kMlpPost, gate), rows, w.down_proj);
   }
-  const int64_t inter = w.gate_proj.size(0);
+  const int64_t inter = w.gate_proj.out_features();
   auto gate_up = project_segments(x, rows, w.gate_up_proj);  // (T, 2 * intermediate)
   // act(gate) * up in place in the gate columns, a (T, intermediate) view with row
   // stride 2 * intermediate that the down projection reads directly.

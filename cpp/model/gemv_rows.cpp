@@ -175,18 +175,24 @@ bool use_avx2(GemvRowsKernel kernel) {
 
 }  // namespace
 
+void gemv_rows_range(const float* x, int64_t ldx, int64_t rows, const float* w, int64_t ldw,
+                     int64_t o_begin, int64_t o_end, int64_t in, const float* bias, float* y,
+                     int64_t ldy, GemvRowsKernel kernel) {
+  if (rows <= 0 || o_end <= o_begin) return;
+#ifdef ATTNVAR_GEMV_ROWS_X86
+  if (use_avx2(kernel)) {
+    gemv_rows_avx2(x, ldx, rows, w, ldw, o_begin, o_end, in, bias, y, ldy);
+    return;
+  }
+#endif
+  gemv_rows_portable(x, ldx, rows, w, ldw, o_begin, o_end, in, bias, y, ldy);
+}
+
 void gemv_rows(const float* x, int64_t ldx, int64_t rows, const float* w, int64_t ldw, int64_t out,
                int64_t in, const float* bias, float* y, int64_t ldy, GemvRowsKernel kernel) {
   if (rows <= 0 || out <= 0) return;
-  [[maybe_unused]] const bool avx2 = use_avx2(kernel);
   at::parallel_for(0, out, grain_outputs(in), [&](int64_t o_begin, int64_t o_end) {
-#ifdef ATTNVAR_GEMV_ROWS_X86
-    if (avx2) {
-      gemv_rows_avx2(x, ldx, rows, w, ldw, o_begin, o_end, in, bias, y, ldy);
-      return;
-    }
-#endif
-    gemv_rows_portable(x, ldx, rows, w, ldw, o_begin, o_end, in, bias, y, ldy);
+    gemv_rows_range(x, ldx, rows, w, ldw, o_begin, o_end, in, bias, y, ldy, kernel);
   });
 }
 

@@ -30,9 +30,29 @@ HookContext hook_context(const HookSelection& selection, const CaptureSpec& capt
 // freed unless someone else still holds the tensor.
 class TensorSource {
  public:
-  TensorSource(std::map<std::string, at::Tensor>& tensors, const std::string& origin,
+  TensorSource(std::map<std::string, at::Tensor>& tensors,
+               std::map<std::string, QuantizedMatrix>& quantized, const std::string& origin,
                at::ScalarType dtype, c10::Device device)
-      : tensors_(tensors), origin_(origin), dtype_(dtype), device_(device) {}
+      : tensors_(tensors), quantized_(quantized), origin_(origin), dtype_(dtype),
+        device_(device) {}
+
+  // A projection or embedding weight: kept in its blocks when given quantized.
+  Linear get_linear(const std::string& name, at::IntArrayRef shape) {
+    auto it = quantized_.find(name);
+    if (it == quantized_.end()) return Linear(get(name, shape));
+    QuantizedMatrix m = std::move(it->second);
+    quantized_.erase(it);
+    check_quantized(m, name.c_str());
+    if (shape.size() != 2 || m.rows() != shape[0] || m.cols != shape[1]) {
+      throw FormatError(fmt::format("{}: tensor '{}' has shape ({}, {}), the config implies {}",
+                                    origin_, name, m.rows(), m.cols, c10::str(shape)));
+    }
+    if (dtype_ != at::kFloat || !device_.is_cpu()) {
+      throw ConfigError(fmt::format("{}: tensor '{}': quantized weights run in float32 on the "
+                                    "CPU only", origin_, name));
+    }
+    return Linear(std::move(m));
+  }
 
   at::Tensor get(const std::string& name, at::IntArrayRef shape) {
     auto it = tensors_.find(name);
@@ -69,6 +89,7 @@ class TensorSource {
   }
 
   std::map<std::string, at::Tensor>& tensors_;
+  std::map<std::string, QuantizedMatrix>& quantized_;
   const std::string& origin_;
   at::ScalarType dtype_;
   c10::Device device_;
@@ -82,7 +103,8 @@ LlamaModel::LlamaModel(ModelConfig config, const std::map<std::string, at::Tenso
                  device) {}
 
 LlamaModel::LlamaModel(ModelConfig config, std::map<std::string, at::Tensor>&& tensors,
-                       const std::string& origin, at::ScalarType dtype, c10::Device device)
+                       const std::string& origin, at::ScalarType dtype, c10::Device device,
+                       std::map<std::string, QuantizedMatrix>&& quantized)
     : config_(std::move(config)), dtype_(dtype), device_(device) {
   config_.validate(origin);
   rope_ = std::make_unique<Rope>(
@@ -100,7 +122,7 @@ LlamaModel::LlamaModel(ModelConfig config, std::map<std::string, at::Tensor>&& t
   const ModelConfig& c = config_;
   const int64_t hidden = c.hidden_size, q_dim = c.num_attention_heads * c.head_dim,
                 kv_dim = c.num_key_value_heads * c.head_dim;
-  TensorSource src(tensors, origin, dtype, device);
+  TensorSource src(tensors, quantized, origin, dtype, device);
   // A norm weight as the family applies it (rms_norm.h): in the model's dtype, or in f32
   // where the product is taken in f32, plus one where the family stores w for (1 + w).
   const auto norm = [&](const std::string& name, int64_t size) {
@@ -109,7 +131,7 @@ LlamaModel::LlamaModel(ModelConfig config, std::map<std::string, at::Tensor>&& t
     if (c.unit_offset_norms()) w = w + 1.0;
     return w;
   };
-  embed_tokens_ = src.get("model.embed_tokens.weight", {c.vocab_size, hidden});
+  embed_tokens_ = src.get_linear("model.embed_tokens.weight", {c.vocab_size, hidden});
   if (c.embedding_scaled()) {
     // As transformers: √hidden as an f32 scalar, cast to the weights' dtype.
     embed_scale_ = at::scalar_tensor(std::sqrt(static_cast<double>(hidden)), at::kFloat)
@@ -119,16 +141,16 @@ LlamaModel::LlamaModel(ModelConfig config, std::map<std::string, at::Tensor>&& t
     const std::string p = fmt::format("model.layers.{}.", i);
     AttentionWeights a;
     if (c.fused_projections()) {  // Phi-3: rows q, then k, then v, as attnvar fuses them
-      auto qkv = src.get(p + "self_attn.qkv_proj.weight", {q_dim + 2 * kv_dim, hidden});
-      a.q_proj = qkv.narrow(0, 0, q_dim);
-      a.k_proj = qkv.narrow(0, q_dim, kv_dim);
-      a.v_proj = qkv.narrow(0, q_dim + kv_dim, kv_dim);
+      auto qkv = src.get_linear(p + "self_attn.qkv_proj.weight", {q_dim + 2 * kv_dim, hidden});
+      a.q_proj = qkv.narrow_rows(0, q_dim);
+      a.k_proj = qkv.narrow_rows(q_dim, kv_dim);
+      a.v_proj = qkv.narrow_rows(q_dim + kv_dim, kv_dim);
     } else {
-      a.q_proj = src.get(p + "self_attn.q_proj.weight", {q_dim, hidden});
-      a.k_proj = src.get(p + "self_attn.k_proj.weight", {kv_dim, hidden});
-      a.v_proj = src.get(p + "self_attn.v_proj.weight", {kv_dim, hidden});
+      a.q_proj = src.get_linear(p + "self_attn.q_proj.weight", {q_dim, hidden});
+      a.k_proj = src.get_linear(p + "self_attn.k_proj.weight", {kv_dim, hidden});
+      a.v_proj = src.get_linear(p + "self_attn.v_proj.weight", {kv_dim, hidden});
     }
-    a.o_proj = src.get(p + "self_attn.o_proj.weight", {hidden, q_dim});
+    a.o_proj = src.get_linear(p + "self_attn.o_proj.weight", {hidden, q_dim});
     if (c.qkv_bias()) {
       a.q_bias = src.get(p + "self_attn.q_proj.bias", {q_dim});
       a.k_bias = src.get(p + "self_attn.k_proj.bias", {kv_dim});
@@ -146,14 +168,14 @@ LlamaModel::LlamaModel(ModelConfig config, std::map<std::string, at::Tensor>&& t
     const int64_t inter = c.intermediate_size;
     FeedForwardWeights f;
     if (c.fused_projections()) {  // Phi-3: gate rows, then up rows, as attnvar fuses them
-      f.gate_up_proj = src.get(p + "mlp.gate_up_proj.weight", {2 * inter, hidden});
-      f.gate_proj = f.gate_up_proj.narrow(0, 0, inter);
-      f.up_proj = f.gate_up_proj.narrow(0, inter, inter);
-      f.down_proj = src.get(p + "mlp.down_proj.weight", {hidden, inter});
+      f.gate_up_proj = src.get_linear(p + "mlp.gate_up_proj.weight", {2 * inter, hidden});
+      f.gate_proj = f.gate_up_proj.narrow_rows(0, inter);
+      f.up_proj = f.gate_up_proj.narrow_rows(inter, inter);
+      f.down_proj = src.get_linear(p + "mlp.down_proj.weight", {hidden, inter});
     } else {
-      f = fuse_gate_up({src.get(p + "mlp.gate_proj.weight", {inter, hidden}),
-                        src.get(p + "mlp.up_proj.weight", {inter, hidden}),
-                        src.get(p + "mlp.down_proj.weight", {hidden, inter}),
+      f = fuse_gate_up({src.get_linear(p + "mlp.gate_proj.weight", {inter, hidden}),
+                        src.get_linear(p + "mlp.up_proj.weight", {inter, hidden}),
+                        src.get_linear(p + "mlp.down_proj.weight", {hidden, inter}),
                         {}});
     }
     f.activation = c.activation();
@@ -176,12 +198,35 @@ LlamaModel::LlamaModel(ModelConfig config, std::map<std::string, at::Tensor>&& t
   if (c.tie_word_embeddings) {
     lm_head_ = embed_tokens_;
   } else {
-    lm_head_ = src.get("lm_head.weight", {c.vocab_size, hidden});
+    lm_head_ = src.get_linear("lm_head.weight", {c.vocab_size, hidden});
+  }
+  if (!quantized.empty()) {
+    throw FormatError(fmt::format("{}: quantized tensor '{}' is not a weight of this model",
+                                  origin, quantized.begin()->first));
   }
 }
 
+int64_t LlamaModel::weight_bytes() const {
+  int64_t n = embed_tokens_.nbytes() + static_cast<int64_t>(norm_.nbytes());
+  if (!config_.tie_word_embeddings) n += lm_head_.nbytes();
+  for (const DecoderLayer& l : layers_) {
+    const AttentionWeights& a = l.attention.weights();
+    n += a.q_proj.nbytes() + a.k_proj.nbytes() + a.v_proj.nbytes() + a.o_proj.nbytes();
+    n += l.feed_forward.gate_up_proj.defined()
+             ? l.feed_forward.gate_up_proj.nbytes()
+             : l.feed_forward.gate_proj.nbytes() + l.feed_forward.up_proj.nbytes();
+    n += l.feed_forward.down_proj.nbytes();
+    for (const at::Tensor* t : {&l.attn_in_norm, &l.mlp_in_norm, &l.attn_out_norm,
+                                &l.mlp_out_norm, &a.q_norm, &a.k_norm, &a.q_bias, &a.k_bias,
+                                &a.v_bias, &a.o_bias}) {
+      if (t->defined()) n += static_cast<int64_t>(t->nbytes());
+    }
+  }
+  return n;
+}
+
 at::Tensor LlamaModel::embed(const at::Tensor& ids) const {
-  auto h = embed_tokens_.index_select(0, ids);
+  auto h = embed_tokens_.gather_rows(ids);
   return embed_scale_.defined() ? h.mul_(embed_scale_) : h;
 }
 

@@ -27,23 +27,22 @@ bool gemv_rows_applies(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return x.dim() == 2 && x.size(0) <= kGemvRowsMax && gemv_rows_kernel_applies(x, w, b);
 }
 
-}  // namespace
-
-at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  if (!gemv_rows_applies(x, w, b)) {
-    return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
-  }
-  const int64_t rows = x.size(0), out = w.size(0), in = w.size(1);
-  const at::Tensor xr = x.stride(1) == 1 ? x : x.contiguous();  // rows may be strided
-  const at::Tensor bc = b.defined() ? b.contiguous() : b;
-  auto y = at::empty({rows, out}, x.options());
-  gemv_rows(xr.data_ptr<float>(), xr.stride(0), rows, w.data_ptr<float>(), w.stride(0), out, in,
-            bc.defined() ? bc.data_ptr<float>() : nullptr, y.data_ptr<float>(), out);
-  return y;
+// The same test for a Linear: its dense weight's, or, for quantized parts, f32 CPU rows of
+// the right width (and an f32 CPU bias).
+bool gemv_rows_kernel_applies(const at::Tensor& x, const Linear& w, const at::Tensor& b) {
+  if (!w.quantized()) return gemv_rows_kernel_applies(x, w.dense(), b);
+  const auto f32_cpu = [](const at::Tensor& t) {
+    return t.scalar_type() == at::kFloat && t.device().is_cpu();
+  };
+  return x.dim() == 2 && f32_cpu(x) && x.size(1) == w.in_features() &&
+         (!b.defined() || (f32_cpu(b) && b.dim() == 1 && b.size(0) == w.out_features()));
 }
 
-at::Tensor project_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
-                            const at::Tensor& w, const at::Tensor& b) {
+// Runs of rows that the gemv kernels take are gathered across sequences, up to 16 rows per
+// call; any other sequence gets its own call (project_segments' contract).
+template <typename W>
+at::Tensor segments(const at::Tensor& x, const std::vector<int64_t>& rows, const W& w,
+                    const at::Tensor& b) {
   if (rows.size() <= 1) return project(x, w, b);
   const bool gemv = gemv_rows_kernel_applies(x, w, b);
   std::vector<at::Tensor> parts;
@@ -69,6 +68,53 @@ at::Tensor project_segments(const at::Tensor& x, const std::vector<int64_t>& row
   }
   flush();
   return at::cat(parts);
+}
+
+}  // namespace
+
+at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  if (!gemv_rows_applies(x, w, b)) {
+    return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+  }
+  const int64_t rows = x.size(0), out = w.size(0), in = w.size(1);
+  const at::Tensor xr = x.stride(1) == 1 ? x : x.contiguous();  // rows may be strided
+  const at::Tensor bc = b.defined() ? b.contiguous() : b;
+  auto y = at::empty({rows, out}, x.options());
+  gemv_rows(xr.data_ptr<float>(), xr.stride(0), rows, w.data_ptr<float>(), w.stride(0), out, in,
+            bc.defined() ? bc.data_ptr<float>() : nullptr, y.data_ptr<float>(), out);
+  return y;
+}
+
+at::Tensor project_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
+                            const at::Tensor& w, const at::Tensor& b) {
+  return segments(x, rows, w, b);
+}
+
+at::Tensor project(const at::Tensor& x, const Linear& w, const at::Tensor& b) {
+  if (!w.quantized()) return project(x, w.dense(), b);
+  if (!(gemv_rows_kernel_applies(x, w, b) && x.size(0) <= kGemvRowsMax)) {
+    // As the f32 path does with more rows: one linear() on the (dequantized) matrix.
+    const at::Tensor dense = w.to_dense();
+    return b.defined() ? at::linear(x, dense, b) : at::linear(x, dense);
+  }
+  const int64_t rows = x.size(0), out = w.out_features();
+  const at::Tensor xr = x.stride(1) == 1 ? x : x.contiguous();
+  const at::Tensor bc = b.defined() ? b.contiguous() : b;
+  auto y = at::empty({rows, out}, x.options());
+  int64_t first = 0;
+  for (const QuantizedMatrix& part : w.parts()) {
+    qgemv_rows(xr.data_ptr<float>(), xr.stride(0), rows, part,
+               bc.defined() ? bc.data_ptr<float>() + first : nullptr,
+               y.data_ptr<float>() + first, out);
+    first += part.rows();
+  }
+  return y;
+}
+
+at::Tensor project_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
+                            const Linear& w, const at::Tensor& b) {
+  if (!w.quantized()) return segments(x, rows, w.dense(), b);
+  return segments(x, rows, w, b);
 }
 
 }  // namespace attnvar

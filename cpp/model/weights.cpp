@@ -244,8 +244,13 @@ void check_shape(const std::string& file, const std::string& tensor, const std::
   }
 }
 
-Weights load_gguf(const std::string& path, at::ScalarType dtype, c10::Device device) {
-  GgufFile f(path);
+Weights load_gguf(const std::string& path, at::ScalarType dtype, c10::Device device,
+                  WeightMode mode) {
+  // Shared: quantized blocks are views of the mapping and keep it open.
+  const auto file = std::make_shared<GgufFile>(path);
+  const GgufFile& f = *file;
+  const bool keep_blocks =
+      mode == WeightMode::kQuantized && dtype == at::kFloat && device.is_cpu();
   Weights w;
   w.config = config_from_gguf(f);
   const ModelConfig& c = w.config;
@@ -302,8 +307,23 @@ Weights load_gguf(const std::string& path, at::ScalarType dtype, c10::Device dev
                       printable(t->name), hf));
     }
   }
+  int64_t kept = 0;
   for (const auto& [hf, shape] : expected) {
     const GgufTensorInfo& t = *by_hf.at(hf);
+    if (keep_blocks && shape.size() == 2 && ggml_type_projectable(t.type)) {
+      const int64_t row_bytes = static_cast<int64_t>(ggml_nbytes(t.type, shape[1]));
+      at::Tensor blocks = at::from_blob(
+          const_cast<uint8_t*>(f.tensor_data(t)), {shape[0], row_bytes},
+          [file](void*) {}, at::TensorOptions().dtype(at::kByte));
+      if (permuted && t.name.find(".attn_q.") != std::string::npos) {
+        blocks = unpermute_llama_qk(blocks, c.num_attention_heads);  // rows move whole
+      } else if (permuted && t.name.find(".attn_k.") != std::string::npos) {
+        blocks = unpermute_llama_qk(blocks, c.num_key_value_heads);
+      }
+      w.quantized.emplace(hf, QuantizedMatrix{blocks, t.type, shape[1]});
+      ++kept;
+      continue;
+    }
     at::Tensor x = gguf_tensor_to_f32(f, t);
     if (permuted) {
       if (t.name.find(".attn_q.") != std::string::npos) {
@@ -324,7 +344,9 @@ Weights load_gguf(const std::string& path, at::ScalarType dtype, c10::Device dev
   w.identity.format = "gguf";
   w.identity.sha256 = sha256_file(path);
   w.identity.quantization = most_common(type_counts);
-  w.identity.note = "dequantized to f32";
+  w.identity.note = kept > 0 ? fmt::format("{} weights kept quantized, the rest dequantized "
+                                           "to f32", kept)
+                             : "dequantized to f32";
   if (dtype != at::kFloat) w.identity.note += ", cast to " + dtype_name(dtype);
   return w;
 }
@@ -632,7 +654,8 @@ at::Tensor safetensors_to_tensor(const SafetensorsTensor& t) {
   return out;
 }
 
-Weights load_weights(const std::string& path, at::ScalarType dtype, c10::Device device) {
+Weights load_weights(const std::string& path, at::ScalarType dtype, c10::Device device,
+                     WeightMode mode) {
   std::error_code ec;
   if (!fs::exists(path, ec)) throw MissingError(path + ": no such file or directory");
   if (!fs::is_directory(path, ec) && !fs::is_regular_file(path, ec)) {
@@ -640,7 +663,7 @@ Weights load_weights(const std::string& path, at::ScalarType dtype, c10::Device 
     throw FormatError(path + ": not a model file or directory (not a regular file)");
   }
   // A .gguf name or GGUF magic goes to the GGUF reader, which names a wrong magic.
-  if (is_gguf_model(path)) return load_gguf(path, dtype, device);
+  if (is_gguf_model(path)) return load_gguf(path, dtype, device, mode);
   return load_safetensors(path, dtype, device);
 }
 

@@ -191,6 +191,24 @@ def reverse_permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     )
 
 
+K_TYPES = (Q.Q4_K, Q.Q5_K, Q.Q6_K)
+# Byte offsets of each K type's f16 scales within its 256-element super-block.
+K_SCALES = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+
+
+def random_k_blocks(shape: tuple[int, int], qtype, seed: int) -> np.ndarray:
+    """(rows, row bytes) of random super-blocks with finite f16 scales of a size that keeps
+    the weights O(0.1): a valid tensor of a type the gguf package can decode but not encode."""
+    rng = np.random.default_rng(seed)
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    rows, cols = shape
+    raw = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
+    for off in K_SCALES[qtype]:
+        scales = rng.uniform(-2e-3, 2e-3, size=(rows, cols // block)).astype(np.float16)
+        raw[:, :, off:off + 2] = scales.view(np.uint8).reshape(rows, cols // block, 2)
+    return raw.reshape(rows, cols // block * size)
+
+
 BLOCK_NAMES = {
     "input_layernorm": "attn_norm",
     "post_attention_layernorm": "ffn_norm",
@@ -304,8 +322,11 @@ def write_gguf(hf_dir: Path, config, path: Path, qtype) -> dict[str, np.ndarray]
         w.add_final_logit_softcapping(config.final_logit_softcapping)
     if arch in ("gemma2", "gemma3"):
         w.add_sliding_window(config.sliding_window)
+    # A minimal byte-level vocabulary with one merge, so the file also loads as a whole
+    # model (load_model reads the tokenizer too).
     w.add_tokenizer_model("gpt2")
-    w.add_token_list([f"tok{i}" for i in range(config.vocab_size)])
+    w.add_token_list(["t", "o", "to", *[f"tok{i}" for i in range(3, config.vocab_size)]])
+    w.add_token_merges(["t o"])
     w.add_bos_token_id(config.bos_token_id)
     w.add_eos_token_id(config.eos_token_id)
     if getattr(config, "pad_token_id", None) is not None:
@@ -328,6 +349,9 @@ def write_gguf(hf_dir: Path, config, path: Path, qtype) -> dict[str, np.ndarray]
         elif qtype == Q.F16:
             stored, stored_type = data.astype(np.float16), Q.F16
             w.add_tensor(gguf_name(name, arch), stored)
+        elif qtype in K_TYPES:  # the gguf package cannot quantize these: random valid blocks
+            stored, stored_type = random_k_blocks(data.shape, qtype, seed=len(expected)), qtype
+            w.add_tensor(gguf_name(name, arch), stored, raw_dtype=qtype)
         else:
             stored, stored_type = gguf.quants.quantize(data, qtype), qtype
             w.add_tensor(gguf_name(name, arch), stored, raw_dtype=qtype)

@@ -26,8 +26,11 @@ struct LoadedModel {
 // `path`: a .gguf file (weights, config and tokenizer from its metadata) or an HF
 // directory (config.json, safetensors, tokenizer.json when present). Errors name the
 // file and field (MissingError, FormatError, ConfigError).
+// `weights`: how a GGUF file's quantized weights are held (WeightMode); float32 or another
+// device always decodes them. The two modes compute the same numbers bit for bit.
 LoadedModel load_model(const std::string& path, at::ScalarType dtype = at::kFloat,
-                       c10::Device device = c10::kCPU);
+                       c10::Device device = c10::kCPU,
+                       WeightMode weights = WeightMode::kQuantized);
 
 // The tokenizer alone: a .gguf file, a tokenizer.json, or a directory holding one;
 // nullptr for a directory without tokenizer.json.

@@ -12,15 +12,16 @@
 #include "attnvar/model/config.h"
 #include "attnvar/model/hook_edit.h"
 #include "attnvar/model/kv_cache.h"
+#include "attnvar/model/linear.h"
 #include "attnvar/model/rope.h"
 
 namespace attnvar {
 
 struct AttentionWeights {
-  at::Tensor q_proj;  // (num_heads * head_dim, hidden)
-  at::Tensor k_proj;  // (num_kv_heads * head_dim, hidden)
-  at::Tensor v_proj;  // (num_kv_heads * head_dim, hidden)
-  at::Tensor o_proj;  // (hidden, num_heads * head_dim)
+  Linear q_proj;  // (num_heads * head_dim, hidden)
+  Linear k_proj;  // (num_kv_heads * head_dim, hidden)
+  Linear v_proj;  // (num_kv_heads * head_dim, hidden)
+  Linear o_proj;  // (hidden, num_heads * head_dim)
   at::Tensor q_bias, k_bias, v_bias, o_bias;  // undefined when the family has none
   // Qwen3: (head_dim,) per head; OLMo 2: (num_heads·head_dim,) / (num_kv_heads·head_dim,)
   // over the whole projection; undefined otherwise.
@@ -84,7 +85,7 @@ class Attention {
   double scale_;                   // q·k factor (ModelConfig::attention_scale)
   std::optional<double> softcap_;  // Gemma 2's attention logit soft-capping
   AttentionWeights w_;
-  at::Tensor qkv_proj_;  // (q_dim + 2 * kv_dim, hidden): q rows, then k, then v
+  Linear qkv_proj_;      // (q_dim + 2 * kv_dim, hidden): q rows, then k, then v
   at::Tensor qkv_bias_;  // (q_dim + 2 * kv_dim,) or undefined
 };
 

@@ -42,6 +42,10 @@ bool ggml_can_dequantize(uint32_t type);
 // multiple of the block size. FormatError for an unsupported type or a bad count.
 void dequantize_row(uint32_t ggml_type, const void* src, int64_t n_elements, float* dst);
 
+// Q4_K / Q5_K: the 6-bit scale and min of sub-block i (0..7) from a super-block's 12 packed
+// scale bytes.
+void ggml_scale_min_k4(const uint8_t* scales, int i, float* sc, float* m);
+
 // IEEE half / bfloat16 bit patterns to float (exact).
 float half_to_float(uint16_t h);
 float bf16_to_float(uint16_t h);

@@ -9,16 +9,17 @@
 
 #include "attnvar/model/config.h"
 #include "attnvar/model/hook_edit.h"
+#include "attnvar/model/linear.h"
 
 namespace attnvar {
 
 struct FeedForwardWeights {
-  at::Tensor gate_proj;  // (intermediate, hidden)
-  at::Tensor up_proj;    // (intermediate, hidden)
-  at::Tensor down_proj;  // (hidden, intermediate)
+  Linear gate_proj;  // (intermediate, hidden)
+  Linear up_proj;    // (intermediate, hidden)
+  Linear down_proj;  // (hidden, intermediate)
   // (2 * intermediate, hidden): gate rows, then up rows; when defined, gate_proj and
   // up_proj are views of it and one projection computes both.
-  at::Tensor gate_up_proj;
+  Linear gate_up_proj;
   Activation activation = Activation::kSilu;
 };
 

@@ -28,6 +28,14 @@ void gemv_rows(const float* x, int64_t ldx, int64_t rows, const float* w, int64_
                int64_t in, const float* bias, float* y, int64_t ldy,
                GemvRowsKernel kernel = GemvRowsKernel::kAuto);
 
+// The same product for outputs [o_begin, o_end) only, on the calling thread (the caller
+// splits outputs across threads): y[r, o] and bias[o] for o in that range. Each output's
+// value is the one gemv_rows gives it, whatever the range (the quantized projection runs
+// the kernel on small decoded blocks of weight rows and relies on this).
+void gemv_rows_range(const float* x, int64_t ldx, int64_t rows, const float* w, int64_t ldw,
+                     int64_t o_begin, int64_t o_end, int64_t in, const float* bias, float* y,
+                     int64_t ldy, GemvRowsKernel kernel = GemvRowsKernel::kAuto);
+
 // The kernel kAuto picks on this CPU: "avx2+fma" or "portable".
 const char* gemv_rows_auto_kernel();
 

@@ -18,6 +18,7 @@
 #include "attnvar/model/config.h"
 #include "attnvar/model/feed_forward.h"
 #include "attnvar/model/kv_cache.h"
+#include "attnvar/model/linear.h"
 #include "attnvar/model/rope.h"
 
 namespace attnvar {
@@ -85,11 +86,18 @@ class LlamaModel {
   // storage the caller no longer holds is freed layer by layer while q/k/v and gate/up are
   // fused (the fused weight is then the only copy). `tensors` is left holding only names
   // the model does not use.
+  // `quantized`: projection and embedding weights kept in their GGUF blocks (f32 models on
+  // the CPU only), by HF name; a name there must not also be in `tensors`.
   LlamaModel(ModelConfig config, std::map<std::string, at::Tensor>&& tensors,
              const std::string& origin, at::ScalarType dtype = at::kFloat,
-             c10::Device device = c10::kCPU);
+             c10::Device device = c10::kCPU,
+             std::map<std::string, QuantizedMatrix>&& quantized = {});
 
   const ModelConfig& config() const { return config_; }
+  // Whether the projection weights are kept quantized (QuantizedMatrix), and the bytes the
+  // weights hold.
+  bool quantized() const { return lm_head_.quantized(); }
+  int64_t weight_bytes() const;
   at::ScalarType dtype() const { return dtype_; }
   c10::Device device() const { return device_; }
 
@@ -153,13 +161,13 @@ class LlamaModel {
   ModelConfig config_;
   at::ScalarType dtype_;
   c10::Device device_;
-  at::Tensor embed_tokens_;  // (vocab, hidden)
+  Linear embed_tokens_;  // (vocab, hidden)
   std::vector<DecoderLayer> layers_;
   std::unique_ptr<Rope> rope_;  // shared by every layer: angles computed once per pass
   std::unique_ptr<Rope> local_rope_;  // Gemma 3's sliding layers; null: rope_ everywhere
   at::Tensor embed_scale_;  // √hidden as a 0-d tensor in the model's dtype (Gemma), or none
   at::Tensor norm_;     // (hidden,)
-  at::Tensor lm_head_;  // (vocab, hidden), the embedding when tied
+  Linear lm_head_;  // (vocab, hidden), the embedding when tied
 };
 
 }  // namespace attnvar

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "attnvar/model/linear.h"
+
 namespace attnvar {
 
 // x: (T, in), w: (out, in), b: (out,) or undefined -> (T, out), contiguous.
@@ -24,5 +26,12 @@ at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
 // would give to linear() (more rows, other dtypes or devices) gets its own call.
 at::Tensor project_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
                             const at::Tensor& w, const at::Tensor& b = {});
+
+// The same for a Linear weight. Quantized parts give, bit for bit, what the f32 weight
+// they dequantize to gives: up to 16 f32 CPU rows through qgemv_rows, anything else
+// through linear() on the dequantized matrix.
+at::Tensor project(const at::Tensor& x, const Linear& w, const at::Tensor& b = {});
+at::Tensor project_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
+                            const Linear& w, const at::Tensor& b = {});
 
 }  // namespace attnvar

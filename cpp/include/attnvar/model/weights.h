@@ -21,6 +21,7 @@
 
 #include "attnvar/model/config.h"
 #include "attnvar/model/gguf.h"
+#include "attnvar/model/quantized_matrix.h"
 #include "attnvar/model/safetensors.h"
 
 namespace attnvar {
@@ -39,8 +40,17 @@ struct Weights {
   ModelConfig config;
   // HF names (model.layers.0.self_attn.q_proj.weight, ...), HF shapes (out, in).
   std::map<std::string, at::Tensor> tensors;
+  // With WeightMode::kQuantized: the 2-D weights kept in their GGUF blocks, by HF name (not
+  // also in `tensors`); the blocks are views of the mapped file, which they keep open.
+  std::map<std::string, QuantizedMatrix> quantized;
   ModelIdentity identity;
 };
+
+// How a GGUF file's quantized weights are held: kept in their blocks (kQuantized: projected
+// by qgemv_rows, bit for bit the float32 results at a fraction of the memory), or decoded
+// to float32 at load (kFloat32). kQuantized applies to f32 models on the CPU and to the
+// types ggml_type_projectable accepts; other tensors are decoded either way.
+enum class WeightMode { kQuantized, kFloat32 };
 
 // Loads `path`: an HF model directory, a .safetensors / .safetensors.index.json file
 // inside one (config.json is read from its directory), or a .gguf file. Tensors are
@@ -57,7 +67,7 @@ bool is_gguf_model(const std::string& path);
 bool is_gguf_file(const std::string& path);
 
 Weights load_weights(const std::string& path, at::ScalarType dtype = at::kFloat,
-                     c10::Device device = c10::kCPU);
+                     c10::Device device = c10::kCPU, WeightMode mode = WeightMode::kFloat32);
 
 // Model configuration from GGUF metadata (`general.architecture` llama | qwen2 | qwen3 and
 // its `{arch}.*` keys; vocab size from tokenizer.ggml.tokens; tie_word_embeddings when

@@ -1,0 +1,102 @@
+#include "attnvar/model/linear.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+namespace attnvar {
+
+int64_t Linear::out_features() const {
+  if (dense_.defined()) return dense_.size(0);
+  int64_t n = 0;
+  for (const auto& p : parts_) n += p.rows();
+  return n;
+}
+
+int64_t Linear::in_features() const {
+  if (dense_.defined()) return dense_.size(1);
+  return parts_.empty() ? 0 : parts_.front().cols;
+}
+
+at::Tensor Linear::to_dense() const {
+  if (dense_.defined() || parts_.empty()) return dense_;
+  if (parts_.size() == 1) return dequantize(parts_.front());
+  std::vector<at::Tensor> rows;
+  rows.reserve(parts_.size());
+  for (const auto& p : parts_) rows.push_back(dequantize(p));
+  return at::cat(rows);
+}
+
+Linear Linear::narrow_rows(int64_t begin, int64_t n) const {
+  if (dense_.defined()) return Linear(dense_.narrow(0, begin, n));
+  Linear out;
+  int64_t at_row = 0;
+  for (const auto& p : parts_) {
+    const int64_t lo = std::max(begin, at_row), hi = std::min(begin + n, at_row + p.rows());
+    if (lo < hi) {
+      out.parts_.push_back({p.blocks.narrow(0, lo - at_row, hi - lo), p.type, p.cols});
+    }
+    at_row += p.rows();
+  }
+  return out;
+}
+
+at::Tensor Linear::gather_rows(const at::Tensor& ids) const {
+  if (dense_.defined()) return dense_.index_select(0, ids);
+  auto idx = ids.to(at::kLong).cpu().contiguous();
+  const int64_t n = idx.numel(), cols = in_features();
+  auto out = at::empty({n, cols}, at::kFloat);
+  const int64_t* id = idx.const_data_ptr<int64_t>();
+  float* dst = out.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t row = id[i];
+    for (const auto& p : parts_) {
+      if (row < p.rows()) {
+        dequantize_rows(p, row, 1, dst + i * cols);
+        break;
+      }
+      row -= p.rows();
+    }
+  }
+  return out;
+}
+
+int64_t Linear::nbytes() const {
+  if (dense_.defined()) return static_cast<int64_t>(dense_.nbytes());
+  int64_t n = 0;
+  for (const auto& p : parts_) n += static_cast<int64_t>(p.blocks.nbytes());
+  return n;
+}
+
+Linear Linear::cat_rows(const std::vector<Linear>& pieces) {
+  const bool all_quantized = std::all_of(pieces.begin(), pieces.end(),
+                                         [](const Linear& l) { return l.quantized(); });
+  if (!all_quantized) {
+    std::vector<at::Tensor> dense;
+    dense.reserve(pieces.size());
+    for (const auto& l : pieces) dense.push_back(l.to_dense());
+    return Linear(at::cat(dense, 0));
+  }
+  // Runs of one type become one part (one kernel call per pass instead of several).
+  Linear out;
+  std::vector<at::Tensor> run;
+  uint32_t run_type = 0;
+  int64_t run_cols = 0;
+  const auto flush = [&] {
+    if (run.empty()) return;
+    out.parts_.push_back({run.size() == 1 ? run.front() : at::cat(run, 0), run_type, run_cols});
+    run.clear();
+  };
+  for (const auto& l : pieces) {
+    for (const auto& p : l.parts_) {
+      if (!run.empty() && (p.type != run_type || p.cols != run_cols)) flush();
+      run_type = p.type;
+      run_cols = p.cols;
+      run.push_back(p.blocks);
+    }
+  }
+  flush();
+  return out;
+}
+
+}  // namespace attnvar
