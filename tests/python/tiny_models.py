@@ -158,3 +158,27 @@ def report(label: str, a: torch.Tensor, b: torch.Tensor, tag: str = "parity") ->
     print(f"[{tag}] {label}: max |diff| = {d:.3e}")
     return d
 
+
+
+def save_tiny_hf_dir(out, family: str = "llama", seed: int = 3):
+    """A tiny random HF model directory with a byte-level BPE tokenizer trained here
+    (config.json, model.safetensors, tokenizer.json; ids 0 pad, 1 BOS, 2 EOS): text
+    prompts work. Returns ``out``."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        ["the cat sat on the mat and the dog ran to the park"] * 20,
+        trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                            special_tokens=["<pad>", "<s>", "</s>"],
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf = tiny_hf_model(family, seed=seed, shape={"vocab_size": tok.get_vocab_size()})
+    hf.save_pretrained(out, safe_serialization=True)
+    tok.save(str(out / "tokenizer.json"))
+    return out

@@ -81,8 +81,13 @@ class Capture:
     dtype : "float32", or "float16" for storage only (small weights underflow to 0;
         metrics read f32 scores)
     memory_budget : bytes, a non-negative integer (an integral float such as 8e9 is taken
-        as that int); a spec whose dense view (L·H·N²·bytes per field, plus N·size of each
-        hook point) would exceed it fails up front with the estimate
+        as that int), checked against the dense view of the run's N slots (L·H·N²·bytes
+        per field, plus N·size of each hook point). A replay or a tempo-2025 run knows N
+        and fails up front with the estimate. A generation checks the most slots its
+        options allow (prompt + max_steps × the widest set θ and max_width permit); when
+        that could pass the budget it tracks the slots pass by pass and stops with
+        ValueError at the first pass that would take the capture past the budget
+        (``generate_many``, which has no per-pass hook, refuses up front)
     names : hook points to record besides attention (TransformerLens names, e.g.
         ``"blocks.3.hook_resid_pre"``; ``model.hook_point_names()`` lists them):
         None (none), a list of names, a prefix of whole name components (``"blocks.3"``:
@@ -94,6 +99,8 @@ class Capture:
         needs that layer captured with ``probabilities`` (resp. ``scores``) on; a prefix or
         predicate includes them where they are captured. Read back as ``run.hooks[name]``.
 
+    Notes
+    -----
     An empty ``layers``/``heads`` list, a repeated index, a non-integer index and a
     NaN, infinite, negative or fractional ``memory_budget`` raise ValueError: the engine
     reads an empty list as "all", so it would escape the budget estimate.
@@ -183,25 +190,31 @@ class Capture:
             hooks=hooks or None,
         )
 
-    def estimate_bytes(self, num_layers: int, num_heads: int, num_slots: int,
-                       dims: dict | None = None) -> int:
-        """Bytes of the dense [L, H, N, N] views this spec asks for, plus the recorded hook
-        points ([N, ...] each; ``dims``: the model's hidden, intermediate, heads, kv_heads
-        and head_dim, needed when ``names`` is set)."""
+    def bytes_per_slot(self, num_layers: int, num_heads: int,
+                       dims: dict | None = None) -> tuple[int, int]:
+        """(a, b) with ``estimate_bytes(N) == a·N² + b·N``: the dense views' bytes per
+        (query, key) pair, and the value norms' and hook points' bytes per slot."""
         # Validated at construction: the only string is "all", and lists are non-empty.
         layers = num_layers if isinstance(self.layers, str) else len(self.layers)
         heads = num_heads if isinstance(self.heads, str) else len(self.heads)
         per = 2 if self.dtype == "float16" else 4
         fields = int(self.probabilities) + int(self.scores)
-        dense = layers * heads * num_slots * num_slots * per * fields
         hooks = 0
         if self.names is not None:
             if dims is None:
                 raise ValueError("estimate_bytes: Capture.names needs the model's dims")
             for n in self.hook_names(num_layers):
                 if not is_attention_view(n):
-                    hooks += num_slots * math.prod(hook_shape(n, dims)) * per
-        return dense + layers * heads * num_slots * 4 + hooks  # value norms, f32
+                    hooks += math.prod(hook_shape(n, dims)) * per
+        return layers * heads * per * fields, layers * heads * 4 + hooks  # value norms, f32
+
+    def estimate_bytes(self, num_layers: int, num_heads: int, num_slots: int,
+                       dims: dict | None = None) -> int:
+        """Bytes of the dense [L, H, N, N] views this spec asks for, plus the recorded hook
+        points ([N, ...] each; ``dims``: the model's hidden, intermediate, heads, kv_heads
+        and head_dim, needed when ``names`` is set)."""
+        quadratic, linear = self.bytes_per_slot(num_layers, num_heads, dims)
+        return quadratic * num_slots * num_slots + linear * num_slots
 
     def check_budget(self, num_layers: int, num_heads: int, num_slots: int,
                      dims: dict | None = None) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import inspect
+import math
 import operator
 import os
 import shutil
@@ -18,6 +20,7 @@ import torch
 from .. import _core
 from .._core import ConfigError, MissingError
 from .capture import Capture, all_hook_names
+from .hub import looks_like_hub_id, resolve_hub_model
 from .interventions import prepare as prepare_interventions
 from .interventions import unreached_slots
 from .mask_leak import MaskLeak
@@ -101,22 +104,96 @@ def _hook_fn_record(fns: dict | None) -> dict:
                          for k, v in fns.items()}}
 
 
+def max_set_width(threshold: float, max_width: int, sample: bool = False) -> int:
+    """The most members a set can have: every member has q ≥ θ and q sums to 1, so at
+    most ⌊1/θ⌋ (a little slack for rounding), one more when a drawn token joins
+    (``sample``), never more than ``max_width``, never fewer than 1 (the top token)."""
+    try:
+        by_threshold = math.floor((1.0 + 1e-5) / float(threshold)) + int(bool(sample))
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        by_threshold = int(max_width)  # an invalid θ: the engine refuses it, naming it
+    return max(1, min(int(max_width), by_threshold))
+
+
+class _BudgetedPasses:
+    """generate()'s pass sink when the slots a run may reach could take its capture past
+    the memory budget: keeps each pass (or hands it on to a :class:`PassStream`) while
+    the capture's estimate at the run's slots so far stays within the budget, and stops
+    the run with ValueError at the first pass that would take it past (that pass is not
+    kept)."""
+
+    def __init__(self, capture: Capture, model: Model, prompt_length: int, max_steps: int,
+                 width: int, stream: PassStream | None = None) -> None:
+        self.quadratic, self.linear = capture.bytes_per_slot(model.num_layers,
+                                                             model.num_heads, model.dims)
+        self.budget = capture.memory_budget
+        self.limits = (prompt_length, max_steps, width)
+        self.stream = stream
+        self.kept: list[PassRecord] = []
+
+    @property
+    def records(self) -> list[PassRecord]:
+        return self.stream.records if self.stream is not None else self.kept
+
+    def __call__(self, core_pass) -> None:
+        slots = core_pass.first_slot + core_pass.num_queries
+        need = self.quadratic * slots * slots + self.linear * slots
+        if need > self.budget:
+            prompt, steps, width = self.limits
+            where = ("the prompt's pass" if core_pass.step < 0
+                     else f"step {core_pass.step}")
+            raise ValueError(
+                f"generate: the capture reached its memory budget at {where}: {slots} slots "
+                f"would need about {need / 1e9:.3f} GB (L·H·N²·bytes), over the memory "
+                f"budget of {self.budget / 1e9:.3f} GB (this run could grow to "
+                f"{prompt + steps * width} slots: a {prompt}-token prompt + max_steps "
+                f"{steps} × sets of up to {width}); capture fewer layers/heads, use "
+                "dtype='float16', lower max_steps, or raise memory_budget")
+        if self.stream is not None:
+            self.stream(core_pass)
+        else:
+            self.kept.append(PassRecord.from_core(core_pass))
+
+
 def load_model(
     path: str | os.PathLike | None = None,
     dtype: Literal["float32", "bfloat16"] | torch.dtype = "float32",
     device: str | torch.device = "cpu",
+    revision: str = "main",
+    weights: Literal["quantized", "float32"] = "quantized",
 ) -> Model:
     """Load a GGUF file or an HF model directory; with no path, the bundled default model.
+
+    ``path`` may also be a Hugging Face Hub id (``"org/name"``, a string that is not an
+    existing path): the model is then read from the local Hugging Face cache
+    (``$HF_HUB_CACHE``, ``$HF_HOME/hub`` or ``~/.cache/huggingface/hub``), offline, at
+    ``revision`` (a branch or tag the cache has a ref for, or a commit hash; default
+    ``"main"``). Nothing is downloaded.
 
     ``device``: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``; the weights and KV cache
     live there, while runs, captures and distributions always come back on the host.
 
-    Raises FileNotFoundError for a missing file, attnvar.FormatError / ConfigError for a
-    malformed or unsupported one (naming the file and field), and for a device this
-    machine's torch cannot use.
+    ``weights``: how a GGUF file's quantized weights are held. ``"quantized"`` (default)
+    keeps them in their blocks (for float32 on the CPU; other dtypes and devices decode
+    them) and decodes blocks inside the projection; ``"float32"`` decodes them all at load.
+    Both compute the same numbers bit for bit (docs/engine.md, "Quantized weights"); the
+    first holds about a sixth of the memory. Recorded in ``identity["weights"]``.
+
+    Raises FileNotFoundError (attnvar.MissingError) for a missing file or a Hub id absent
+    from the cache (naming the id and the cache directory searched),
+    attnvar.FormatError / ConfigError for a malformed or unsupported one (naming the file
+    and field), and for a device this machine's torch cannot use.
     """
+    hub = None
     if path is None:
         path = default_model_path()
+    elif isinstance(path, str) and not Path(path).exists() and looks_like_hub_id(path):
+        resolved, commit = resolve_hub_model(path, revision)
+        hub = {"hub_id": path, "revision": commit}
+        path = resolved
+    elif revision != "main":
+        raise ValueError(f"revision={revision!r} applies to a Hub id (org/name) read from "
+                         f"the local Hugging Face cache, not to the path {path}")
     path = Path(path)
     if not path.exists():
         raise MissingError(f"model path does not exist: {path}")
@@ -125,9 +202,11 @@ def load_model(
             dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
         except KeyError:
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}") from None
-    loaded = _core.load_model(str(path), dtype, str(device))
+    _check_choice("weights", weights, ("quantized", "float32"))
+    loaded = _core.load_model(str(path), dtype, str(device), weights)
+    loaded["identity"]["weights"] = loaded["model"].weights
     return Model(loaded["model"], loaded["tokenizer"], loaded["identity"], loaded["eos_ids"],
-                 str(path), dtype)
+                 str(path), dtype, hub=hub)
 
 
 def _id_list(name: str, ids: Sequence[int]) -> list[int]:
@@ -162,13 +241,15 @@ class Model:
     """A loaded decoder with its tokenizer and identity."""
 
     def __init__(self, core, tokenizer, identity: dict, eos_ids: list[int], path: str,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, hub: dict | None = None) -> None:
         self.core = core
         self.tokenizer = tokenizer
         self.identity = dict(identity)
         self.eos_ids = list(eos_ids)
         self.path = path
         self.dtype = dtype
+        # {"hub_id", "revision"} of a model read from the local Hugging Face cache.
+        self.hub = dict(hub) if hub else None
 
     @property
     def device(self) -> torch.device:
@@ -207,12 +288,43 @@ class Model:
             "num_heads": self.num_heads,
             "vocab_size": self.core.vocab_size,
             "bos_id": self.tokenizer.bos_id if self.tokenizer else None,
+            **(self.hub or {}),
         }
 
+    def _display(self) -> dict[str, str]:
+        """What ``repr`` and the notebook view show: family, shape, dtype, device and
+        where the weights came from."""
+        c = self.core.config
+        weights = " ".join(str(v) for v in (self.identity.get("quantization"),
+                                             self.identity.get("note")) if v)
+        out = {"family": str(c.get("model_type", "?")),
+               "layers": str(self.num_layers),
+               "heads": f"{self.num_heads} ({c.get('num_key_value_heads', '?')} kv)",
+               "context": str(self.core.context_length),
+               "dtype": str(self.dtype).replace("torch.", ""),
+               "device": str(self.core.device)}
+        if weights:
+            out["weights"] = weights
+        if self.hub:
+            out["source"] = f"{self.hub['hub_id']} @ {self.hub['revision'][:12]} (HF cache)"
+        else:
+            out["source"] = str(self.path)
+        if self.identity.get("sha256"):
+            out["sha256"] = str(self.identity["sha256"])[:16] + "…"
+        return out
+
     def __repr__(self) -> str:
-        return (f"Model({Path(self.path).name}, {self.identity.get('quantization')} "
-                f"{self.identity.get('note', '')}, layers={self.num_layers}, "
-                f"heads={self.num_heads})")
+        d = self._display()
+        name = self.hub["hub_id"] if self.hub else Path(self.path).name
+        extra = f", {d['weights']}" if "weights" in d else ""
+        return (f"Model({name!r}, family={d['family']}, layers={d['layers']}, "
+                f"heads={self.num_heads}, dtype={d['dtype']}, device={d['device']}{extra})")
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+                       f"<td style='text-align:left'>{html.escape(v)}</td></tr>"
+                       for k, v in self._display().items())
+        return f"<table><caption>attnvar Model</caption>{rows}</table>"
 
     # ---- helpers ------------------------------------------------------------------------
     def _require_tokenizer(self):
@@ -317,8 +429,12 @@ class Model:
         belong to replays (their key slots must exist before the run starts).
         ``stream_to``: a run directory; each pass's capture is written there as soon as
         it is computed (memory holds one pass at a time) and the run is saved there at
-        the end, atomically. Raises ValueError naming the option for out-of-range values.
-        Ctrl-C stops it with KeyboardInterrupt; the model stays usable.
+        the end, atomically. ``capture.memory_budget`` is checked against the most slots
+        the run can reach (prompt + max_steps × the widest set θ allows) and, when that
+        could pass it, pass by pass: the run then stops with ValueError at the first pass
+        that would take its capture past the budget. Raises ValueError naming the option
+        for out-of-range values. Ctrl-C stops it with KeyboardInterrupt; the model stays
+        usable.
         """
         if not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
@@ -334,7 +450,10 @@ class Model:
         self._check_context(len(ids) + int(max_steps), "generate",
                             f"a {len(ids)}-token prompt + max_steps {int(max_steps)}",
                             beyond_context)
-        kw, layers, heads, hooks = self._capture_kwargs(capture, len(ids) + max_steps * max_width)
+        # The prompt's pass must fit the budget; the sets after it are checked against the
+        # most slots the run can reach, and pass by pass when that could exceed it.
+        width = max_set_width(threshold, max_width, sample)
+        kw, layers, heads, hooks = self._capture_kwargs(capture, len(ids))
         biases, edits, described = prepare_interventions(interventions, ids,
                                                          prompt_only=True)
         if biases:
@@ -346,6 +465,11 @@ class Model:
                 raise ValueError("stream_to needs a capture spec (capture=Capture(...))")
             stream = PassStream(new_staging(stream_to))
             kw["sink"] = stream
+        if capture is not None and capture.estimate_bytes(
+                self.num_layers, self.num_heads, len(ids) + int(max_steps) * width,
+                self.dims) > capture.memory_budget:
+            kw["sink"] = _BudgetedPasses(capture, self, len(ids), int(max_steps), width, stream)
+        sink = kw.get("sink")
         try:
             res = _core.generate(
                 self.core, ids, threshold=float(threshold), max_steps=int(max_steps),
@@ -370,7 +494,7 @@ class Model:
         encoding = "shared_" + mode
         run = self._run("generate", encoding, res, options, layers, heads,
                         visibility=_core.encode(res.tree, encoding).visibility,
-                        passes=None if stream is None else stream.records, hooks=hooks)
+                        passes=None if sink is None else sink.records, hooks=hooks)
         _note_unreached(run, described)
         if stream is not None:
             save_run(run, stream_to, staging=stream.staging)
@@ -507,7 +631,11 @@ class Model:
             prompts.append(list(ids))
             options.append(opts)
             settings.append((req["prompt"], mode, req.get("add_bos", common.get("add_bos"))))
-        longest = max((len(p) + int(o.get("max_steps", 30)) * int(o.get("max_width", 32))
+        # No per-pass hook here: the most slots any sequence can reach must fit.
+        longest = max((len(p) + int(o.get("max_steps", defaults["max_steps"]))
+                       * max_set_width(o.get("threshold", defaults["threshold"]),
+                                       o.get("max_width", defaults["max_width"]),
+                                       o.get("sample", defaults["sample"]))
                        for p, o in zip(prompts, options, strict=True)), default=0)
         kw, layers, heads, hooks = self._capture_kwargs(capture, longest)
         biases, edits, described = prepare_interventions(interventions)

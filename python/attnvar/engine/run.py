@@ -333,6 +333,27 @@ class Run:
         frame["value"] = t.reshape(-1)
         return frame
 
+    def capture_summary(self) -> dict[str, Any]:
+        """What the run captured, as Capture names it: ``fields`` (probabilities, scores,
+        value_norms), ``layers``, ``heads`` (None: all), ``hooks`` (hook point names),
+        ``dtype`` and ``passes``; ``removed`` instead when the capture was removed.
+        Reads the first pass only."""
+        if self.capture_removed:
+            return {"removed": self.capture_removed}
+        out: dict[str, Any] = {"fields": [], "layers": list(self.capture_layers),
+                               "heads": self.capture_heads, "hooks": list(self.capture_hooks),
+                               "passes": len(self.passes)}
+        if not self.passes:
+            return out
+        first = self.passes[0]
+        stored = {"probabilities": first.attention, "scores": first.scores,
+                  "value_norms": first.value_norms}
+        out["fields"] = [name for name, tensors in stored.items() if tensors]
+        if out["fields"]:
+            out["dtype"] = str(stored[out["fields"][0]][0].dtype).replace("torch.", "")
+        first.release()
+        return out
+
     # ---- display ----------------------------------------------------------------------
     def _repr_html_(self) -> str:
         parts = [html.escape(self.prompt_text)]
