@@ -530,6 +530,12 @@ const GgufTensorInfo* GgufFile::find_tensor(const std::string& name) const {
   return it == tensor_index_.end() ? nullptr : &tensors_[it->second];
 }
 
+void GgufFile::drop_tensor_pages(const GgufTensorInfo& t) const noexcept {
+  if (t.offset <= file_->size() && t.nbytes <= file_->size() - t.offset) {
+    file_->drop_pages(file_->data() + t.offset, t.nbytes);
+  }
+}
+
 const uint8_t* GgufFile::tensor_data(const GgufTensorInfo& t) const {
   // Infos from this file were checked at open; this guards against a foreign or edited one.
   if (t.offset > file_->size() || t.nbytes > file_->size() - t.offset) {

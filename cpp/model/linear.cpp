@@ -77,25 +77,10 @@ Linear Linear::cat_rows(const std::vector<Linear>& pieces) {
     for (const auto& l : pieces) dense.push_back(l.to_dense());
     return Linear(at::cat(dense, 0));
   }
-  // Runs of one type become one part (one kernel call per pass instead of several).
+  // The parts as they are, no copy: blocks stay views of the mapped file, and one
+  // qgemv_rows call runs all of a fused weight's parts in one parallel region.
   Linear out;
-  std::vector<at::Tensor> run;
-  uint32_t run_type = 0;
-  int64_t run_cols = 0;
-  const auto flush = [&] {
-    if (run.empty()) return;
-    out.parts_.push_back({run.size() == 1 ? run.front() : at::cat(run, 0), run_type, run_cols});
-    run.clear();
-  };
-  for (const auto& l : pieces) {
-    for (const auto& p : l.parts_) {
-      if (!run.empty() && (p.type != run_type || p.cols != run_cols)) flush();
-      run_type = p.type;
-      run_cols = p.cols;
-      run.push_back(p.blocks);
-    }
-  }
-  flush();
+  for (const auto& l : pieces) out.parts_.insert(out.parts_.end(), l.parts_.begin(), l.parts_.end());
   return out;
 }
 

@@ -75,6 +75,22 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   return *this;
 }
 
+void MappedFile::drop_pages(const uint8_t* p, uint64_t n) const noexcept {
+#ifndef ATTNVAR_MAPPED_FILE_HEAP
+  if (data_ == nullptr || p < data_ || p + n > data_ + size_) return;
+  const auto page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  // Whole pages inside [p, p + n) only: a neighbour's bytes must stay mapped as they are.
+  const uint64_t begin = (static_cast<uint64_t>(p - data_) + page - 1) / page * page;
+  const uint64_t end = (static_cast<uint64_t>(p - data_) + n) / page * page;
+  if (end > begin) {
+    ::madvise(const_cast<uint8_t*>(data_) + begin, end - begin, MADV_DONTNEED);
+  }
+#else
+  (void)p;
+  (void)n;
+#endif
+}
+
 void MappedFile::release() noexcept {
 #ifdef ATTNVAR_MAPPED_FILE_HEAP
   delete[] data_;

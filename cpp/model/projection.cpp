@@ -101,13 +101,8 @@ at::Tensor project(const at::Tensor& x, const Linear& w, const at::Tensor& b) {
   const at::Tensor xr = x.stride(1) == 1 ? x : x.contiguous();
   const at::Tensor bc = b.defined() ? b.contiguous() : b;
   auto y = at::empty({rows, out}, x.options());
-  int64_t first = 0;
-  for (const QuantizedMatrix& part : w.parts()) {
-    qgemv_rows(xr.data_ptr<float>(), xr.stride(0), rows, part,
-               bc.defined() ? bc.data_ptr<float>() + first : nullptr,
-               y.data_ptr<float>() + first, out);
-    first += part.rows();
-  }
+  qgemv_rows(xr.data_ptr<float>(), xr.stride(0), rows, w.parts(),
+             bc.defined() ? bc.data_ptr<float>() : nullptr, y.data_ptr<float>(), out);
   return y;
 }
 

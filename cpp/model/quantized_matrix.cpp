@@ -299,26 +299,41 @@ at::Tensor dequantize(const QuantizedMatrix& m) {
   return out;
 }
 
-void qgemv_rows(const float* x, int64_t ldx, int64_t rows, const QuantizedMatrix& m,
-                const float* bias, float* y, int64_t ldy, GemvRowsKernel kernel) {
-  const int64_t out = m.rows(), in = m.cols;
-  if (rows <= 0 || out <= 0) return;
+void qgemv_rows(const float* x, int64_t ldx, int64_t rows,
+                const std::vector<QuantizedMatrix>& parts, const float* bias, float* y,
+                int64_t ldy, GemvRowsKernel kernel) {
+  if (rows <= 0 || parts.empty()) return;
+  const int64_t in = parts.front().cols;
   // Weight rows decoded per step: eight (gemv_rows' widest tile for one row) while they fit
   // in L1/L2 next to each other, four beyond.
   const int64_t tile = in <= 2048 ? 8 : 4;
-  const int64_t tiles = (out + tile - 1) / tile;
+  // Tiles of every part, numbered one after another: first_tile[i] is part i's first.
+  std::vector<int64_t> first_tile(parts.size() + 1, 0), first_row(parts.size() + 1, 0);
+  for (size_t i = 0; i < parts.size(); ++i) {
+    first_tile[i + 1] = first_tile[i] + (parts[i].rows() + tile - 1) / tile;
+    first_row[i + 1] = first_row[i] + parts[i].rows();
+  }
   // At least ~64 KB of f32 weights per task, as gemv_rows splits its outputs.
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(in, 1) / tile);
-  at::parallel_for(0, tiles, grain, [&](int64_t t_begin, int64_t t_end) {
+  at::parallel_for(0, first_tile.back(), grain, [&](int64_t t_begin, int64_t t_end) {
     thread_local std::vector<float> buffer;
     buffer.resize(static_cast<size_t>(tile * in));
+    size_t i = 0;
     for (int64_t t = t_begin; t < t_end; ++t) {
-      const int64_t o = t * tile, n = std::min(tile, out - o);
+      while (t >= first_tile[i + 1]) ++i;
+      const QuantizedMatrix& m = parts[i];
+      const int64_t o = (t - first_tile[i]) * tile, n = std::min(tile, m.rows() - o);
+      const int64_t out_row = first_row[i] + o;  // in y and bias
       dequantize_rows(m, o, n, buffer.data(), kernel);
       gemv_rows_range(x, ldx, rows, buffer.data(), in, 0, n, in,
-                      bias != nullptr ? bias + o : nullptr, y + o, ldy, kernel);
+                      bias != nullptr ? bias + out_row : nullptr, y + out_row, ldy, kernel);
     }
   });
+}
+
+void qgemv_rows(const float* x, int64_t ldx, int64_t rows, const QuantizedMatrix& m,
+                const float* bias, float* y, int64_t ldy, GemvRowsKernel kernel) {
+  qgemv_rows(x, ldx, rows, std::vector<QuantizedMatrix>{m}, bias, y, ldy, kernel);
 }
 
 }  // namespace attnvar

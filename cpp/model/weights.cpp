@@ -317,14 +317,17 @@ Weights load_gguf(const std::string& path, at::ScalarType dtype, c10::Device dev
           [file](void*) {}, at::TensorOptions().dtype(at::kByte));
       if (permuted && t.name.find(".attn_q.") != std::string::npos) {
         blocks = unpermute_llama_qk(blocks, c.num_attention_heads);  // rows move whole
+        f.drop_tensor_pages(t);  // copied: the file's pages are no longer used
       } else if (permuted && t.name.find(".attn_k.") != std::string::npos) {
         blocks = unpermute_llama_qk(blocks, c.num_key_value_heads);
+        f.drop_tensor_pages(t);
       }
       w.quantized.emplace(hf, QuantizedMatrix{blocks, t.type, shape[1]});
       ++kept;
       continue;
     }
     at::Tensor x = gguf_tensor_to_f32(f, t);
+    f.drop_tensor_pages(t);  // decoded: the file's pages are no longer used
     if (permuted) {
       if (t.name.find(".attn_q.") != std::string::npos) {
         x = unpermute_llama_qk(x, c.num_attention_heads);

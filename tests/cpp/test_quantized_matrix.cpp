@@ -166,7 +166,7 @@ TEST_CASE("project on a quantized Linear equals project on its dense form, any r
   Linear v(random_matrix(GgmlType::Q6_K, 8, cols, rng));
   Linear fused = Linear::cat_rows({q, k, v});
   REQUIRE(fused.quantized());
-  REQUIRE(fused.parts().size() == 2);  // q and k joined: one type
+  REQUIRE(fused.parts().size() == 3);  // one part per matrix, each in its own type
   REQUIRE(fused.out_features() == 40);
   const auto dense = fused.to_dense();
   REQUIRE(bitwise_equal(fused.narrow_rows(20, 12).to_dense(), dense.narrow(0, 20, 12)));

@@ -127,6 +127,8 @@ class GgufFile {
   // Pointer to the tensor's first byte inside the mapping (valid while *this lives);
   // nbytes bytes from it are inside the file (checked at open).
   const uint8_t* tensor_data(const GgufTensorInfo& t) const;
+  // MappedFile::drop_pages for a tensor's bytes: once it has been decoded or copied.
+  void drop_tensor_pages(const GgufTensorInfo& t) const noexcept;
   // The data section's alignment (general.alignment, default 32).
   uint64_t alignment() const;
   // Size of the mapped file in bytes.

@@ -1,7 +1,7 @@
 // A projection's weight matrix (out_features, in_features): a dense tensor (any dtype and
 // device), or, for f32 models on the CPU loaded from GGUF, one or more quantized parts
-// stacked along the output rows (QuantizedMatrix; several when a fused weight joins
-// matrices of different ggml types, e.g. q and k in Q4_K with v in Q6_K).
+// stacked along the output rows (QuantizedMatrix; a fused weight such as q/k/v keeps one
+// part per source matrix, each in its own ggml type, e.g. q and k in Q4_K with v in Q6_K).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -36,9 +36,8 @@ class Linear {
   // Bytes the weight holds.
   int64_t nbytes() const;
 
-  // The matrices stacked along their rows: dense ones concatenated; quantized parts kept in
-  // their blocks (neighbours of one type joined into one part); a mix of dense and quantized
-  // becomes dense.
+  // The matrices stacked along their rows: dense ones concatenated; quantized ones as a
+  // list of their parts (no copy); a mix of dense and quantized becomes dense.
   static Linear cat_rows(const std::vector<Linear>& pieces);
 
  private:

@@ -29,6 +29,11 @@ class MappedFile {
   const std::string& path() const { return path_; }
   uint64_t size() const { return size_; }
   const uint8_t* data() const { return data_; }
+  // Tells the kernel this process no longer needs the pages wholly inside [p, p + n) (a
+  // tensor decoded or copied elsewhere): they leave its resident set and stay in the page
+  // cache; reading them again maps them again, unchanged. A no-op outside the mapping and
+  // in the heap build.
+  void drop_pages(const uint8_t* p, uint64_t n) const noexcept;
 
  private:
   void release() noexcept;

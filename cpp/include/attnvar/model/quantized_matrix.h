@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "attnvar/model/gemv_rows.h"
 
@@ -46,5 +47,12 @@ at::Tensor dequantize(const QuantizedMatrix& m);
 void qgemv_rows(const float* x, int64_t ldx, int64_t rows, const QuantizedMatrix& m,
                 const float* bias, float* y, int64_t ldy,
                 GemvRowsKernel kernel = GemvRowsKernel::kAuto);
+
+// The same for matrices stacked along their rows (parts of one weight, all with the same
+// cols; their own types): outputs of part i follow those of parts 0..i−1 in y and bias.
+// One parallel region for all of them.
+void qgemv_rows(const float* x, int64_t ldx, int64_t rows,
+                const std::vector<QuantizedMatrix>& parts, const float* bias, float* y,
+                int64_t ldy, GemvRowsKernel kernel = GemvRowsKernel::kAuto);
 
 }  // namespace attnvar
