@@ -48,6 +48,10 @@ class Study:
     batch : generations run together (``Model.generate_many``; default 8): each is bit for
         bit its solo run, so like ``device`` this changes the speed, never a result, and
         is not part of the design
+    weights : how a GGUF model's quantized weights are held ("quantized", the default, or
+        "float32"; ``load_model(weights=...)``): both give every run bit for bit, so like
+        ``device`` this changes memory and speed, never a result, and is not part of the
+        design (each run's ``model.weights`` records it)
     preregistration : the analysis plan (primary metric, exclusion rule, tests), written
         to the results directory before the first run (``attnvar.preregistration``)
     preset : None (the mechanism as described) or "tempo-2025": every cell runs the compat
@@ -88,6 +92,7 @@ class Study:
     capture: Capture | None = field(default_factory=lambda: Capture(scores=True))
     model_path: str | None = None
     device: str = "cpu"
+    weights: str = "quantized"
     preregistration: Preregistration = field(default_factory=Preregistration)
     preset: str | None = None
     add_bos: bool | None = None
@@ -338,16 +343,24 @@ class Study:
         return {**self.describe(), "preregistration": self.preregistration.plan()}
 
     def run(self, results_dir: str | os.PathLike, workers: int = 1, progress: bool = True,
-            after_cells=None):
+            after_cells=None, executor: str = "local", address: str | None = None,
+            threads: int | None = None):
         """Run every cell not already complete in ``results_dir``; write tables.
 
         ``after_cells(results_dir, cell_ids)`` runs after each group of cells in the
         process that ran it (e.g. ``attnvar.analysis.CellAnalysis()``: the analysis
         overlaps the generations, and with ``keep_capture=False`` the raw captures are
         removed once analysed). Returns the runs table (pandas DataFrame, one row per run).
+
+        ``executor="ray"`` runs the cells on ``workers`` Ray actors (``pip install
+        'attnvar[ray]'``; docs/ray.md): on the cluster at ``address`` (e.g. "auto", or
+        "HOST:6379"), or on a Ray instance of this machine started and stopped for the
+        study when ``address`` is None; ``threads``: CPU threads per actor. The runs,
+        their keys and the tables are those of a local study.
         """
         return run_study(self, Path(results_dir), workers=workers, progress=progress,
-                         after_cells=after_cells)
+                         after_cells=after_cells, executor=executor, address=address,
+                         threads=threads)
 
 
 __all__ = ["MIN_NEW_STEPS", "Study"]

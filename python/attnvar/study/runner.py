@@ -1,8 +1,11 @@
-"""Executing a Study: cells in order (or in worker processes), each run written
-atomically under a content-addressed id, then tidy tables built from what is on disk."""
+"""Executing a Study: cells in order (or in worker processes, or on a Ray cluster: see
+:mod:`.ray_executor`), each run written atomically under a content-addressed id, then
+tidy tables built from what is on disk."""
 
 from __future__ import annotations
 
+import functools
+import importlib
 import io
 import json
 import sys
@@ -37,14 +40,14 @@ if TYPE_CHECKING:
 _worker_model = None
 
 
-def _load(model_path, device: str = "cpu"):
-    return load_model(model_path, device=device)
+def _load(model_path, device: str = "cpu", weights: str = "quantized"):
+    return load_model(model_path, device=device, weights=weights)
 
 
-def _init_worker(model_path, device: str, threads: int) -> None:
+def _init_worker(model_path, device: str, threads: int, weights: str = "quantized") -> None:
     global _worker_model
     limit_worker_threads(threads)
-    _worker_model = _load(model_path, device)
+    _worker_model = _load(model_path, device, weights)
 
 
 def _cell_options(cell: Cell, prompt) -> dict:
@@ -182,22 +185,66 @@ def _groups(cells: list[Cell], size: int) -> list[list[Cell]]:
     return [cells[i:i + size] for i in range(0, len(cells), size)]
 
 
+EXECUTORS = ("local", "ray")
+
+
+class RayUnavailableError(ImportError, ValueError):
+    """The Ray executor was asked for, but Ray is not installed (``pip install
+    'attnvar[ray]'``). A ValueError too, so that the command line reports it in one
+    line like any other mistake in what it was asked to do."""
+
+
+def _ray_executor():
+    """:mod:`.ray_executor`, imported on first use: it imports Ray at its top, and the
+    local executor must work (and start fast) without Ray installed."""
+    try:
+        return importlib.import_module(f"{__package__}.ray_executor")
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] != "ray":
+            raise
+        raise RayUnavailableError("the Ray executor needs Ray, which is not installed: "
+                                  "pip install 'attnvar[ray]'") from None
+
+
 def run_study(study: Study, results: Path, workers: int = 1, progress: bool = True,
-              after_cells=None):
+              after_cells=None, executor: str = "local", address: str | None = None,
+              threads: int | None = None):
     """Run the study into ``results``, holding the directory's lock (util.lock): a second
     study or analysis on the same directory is refused while this one writes.
 
     ``after_cells``: called as ``after_cells(results, cell_ids)`` by whichever process
     ran a group of cells, right after it (the per-cell analysis, which can then remove
     the captures it read); its ``prepare(results)``, if it has one, runs first, once, in
-    this process. It must be picklable when ``workers`` > 1."""
-    if workers < 1:
-        raise ValueError(f"workers must be ≥ 1, got {workers}")
+    this process. It must be picklable when ``workers`` > 1.
+
+    ``executor``: "local" (this process, or ``workers`` processes of this machine) or
+    "ray" (``workers`` Ray actors, :mod:`.ray_executor`): on the cluster at ``address``,
+    or on a Ray instance of this machine that attnvar starts and stops when it is None.
+    ``threads``: each Ray actor's CPU threads (Ray executor only; default in
+    :func:`.ray_executor.run_on_ray`). With Ray, ``after_cells`` runs in this process,
+    on each group as it arrives. The runs, keys and tables are the same either way."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be ≥ 1, got {workers!r}")
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
+    ray_executor = None
+    if executor == "ray":
+        ray_executor = _ray_executor()  # before anything is written: Ray missing is one line
+        ray_executor.check_options(threads)
+    elif address is not None or threads is not None:
+        raise ValueError("address and threads are options of the Ray executor "
+                         "(executor='ray')")
+    remote = None if ray_executor is None else functools.partial(
+        ray_executor.run_on_ray, workers=workers, address=address, threads=threads)
     with directory_lock(results, "another study"):
-        return _run_study(study, results, workers, progress, after_cells)
+        return _run_study(study, results, workers, progress, after_cells, remote)
 
 
-def _run_study(study: Study, results: Path, workers: int, progress: bool, after_cells):
+def _run_study(study: Study, results: Path, workers: int, progress: bool, after_cells,
+               remote=None):
+    """The study under its lock. ``remote``: None (the local executor), or the remote
+    executor's ``run(study, todo, prompts, results, model_sha, bar, after_cells)``,
+    which returns the steps generated."""
     results.mkdir(parents=True, exist_ok=True)
     runs_dir = results / RUNS
     runs_dir.mkdir(exist_ok=True)
@@ -210,7 +257,7 @@ def _run_study(study: Study, results: Path, workers: int, progress: bool, after_
     write_atomic(results / STUDY_FILE, json.dumps(study.describe_with_plan(), indent=1).encode())
     if after_cells is not None and hasattr(after_cells, "prepare"):
         after_cells.prepare(results)
-    model = _load(study.model_path, study.device)
+    model = _load(study.model_path, study.device, study.weights)
     sha = model.identity["sha256"]
     prompts = {p.id: p for p in study.prompts}
     cells = study.cells()
@@ -226,12 +273,15 @@ def _run_study(study: Study, results: Path, workers: int, progress: bool, after_
         bar.update(len(cells) - len(todo))
     steps = 0
     if study.emulate_mask_leak:
-        if workers > 1:
+        if workers > 1 or remote is not None:
             print("attnvar study: emulate_mask_leak runs each condition's prompts in order in "
-                  "one process (workers = 1)", file=sys.stderr)
+                  "one process (workers = 1" + (", here, not on Ray)" if remote else ")"),
+                  file=sys.stderr)
         steps = _run_leak_chains(model, study, cells, prompts, runs_dir, bar)
         if after_cells is not None:
             after_cells(results, [c.key(sha) for c in cells])
+    elif remote is not None:
+        steps = remote(study, todo, prompts, results, sha, bar, after_cells)
     elif workers == 1 or len(todo) <= study.batch:
         for group in _groups(todo, study.batch):
             steps += _run_group(model, study, group, prompts, runs_dir, after_cells)
@@ -241,7 +291,7 @@ def _run_study(study: Study, results: Path, workers: int, progress: bool, after_
     else:
         with ProcessPoolExecutor(workers, initializer=_init_worker,
                                  initargs=(study.model_path, study.device,
-                                           worker_threads(workers))) as pool:
+                                           worker_threads(workers), study.weights)) as pool:
             futures = {pool.submit(_worker_cells, study, group, prompts, str(runs_dir),
                                    after_cells):
                        len(group) for group in _groups(todo, study.batch)}
@@ -320,4 +370,5 @@ def format_summary(results: Path) -> str:
     return (results / SUMMARY_FILE).read_text()
 
 
-__all__ = ["run_study", "runs_table", "write_tables", "format_summary"]
+__all__ = ["EXECUTORS", "RayUnavailableError", "format_summary", "run_study", "runs_table",
+           "write_tables"]
