@@ -42,25 +42,82 @@ def _words(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+# What --fields may name: the Capture flags of the attention capture.
+CAPTURE_FIELDS = ("probabilities", "scores", "value_norms")
+
+
+def _indices_or_all(text: str) -> str | list[int]:
+    return "all" if text.strip().lower() == "all" else _ints(text)
+
+
+def _fields(text: str) -> list[str]:
+    names = _words(text)
+    bad = [n for n in names if n not in CAPTURE_FIELDS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated fields out of {', '.join(CAPTURE_FIELDS)}, got {text!r}")
+    return names
+
+
+def _capture_flags(parser: argparse.ArgumentParser) -> None:
+    """--layers, --heads, --fields: what --save captures."""
+    parser.add_argument("--layers", type=_indices_or_all, default="all",
+                        help="with --save: layers to capture, comma-separated indices or "
+                             "'all' (default all)")
+    parser.add_argument("--heads", type=_indices_or_all, default="all",
+                        help="with --save: query heads to capture, comma-separated indices "
+                             "or 'all' (default all)")
+    parser.add_argument("--fields", type=_fields, default=["probabilities", "scores"],
+                        help="with --save: what to capture, comma-separated out of "
+                             f"{', '.join(CAPTURE_FIELDS)} (default probabilities,scores)")
+
+
+def _capture_spec(a) -> Capture | None:
+    """The Capture of --save and its --layers/--heads/--fields (None without --save)."""
+    if not a.save:
+        chosen = [flag for flag, used in (("--layers", a.layers != "all"),
+                                          ("--heads", a.heads != "all"),
+                                          ("--fields", a.fields != ["probabilities", "scores"]))
+                  if used]
+        if chosen:
+            raise ValueError(f"{', '.join(chosen)}: only with --save (they choose what the "
+                             "saved run captures)")
+        return None
+    return Capture(layers=a.layers, heads=a.heads,
+                   **{name: name in a.fields for name in CAPTURE_FIELDS})
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="attnvar",
         description="Parallel-token generation (shared RoPE positions) and attention capture.",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, help="what to do (attnvar COMMAND "
+                                                                "--help for its options)")
 
     g = sub.add_parser("generate", help="generate with parallel sets and print the bracketed text")
-    g.add_argument("prompt")
-    g.add_argument("--model", help="GGUF file or HF directory (default: the bundled SmolLM2)")
+    g.add_argument("prompt", help="the prompt text")
+    g.add_argument("--model", help="GGUF file, HF directory or Hub id org/name in the local "
+                                   "Hugging Face cache (default: the bundled SmolLM2)")
     g.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    g.add_argument("--weights", choices=["quantized", "float32"], default="quantized",
+                   help="how a GGUF model's quantized weights are held: quantized (default: in "
+                        "their blocks, a sixth of the memory) or float32 (decoded at load); "
+                        "the results are the same bit for bit")
     g.add_argument("--threshold", type=float, default=0.1, help="θ in (0, 1] (default 0.1)")
     g.add_argument("--mode", default="isolated", help="isolated | visible | causal")
     g.add_argument("--policy", default="mixture", help="mixture | top | last | mean_logits")
-    g.add_argument("--max-steps", type=int, default=30)
-    g.add_argument("--max-width", type=int, default=32)
-    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--max-steps", type=int, default=30,
+                   help="at most this many sets (default 30)")
+    g.add_argument("--max-width", type=int, default=32,
+                   help="at most this many members per set (default 32)")
+    g.add_argument("--temperature", type=float, default=1.0,
+                   help="softmax temperature of each next-step distribution (default 1.0)")
     g.add_argument("--sample", action="store_true", help="a drawn token joins each set")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of --sample's draws (default 0)")
+    g.add_argument("--beyond-context", action="store_true",
+                   help="run even when the prompt plus --max-steps needs more positions "
+                        "than the model's context (refused otherwise)")
     g.add_argument("--stop-on", default="any_eos", help="any_eos | top_eos")
     g.add_argument("--preset", choices=["tempo-2025"], help="run the compat preset instead")
     g.add_argument("--emulate-isolation-bug", action="store_true",
@@ -72,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="tempo-2025: comma-separated ids that stop the run ('none': never "
                         "stop on EOS); default the model's")
     g.add_argument("--save", help="save the run (with capture) to this directory")
+    _capture_flags(g)
 
     r = sub.add_parser("replay", help="replay a saved run's tree under another encoding")
     r.add_argument("run", help="a saved run directory")
@@ -81,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--model", help="model file or directory (default: the run's own)")
     r.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     r.add_argument("--save", help="save the replay to this directory")
+    _capture_flags(r)
     r.add_argument("--other-model", action="store_true",
                    help="replay a run made by another model than --model (refused otherwise)")
 
@@ -91,27 +150,46 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="a TOML/YAML study file (overrides the grid options)")
     s.add_argument("--thresholds", type=_floats, default=[0.1, 0.2],
                    help="θ values, comma-separated (default 0.1,0.2: a dose–response for H4)")
-    s.add_argument("--modes", type=_words, default=["isolated", "visible"])
-    s.add_argument("--policies", type=_words, default=["mixture"])
+    s.add_argument("--modes", type=_words, default=["isolated", "visible"],
+                   help="sibling visibility modes, comma-separated (default isolated,visible)")
+    s.add_argument("--policies", type=_words, default=["mixture"],
+                   help="next-step policies, comma-separated (default mixture)")
     s.add_argument("--replays", type=_words, default=None,
                    help="encodings each tree is replayed under (default serial,top_only; "
                         "none for --preset)")
-    s.add_argument("--seeds", type=_ints, default=[0])
-    s.add_argument("--sample", action="store_true")
-    s.add_argument("--max-steps", type=int, default=20)
+    s.add_argument("--seeds", type=_ints, default=[0],
+                   help="sampling seeds, comma-separated (default 0)")
+    s.add_argument("--sample", action="store_true", help="a drawn token joins each set")
+    s.add_argument("--max-steps", type=int, default=20,
+                   help="at most this many sets per generation (default 20)")
     s.add_argument("--min-new-steps", type=int, default=None,
                    help="no run stops (EOS) before this many steps (default 4; 0 with "
                         "--preset, which refuses any other value)")
     s.add_argument("--max-prompts", type=int, default=None, help="use the first N prompts only")
-    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--workers", type=int, default=1,
+                   help="worker processes, or Ray actors with --executor ray (default 1)")
+    s.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local (default): this machine; ray: Ray actors (pip install "
+                        "'attnvar[ray]'; docs/ray.md)")
+    s.add_argument("--address",
+                   help="--executor ray: the cluster to join (e.g. auto, HOST:6379); "
+                        "default: a Ray instance of this machine, started and stopped here")
+    s.add_argument("--threads", type=int, default=None,
+                   help="--executor ray: CPU threads per actor (default: the CPUs shared "
+                        "by the workers)")
     s.add_argument("--batch", type=int, default=None,
                    help="generations run together per worker (default 8; results do not "
                         "depend on it)")
     s.add_argument("--full", action="store_true",
                    help="the full grid: core suite, θ 0.05/0.1/0.15, all modes and policies, "
                         "all replays, 30 steps")
-    s.add_argument("--model")
+    s.add_argument("--model", help="GGUF file, HF directory or Hub id org/name in the local "
+                                   "Hugging Face cache (default: the bundled SmolLM2)")
     s.add_argument("--device", help="cpu (default, or the study file's), cuda or cuda:N")
+    s.add_argument("--weights", choices=["quantized", "float32"], default="quantized",
+                   help="how a GGUF model's quantized weights are held: quantized (default: in "
+                        "their blocks, a sixth of the memory) or float32 (decoded at load); "
+                        "the results are the same bit for bit")
     s.add_argument("--preset", choices=["tempo-2025"],
                    help="run every cell with the compat preset (modes isolated/visible are "
                         "the prototype's)")
@@ -122,7 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--emulate-mask-leak", action="store_true",
                    help="--preset: each condition's prompts in order in one process, with "
                         "the prototype's stale-mask leak (one worker)")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.add_argument("--no-report", action="store_true",
                    help="stop after the runs (default: analyse them and write the report)")
     s.add_argument("--tables-only", action="store_true",
@@ -140,7 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--no-exclusions", action="store_true",
                    help="do not apply the preregistered exclusion rule (a deviation)")
     h.add_argument("--no-predict", action="store_true", help="skip the predictability model")
-    h.add_argument("--no-progress", action="store_true")
+    h.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     f = sub.add_parser("findings", help="explain the prototype's published claims on a model: "
                                         "compat runs, the mechanism, the toy null → findings.md")
@@ -149,17 +227,20 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--small", action="store_true",
                    help="the same pipeline at a size that runs in a minute or two")
     f.add_argument("--page", help="also write the page here (e.g. docs/findings.md)")
-    f.add_argument("--workers", type=int, default=1)
-    f.add_argument("--no-progress", action="store_true")
+    f.add_argument("--workers", type=int, default=1,
+                   help="processes for the runs and their analysis (default 1)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    i = sub.add_parser("inspect", help="describe a saved run or a model file")
-    i.add_argument("path")
+    i = sub.add_parser("inspect", help="describe a saved run (text, options, what was "
+                                       "captured) or a model")
+    i.add_argument("path", help="a saved run directory, a GGUF file, an HF model directory "
+                                "or a Hub id org/name in the local Hugging Face cache")
     return p
 
 
 def _cmd_generate(a) -> int:
-    model = load_model(a.model, device=a.device)
-    capture = Capture(scores=True) if a.save else None
+    capture = _capture_spec(a)
+    model = load_model(a.model, device=a.device, weights=a.weights)
     compat_only = [flag for flag, used in (("--emulate-isolation-bug", a.emulate_isolation_bug),
                                            ("--bos", a.bos != "model"),
                                            ("--eos-ids", a.eos_ids is not None)) if used]
@@ -173,7 +254,8 @@ def _cmd_generate(a) -> int:
     else:
         run = model.generate(a.prompt, threshold=a.threshold, max_steps=a.max_steps, mode=a.mode,
                              policy=a.policy, max_width=a.max_width, temperature=a.temperature,
-                             sample=a.sample, seed=a.seed, stop_on=a.stop_on, capture=capture)
+                             sample=a.sample, seed=a.seed, stop_on=a.stop_on, capture=capture,
+                             beyond_context=a.beyond_context)
     print(run.bracketed)
     if a.save:
         run.save(a.save)
@@ -182,10 +264,10 @@ def _cmd_generate(a) -> int:
 
 
 def _cmd_replay(a) -> int:
+    capture = _capture_spec(a)
     src = load_run(a.run)
     model = load_model(a.model or src.model.get("path"), device=a.device)
-    rep = model.replay(src, a.encoding, capture=Capture(scores=True) if a.save else None,
-                       other_model=a.other_model)
+    rep = model.replay(src, a.encoding, capture=capture, other_model=a.other_model)
     print(json.dumps({"encoding": rep.encoding, **rep.summary()}, indent=1))
     if a.save:
         rep.save(a.save)
@@ -209,6 +291,7 @@ def _cmd_study(a) -> int:
         study = Study.from_file(a.config)
         if a.device is not None:  # else the file's device, or cpu
             study.device = a.device
+        study.weights = a.weights
     else:
         suite = "core" if a.full and a.suite == "core-small" else a.suite
         items = prompts.load_suite(suite) if Path(suite).exists() else prompts.suite(suite)
@@ -225,7 +308,8 @@ def _cmd_study(a) -> int:
         compat = dict(preset=a.preset, add_bos={"model": None, "on": True, "off": False}[a.bos],
                       eos_ids=a.eos_ids, emulate_mask_leak=a.emulate_mask_leak or False)
         study = Study(prompts=items, seeds=a.seeds, sample=a.sample, model_path=a.model,
-                      device=a.device or "cpu", min_new_steps=a.min_new_steps, **grid,
+                      device=a.device or "cpu", weights=a.weights,
+                      min_new_steps=a.min_new_steps, **grid,
                       **compat)
     if a.batch is not None:
         if a.batch < 1:
@@ -237,7 +321,10 @@ def _cmd_study(a) -> int:
     # The analysis runs as each group of cells is generated (CellAnalysis), in the
     # process that generated it; the report's analysis then only gathers the tables.
     after = None if a.no_report else CellAnalysis(keep_capture=not a.tables_only)
-    study.run(a.out, workers=a.workers, progress=not a.no_progress, after_cells=after)
+    if a.executor != "ray" and (a.address is not None or a.threads is not None):
+        raise ValueError("--address and --threads: only with --executor ray")
+    study.run(a.out, workers=a.workers, progress=not a.no_progress, after_cells=after,
+              executor=a.executor, address=a.address, threads=a.threads)
     print(format_summary(Path(a.out)))
     if a.no_report:
         return 0
@@ -292,9 +379,20 @@ def _cmd_inspect(a) -> int:
         run = load_run(path)
         print(run.bracketed)
         print(json.dumps({"kind": run.kind, "encoding": run.encoding, "model": run.model,
-                          "options": run.options, **run.summary()}, indent=1, default=str))
+                          "options": run.options, **run.summary(),
+                          "capture": run.capture_summary()}, indent=1, default=str))
         return 0
-    model = load_model(path)
+    if path.is_dir() and not (path / "config.json").exists():
+        if (path / STUDY_FILE).exists():
+            raise MissingError(f"{path} is a study results directory, not a run or a model: "
+                               f"its runs are in {path / 'runs'}/ (inspect one of those), and "
+                               f"`attnvar hypotheses {path}` analyses them")
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        hint = f"; it holds {', '.join(ggufs)}: inspect that file" if ggufs else ""
+        raise MissingError(f"{path} is a directory but neither a saved run (no run.json) nor "
+                           f"an HF model directory (no config.json){hint}")
+    # A string, not a Path: a Hub id (org/name) resolves from the local cache.
+    model = load_model(a.path)
     print(json.dumps(model.info(), indent=1))
     return 0
 
