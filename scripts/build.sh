@@ -9,3 +9,5 @@ if [[ ! -f "$BUILD/build.ninja" ]]; then
     -DPython_EXECUTABLE="$(command -v "${PYTHON:-python3}")" >/dev/null
 fi
 cmake --build "$BUILD" -j"$(nproc)" "$@"
+# The `attnvar` command, running this build (docs/development.md, "The attnvar command").
+if [[ -d "$BUILD/pkg/attnvar" ]]; then bash scripts/dev_command.sh "$BUILD"; fi

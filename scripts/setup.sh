@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-apt_pkgs=(cmake ninja-build g++ ccache pkg-config catch2 libpcre2-dev nlohmann-json3-dev)
+apt_pkgs=(cmake ninja-build g++ ccache pkg-config catch2 libpcre2-dev nlohmann-json3-dev
+          doxygen)  # doxygen: the C++ API reference of the docs site
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,13 +19,13 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Which pinned requirements are not installed at exactly their version?
-# (torch's local tag, e.g. +cpu, is ignored in the comparison.)
-need=$("$PY" - scripts/requirements-test.txt <<'PYEOF'
+# Which pinned requirements (tests and build, and the docs site's tools) are not installed
+# at exactly their version? (torch's local tag, e.g. +cpu, is ignored in the comparison.)
+need=$("$PY" - scripts/requirements-test.txt scripts/requirements-docs.txt <<'PYEOF'
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-for line in open(sys.argv[1]):
+for line in (line for path in sys.argv[1:] for line in open(path)):
     line = line.split("#")[0].strip()
     if not line:
         continue

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Builds the documentation site into build/site (MkDocs + Material + mkdocstrings; the C++
+# reference through Doxygen), in strict mode: a broken link or anchor, an unresolvable API
+# reference, or a name the C++ entry header lists that Doxygen cannot find fails the build.
+# Needs the pinned doc tools and Doxygen (scripts/setup.sh installs both); not the compiled
+# extension: the Python reference reads the sources statically. Extra arguments go to mkdocs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import mkdocs, material, mkdocstrings_handlers.python" 2>/dev/null \
+    || ! command -v doxygen >/dev/null; then
+  echo "docs: the doc tools or Doxygen are missing: run bash scripts/setup.sh" >&2
+  exit 1
+fi
+export NO_MKDOCS_2_WARNING=1  # Material's banner about MkDocs 2, printed on every build
+start=$SECONDS
+"$PY" -m mkdocs build --strict --site-dir "${ATTNVAR_SITE_DIR:-build/site}" "$@"
+echo "docs: site built in $((SECONDS - start)) s: ${ATTNVAR_SITE_DIR:-build/site}/index.html"
