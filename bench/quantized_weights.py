@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -201,8 +202,11 @@ def run_round(impl: str, path: str, args, extra: dict, tmp: Path) -> dict | None
     spec = {"impl": impl, "path": path, "threads": args.threads, "contexts": args.contexts,
             "steps": args.steps, "repeats": args.repeats, "out": str(tmp / "out.json"), **extra}
     (tmp / "spec.json").write_text(json.dumps(spec))
+    env = dict(os.environ)  # the worker runs in bench/: PYTHONPATH made absolute
+    env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve())
+                                        for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)
     done = subprocess.run([sys.executable, __file__, "--worker", str(tmp / "spec.json")],
-                          cwd=HERE, capture_output=True, text=True)
+                          cwd=HERE, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         print(f"{impl}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
         return None

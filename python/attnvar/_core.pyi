@@ -90,6 +90,16 @@ class Model:
     @property
     def vocab_size(self) -> int:
         ...
+    @property
+    def weight_bytes(self) -> int:
+        """
+        Bytes the weights hold in memory.
+        """
+    @property
+    def weights(self) -> str:
+        """
+        How the weights are held: 'quantized' (GGUF blocks) or 'float32' (dense tensors in the model's dtype).
+        """
 class Tokenizer:
     """
     Text <-> token ids: byte-level BPE (GPT-2 family) and SentencePiece-style BPE with byte
@@ -216,6 +226,18 @@ class Tree:
     """
     The prompt plus every set: everything needed to replay a run.
     """
+    @staticmethod
+    def __repr__(tree: _core.Tree) -> str:
+        """
+        ``repr`` of a tree: prompt length, steps and the width of each set.
+        """
+    @staticmethod
+    def _repr_html_(tree: _core.Tree) -> str:
+        """
+        The notebook view of a tree: its prompt ids, then one row per set (step, width,
+            members as id:probability, EOS marked; a tree built by hand has no probabilities).
+            Token ids only: a tree carries no tokenizer (a Run shows the text).
+        """
     @staticmethod
     def build(prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], steps: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]], eos_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = []) -> Tree:
         """
@@ -407,9 +429,9 @@ def kernel_info() -> dict:
     """
     How the engine's own kernels run here: the projection kernel picked for this CPU and how many threads attnvar's parallel loops use now (torch.get_num_threads() when the build links torch's OpenMP runtime).
     """
-def load_model(path: str, dtype: torch.dtype = ..., device: str = 'cpu') -> dict:
+def load_model(path: str, dtype: torch.dtype = ..., device: str = 'cpu', weights: str = 'quantized') -> dict:
     """
-    Load a .gguf file or an HF directory onto a device ('cpu', 'cuda', 'cuda:1'): {'model', 'tokenizer', 'identity', 'eos_ids'}.
+    Load a .gguf file or an HF directory onto a device ('cpu', 'cuda', 'cuda:1'): {'model', 'tokenizer', 'identity', 'eos_ids'}. weights: 'quantized' keeps a GGUF file's quantized weights in their blocks (float32 on the CPU; bit for bit the float32 results), 'float32' decodes them at load.
     """
 def load_weights(path: str, dtype: torch.dtype = ..., device: torch.device = ...) -> tuple[dict, dict, dict]:
     """
