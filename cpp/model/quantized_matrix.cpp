@@ -31,6 +31,7 @@ float half_at(const uint8_t* p) {
 
 #ifdef ATTNVAR_QUANT_X86
 #define ATTNVAR_AVX2 __attribute__((target("avx2")))
+#define ATTNVAR_AVX2_FMA __attribute__((target("avx2,fma")))
 
 // Eight bytes (the low half of `bytes`) as eight floats: unsigned, or signed.
 ATTNVAR_AVX2 inline __m256i widen_u8(__m128i bytes) { return _mm256_cvtepu8_epi32(bytes); }
@@ -68,28 +69,25 @@ ATTNVAR_AVX2 inline __m256i fifth_bits(uint32_t qh, int e) {
   return _mm256_slli_epi32(bits, 4);
 }
 
-// One 32-element block per call (Q4_0 .. Q8_0): 8 floats at a time into y.
-ATTNVAR_AVX2 void block_q4_0(const uint8_t* b, float* y) {
+// One 32-element block (Q4_0 .. Q8_0) into four registers of eight floats (elements 0-7,
+// 8-15, 16-23, 24-31), for the fused kernel below and for the decoders into memory.
+ATTNVAR_AVX2 inline void regs_q4_0(const uint8_t* b, __m256* w) {
   const __m256 d = _mm256_set1_ps(half_at(b));
   const Nibbles n = split_nibbles(b + 2);
   const __m256i eight = _mm256_set1_epi32(8);
   for (int k = 0; k < 4; ++k) {
-    const __m256 q = to_float(_mm256_sub_epi32(nibble_group(n, k), eight));
-    _mm256_storeu_ps(y + 8 * k, _mm256_mul_ps(d, q));
+    w[k] = _mm256_mul_ps(d, to_float(_mm256_sub_epi32(nibble_group(n, k), eight)));
   }
 }
 
-ATTNVAR_AVX2 void block_q4_1(const uint8_t* b, float* y) {
+ATTNVAR_AVX2 inline void regs_q4_1(const uint8_t* b, __m256* w) {
   const __m256 d = _mm256_set1_ps(half_at(b));
   const __m256 m = _mm256_set1_ps(half_at(b + 2));
   const Nibbles n = split_nibbles(b + 4);
-  for (int k = 0; k < 4; ++k) {
-    const __m256 q = to_float(nibble_group(n, k));
-    _mm256_storeu_ps(y + 8 * k, _mm256_add_ps(_mm256_mul_ps(d, q), m));
-  }
+  for (int k = 0; k < 4; ++k) w[k] = _mm256_add_ps(_mm256_mul_ps(d, to_float(nibble_group(n, k))), m);
 }
 
-ATTNVAR_AVX2 void block_q5_0(const uint8_t* b, float* y) {
+ATTNVAR_AVX2 inline void regs_q5_0(const uint8_t* b, __m256* w) {
   const __m256 d = _mm256_set1_ps(half_at(b));
   uint32_t qh;
   std::memcpy(&qh, b + 2, 4);
@@ -97,11 +95,11 @@ ATTNVAR_AVX2 void block_q5_0(const uint8_t* b, float* y) {
   const __m256i sixteen = _mm256_set1_epi32(16);
   for (int k = 0; k < 4; ++k) {
     const __m256i q = _mm256_or_si256(nibble_group(n, k), fifth_bits(qh, 8 * k));
-    _mm256_storeu_ps(y + 8 * k, _mm256_mul_ps(d, to_float(_mm256_sub_epi32(q, sixteen))));
+    w[k] = _mm256_mul_ps(d, to_float(_mm256_sub_epi32(q, sixteen)));
   }
 }
 
-ATTNVAR_AVX2 void block_q5_1(const uint8_t* b, float* y) {
+ATTNVAR_AVX2 inline void regs_q5_1(const uint8_t* b, __m256* w) {
   const __m256 d = _mm256_set1_ps(half_at(b));
   const __m256 m = _mm256_set1_ps(half_at(b + 2));
   uint32_t qh;
@@ -109,15 +107,150 @@ ATTNVAR_AVX2 void block_q5_1(const uint8_t* b, float* y) {
   const Nibbles n = split_nibbles(b + 8);
   for (int k = 0; k < 4; ++k) {
     const __m256i q = _mm256_or_si256(nibble_group(n, k), fifth_bits(qh, 8 * k));
-    _mm256_storeu_ps(y + 8 * k, _mm256_add_ps(_mm256_mul_ps(d, to_float(q)), m));
+    w[k] = _mm256_add_ps(_mm256_mul_ps(d, to_float(q)), m);
   }
 }
 
-ATTNVAR_AVX2 void block_q8_0(const uint8_t* b, float* y) {
+ATTNVAR_AVX2 inline void regs_q8_0(const uint8_t* b, __m256* w) {
   const __m256 d = _mm256_set1_ps(half_at(b));
   for (int k = 0; k < 4; ++k) {
     const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 2 + 8 * k));
-    _mm256_storeu_ps(y + 8 * k, _mm256_mul_ps(d, to_float(_mm256_cvtepi8_epi32(q))));
+    w[k] = _mm256_mul_ps(d, to_float(_mm256_cvtepi8_epi32(q)));
+  }
+}
+
+using RegsFn = void (*)(const uint8_t*, __m256*);
+
+template <RegsFn Regs>
+ATTNVAR_AVX2 void block_32(const uint8_t* b, float* y) {
+  __m256 w[4];
+  Regs(b, w);
+  for (int k = 0; k < 4; ++k) _mm256_storeu_ps(y + 8 * k, w[k]);
+}
+
+// Horizontal sum of each accumulator, ((a0+a1)+(a2+a3)) + ((a4+a5)+(a6+a7)): the order
+// gemv_rows' tiles use, so outputs match it bit for bit.
+ATTNVAR_AVX2_FMA inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+// R rows of x against O weight rows of a 32-element block type, each block decoded in
+// registers once for all R rows: per accumulator the same multiply-adds in the same order
+// as gemv_rows' tiles on the decoded weights (eight columns at a time, ascending), then the
+// same horizontal sums; so the outputs equal gemv_rows' bit for bit.
+template <RegsFn Regs, int R, int O>
+ATTNVAR_AVX2_FMA void fused_tile(const float* x, int64_t ldx, const uint8_t* w, int64_t row_bytes,
+                             int64_t block_bytes, int64_t blocks, const float* bias, float* y,
+                             int64_t ldy) {
+  __m256 acc[O * R];
+  for (int j = 0; j < O * R; ++j) acc[j] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (int o = 0; o < O; ++o) {
+      __m256 wv[4];
+      Regs(w + o * row_bytes + b * block_bytes, wv);
+      for (int k = 0; k < 4; ++k) {
+        for (int r = 0; r < R; ++r) {
+          const __m256 xv = _mm256_loadu_ps(x + r * ldx + 32 * b + 8 * k);
+          acc[o * R + r] = _mm256_fmadd_ps(wv[k], xv, acc[o * R + r]);
+        }
+      }
+    }
+  }
+  constexpr int n = O * R, groups = (n + 3) / 4;
+  alignas(16) float sums[groups * 4];
+  const __m256 zero = _mm256_setzero_ps();
+  for (int g = 0; g < groups; ++g) {
+    const int j = 4 * g;
+    _mm_store_ps(sums + j, hsum4(acc[j], j + 1 < n ? acc[j + 1] : zero,
+                                 j + 2 < n ? acc[j + 2] : zero, j + 3 < n ? acc[j + 3] : zero));
+  }
+  for (int o = 0; o < O; ++o) {
+    for (int r = 0; r < R; ++r) {
+      y[r * ldy + o] = bias != nullptr ? sums[o * R + r] + bias[o] : sums[o * R + r];
+    }
+  }
+}
+
+// Weight rows [0, n) of a tile against R rows: as many O-row tiles as fit (R·O ≤ 8
+// accumulators), then narrower ones.
+template <RegsFn Regs, int R>
+ATTNVAR_AVX2_FMA void fused_rows(const float* x, int64_t ldx, const uint8_t* w, int64_t row_bytes,
+                             int64_t block_bytes, int64_t blocks, int64_t n, const float* bias,
+                             float* y, int64_t ldy) {
+  int64_t o = 0;
+  const auto b = [&](int64_t at) { return bias != nullptr ? bias + at : nullptr; };
+  if constexpr (R == 1) {
+    for (; o + 8 <= n; o += 8) {
+      fused_tile<Regs, 1, 8>(x, ldx, w + o * row_bytes, row_bytes, block_bytes, blocks, b(o),
+                             y + o, ldy);
+    }
+  }
+  if constexpr (R <= 2) {
+    for (; o + 4 <= n; o += 4) {
+      fused_tile<Regs, R, 4>(x, ldx, w + o * row_bytes, row_bytes, block_bytes, blocks, b(o),
+                             y + o, ldy);
+    }
+  }
+  if constexpr (R <= 4) {
+    for (; o + 2 <= n; o += 2) {
+      fused_tile<Regs, R, 2>(x, ldx, w + o * row_bytes, row_bytes, block_bytes, blocks, b(o),
+                             y + o, ldy);
+    }
+  }
+  for (; o < n; ++o) {
+    fused_tile<Regs, R, 1>(x, ldx, w + o * row_bytes, row_bytes, block_bytes, blocks, b(o),
+                           y + o, ldy);
+  }
+}
+
+template <RegsFn Regs>
+ATTNVAR_AVX2_FMA void fused(const float* x, int64_t ldx, int64_t rows, const uint8_t* w,
+                        int64_t row_bytes, int64_t block_bytes, int64_t blocks, int64_t n,
+                        const float* bias, float* y, int64_t ldy) {
+  // Up to eight rows at once (a decode step, a parallel set), in groups of eight beyond.
+  for (int64_t r = 0; r < rows; r += 8) {
+    const float* xr = x + r * ldx;
+    float* yr = y + r * ldy;
+    switch (std::min<int64_t>(8, rows - r)) {
+#define ATTNVAR_FUSED_CASE(K)                                                          \
+  case K:                                                                              \
+    fused_rows<Regs, K>(xr, ldx, w, row_bytes, block_bytes, blocks, n, bias, yr, ldy); \
+    break;
+      ATTNVAR_FUSED_CASE(1)
+      ATTNVAR_FUSED_CASE(2)
+      ATTNVAR_FUSED_CASE(3)
+      ATTNVAR_FUSED_CASE(4)
+      ATTNVAR_FUSED_CASE(5)
+      ATTNVAR_FUSED_CASE(6)
+      ATTNVAR_FUSED_CASE(7)
+      ATTNVAR_FUSED_CASE(8)
+#undef ATTNVAR_FUSED_CASE
+      default:
+        break;
+    }
+  }
+}
+
+using FusedFn = void (*)(const float*, int64_t, int64_t, const uint8_t*, int64_t, int64_t,
+                         int64_t, int64_t, const float*, float*, int64_t);
+
+// The fused kernel of a 32-element block type; nullptr for the K types (they decode into
+// the buffer instead).
+FusedFn avx2_fused_fn(uint32_t type) {
+  switch (static_cast<GgmlType>(type)) {
+    case GgmlType::Q4_0:
+      return fused<regs_q4_0>;
+    case GgmlType::Q4_1:
+      return fused<regs_q4_1>;
+    case GgmlType::Q5_0:
+      return fused<regs_q5_0>;
+    case GgmlType::Q5_1:
+      return fused<regs_q5_1>;
+    case GgmlType::Q8_0:
+      return fused<regs_q8_0>;
+    default:
+      return nullptr;
   }
 }
 
@@ -200,15 +333,15 @@ using BlockFn = void (*)(const uint8_t*, float*);
 BlockFn avx2_block_fn(uint32_t type) {
   switch (static_cast<GgmlType>(type)) {
     case GgmlType::Q4_0:
-      return block_q4_0;
+      return block_32<regs_q4_0>;
     case GgmlType::Q4_1:
-      return block_q4_1;
+      return block_32<regs_q4_1>;
     case GgmlType::Q5_0:
-      return block_q5_0;
+      return block_32<regs_q5_0>;
     case GgmlType::Q5_1:
-      return block_q5_1;
+      return block_32<regs_q5_1>;
     case GgmlType::Q8_0:
-      return block_q8_0;
+      return block_32<regs_q8_0>;
     case GgmlType::Q4_K:
       return block_q4_k;
     case GgmlType::Q5_K:
@@ -222,6 +355,12 @@ BlockFn avx2_block_fn(uint32_t type) {
 
 bool cpu_has_avx2() {
   static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+
+// The fused kernel multiplies with FMA, as gemv_rows' AVX2 kernel does: both need it.
+bool cpu_has_avx2_fma() {
+  static const bool has = cpu_has_avx2() && __builtin_cpu_supports("fma");
   return has;
 }
 #endif  // ATTNVAR_QUANT_X86
@@ -324,9 +463,26 @@ void qgemv_rows(const float* x, int64_t ldx, int64_t rows,
       const QuantizedMatrix& m = parts[i];
       const int64_t o = (t - first_tile[i]) * tile, n = std::min(tile, m.rows() - o);
       const int64_t out_row = first_row[i] + o;  // in y and bias
+#ifdef ATTNVAR_QUANT_X86
+      const bool fma = kernel == GemvRowsKernel::kAuto && cpu_has_avx2_fma();
+      if (const FusedFn fn = fma ? avx2_fused_fn(m.type) : nullptr) {
+        const int64_t block_bytes = ggml_type_size(m.type);
+        fn(x, ldx, rows, m.blocks.const_data_ptr<uint8_t>() + o * m.row_bytes(), m.row_bytes(),
+           block_bytes, in / 32, n, bias != nullptr ? bias + out_row : nullptr, y + out_row,
+           ldy);
+        continue;
+      }
+#endif
       dequantize_rows(m, o, n, buffer.data(), kernel);
-      gemv_rows_range(x, ldx, rows, buffer.data(), in, 0, n, in,
-                      bias != nullptr ? bias + out_row : nullptr, y + out_row, ldy, kernel);
+      // Row by row against the decoded block, which sits in L1: one row at a time gets
+      // gemv_rows' eight-output tiles (eight independent multiply-add chains), where its
+      // 2-5-row tiles, made to stream weights from memory, would wait on two to five.
+      // Every output is the same whatever the tiling (gemv_rows_range).
+      for (int64_t r = 0; r < rows; ++r) {
+        gemv_rows_range(x + r * ldx, ldx, 1, buffer.data(), in, 0, n, in,
+                        bias != nullptr ? bias + out_row : nullptr, y + r * ldy + out_row, ldy,
+                        kernel);
+      }
     }
   });
 }
