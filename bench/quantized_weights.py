@@ -40,6 +40,17 @@ def rss_mb() -> float:
 
 
 # ---- worker -------------------------------------------------------------------------------
+def measure_decode(decode, spec: dict, out: dict) -> None:
+    """Warm-up, the RSS after 20 steps, then decode steps/s per context (median of repeats);
+    ``decode(ctx, steps)`` returns seconds per step."""
+    decode(16, 4)
+    decode(16, 20)
+    out["rss_after_20_steps_MB"] = rss_mb()
+    for ctx in spec["contexts"]:
+        out[f"decode_{ctx}_steps_s"] = 1.0 / median([decode(ctx, spec["steps"])
+                                                     for _ in range(spec["repeats"])])
+
+
 def attnvar_worker(spec: dict) -> dict:
     import torch
 
@@ -64,12 +75,7 @@ def attnvar_worker(spec: dict) -> dict:
                          _core.causal_visibility(1, ctx + s), last_logits_only=True)
         return (clock() - t) / steps
 
-    decode(16, 4)
-    decode(16, 20)
-    out["rss_after_20_steps_MB"] = rss_mb()
-    for ctx in spec["contexts"]:
-        out[f"decode_{ctx}_steps_s"] = 1.0 / median([decode(ctx, spec["steps"])
-                                                     for _ in range(spec["repeats"])])
+    measure_decode(decode, spec, out)
     if spec.get("parallel", True):
         ctx = 128
         cache = core.new_cache(initial_capacity=ctx + 8)
@@ -118,12 +124,7 @@ def llamacpp_worker(spec: dict) -> dict:
             llm.eval([ids[ctx + s]])
         return (clock() - t) / steps
 
-    decode(16, 4)
-    decode(16, 20)
-    out["rss_after_20_steps_MB"] = rss_mb()
-    for ctx in spec["contexts"]:
-        out[f"decode_{ctx}_steps_s"] = 1.0 / median([decode(ctx, spec["steps"])
-                                                     for _ in range(spec["repeats"])])
+    measure_decode(decode, spec, out)
     return out
 
 

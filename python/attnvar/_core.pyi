@@ -227,12 +227,12 @@ class Tree:
     The prompt plus every set: everything needed to replay a run.
     """
     @staticmethod
-    def __repr__(tree: _core.Tree) -> str:
+    def __repr__(tree: Tree) -> str:
         """
         ``repr`` of a tree: prompt length, steps and the width of each set.
         """
     @staticmethod
-    def _repr_html_(tree: _core.Tree) -> str:
+    def _repr_html_(tree: Tree) -> str:
         """
         The notebook view of a tree: its prompt ids, then one row per set (step, width,
             members as id:probability, EOS marked; a tree built by hand has no probabilities).

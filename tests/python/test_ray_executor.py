@@ -64,22 +64,9 @@ def ray_env() -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from tiny_models import tiny_hf_model
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tiny_models import save_tiny_hf_dir
 
-    out = tmp_path_factory.mktemp("tiny_model")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        ["the cat sat on the mat and the dog ran to the park"] * 20,
-        trainers.BpeTrainer(vocab_size=300, show_progress=False,
-                            special_tokens=["<pad>", "<s>", "</s>"],  # ids 0, 1 (BOS), 2 (EOS)
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    hf = tiny_hf_model("llama", seed=3, shape={"vocab_size": tok.get_vocab_size()})
-    hf.save_pretrained(out, safe_serialization=True)
-    tok.save(str(out / "tokenizer.json"))
-    return out
+    return save_tiny_hf_dir(tmp_path_factory.mktemp("tiny_model"), seed=3)
 
 
 def study(model_dir, **kw) -> Study:
