@@ -17,7 +17,7 @@ namespace attnvar {
 struct LoadedModel {
   std::unique_ptr<LlamaModel> decoder;
   std::unique_ptr<Tokenizer> tokenizer;  // null for a directory without tokenizer.json
-  ModelIdentity identity;                // file hash, quantisation, "dequantized to f32"
+  ModelIdentity identity;                // file hash, quantisation, how weights are held
   // What generation stops on by default: the config's eos ids, then the tokenizer's eos
   // and end-of-turn ids (no duplicates).
   std::vector<int64_t> eos_ids;

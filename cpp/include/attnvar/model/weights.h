@@ -1,7 +1,8 @@
 // Loading model weights into torch tensors under Hugging Face names.
 //
 // Sources: an HF directory (config.json + model.safetensors or a sharded index) or a GGUF
-// file (metadata -> config; quantized tensors dequantized to f32). Every tensor the
+// file (metadata -> config; quantized tensors dequantized to f32, or kept in their blocks
+// with WeightMode::kQuantized). Every tensor the
 // config implies is required and shape-checked; the result uses HF names and HF shapes
 // (linear weights are (out_features, in_features)), so the engine sees one layout
 // whatever the file. GGUF files of the `llama` architecture store attn_q/attn_k rows
@@ -33,7 +34,7 @@ struct ModelIdentity {
   std::string sha256;        // of the weights file; of the shards' bytes concatenated in
                              // sorted file-name order when sharded
   std::string quantization;  // most common tensor type in the file, e.g. "Q4_1", "BF16", "F32"
-  std::string note;          // e.g. "dequantized to f32"
+  std::string note;          // e.g. "dequantized to f32", "211 weights kept quantized, ..."
 };
 
 struct Weights {
