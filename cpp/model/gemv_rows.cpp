@@ -8,6 +8,8 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+
+#include "model/gemv_tile_avx2.h"
 #define ATTNVAR_GEMV_ROWS_X86 1
 #endif
 
@@ -49,15 +51,8 @@ void gemv_rows_portable(const float* x, int64_t ldx, int64_t rows, const float* 
 
 #ifdef ATTNVAR_GEMV_ROWS_X86
 // ---- AVX2 + FMA kernel -------------------------------------------------------------------
-#define ATTNVAR_AVX2 __attribute__((target("avx2,fma")))
-
-// Horizontal sums of four accumulators, each ((a0+a1)+(a2+a3)) + ((a4+a5)+(a6+a7)): the
-// same order for every accumulator, whichever four are grouped, so a row's result does not
-// depend on how rows and outputs were blocked.
-ATTNVAR_AVX2 inline __m128 sum4(__m256 a, __m256 b, __m256 c, __m256 d) {
-  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
-  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-}
+#define ATTNVAR_AVX2 ATTNVAR_AVX2_FMA
+using detail::store_tile;
 
 // Mask of the first n (0..7) lanes, for the tail of a row.
 ATTNVAR_AVX2 inline __m256i tail_mask(int64_t n) {
@@ -90,20 +85,7 @@ ATTNVAR_AVX2 void tile_avx2(const float* x, int64_t ldx, const float* w, int64_t
       for (int o = 0; o < O; ++o) acc[o * R + r] = _mm256_fmadd_ps(wv[o], xv, acc[o * R + r]);
     }
   }
-  constexpr int n = O * R, groups = (n + 3) / 4;
-  alignas(16) float sums[groups * 4];
-  const __m256 zero = _mm256_setzero_ps();
-  for (int g = 0; g < groups; ++g) {
-    const int j = 4 * g;
-    _mm_store_ps(sums + j, sum4(acc[j], j + 1 < n ? acc[j + 1] : zero,
-                                j + 2 < n ? acc[j + 2] : zero, j + 3 < n ? acc[j + 3] : zero));
-  }
-  for (int o = 0; o < O; ++o) {
-    const float b = bias != nullptr ? bias[o] : 0.0f;
-    for (int r = 0; r < R; ++r) {
-      y[r * ldy + o] = bias != nullptr ? sums[o * R + r] + b : sums[o * R + r];
-    }
-  }
+  store_tile<R, O>(acc, bias, y, ldy);
 }
 
 // All rows against the one weight row at w: rows in blocks of eight or four, then the rest.

@@ -9,6 +9,8 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+
+#include "model/gemv_tile_avx2.h"
 #define ATTNVAR_QUANT_X86 1
 #endif
 
@@ -31,7 +33,6 @@ float half_at(const uint8_t* p) {
 
 #ifdef ATTNVAR_QUANT_X86
 #define ATTNVAR_AVX2 __attribute__((target("avx2")))
-#define ATTNVAR_AVX2_FMA __attribute__((target("avx2,fma")))
 
 // Eight bytes (the low half of `bytes`) as eight floats: unsigned, or signed.
 ATTNVAR_AVX2 inline __m256i widen_u8(__m128i bytes) { return _mm256_cvtepu8_epi32(bytes); }
@@ -128,13 +129,6 @@ ATTNVAR_AVX2 void block_32(const uint8_t* b, float* y) {
   for (int k = 0; k < 4; ++k) _mm256_storeu_ps(y + 8 * k, w[k]);
 }
 
-// Horizontal sum of each accumulator, ((a0+a1)+(a2+a3)) + ((a4+a5)+(a6+a7)): the order
-// gemv_rows' tiles use, so outputs match it bit for bit.
-ATTNVAR_AVX2_FMA inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
-  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
-  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-}
-
 // R rows of x against O weight rows of a 32-element block type, each block decoded in
 // registers once for all R rows: per accumulator the same multiply-adds in the same order
 // as gemv_rows' tiles on the decoded weights (eight columns at a time, ascending), then the
@@ -157,19 +151,7 @@ ATTNVAR_AVX2_FMA void fused_tile(const float* x, int64_t ldx, const uint8_t* w, 
       }
     }
   }
-  constexpr int n = O * R, groups = (n + 3) / 4;
-  alignas(16) float sums[groups * 4];
-  const __m256 zero = _mm256_setzero_ps();
-  for (int g = 0; g < groups; ++g) {
-    const int j = 4 * g;
-    _mm_store_ps(sums + j, hsum4(acc[j], j + 1 < n ? acc[j + 1] : zero,
-                                 j + 2 < n ? acc[j + 2] : zero, j + 3 < n ? acc[j + 3] : zero));
-  }
-  for (int o = 0; o < O; ++o) {
-    for (int r = 0; r < R; ++r) {
-      y[r * ldy + o] = bias != nullptr ? sums[o * R + r] + bias[o] : sums[o * R + r];
-    }
-  }
+  detail::store_tile<R, O>(acc, bias, y, ldy);  // gemv_rows' sums (gemv_tile_avx2.h)
 }
 
 // Weight rows [0, n) of a tile against R rows: as many O-row tiles as fit (R·O ≤ 8
@@ -229,28 +211,6 @@ ATTNVAR_AVX2_FMA void fused(const float* x, int64_t ldx, int64_t rows, const uin
       default:
         break;
     }
-  }
-}
-
-using FusedFn = void (*)(const float*, int64_t, int64_t, const uint8_t*, int64_t, int64_t,
-                         int64_t, int64_t, const float*, float*, int64_t);
-
-// The fused kernel of a 32-element block type; nullptr for the K types (they decode into
-// the buffer instead).
-FusedFn avx2_fused_fn(uint32_t type) {
-  switch (static_cast<GgmlType>(type)) {
-    case GgmlType::Q4_0:
-      return fused<regs_q4_0>;
-    case GgmlType::Q4_1:
-      return fused<regs_q4_1>;
-    case GgmlType::Q5_0:
-      return fused<regs_q5_0>;
-    case GgmlType::Q5_1:
-      return fused<regs_q5_1>;
-    case GgmlType::Q8_0:
-      return fused<regs_q8_0>;
-    default:
-      return nullptr;
   }
 }
 
@@ -329,27 +289,37 @@ ATTNVAR_AVX2 void block_q6_k(const uint8_t* b, float* y) {
 }
 
 using BlockFn = void (*)(const uint8_t*, float*);
+using FusedFn = void (*)(const float*, int64_t, int64_t, const uint8_t*, int64_t, int64_t,
+                         int64_t, int64_t, const float*, float*, int64_t);
 
-BlockFn avx2_block_fn(uint32_t type) {
+// A type's AVX2 kernels: the decoder of one block into memory, and the fused decode-and-
+// multiply of fused_tile, which the 32-element types have (the K types decode into the
+// buffer instead: their chunks would re-read a super-block's scales, measured slower).
+struct Avx2Kernels {
+  BlockFn block = nullptr;
+  FusedFn fused = nullptr;
+};
+
+Avx2Kernels avx2_kernels(uint32_t type) {
   switch (static_cast<GgmlType>(type)) {
     case GgmlType::Q4_0:
-      return block_32<regs_q4_0>;
+      return {block_32<regs_q4_0>, fused<regs_q4_0>};
     case GgmlType::Q4_1:
-      return block_32<regs_q4_1>;
+      return {block_32<regs_q4_1>, fused<regs_q4_1>};
     case GgmlType::Q5_0:
-      return block_32<regs_q5_0>;
+      return {block_32<regs_q5_0>, fused<regs_q5_0>};
     case GgmlType::Q5_1:
-      return block_32<regs_q5_1>;
+      return {block_32<regs_q5_1>, fused<regs_q5_1>};
     case GgmlType::Q8_0:
-      return block_32<regs_q8_0>;
+      return {block_32<regs_q8_0>, fused<regs_q8_0>};
     case GgmlType::Q4_K:
-      return block_q4_k;
+      return {block_q4_k, nullptr};
     case GgmlType::Q5_K:
-      return block_q5_k;
+      return {block_q5_k, nullptr};
     case GgmlType::Q6_K:
-      return block_q6_k;
+      return {block_q6_k, nullptr};
     default:
-      return nullptr;
+      return {};
   }
 }
 
@@ -369,7 +339,7 @@ bool cpu_has_avx2_fma() {
 void decode_row(uint32_t type, const uint8_t* src, int64_t cols, float* dst, bool avx2) {
 #ifdef ATTNVAR_QUANT_X86
   if (avx2) {
-    const BlockFn fn = avx2_block_fn(type);
+    const BlockFn fn = avx2_kernels(type).block;
     const int64_t block = ggml_block_size(type), bytes = ggml_type_size(type);
     for (int64_t i = 0; i < cols / block; ++i) fn(src + i * bytes, dst + i * block);
     return;
@@ -454,6 +424,13 @@ void qgemv_rows(const float* x, int64_t ldx, int64_t rows,
   }
   // At least ~64 KB of f32 weights per task, as gemv_rows splits its outputs.
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(in, 1) / tile);
+#ifdef ATTNVAR_QUANT_X86
+  // Each part's fused kernel, looked up once per call (null: decode into the buffer).
+  std::vector<FusedFn> fused_of(parts.size(), nullptr);
+  if (kernel == GemvRowsKernel::kAuto && cpu_has_avx2_fma()) {
+    for (size_t i = 0; i < parts.size(); ++i) fused_of[i] = avx2_kernels(parts[i].type).fused;
+  }
+#endif
   at::parallel_for(0, first_tile.back(), grain, [&](int64_t t_begin, int64_t t_end) {
     thread_local std::vector<float> buffer;
     buffer.resize(static_cast<size_t>(tile * in));
@@ -464,12 +441,11 @@ void qgemv_rows(const float* x, int64_t ldx, int64_t rows,
       const int64_t o = (t - first_tile[i]) * tile, n = std::min(tile, m.rows() - o);
       const int64_t out_row = first_row[i] + o;  // in y and bias
 #ifdef ATTNVAR_QUANT_X86
-      const bool fma = kernel == GemvRowsKernel::kAuto && cpu_has_avx2_fma();
-      if (const FusedFn fn = fma ? avx2_fused_fn(m.type) : nullptr) {
-        const int64_t block_bytes = ggml_type_size(m.type);
+      if (const FusedFn fn = fused_of[i]) {
+        const int64_t blocks = in / 32;  // fused types have 32-element blocks
         fn(x, ldx, rows, m.blocks.const_data_ptr<uint8_t>() + o * m.row_bytes(), m.row_bytes(),
-           block_bytes, in / 32, n, bias != nullptr ? bias + out_row : nullptr, y + out_row,
-           ldy);
+           m.row_bytes() / blocks, blocks, n, bias != nullptr ? bias + out_row : nullptr,
+           y + out_row, ldy);
         continue;
       }
 #endif
