@@ -30,13 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _session_of(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(")") + 2:].split()[3])
+from attnvar.util.proc import session_of  # run with PYTHONPATH=build/dev/pkg
 
 
 class Cluster:
@@ -63,7 +57,7 @@ class Cluster:
 
     def stop(self) -> None:
         for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and _session_of(int(entry.name)) in self.sessions:
+            if entry.name.isdigit() and session_of(int(entry.name)) in self.sessions:
                 try:
                     os.kill(int(entry.name), signal.SIGKILL)
                 except ProcessLookupError:

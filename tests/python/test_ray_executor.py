@@ -31,6 +31,7 @@ import attnvar  # noqa: E402
 from attnvar.study import Study  # noqa: E402
 from attnvar.study.runner import RayUnavailableError  # noqa: E402
 from attnvar.util.lock import DirectoryBusyError, directory_lock  # noqa: E402
+from attnvar.util.proc import running, session_of  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # Where this attnvar is imported from (build/dev/pkg, or site-packages), for the workers;
@@ -78,18 +79,10 @@ def study(model_dir, **kw) -> Study:
     return Study(prompts=PROMPTS, **opts)
 
 
-def _session_of(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(")") + 2:].split()[3])
-
-
 def _kill_sessions(sessions: set[int]) -> None:
     """SIGKILL every process in these sessions (the Ray processes this test started)."""
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and _session_of(int(entry.name)) in sessions:
+        if entry.name.isdigit() and session_of(int(entry.name)) in sessions:
             try:
                 os.kill(int(entry.name), signal.SIGKILL)
             except ProcessLookupError:
@@ -256,8 +249,7 @@ def test_the_driver_killed_mid_study_then_rerun_completes_and_stops_its_ray(
     table = study(tiny_model_dir).run(out, workers=2, executor="ray", progress=False)
     assert_complete(out, ref_dir, table)
     assert not (out / ".attnvar-ray.json").exists()
-    left = [pid for pid, _ in state["processes"] if Path(f"/proc/{pid}").exists()
-            and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]]
+    left = [pid for pid, _ in state["processes"] if running(pid)]
     assert not left, f"processes of the killed driver's Ray instance still run: {left}"
     capfd.readouterr()
 

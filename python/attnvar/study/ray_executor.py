@@ -62,6 +62,7 @@ import torch
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from ..util.atomic import new_staging_dir, publish_dir, write_atomic
+from ..util.proc import stat_fields
 from ..util.threads import limit_worker_threads, worker_threads
 from .runner import _groups, _load, run_cells
 from .store import RUNS, Cell, replay_key
@@ -221,20 +222,10 @@ RemoteCellWorker = ray.remote(CellWorker)
 # ---- the local Ray instance ------------------------------------------------------------------
 
 
-def _stat(pid: int) -> list[str] | None:
-    """/proc/PID/stat's fields after the command name: [state, ppid, …]; None when the
-    process is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2:].split()
-
-
 def _start_time(pid: int) -> int | None:
     """The running process's start time in clock ticks since boot (field 22 of
     /proc/PID/stat); None when it is gone or a zombie."""
-    fields = _stat(pid)
+    fields = stat_fields(pid)
     return None if fields is None or fields[0] in "ZX" else int(fields[19])
 
 
@@ -244,7 +235,7 @@ def _ray_descendants(pid: int) -> list[list[int]]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        fields = _stat(int(entry.name))
+        fields = stat_fields(int(entry.name))
         if fields is not None:
             children.setdefault(int(fields[1]), []).append(int(entry.name))
     out, todo = [], list(children.get(pid, []))
