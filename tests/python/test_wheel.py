@@ -8,7 +8,9 @@ venv" stage, .ci/run). Each step prints its time and fails past its budget (seco
 overridable: ATTNVAR_BUDGET_WHEEL_S, _SDIST_S, _VENV_S, _STUDY_S). The wheel is built in
 build/wheel, at the same depth as build/dev, so that ccache (cmake/Ccache.cmake, paths
 relative to the source tree) serves it the dev build's objects: a warm wheel build is
-mostly cache hits.
+mostly cache hits. With ATTNVAR_WHEEL_COLD=1 the wheel is built the way a first build on a
+new machine is — ccache disabled, in a fresh build/wheel-cold — so the same budget checks
+the cold build (docs/development.md, "Wheel and installs").
 """
 
 from __future__ import annotations
@@ -76,14 +78,26 @@ def work(tmp_path_factory):
 def wheel(work) -> Path:
     out = work / "dist"
 
+    cold = os.environ.get("ATTNVAR_WHEEL_COLD") == "1"
+    build_dir = "build/wheel-cold" if cold else "build/wheel"
+    env = dict(os.environ)
+    if cold:
+        env["CCACHE_DISABLE"] = "1"
+        shutil.rmtree(ROOT / build_dir, ignore_errors=True)
+
     def build():
         # -v: pip shows the build's output, ninja's [n/N] progress lines included.
         subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "-v",
                         "--no-build-isolation", "--no-deps", "-w", str(out),
-                        "-C", "build-dir=build/wheel"], cwd=ROOT, check=True)
+                        "-C", f"build-dir={build_dir}"], cwd=ROOT, env=env, check=True)
         return next(out.glob("attnvar-*.whl"))
 
-    return _timed("wheel", "pip wheel (build/wheel)", build)
+    try:
+        return _timed("wheel", f"pip wheel ({build_dir}{', no ccache' if cold else ''})",
+                      build)
+    finally:
+        if cold:
+            shutil.rmtree(ROOT / build_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
