@@ -7,8 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
+# doxygen: the C++ API reference of the docs site; chromium and chromium-driver: the
+# browser test (tests/python/test_browser.py), which Selenium drives headless.
 apt_pkgs=(cmake ninja-build g++ ccache pkg-config catch2 libpcre2-dev nlohmann-json3-dev
-          doxygen)  # doxygen: the C++ API reference of the docs site
+          doxygen chromium chromium-driver)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

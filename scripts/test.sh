@@ -19,5 +19,9 @@ stage "C++ tests (ctest, $BUILD)" ctest --test-dir "$BUILD" --output-on-failure 
 marker=(-m "not slow")
 [[ "${ATTNVAR_SLOW:-0}" == 1 ]] && marker=()
 stage "Python tests (pytest${marker:+, not slow})" env PYTHONPATH="$PWD/$BUILD/pkg" \
-  "${PYTHON:-python3}" -m pytest -q tests/python "${marker[@]}" "$@"
+  "${PYTHON:-python3}" -m pytest -q tests/python "${marker[@]}" \
+  --ignore tests/python/test_browser.py "$@"
+# report.html and exported run views in headless chromium (its own stage and time budget).
+stage "browser test (chromium + selenium)" env PYTHONPATH="$PWD/$BUILD/pkg" \
+  "${PYTHON:-python3}" -m pytest -q -s tests/python/test_browser.py
 stage docs bash scripts/docs.sh

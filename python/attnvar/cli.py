@@ -9,11 +9,12 @@ import json
 import sys
 from pathlib import Path
 
-from ._core import MissingError
+from ._core import ConfigError, MissingError
 from .analysis import CellAnalysis, analyze_study
 from .engine import Capture, load_model, load_run
 from .report import write_report
 from .report.claims import write_findings
+from .report.plots import export_run_view
 from .study import Study, format_summary, prompts
 from .study.store import STUDY_FILE
 
@@ -235,6 +236,9 @@ def _parser() -> argparse.ArgumentParser:
                                        "captured) or a model")
     i.add_argument("path", help="a saved run directory, a GGUF file, an HF model directory "
                                 "or a Hub id org/name in the local Hugging Face cache")
+    i.add_argument("--html", metavar="FILE", default=None,
+                   help="a saved run: also write its views (summary, set view as text and "
+                        "chart) as one standalone HTML page")
     return p
 
 
@@ -381,7 +385,12 @@ def _cmd_inspect(a) -> int:
         print(json.dumps({"kind": run.kind, "encoding": run.encoding, "model": run.model,
                           "options": run.options, **run.summary(),
                           "capture": run.capture_summary()}, indent=1, default=str))
+        if a.html:
+            print(f"run view written to {export_run_view(run, a.html)}", file=sys.stderr)
         return 0
+    if a.html:
+        raise ConfigError(f"--html writes a saved run's views, and {path} is not a saved run "
+                          "(no run.json)")
     if path.is_dir() and not (path / "config.json").exists():
         if (path / STUDY_FILE).exists():
             raise MissingError(f"{path} is a study results directory, not a run or a model: "

@@ -109,6 +109,25 @@ def test_inspect_tells_a_plain_directory_from_a_model(tmp_path, capsys, model_di
     assert info["num_layers"] == 3
 
 
+def test_inspect_html_writes_a_runs_views_and_refuses_anything_else(
+        model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["generate", "the cat sat", "--model", str(model_dir), "--max-steps", "3",
+                 "--threshold", "0.05", "--save", str(out)]) == 0
+    page = tmp_path / "view.html"
+    assert main(["inspect", str(out), "--html", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "data:image/png;base64," in text
+    assert "attnvar-set-view" in text and "<script" not in text
+    assert str(page) in capsys.readouterr().err
+    # A model (or anything but a saved run) has no views: one line, nothing written.
+    other = tmp_path / "model_view.html"
+    assert main(["inspect", str(model_dir), "--html", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "--html writes a saved run's views" in err and len(err.strip().splitlines()) == 1
+    assert not other.exists()
+
+
 def test_a_run_past_the_context_is_refused_with_the_numbers_unless_asked(model_dir, capsys):
     # The tiny model's context is 256 positions.
     args = ["generate", "the cat", "--model", str(model_dir), "--max-steps", "300",

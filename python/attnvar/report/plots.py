@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import textwrap
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+from ..util.atomic import write_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -196,10 +200,11 @@ def set_view(
     layer, head : model indices (or sequences) to average over; None: every captured one
     output : "html" — the text with each slot shaded by the attention it receives and
         every member of a parallel set bracketed, outlined and annotated with its received
-        attention (ā) and selection probability (p); EOS members, which have no slot, are
-        shown in italics with p only. Returned as an ``HTMLString`` (a ``str`` that Jupyter
-        renders). "figure" — a bar per slot of received attention, parallel members
-        coloured by set and annotated with p, their tick labels in ``PARALLEL_COLOR``.
+        attention (ā) and selection probability (p), which its tooltip repeats to four
+        decimals; EOS members, which have no slot, are shown in italics with p only.
+        Returned as an ``HTMLString`` (a ``str`` that Jupyter renders). "figure" — a bar
+        per slot of received attention, parallel members coloured by set and annotated
+        with p, their tick labels in ``PARALLEL_COLOR``.
     field : "attention" or "scores" (scores: the mean pre-softmax score received)
     vmax : the value of full shading (html); default: the largest value received by a
         member. Prompt slots above it (attention sinks) are shaded fully.
@@ -241,24 +246,25 @@ def _set_view_html(run: Run, table: pd.DataFrame, layer, head, field: str,
         alpha = min(max((value - vmin) / span, 0.0), 1.0) * 0.85
         return f"rgba(37,99,235,{alpha:.3f})"
 
-    def token(slot: int, extra_class: str = "") -> str:
+    def token(slot: int, extra_class: str = "", probability: float | None = None) -> str:
         piece = str(table.at[slot, "piece"])
         value = float(received[slot])
+        p = "" if probability is None else f" · p {_fmt(probability, 4)}"
         return (f'<span class="attnvar-slot{extra_class}" data-slot="{slot}" '
                 f'data-received="{value!r}" title="slot {slot} · ā {_fmt(value, 4)} from '
-                f'{int(table.at[slot, "num_queries"])} later queries" '
+                f'{int(table.at[slot, "num_queries"])} later queries{p}" '
                 f'style="background:{shade(value)};border-radius:2px">'
                 f"{html.escape(piece).replace(chr(10), '↵')}</span>")
 
     def annotated(slot: int | None, piece: str, probability: float) -> str:
         p = f"p {_fmt(probability, 2)}"
         if slot is None:
-            body = (f'<span class="attnvar-unfed" style="font-style:italic;color:#888">'
-                    f"{html.escape(piece)}</span>")
+            body = (f'<span class="attnvar-unfed" title="no slot · p {_fmt(probability, 4)}" '
+                    f'style="font-style:italic;color:#888">{html.escape(piece)}</span>')
             note = f"{p}<br>no slot"
             received_attr = ""
         else:
-            body = token(slot, " attnvar-parallel")
+            body = token(slot, " attnvar-parallel", probability)
             note = f"ā {_fmt(float(received[slot]))}<br>{p}"
             received_attr = f' data-slot="{slot}"'
         return ('<span class="attnvar-member"' + received_attr +
@@ -337,6 +343,64 @@ def _set_view_figure(run: Run, table: pd.DataFrame, layer, head, field: str,
                  "parallel sets", fontsize=9)
     fig.suptitle(textwrap.shorten(_piece_label(run.bracketed), 120, placeholder=" …"), fontsize=9)
     return fig
+
+
+def _png_data_uri(fig: Figure) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def export_run_view(
+    run: Run,
+    path: str | os.PathLike,
+    layer: int | Sequence[int] | None = None,
+    head: int | Sequence[int] | None = None,
+    *,
+    field: Literal["attention", "scores"] = "attention",
+) -> Path:
+    """Write one run's views as a standalone HTML page (no external files, no scripts):
+    its summary (the notebook repr: bracketed text, options, what was captured), the set
+    view as HTML (hover a member: its slot, received attention and selection
+    probability) and as a bar chart embedded as a PNG. Opens in any browser; the same
+    page is what ``attnvar inspect RUN --html FILE`` writes.
+
+    Parameters
+    ----------
+    run : a run with ``field`` captured (a run whose capture was removed has no set view:
+        ``ValueError``)
+    path : the page to write (atomically)
+    layer, head, field : as for :func:`set_view`
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    if getattr(run, "capture_removed", ""):
+        raise ValueError(f"the run has no capture to show ({run.capture_removed}); "
+                         "only its summary is left")
+    text_view = set_view(run, layer, head, output="html", field=field)
+    figure = set_view(run, layer, head, output="figure", field=field)
+    title = f"attnvar {run.kind} run · {run.encoding}"
+    body = (f"<h1 style='font-size:1.2em'>{html.escape(title)}</h1>"
+            f"<section id='run'>{run._repr_html_()}</section>"
+            f"<section id='set-view'><h2 style='font-size:1.05em'>Set view</h2>{text_view}"
+            "</section>"
+            f"<figure id='set-view-figure'><img alt='set view' "
+            f"src='{_png_data_uri(figure)}'/><figcaption>Mean "
+            f"{html.escape(FIELD_LABELS[field])} each slot receives from later queries "
+            f"({html.escape(_selection_text(layer, head))})</figcaption></figure>")
+    page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'/>"
+            f"<title>{html.escape(title)}</title></head>"
+            f"<body style='font-family:sans-serif;max-width:70em;margin:1em auto'>{body}"
+            "</body></html>\n")
+    out = Path(path)
+    write_atomic(out, page)
+    return out
 
 
 # ---- heatmaps --------------------------------------------------------------------------------
