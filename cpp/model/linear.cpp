@@ -20,11 +20,21 @@ int64_t Linear::in_features() const {
 
 at::Tensor Linear::to_dense() const {
   if (dense_.defined() || parts_.empty()) return dense_;
-  if (parts_.size() == 1) return dequantize(parts_.front());
-  std::vector<at::Tensor> rows;
-  rows.reserve(parts_.size());
-  for (const auto& p : parts_) rows.push_back(dequantize(p));
-  return at::cat(rows);
+  auto out = at::empty({out_features(), in_features()}, at::kFloat);
+  dequantize_into(out);
+  return out;
+}
+
+void Linear::dequantize_into(at::Tensor& out) const {
+  TORCH_CHECK(quantized() && out.is_contiguous() && out.scalar_type() == at::kFloat &&
+                  out.dim() == 2 && out.size(0) == out_features() &&
+                  out.size(1) == in_features(),
+              "Linear::dequantize_into: a contiguous (out, in) f32 tensor is required");
+  float* dst = out.data_ptr<float>();
+  for (const auto& p : parts_) {  // the parts' rows one after another, as cat_rows stacks them
+    attnvar::dequantize_into(p, dst);
+    dst += p.rows() * p.cols;
+  }
 }
 
 Linear Linear::narrow_rows(int64_t begin, int64_t n) const {

@@ -70,6 +70,28 @@ at::Tensor segments(const at::Tensor& x, const std::vector<int64_t>& rows, const
   return at::cat(parts);
 }
 
+// Quantized matrices of up to this many elements are decoded for a many-row product into a
+// buffer of the calling thread that is kept between calls (32 MB: every matrix of a
+// SmolLM2-sized model but its 113 MB output head); larger ones into a fresh tensor.
+constexpr int64_t kScratchFloatsMax = int64_t{8} << 20;
+
+// The dequantized matrix for one BLAS call: the same values as Linear::to_dense(), so the
+// product is bit for bit the f32 path's. A prefill or replay multiplies every matrix once
+// per pass, and allocating (and the kernel zeroing) ~0.5 GB of fresh pages per pass cost
+// as much as decoding them; the buffer is reused by the next matrix, since linear() never
+// returns a view of its weight.
+at::Tensor dequantized_for_gemm(const Linear& w) {
+  const int64_t out = w.out_features(), in = w.in_features();
+  if (out * in > kScratchFloatsMax) return w.to_dense();
+  thread_local at::Tensor buffer;
+  if (!buffer.defined() || buffer.numel() < out * in) {
+    buffer = at::empty({out * in}, at::TensorOptions().dtype(at::kFloat));
+  }
+  at::Tensor dense = buffer.narrow(0, 0, out * in).view({out, in});
+  w.dequantize_into(dense);
+  return dense;
+}
+
 }  // namespace
 
 at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
@@ -94,7 +116,7 @@ at::Tensor project(const at::Tensor& x, const Linear& w, const at::Tensor& b) {
   if (!w.quantized()) return project(x, w.dense(), b);
   if (!(gemv_rows_kernel_applies(x, w, b) && x.size(0) <= kGemvRowsMax)) {
     // As the f32 path does with more rows: one linear() on the (dequantized) matrix.
-    const at::Tensor dense = w.to_dense();
+    const at::Tensor dense = dequantized_for_gemm(w);
     return b.defined() ? at::linear(x, dense, b) : at::linear(x, dense);
   }
   const int64_t rows = x.size(0), out = w.out_features();

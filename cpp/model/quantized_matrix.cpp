@@ -399,12 +399,15 @@ void dequantize_rows(const QuantizedMatrix& m, int64_t begin, int64_t n, float* 
   }
 }
 
-at::Tensor dequantize(const QuantizedMatrix& m) {
-  auto out = at::empty({m.rows(), m.cols}, at::kFloat);
-  float* dst = out.data_ptr<float>();
+void dequantize_into(const QuantizedMatrix& m, float* dst) {
   at::parallel_for(0, m.rows(), 16, [&](int64_t begin, int64_t end) {
     dequantize_rows(m, begin, end - begin, dst + begin * m.cols);
   });
+}
+
+at::Tensor dequantize(const QuantizedMatrix& m) {
+  auto out = at::empty({m.rows(), m.cols}, at::kFloat);
+  dequantize_into(m, out.data_ptr<float>());
   return out;
 }
 

@@ -52,18 +52,21 @@ def test_every_type_runs_quantized_exactly_as_decoded(tmp_path, qtype):
     print(f"[quantized] {qtype.name}: weights {quantized.weight_bytes} B vs "
           f"{decoded.weight_bytes} B in f32 ({ratio:.3f})")
     assert ratio < 0.3
-    n = 10
-    ids = torch.randint(3, 96, (n,), generator=torch.Generator().manual_seed(1))
-    positions = torch.tensor([float(i) for i in range(n - 3)] + [7.0, 7.0, 8.0])
-    visible = torch.ones(n, n, dtype=torch.bool).tril()
-    visible[n - 2, n - 3] = False  # the set's members are isolated
-    got, expected = passes(quantized, ids, positions, visible), passes(decoded, ids, positions,
-                                                                       visible)
-    for a, b in zip(got, expected, strict=True):
-        assert torch.equal(a["logits"], b["logits"])
-        for x, y in zip(a["attention"], b["attention"], strict=True):
-            assert torch.equal(x, y)
-    assert torch.isfinite(got[0]["logits"]).all()
+    # A 7-row prefill goes through the quantized gemv kernels; a 37-row one multiplies each
+    # matrix decoded into the reused per-thread buffer with BLAS (matrices of several
+    # shapes, one after another, in the same buffer).
+    for n in (10, 40):
+        ids = torch.randint(3, 96, (n,), generator=torch.Generator().manual_seed(n))
+        positions = torch.tensor([float(i) for i in range(n - 3)] + [n - 3.0] * 2 + [n - 2.0])
+        visible = torch.ones(n, n, dtype=torch.bool).tril()
+        visible[n - 2, n - 3] = False  # the set's members are isolated
+        got = passes(quantized, ids, positions, visible)
+        expected = passes(decoded, ids, positions, visible)
+        for a, b in zip(got, expected, strict=True):
+            assert torch.equal(a["logits"], b["logits"])
+            for x, y in zip(a["attention"], b["attention"], strict=True):
+                assert torch.equal(x, y)
+        assert torch.isfinite(got[0]["logits"]).all()
 
 
 def members(tree) -> list[list[tuple[int, float]]]:
@@ -75,7 +78,7 @@ def test_bundled_model_quantized_generates_what_float32_generates(bundled_path):
     """The default (quantized) and the decoded model give the same logits and the same
     greedy tokens and parallel sets on the bundled model: the weight mode never changes a
     result, only memory and speed."""
-    from attnvar import load_model
+    from attnvar import Capture, load_model
 
     q = load_model(bundled_path)
     f = load_model(bundled_path, weights="float32")
@@ -89,4 +92,11 @@ def test_bundled_model_quantized_generates_what_float32_generates(bundled_path):
         assert list(a.tree.prompt) == list(b.tree.prompt)
         assert members(a.tree) == members(b.tree), prompt
         assert a.tree.num_steps == 12
+        # A replay is one pass over every slot (> 16 rows: the BLAS path), twice in a row.
+        for _ in range(2):
+            ra = q.replay(a.tree, "serial", capture=Capture(scores=True))
+            rb = f.replay(b.tree, "serial", capture=Capture(scores=True))
+            assert ra.num_slots > 16
+            assert torch.equal(ra.scores, rb.scores) and torch.equal(ra.attention, rb.attention)
+            assert torch.equal(ra.distributions, rb.distributions)
     assert q.identity["weights"] == "quantized" and f.identity["weights"] == "float32"

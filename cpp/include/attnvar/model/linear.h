@@ -28,6 +28,9 @@ class Linear {
   const std::vector<QuantizedMatrix>& parts() const { return parts_; }
   // The dense weight, or the parts dequantized and stacked: (out, in) f32.
   at::Tensor to_dense() const;
+  // The parts dequantized and stacked into `out`, a contiguous (out, in) f32 CPU tensor
+  // (quantized weights only).
+  void dequantize_into(at::Tensor& out) const;
   // Output rows [begin, begin + n): a view (narrowed tensor, or narrowed parts).
   Linear narrow_rows(int64_t begin, int64_t n) const;
   // Rows `ids` (1-D int64) as (n, in) in the dense weight's dtype (f32 when quantized): the

@@ -40,6 +40,8 @@ void dequantize_rows(const QuantizedMatrix& m, int64_t begin, int64_t n, float* 
 
 // The whole matrix as (rows, cols) f32.
 at::Tensor dequantize(const QuantizedMatrix& m);
+// The same into dst (m.rows() rows of m.cols floats), rows split across threads.
+void dequantize_into(const QuantizedMatrix& m, float* dst);
 
 // y[r, o] = Σ_i x[r, i] · W[o, i] (+ bias[o]) for r < rows (≤ 16 is the intended use), the
 // outputs split across threads; bit for bit gemv_rows on dequantize(m) with the same kernel.
