@@ -129,9 +129,10 @@ TEST_CASE("qgemv_rows is gemv_rows on the decoded weights, bit for bit, 1..16 ro
   auto g = at::make_generator<at::CPUGeneratorImpl>(3);
   for (GgmlType type : kTypes) {
     const int64_t block = attnvar::ggml_block_size(static_cast<uint32_t>(type));
-    // Output counts that leave partial tiles of every size; widths of 1..several blocks.
+    // Output counts that leave partial tiles of every size; widths of 1..several blocks
+    // (9 K-type super-blocks: rows longer than 2048, where the tiles change).
     for (const auto& [out, cols] : std::vector<std::pair<int64_t, int64_t>>{
-             {1, block}, {13, 2 * block}, {37, 5 * block}}) {
+             {1, block}, {13, 2 * block}, {37, 5 * block}, {11, 9 * block}}) {
       auto m = random_matrix(type, out, cols, rng);
       const auto dense = scalar_dequantize(m);
       auto b = at::randn({out}, g);
