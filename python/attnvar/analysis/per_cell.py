@@ -18,12 +18,15 @@ For each generated run (a cell) and its replays, :func:`analyze_cell` computes
   1,000 seeded draws), for the report's placebo control;
 - ``degeneracy``: metrics, flags and the preregistered exclusion decision (generated run);
 
-the profiles (steps, truncated, classes) in both M1 variants (``variant``:
-distance-matched, which the hypotheses read when the primary metric is M1
-distance-matched, and plain), each for the generated run and its replays, written atomically to
-``analysis/<cell>.<table>.parquet``. A killed analysis resumes where it stopped; tables
-in ``tables/`` are the concatenation. Every number of the hypothesis report comes from
-these tables (no second computation path).
+each run analysed in one pass (:class:`attnvar.metrics.single_pass.RunPass`: pairs
+counted and scores gathered once, both sink rules as masks of them, the fits sharing
+their head groups and per-step sums), which gives the numbers of the metric and profile
+functions named above; the profiles (steps, truncated, classes) in both M1 variants
+(``variant``: distance-matched, which the hypotheses read when the primary metric is M1
+distance-matched, and plain), each for the generated run and its replays, written
+atomically to ``analysis/<cell>.<table>.parquet``. A killed analysis resumes where it
+stopped; tables in ``tables/`` are the concatenation. Every number of the hypothesis
+report comes from these tables (no second computation path).
 """
 
 from __future__ import annotations
@@ -58,16 +61,14 @@ from ..util.lock import directory_lock
 from ..util.progress import progress_bar
 from ..util.threads import limit_worker_threads, one_thread, worker_threads
 from .controls import POSITIVE_TABLE, positive_control
-from .metrics import analyze, as_view, count_pairs, find_sinks, logit_regression
+from .metrics import Sinks, as_view, count_pairs, find_sinks
 from .metrics.placebo import placebo_contrasts
-from .metrics.profiles import (
-    class_contrasts,
-    distance_profile,
-    step_profile,
-    truncated_contrasts,
-)
+from .metrics.single_pass import RunPass, metrics_frame
 
 ANALYSIS = "analysis"
+# Keys the cached per-cell tables (analysis/VERSION): bump it when a table's numbers or
+# columns change. Rounding is not a change: the single pass (metrics/single_pass.py,
+# issue 21) kept 5, its tables equal those of the functions called one by one to 1e-12.
 ANALYSIS_VERSION = 5
 TABLE_NAMES = ("metrics", "terms", "steps", "truncated", "classes", "distance", "placebo",
                "degeneracy")
@@ -89,16 +90,15 @@ def _parquet_bytes(frame: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def _tag(frame: pd.DataFrame, **columns) -> pd.DataFrame:
-    for i, (k, v) in enumerate(columns.items()):
-        frame.insert(i, k, v)
-    return frame
-
-
 def analyze_cell(generated, replays: dict, rule, prompt_id: str,
                  cell_id: str, placebo: PlaceboPlan | None = None) -> dict[str, pd.DataFrame]:
     """All tables of one cell. ``replays`` maps encoding → Run; ``rule`` is the study's
-    ExclusionRule; ``placebo`` how to draw the placebo (default :class:`PlaceboPlan`)."""
+    ExclusionRule; ``placebo`` how to draw the placebo (default :class:`PlaceboPlan`).
+
+    Each run is analysed in one pass (:class:`attnvar.metrics.single_pass.RunPass`): its
+    pairs counted and its scores gathered once, both sink rules as masks of them, the
+    within-query fits sharing their head groups; the numbers are those of the public
+    metric and profile functions called one by one."""
     placebo = placebo or PlaceboPlan()
     out: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLE_NAMES}
     # A pair counts only when its query's step is later than its key's: runs of fewer
@@ -108,27 +108,41 @@ def analyze_cell(generated, replays: dict, rule, prompt_id: str,
     sinks = find_sinks(top) if top is not None else None
     runs = [("generated", generated)] + [(e, r) for e, r in sorted(replays.items())
                                          if e != "top_only"]
+    generated_view = None
     for source, run in (runs if analysable else []):
         view = as_view(run)
-        tag = dict(cell_id=cell_id, source=source)
-        table = analyze(view, sinks=sinks, prompt=prompt_id, top_only=top)
-        keep = (table["layer"] < 0) | table["metric"].isin(HEAD_LEVEL_METRICS)
-        out["metrics"].append(_tag(table[keep].reset_index(drop=True), **tag))
-        pairs = count_pairs(view, sinks=sinks, exclude_sinks=True)
-        out["steps"].append(_tag(step_profile(pairs), **tag))
-        out["truncated"].append(_tag(truncated_contrasts(pairs), **tag))
-        out["classes"].append(_tag(class_contrasts(pairs), **tag))
-        out["distance"].append(_tag(distance_profile(pairs), **tag))
         if source == "generated":
-            terms = logit_regression(pairs, terms="all", prompt=prompt_id)
-            out["terms"].append(_tag(terms[terms["layer"] < 0].reset_index(drop=True), **tag))
+            generated_view = view
+        tag = dict(cell_id=cell_id, source=source)
+        one = RunPass(view, sinks)
+        frame_of = dict(prompt=prompt_id, kind=view.kind, encoding=view.encoding, lead=tag)
+        out["metrics"].append(metrics_frame(one.metric_parts(top), keep=_head_level,
+                                            **frame_of))
+        out["steps"].append(one.steps_frame(lead=tag))
+        out["truncated"].append(one.truncated_frame(lead=tag))
+        out["classes"].append(one.classes_frame(lead=tag))
+        out["distance"].append(one.distance_frame(lead=tag))
+        if source == "generated":
+            out["terms"].append(metrics_frame([(one.terms_blocks(), True)],
+                                              keep=_prompt_level, **frame_of))
     if top is not None:
-        out["placebo"].append(placebo_table(generated, top, placebo, cell_id))
+        out["placebo"].append(placebo_table(generated_view or generated, top, placebo,
+                                            cell_id, sinks))
     flags = degeneracy.flags(generated, rule.thresholds())
     out["degeneracy"].append(pd.DataFrame([{
         "cell_id": cell_id, "analysable": analysable, **degeneracy.metrics(generated),
         **{f"flag_{k}": v for k, v in flags.items()}, "excluded": rule.excludes(flags)}]))
     return {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in out.items()}
+
+
+def _head_level(cols: dict) -> np.ndarray:
+    """The rows a cell keeps of a run's metrics: prompt rows of every metric, per-head
+    rows of M1 and M2."""
+    return (cols["layer"] < 0) | np.isin(cols["metric"], HEAD_LEVEL_METRICS)
+
+
+def _prompt_level(cols: dict) -> np.ndarray:
+    return cols["layer"] < 0
 
 
 @dataclass(frozen=True)
@@ -143,11 +157,14 @@ class PlaceboPlan:
     seed: int = 0
 
 
-def placebo_table(generated, top, plan: PlaceboPlan, cell_id: str) -> pd.DataFrame:
-    """One row per placebo draw of a cell: draw, n_labelled, estimate (log scale)."""
+def placebo_table(generated, top, plan: PlaceboPlan, cell_id: str,
+                  sinks: Sinks | None = None) -> pd.DataFrame:
+    """One row per placebo draw of a cell: draw, n_labelled, estimate (log scale).
+    ``sinks``: those of ``top`` when already found."""
     gen = as_view(generated)
     n_labelled = len(np.unique(gen.step[gen.is_parallel & (gen.step >= 0)]))
-    pairs = count_pairs(top, sinks=find_sinks(top), exclude_sinks=plan.sinks_excluded)
+    pairs = count_pairs(top, sinks=sinks if sinks is not None else find_sinks(top),
+                        exclude_sinks=plan.sinks_excluded)
     rng = np.random.default_rng([plan.seed, zlib.crc32(cell_id.encode())])
     est = (placebo_contrasts(pairs, n_labelled, plan.draws, rng, plan.variant)
            if n_labelled else np.full(plan.draws, np.nan))

@@ -73,9 +73,16 @@ def _aggregate(per_query: torch.Tensor, valid: torch.Tensor, groups: torch.Tenso
     """Mean over valid queries within each group, then mean and SE over the groups with
     a valid query, for [L, H, Q] values; also the prompt SE (group values averaged over
     heads). Returns (mean [L, H], se [L, H], valid queries [L, H], prompt SE)."""
+    mean, se, nq, prompt_se = aggregate_batch(per_query[None], valid[None], groups)
+    return mean[0], se[0], nq[0], prompt_se[0]
+
+
+def aggregate_batch(per_query: torch.Tensor, valid: torch.Tensor, groups: torch.Tensor):
+    """:func:`_aggregate` of a stack of [M, L, H, Q] values at once: mean, se and valid
+    queries [M, L, H], and M prompt SEs."""
     zero = torch.zeros((), dtype=torch.float64)
     v = torch.where(valid, per_query, zero)
-    count = valid.double() @ groups  # (L, H, G)
+    count = valid.double() @ groups  # (M, L, H, G)
     has = count > 0
     g = torch.where(has, (v @ groups) / count.clamp(min=1), zero)
     n = has.sum(-1)
@@ -84,18 +91,37 @@ def _aggregate(per_query: torch.Tensor, valid: torch.Tensor, groups: torch.Tenso
     se = ((dev * dev).sum(-1) / (n - 1).clamp(min=1) / n.clamp(min=1)).sqrt()
     mean = torch.where(n > 0, mean, torch.full_like(mean, math.nan))
     se = torch.where(n > 1, se, torch.full_like(se, math.nan))
-    heads_per_group = has.sum((0, 1))
-    over_heads = (g.sum((0, 1)) / heads_per_group.clamp(min=1))[heads_per_group > 0]
-    prompt_se = (float(over_heads.std() / math.sqrt(over_heads.numel()))
-                 if over_heads.numel() > 1 else math.nan)
+    heads_per_group = has.sum((1, 2))  # (M, G)
+    over_heads = g.sum((1, 2)) / heads_per_group.clamp(min=1)
+    prompt_se = []
+    for m in range(len(over_heads)):
+        o = over_heads[m][heads_per_group[m] > 0]
+        prompt_se.append(float(o.std() / math.sqrt(o.numel())) if o.numel() > 1 else math.nan)
     return mean.numpy(), se.numpy(), valid.sum(-1).numpy(), prompt_se
 
 
 def _estimates(per_query, valid, groups, pairs, in_p, **extra) -> HeadEstimates:
-    mean, se, nq, prompt_se = _aggregate(per_query, valid, groups)
     vq = valid[..., None]
-    return HeadEstimates(mean, se, nq, (pairs.include & vq).sum((-1, -2)).numpy(),
-                         (in_p & vq).sum((-1, -2)).numpy(), prompt_se=prompt_se, extra=extra)
+    return estimates_from(per_query, valid, groups, (pairs.include & vq).sum((-1, -2)),
+                          (in_p & vq).sum((-1, -2)), **extra)
+
+
+def estimates_from(per_query, valid, groups, n_pairs, n_parallel_pairs,
+                   **extra) -> HeadEstimates:
+    """Per-head estimates of a per-query metric ([L, H, Q] values where ``valid``),
+    aggregated over ``groups`` (:func:`_groups`), with the counted (parallel) pairs of
+    the valid queries per head already summed ([L, H])."""
+    mean, se, nq, prompt_se = _aggregate(per_query, valid, groups)
+    return HeadEstimates(mean, se, nq, n_pairs.numpy(), n_parallel_pairs.numpy(),
+                         prompt_se=prompt_se, extra=extra)
+
+
+def plain_delta(s: torch.Tensor, in_p: torch.Tensor, in_n: torch.Tensor):
+    """M1 plain per query, for scores ``s`` and key sets of any leading shape
+    ([..., Q, K]): δ, |P|, |N| and whether both sets are non-empty."""
+    n_p, n_n = in_p.sum(-1), in_n.sum(-1)
+    delta = (s * in_p).sum(-1) / n_p.clamp(min=1) - (s * in_n).sum(-1) / n_n.clamp(min=1)
+    return delta, n_p, n_n, (n_p > 0) & (n_n > 0)
 
 
 def score_contrast(
@@ -139,9 +165,7 @@ def contrast_estimates(
     in_p, in_n = _sets(pairs)
     if distance_matched:
         return _distance_matched(pairs, s, in_p)
-    n_p, n_n = in_p.sum(-1), in_n.sum(-1)
-    valid = (n_p > 0) & (n_n > 0)
-    delta = (s * in_p).sum(-1) / n_p.clamp(min=1) - (s * in_n).sum(-1) / n_n.clamp(min=1)
+    delta, _, _, valid = plain_delta(s, in_p, in_n)
     return _estimates(delta, valid, _groups(pairs, weighting), pairs, in_p)
 
 
@@ -218,58 +242,88 @@ def mass_ratio(
     view = pairs.view
     s = pairs.values("scores")
     in_p, in_n = _sets(pairs)
-    n_p, n_n = in_p.sum(-1), in_n.sum(-1)
-    valid = (n_p > 0) & (n_n > 0)
-    raw = (_masked_lse(s, in_p) - torch.log(n_p.clamp(min=1).double())
-           - _masked_lse(s, in_n) + torch.log(n_n.clamp(min=1).double()))
-    raw = torch.where(valid, raw, torch.zeros((), dtype=raw.dtype))
+    raw, valid = raw_mass_ratio(s, in_p, in_n)
     groups = _groups(pairs, weighting)
     blocks = [head_block("M1m", "raw", view.layers, view.heads,
                          _estimates(raw, valid, groups, pairs, in_p))]
-
-    gen = torch.Generator().manual_seed(seed)
     L, H, Q, K = pairs.shape
-    # exp(s − row max) once; each draw then sums it over subsets (f64: no underflow for
-    # any realistic score range).
-    counted = in_p | in_n
-    if K == 0:  # no generated key (EOS at the first step): nothing to draw from
-        top = torch.zeros(L, H, Q, 1, dtype=s.dtype)
-    else:
-        top = torch.where(counted, s, torch.full_like(s, -math.inf)).amax(-1, keepdim=True)
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    e = torch.where(counted, (s - top).exp(), torch.zeros((), dtype=torch.float64))
-    acc = torch.zeros(L, H, Q, dtype=torch.float64)
+    B = L * H
     # Heads differ only by their counted pairs (the sinks they exclude): the subsets of a
     # draw are chosen once per distinct pattern of counted pairs, not once per head.
-    B = L * H
     patterns, head_group = head_patterns(pairs.include.reshape(B, Q, K)) if Q * K else (
         torch.zeros(0, 0, dtype=torch.bool), torch.zeros(B, dtype=torch.long))
-    lab = torch.from_numpy(pairs.key_parallel)[None, :]
-    members = [torch.nonzero(head_group == g).flatten() for g in range(patterns.shape[0])]
-    sets = []
+    e = matched_weights(s, pairs.include).reshape(B, Q, K)
+    orders = draw_orders(Q, K, draws, seed)
+    lab = torch.from_numpy(pairs.key_parallel)
+    log_ratio = torch.zeros(B, draws, Q, dtype=torch.float64)
     for g in range(patterns.shape[0]):
-        inc = patterns[g].reshape(Q, K)
-        p_g, n_g = inc & lab, inc & ~lab
-        sets.append((p_g, n_g, torch.minimum(p_g.sum(-1), n_g.sum(-1))[:, None]))
-    mass_p = torch.zeros(B, Q, dtype=torch.float64)
-    mass_n = torch.zeros(B, Q, dtype=torch.float64)
-    for _ in range(draws):
-        # One random key order per query, shared by the heads: the first m keys of P
-        # (and of N) in that order are a uniform random m-subset of each.
-        order = torch.rand(Q, K, generator=gen).argsort(-1)
-        e_o = e.gather(-1, order.expand(L, H, Q, K)).reshape(B, Q, K)
-        for heads, (p_g, n_g, m_g) in zip(members, sets, strict=True):
-            p_o, n_o = p_g.gather(-1, order), n_g.gather(-1, order)
-            e_h = e_o[heads]
-            mass_p[heads] = (e_h * (p_o & (p_o.cumsum(-1) <= m_g))).sum(-1)
-            mass_n[heads] = (e_h * (n_o & (n_o.cumsum(-1) <= m_g))).sum(-1)
-        acc += torch.where(valid, (mass_p.log() - mass_n.log()).reshape(L, H, Q),
-                           torch.zeros((), dtype=torch.float64))
-    matched = acc / max(draws, 1)
+        heads = torch.nonzero(head_group == g).flatten()
+        log_ratio[heads] = matched_log_ratios(e[heads], patterns[g].reshape(Q, K), lab, orders)
+    matched = average_draws(log_ratio.reshape(L, H, draws, Q), valid, draws)
     blocks.append(head_block("M1m", "size_matched", view.layers, view.heads,
                              _estimates(matched, valid, groups, pairs, in_p)))
     return frame(blocks, prompt=prompt, kind=view.kind, encoding=view.encoding,
                  sinks_excluded=pairs.sinks_excluded)
+
+
+def raw_mass_ratio(s: torch.Tensor, in_p: torch.Tensor, in_n: torch.Tensor):
+    """M1m raw per query (any leading shape): LSE_P − log|P| − LSE_N + log|N| where both
+    sets are non-empty (0 elsewhere), and that validity."""
+    n_p, n_n = in_p.sum(-1), in_n.sum(-1)
+    valid = (n_p > 0) & (n_n > 0)
+    raw = (_masked_lse(s, in_p) - torch.log(n_p.clamp(min=1).double())
+           - _masked_lse(s, in_n) + torch.log(n_n.clamp(min=1).double()))
+    return torch.where(valid, raw, torch.zeros((), dtype=raw.dtype)), valid
+
+
+def matched_weights(s: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """exp(s − row max) over the counted keys, 0 elsewhere (any leading shape): each
+    size-matched draw sums it over subsets (f64: no underflow for any realistic score
+    range)."""
+    if s.shape[-1] == 0:  # no generated key (EOS at the first step): nothing to draw from
+        return torch.zeros_like(s)
+    top = torch.where(counted, s, torch.full_like(s, -math.inf)).amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    return torch.where(counted, (s - top).exp(), torch.zeros((), dtype=torch.float64))
+
+
+def draw_orders(Q: int, K: int, draws: int, seed: int) -> torch.Tensor:
+    """[draws, Q, K] one random key order per query and draw, shared by every head (and
+    by both sink rules): the first m keys of P (and of N) in that order are a uniform
+    random m-subset of each."""
+    gen = torch.Generator().manual_seed(seed)
+    if not draws:
+        return torch.zeros(0, Q, K, dtype=torch.long)
+    return torch.stack([torch.rand(Q, K, generator=gen).argsort(-1) for _ in range(draws)])
+
+
+def matched_log_ratios(e: torch.Tensor, counted: torch.Tensor, lab: torch.Tensor,
+                       orders: torch.Tensor) -> torch.Tensor:
+    """[h, D, Q] log(mass of the P subset / mass of the N subset) of each draw, for heads
+    whose counted pairs are ``counted`` ([Q, K]), from their weights ``e`` ([h, Q, K],
+    :func:`matched_weights`): m = min(|P_i|, |N_i|) keys of each set, the first in the
+    draw's order."""
+    D, Q, K = orders.shape
+
+    def first_m(keys: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        ordered = keys.expand(D, Q, K).gather(-1, orders)
+        take = ordered & (ordered.cumsum(-1) <= m)
+        return torch.zeros(D, Q, K, dtype=torch.bool).scatter_(-1, orders, take).double()
+
+    in_p, in_n = counted & lab, counted & ~lab
+    m = torch.minimum(in_p.sum(-1), in_n.sum(-1))[:, None]
+    mass_p = torch.einsum("hqk,dqk->hdq", e, first_m(in_p, m))
+    mass_n = torch.einsum("hqk,dqk->hdq", e, first_m(in_n, m))
+    return (mass_p / mass_n).log()
+
+
+def average_draws(log_ratio: torch.Tensor, valid: torch.Tensor, draws: int) -> torch.Tensor:
+    """[..., Q] mean over draws of [..., D, Q] log ratios, 0 where not ``valid``."""
+    zero = torch.zeros((), dtype=torch.float64)
+    acc = torch.zeros(valid.shape, dtype=torch.float64)
+    for d in range(draws):
+        acc += torch.where(valid, log_ratio[..., d, :], zero)
+    return acc / max(draws, 1)
 
 
 def position_contrast(run: Any, weighting: str = "step", prompt: str | None = None,
@@ -292,30 +346,7 @@ def position_contrast(run: Any, weighting: str = "step", prompt: str | None = No
     view = pairs.view
     s = pairs.values("scores")
     in_p, in_n = _sets(pairs)
-    steps = np.unique(pairs.key_step[pairs.key_parallel])
-    L, H, Q, K = pairs.shape
-    # Members of a set as a padded (set, width) table of key columns; pad = column K.
-    width = max((int((pairs.key_step == t).sum()) for t in steps), default=0)
-    table = np.full((len(steps), width), K)
-    for i, t in enumerate(steps):
-        cols = np.flatnonzero(pairs.key_step == t)
-        table[i, : len(cols)] = cols
-    idx = torch.from_numpy(table).reshape(-1)
-    pad_mask = torch.cat([in_p, torch.zeros(L, H, Q, 1, dtype=torch.bool)], -1)
-    pad_s = torch.cat([s, torch.zeros(L, H, Q, 1, dtype=torch.float64)], -1)
-    grouped = pad_mask[..., idx].reshape(L, H, Q, len(steps), width)
-    size = grouped.sum(-1).double()
-    lse = _masked_lse(pad_s[..., idx].reshape(L, H, Q, len(steps), width), grouped)
-    has = size > 0
-    n_sets = has.sum(-1)
-    n_n = in_n.sum(-1)
-    valid = (n_sets > 0) & (n_n > 0)
-    zero = torch.zeros((), dtype=torch.float64)
-    pos_mean = torch.where(has, lse, zero).sum(-1) / n_sets.clamp(min=1)
-    log_k = torch.where(has, size.clamp(min=1).log(), zero).sum(-1) / n_sets.clamp(min=1)
-    single = (s * in_n).sum(-1) / n_n.clamp(min=1)
-    delta = torch.where(valid, pos_mean - single, zero)
-    log_k = torch.where(valid, log_k, zero)
+    delta, log_k, valid = position_terms(s, in_p, in_n, pairs.key_step, pairs.key_parallel)
     groups = _groups(pairs, weighting)
     mean_log_k = _aggregate(log_k, valid, groups)[0]
     blocks = [
@@ -327,3 +358,34 @@ def position_contrast(run: Any, weighting: str = "step", prompt: str | None = No
     ]
     return frame(blocks, prompt=prompt, kind=view.kind, encoding=view.encoding,
                  sinks_excluded=pairs.sinks_excluded)
+
+
+def position_terms(s: torch.Tensor, in_p: torch.Tensor, in_n: torch.Tensor,
+                   key_step: np.ndarray, key_parallel: np.ndarray):
+    """M1p per query (any leading shape [..., Q, K]): δ_pos (each parallel set's counted
+    members combined by LSE, their mean against the mean N score), the mean log of the
+    counted set sizes, and where both are defined (0 elsewhere)."""
+    *lead, Q, K = s.shape
+    steps = np.unique(key_step[key_parallel])
+    # Members of a set as a padded (set, width) table of key columns; pad = column K.
+    width = max((int((key_step == t).sum()) for t in steps), default=0)
+    table = np.full((len(steps), width), K)
+    for i, t in enumerate(steps):
+        cols = np.flatnonzero(key_step == t)
+        table[i, : len(cols)] = cols
+    idx = torch.from_numpy(table).reshape(-1)
+    pad_mask = torch.cat([in_p, torch.zeros(*lead, Q, 1, dtype=torch.bool)], -1)
+    pad_s = torch.cat([s, torch.zeros(*lead, Q, 1, dtype=torch.float64)], -1)
+    grouped = pad_mask[..., idx].reshape(*lead, Q, len(steps), width)
+    size = grouped.sum(-1).double()
+    lse = _masked_lse(pad_s[..., idx].reshape(*lead, Q, len(steps), width), grouped)
+    has = size > 0
+    n_sets = has.sum(-1)
+    n_n = in_n.sum(-1)
+    valid = (n_sets > 0) & (n_n > 0)
+    zero = torch.zeros((), dtype=torch.float64)
+    pos_mean = torch.where(has, lse, zero).sum(-1) / n_sets.clamp(min=1)
+    log_k = torch.where(has, size.clamp(min=1).log(), zero).sum(-1) / n_sets.clamp(min=1)
+    single = (s * in_n).sum(-1) / n_n.clamp(min=1)
+    delta = torch.where(valid, pos_mean - single, zero)
+    return delta, torch.where(valid, log_k, zero), valid

@@ -111,6 +111,9 @@ class CaptureView:
         included.
         """
         slots = run.slots
+        # Value norms first: a run without them answers by reading its first pass, which
+        # the scores then use before it is released (the other order reads it twice).
+        value_norms = _captured(run, "value_norms")
         scores = _captured(run, "scores")
         attention = _captured(run, "attention")
         visibility = np.asarray(run.visibility, dtype=bool)  # what the engine applied
@@ -137,7 +140,7 @@ class CaptureView:
             encoding=run.encoding,
             printed_set_starts=list(_core.printed_set_starts(run.tree)) if compat else None,
             set_widths=[len(s.members) for s in run.tree.steps] if compat else None,
-            value_norms=_captured(run, "value_norms"),
+            value_norms=value_norms,
         )
 
 
@@ -269,9 +272,7 @@ class CountedPairs:
         if hit is not None and np.array_equal(hit[0], self.query_slots) \
                 and np.array_equal(hit[1], self.key_slots):
             return hit[2], hit[3]
-        q = torch.from_numpy(self.query_slots)
-        k = torch.from_numpy(self.key_slots)
-        grid = dense[:, :, q][:, :, :, k].double()
+        grid = gather_grid(dense, self.query_slots, self.key_slots)
         finite = torch.isfinite(grid)
         self.view.cache[key] = (self.query_slots.copy(), self.key_slots.copy(), grid, finite)
         return grid, finite
@@ -289,6 +290,21 @@ class CountedPairs:
             raise ValueError("a counted pair has a non-finite score: the visibility and the "
                              "capture disagree")
         return torch.where(self.include, grid, torch.zeros((), dtype=grid.dtype))
+
+
+def gather_grid(dense: torch.Tensor, query_slots: np.ndarray,
+                key_slots: np.ndarray) -> torch.Tensor:
+    """[L, H, Q, K] f64 copy of ``dense`` ([L, H, N, N]) at the given query and key slots
+    (a slice when the slots are consecutive, as generated slots are)."""
+    def span(slots: np.ndarray) -> slice | None:
+        if len(slots) and np.array_equal(slots, np.arange(slots[0], slots[0] + len(slots))):
+            return slice(int(slots[0]), int(slots[0]) + len(slots))
+        return None
+
+    q, k = span(query_slots), span(key_slots)
+    if q is not None and k is not None:
+        return dense[:, :, q, k].double().contiguous()
+    return dense[:, :, torch.from_numpy(query_slots)][:, :, :, torch.from_numpy(key_slots)].double()
 
 
 def count_pairs(

@@ -117,9 +117,16 @@ def token_covariates(run: Any, lang: str = "en"):
     zipf (float), sibling_rank (int, −1 for prompt slots), probability (float, NaN for
     prompt slots), is_parallel, set_width.
     """
+    view = as_view(run)
+    key = ("token_covariates", lang)
+    if key not in view.cache:  # a view's covariates are computed once
+        view.cache[key] = _token_covariates(view, lang)
+    return view.cache[key].copy()
+
+
+def _token_covariates(view, lang: str):
     import pandas as pd
 
-    view = as_view(run)
     previous = _previous_pieces(view)
     types = [piece_type(p, prev) for p, prev in zip(view.pieces, previous, strict=True)]
     words = [p.strip().lower() for p in view.pieces]

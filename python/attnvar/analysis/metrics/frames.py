@@ -146,3 +146,22 @@ def frame(blocks: Iterable[dict], *, prompt: str | None, kind: str, encoding: st
     df.insert(2, "encoding", encoding)
     df.insert(5, "sinks_excluded", sinks_excluded)
     return df[list(COLUMNS) + extra]
+
+
+def table(columns: dict, lead: dict | None = None):
+    """A DataFrame of equal-length ``columns``, after the constant columns ``lead`` (a
+    cell's id and source, say) built in the same constructor."""
+    import pandas as pd
+
+    if lead:
+        n = len(next(iter(columns.values()))) if columns else 0
+        columns = {**{k: np.full(n, v, dtype=object) for k, v in lead.items()}, **columns}
+    return pd.DataFrame(columns)
+
+
+def lead_columns(frame, lead: dict | None = None):
+    """``frame`` with the constant columns ``lead`` inserted first (for tables built
+    another way, such as empty ones)."""
+    for i, (k, v) in enumerate((lead or {}).items()):
+        frame.insert(i, k, v)
+    return frame

@@ -102,43 +102,59 @@ def legacy_reduction(
     view = as_view(run)
     if view.attention is None:
         raise ValueError("M0 needs attention probabilities (Capture(probabilities=True))")
-    rows = []
     if not corrected:
-        mean_a = view.attention.double().mean((0, 1))
-        sp, n_p, sn, n_n = _legacy_sums(view, mean_a)
-        rows.append(block(metric="M0", variant="legacy", layer=ALL, head=ALL,
-                          estimate=float(_reduction(sp, n_p, sn, n_n)), scale="percent",
-                          n_pairs=int(n_p + n_n), n_parallel_pairs=int(n_p),
-                          mean_parallel=float(sp / n_p) if n_p else math.nan,
-                          mean_nonparallel=float(sn / n_n) if n_n else math.nan))
-        if by_head:
-            sp, n_p, sn, n_n = _legacy_sums(view, view.attention)
-            L, H = sp.shape
-            rows.append(block(
-                "M0", "legacy", np.repeat(view.layers, H), np.tile(view.heads, L),
-                _reduction(sp, n_p, sn, n_n).reshape(-1), scale="percent",
-                n_pairs=int(n_p + n_n), n_parallel_pairs=int(n_p),
-                mean_parallel=(sp / n_p).reshape(-1) if n_p else math.nan,
-                mean_nonparallel=(sn / n_n).reshape(-1) if n_n else math.nan))
-        return frame(rows, prompt=prompt, kind=view.kind, encoding=view.encoding,
-                     sinks_excluded=False)
+        return frame(legacy_blocks(view, by_head), prompt=prompt, kind=view.kind,
+                     encoding=view.encoding, sinks_excluded=False)
 
     pairs = count_pairs(view, sinks=sinks, exclude_sinks=exclude_sinks)
-    rows.extend(corrected_rows(pairs, by_head))
-    return frame(rows, prompt=prompt, kind=view.kind, encoding=view.encoding,
-                 sinks_excluded=exclude_sinks)
+    return frame(corrected_rows(pairs, by_head), prompt=prompt, kind=view.kind,
+                 encoding=view.encoding, sinks_excluded=exclude_sinks)
+
+
+def legacy_blocks(view, by_head: bool = False) -> list[dict]:
+    """M0 ``legacy`` rows of a view with attention: the prompt row, then (``by_head``)
+    one per head."""
+    rows = []
+    mean_a = view.attention.double().mean((0, 1))
+    sp, n_p, sn, n_n = _legacy_sums(view, mean_a)
+    rows.append(block(metric="M0", variant="legacy", layer=ALL, head=ALL,
+                      estimate=float(_reduction(sp, n_p, sn, n_n)), scale="percent",
+                      n_pairs=int(n_p + n_n), n_parallel_pairs=int(n_p),
+                      mean_parallel=float(sp / n_p) if n_p else math.nan,
+                      mean_nonparallel=float(sn / n_n) if n_n else math.nan))
+    if by_head:
+        sp, n_p, sn, n_n = _legacy_sums(view, view.attention)
+        L, H = sp.shape
+        rows.append(block(
+            "M0", "legacy", np.repeat(view.layers, H), np.tile(view.heads, L),
+            _reduction(sp, n_p, sn, n_n).reshape(-1), scale="percent",
+            n_pairs=int(n_p + n_n), n_parallel_pairs=int(n_p),
+            mean_parallel=(sp / n_p).reshape(-1) if n_p else math.nan,
+            mean_nonparallel=(sn / n_n).reshape(-1) if n_n else math.nan))
+    return rows
 
 
 def corrected_rows(pairs: CountedPairs, by_head: bool = False) -> list[dict]:
     """M0 ``corrected`` rows from counted pairs (true labels, counting rules)."""
-    a = pairs.values("attention")
-    inc = pairs.include.double()
-    lab = torch.from_numpy(pairs.key_parallel).double()
+    return corrected_blocks(pairs.view, *corrected_sums(pairs.values("attention"),
+                                                        pairs.include, pairs.key_parallel),
+                            by_head)
+
+
+def corrected_sums(a: torch.Tensor, include: torch.Tensor, key_parallel: np.ndarray):
+    """The sums behind M0 ``corrected`` for [..., L, H, Q, K] attention and counted
+    pairs: attention and pair counts on P and N per head, and counted queries per head."""
+    inc = include.double()
+    lab = torch.from_numpy(key_parallel).double()
     wp = inc * lab
     wn = inc * (1 - lab)
     sp, n_p = (a * wp).sum((-1, -2)), wp.sum((-1, -2))
     sn, n_n = (a * wn).sum((-1, -2)), wn.sum((-1, -2))
-    q_any = pairs.include.any(-1).sum(-1)
+    return sp, n_p, sn, n_n, include.any(-1).sum(-1)
+
+
+def corrected_blocks(view, sp, n_p, sn, n_n, q_any, by_head: bool = False) -> list[dict]:
+    """M0 ``corrected`` rows from :func:`corrected_sums` of one run ([L, H] each)."""
     tot_p, tot_n = float(n_p.sum()), float(n_n.sum())
     rows = [block(metric="M0", variant="corrected", layer=ALL, head=ALL,
                   estimate=float(_reduction(float(sp.sum()), tot_p, float(sn.sum()), tot_n)),
@@ -147,7 +163,6 @@ def corrected_rows(pairs: CountedPairs, by_head: bool = False) -> list[dict]:
                   mean_parallel=float(sp.sum() / tot_p) if tot_p else math.nan,
                   mean_nonparallel=float(sn.sum() / tot_n) if tot_n else math.nan)]
     if by_head:
-        view = pairs.view
         L, H = sp.shape
         with np.errstate(invalid="ignore", divide="ignore"):
             mp = (sp / n_p).reshape(-1).numpy()

@@ -7,8 +7,10 @@ counted pairs, the distances and the scores do not. So the distance-matched cont
 every draw is one projection (Frisch–Waugh–Lovell): with the within-query demeaned
 distance dummies A of a head group, scores ỹ and a draw's labels p̃ both residualised on
 A, δ = ỹ·p̃ / p̃·p̃ — the last coefficient :func:`attnvar.metrics.fixed_effects.fit_within_query`
-would give, for all draws with one matrix product. Two hundred draws of a 20-step run
-cost milliseconds instead of a fit each.
+would give. Labels are per key, so both terms reduce to sums over each key's pairs
+(:func:`matched_under_labels`): every draw costs products with the [keys, draws] label
+matrix, never a [pairs, draws] one. A thousand draws of a 20-step run cost milliseconds
+instead of a fit each.
 
 :func:`placebo_contrasts` assumes the counted pairs do not depend on the labels, which
 holds for runs whose steps have one member each (``top_only`` replays): there are no
@@ -24,7 +26,7 @@ import torch
 
 from .contrast import contrast_estimates, distance_levels
 from .counting import CountedPairs
-from .fixed_effects import COLLINEAR_TOL, select_columns, spd_inverse
+from .fixed_effects import COLLINEAR_TOL, distinct_rows, select_columns, spd_inverse
 
 
 def placebo_labels_matrix(pairs: CountedPairs, n_labelled: int, draws: int,
@@ -34,10 +36,11 @@ def placebo_labels_matrix(pairs: CountedPairs, n_labelled: int, draws: int,
     view = pairs.view
     steps = np.unique(view.step[view.step >= 0])
     n = min(int(n_labelled), len(steps))
-    out = np.zeros((draws, len(pairs.key_step)), dtype=bool)
-    for d in range(draws):
-        out[d] = np.isin(pairs.key_step, rng.choice(steps, size=n, replace=False))
-    return out
+    # rng.choice of the steps' indices draws what rng.choice of the steps would.
+    chosen = np.array([rng.choice(len(steps), size=n, replace=False) for _ in range(draws)],
+                      dtype=np.int64).reshape(draws, n)
+    keys_of = steps[:, None] == pairs.key_step[None, :]  # (step, key)
+    return keys_of[chosen].any(1) if n else np.zeros((draws, len(pairs.key_step)), dtype=bool)
 
 
 def _demean(values: torch.Tensor, qi: torch.Tensor, n_per_query: torch.Tensor) -> torch.Tensor:
@@ -51,22 +54,29 @@ def matched_under_labels(pairs: CountedPairs, labels: np.ndarray) -> np.ndarray:
     """[D] prompt-level distance-matched M1 (mean over heads of the per-head δ) of
     ``pairs`` under each row of ``labels`` ([D, K] bool key labels); NaN for a draw
     where no head identifies δ. Equals
-    ``contrast_estimates(replace(pairs, key_parallel=labels[d]), True).prompt_estimate``."""
+    ``contrast_estimates(replace(pairs, key_parallel=labels[d]), True).prompt_estimate``.
+
+    Per group of heads counting the same pairs, with ỹ the scores residualised on the
+    demeaned distance dummies A (ỹ sums to 0 within each query) and p a draw's labels
+    demeaned within queries: ỹ·p̃ = ỹ·p = Σ_k (Σ of ỹ over key k's pairs)·label_k,
+    p·p = Σ_q (c_q − c_q²/n_q) with c_q the labelled keys among query q's n_q, and
+    p̃·p̃ = p·p − (A'p)'(A'A)⁻¹(A'p) with A'p = Σ_k (Σ of A over key k's pairs)·label_k:
+    every draw's terms are products with the [K, D] labels, never a [pairs, D] array."""
     L, H, Q, K = pairs.shape
     B = L * H
     draws = labels.shape[0]
     index, levels = distance_levels(pairs)
     n_dist = max(len(levels) - 1, 0)
+    if Q * K == 0:
+        return np.full(draws, np.nan)
     y_all = pairs.values("scores").reshape(B, Q, K)
     w_all = pairs.include.reshape(B, Q, K)
     coef = np.full((B, draws), np.nan)
-    if Q * K == 0:
-        return np.full(draws, np.nan)
     lab = torch.from_numpy(labels.T.astype(np.float64))  # (K, D)
-    patterns, group = torch.unique(w_all.reshape(B, -1), dim=0, return_inverse=True)
-    for g in range(patterns.shape[0]):
-        heads = torch.nonzero(group == g).flatten()
-        wg = patterns[g].reshape(Q, K)
+    which, patterns = distinct_rows(w_all.reshape(B, Q * K).numpy())
+    for g, pattern in enumerate(patterns):
+        heads = torch.from_numpy(np.flatnonzero(which == g))
+        wg = torch.from_numpy(pattern.reshape(Q, K))
         qi, ki = torch.nonzero(wg, as_tuple=True)
         if qi.numel() == 0:
             continue
@@ -76,26 +86,33 @@ def matched_under_labels(pairs: CountedPairs, labels: np.ndarray) -> np.ndarray:
         hit = lev >= 1
         dummies[torch.nonzero(hit).flatten(), lev[hit] - 1] = 1.0
         a = _demean(dummies[:, :n_dist], qi, nq)
-        p = _demean(lab[ki], qi, nq)  # (pairs, D)
         y = _demean(y_all[heads][:, qi, ki].T, qi, nq)  # (pairs, heads)
         # The column selection of fit_within_query, with the labels as the last column:
         # distance columns first (they do not depend on the labels), then each draw's.
         gram_a = (a.T @ a).numpy()
-        own_p = (p * p).sum(0).numpy()
         scale = max(float(np.max(np.diag(gram_a), initial=0.0)), 1e-300)
         kept = select_columns(gram_a) if n_dist else []
+        counted = wg.double() @ lab  # (query, draw): labelled keys per query
+        own_p = (counted - counted * counted / nq.clamp(min=1)[:, None].double()).sum(0)
+        resid_p = own_p
         if kept:
             ak = a[:, kept]
             inv = torch.from_numpy(spd_inverse(gram_a[np.ix_(kept, kept)]))
-            p = p - ak @ (inv @ (ak.T @ p))
             y = y - ak @ (inv @ (ak.T @ y))
-        resid_p = (p * p).sum(0).numpy()
+            ap = _by_key(ak, ki, K).T @ lab  # (kept, draw)
+            resid_p = own_p - (ap * (inv @ ap)).sum(0)
+        own_p, resid_p = own_p.numpy(), resid_p.numpy()
         ok = (own_p > COLLINEAR_TOL * np.maximum(scale, own_p)) & (resid_p > COLLINEAR_TOL * own_p)
-        beta = (y.T @ p).numpy() / np.where(ok, resid_p, 1.0)[None, :]
+        beta = (_by_key(y, ki, K).T @ lab).numpy() / np.where(ok, resid_p, 1.0)[None, :]
         coef[np.ix_(heads.numpy(), np.flatnonzero(ok))] = beta[:, ok]
     finite = np.isfinite(coef)
     with np.errstate(invalid="ignore"):
         return np.where(finite.any(0), np.nansum(coef, 0) / finite.sum(0), np.nan)
+
+
+def _by_key(values: torch.Tensor, ki: torch.Tensor, K: int) -> torch.Tensor:
+    """[K, m] sums of [pairs, m] ``values`` over each key's pairs."""
+    return torch.zeros(K, values.shape[1], dtype=values.dtype).index_add_(0, ki, values)
 
 
 def placebo_contrasts(pairs: CountedPairs, n_labelled: int, draws: int,

@@ -37,6 +37,7 @@ from .contrast import contrast_estimates, distance_design
 from .counting import CountedPairs
 from .covariates import token_covariates
 from .fixed_effects import fit_within_query, mean_over_heads_se
+from .frames import lead_columns, table
 
 PHASES = ("early", "middle", "late")
 VARIANTS = ("distance_matched", "plain")
@@ -252,20 +253,34 @@ def distance_profile(pairs: CountedPairs, decimals: int = 3) -> pd.DataFrame:
     count = inc.sum(-1, keepdim=True)
     qmean = s.sum(-1, keepdim=True) / count.clamp(min=1)
     dm = torch.where(inc, s - qmean, torch.zeros((), dtype=s.dtype))
+    return distance_table(dm.sum((0, 1)), inc.sum((0, 1)), pairs, decimals)
+
+
+def distance_table(total: torch.Tensor, pairs_at: torch.Tensor, pairs: CountedPairs,
+                   decimals: int = 3, lead: dict | None = None) -> pd.DataFrame:
+    """The table of :func:`distance_profile` from the query-demeaned scores summed over
+    heads (``total``, [Q, K]) and the heads counting each pair (``pairs_at``): every
+    head's pair at one (query, key) has that pair's distance. ``lead``: constant columns
+    put first."""
+    total = total.numpy().reshape(-1)
+    pairs_at = pairs_at.numpy().reshape(-1)
     d = np.round(pairs.distance, decimals)
     levels, index = np.unique(d, return_inverse=True)
-    index = torch.from_numpy(index.reshape(d.shape))
-    lab = torch.from_numpy(pairs.key_parallel)[None, :].expand_as(index)
-    rows = []
+    index = index.reshape(-1)
+    key_p = np.broadcast_to(pairs.key_parallel[None, :], d.shape).reshape(-1)
+    cols: dict[str, list] = {"distance": [], "set": [], "mean_score": [], "n_pairs": []}
     for label, is_p in (("parallel", True), ("non_parallel", False)):
-        sel = inc & (lab == is_p)
-        flat_idx = index.expand_as(sel)[sel]
-        sums = torch.zeros(len(levels), dtype=s.dtype).index_add_(0, flat_idx, dm[sel])
-        counts = torch.bincount(flat_idx, minlength=len(levels))
-        for i in torch.nonzero(counts).flatten().tolist():
-            rows.append({"distance": float(levels[i]), "set": label,
-                         "mean_score": float(sums[i] / counts[i]), "n_pairs": int(counts[i])})
-    return pd.DataFrame(rows, columns=["distance", "set", "mean_score", "n_pairs"])
+        sel = key_p == is_p
+        sums = np.bincount(index[sel], weights=total[sel], minlength=len(levels))
+        counts = np.bincount(index[sel], weights=pairs_at[sel], minlength=len(levels))
+        at = np.flatnonzero(counts > 0)
+        cols["distance"].append(levels[at].astype(np.float64))
+        cols["set"].append(np.full(len(at), label, dtype=object))
+        cols["mean_score"].append(sums[at] / counts[at])
+        cols["n_pairs"].append(counts[at].astype(np.int64))
+    if not sum(len(a) for a in cols["set"]):
+        return lead_columns(pd.DataFrame(columns=list(cols)), lead)
+    return table({k: np.concatenate(v) for k, v in cols.items()}, lead)
 
 
 __all__ = ["MAX_STEPS_GRID", "PHASES", "VARIANTS", "class_contrasts", "distance_profile",

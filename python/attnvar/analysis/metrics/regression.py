@@ -128,10 +128,21 @@ def logit_regression(
         raise ValueError(f"terms must be 'parallel' or 'all', got {terms!r}")
     pairs = _pairs(run, count_kwargs)
     view = pairs.view
-    L, H = pairs.shape[:2]
     fit, names = regression_fit(pairs, covariates, knots)
     lab = torch.from_numpy(pairs.key_parallel)
     n_par = (pairs.include & lab).sum((-1, -2)).reshape(-1).numpy()
+    return frame(regression_blocks(view, fit, names, n_par, terms), prompt=prompt,
+                 kind=view.kind, encoding=view.encoding, sinks_excluded=pairs.sinks_excluded)
+
+
+def regression_blocks(view, fit: WithinFit, names: list[str], n_par: np.ndarray,
+                      terms: str = "parallel") -> list[dict]:
+    """The M2 rows of a fit of every (layer, head) of ``view`` (:func:`regression_fit`)
+    with ``n_par`` [L·H] counted parallel pairs per head: per term, the per-head rows
+    and the prompt row (mean over heads), then the pooled row."""
+    if terms not in ("parallel", "all"):
+        raise ValueError(f"terms must be 'parallel' or 'all', got {terms!r}")
+    L, H = len(view.layers), len(view.heads)
     wanted = range(len(names)) if terms == "all" else [len(names) - 1]
     layer = np.repeat(np.asarray(view.layers, dtype=np.int64), H)
     head = np.tile(np.asarray(view.heads, dtype=np.int64), L)
@@ -149,5 +160,4 @@ def logit_regression(
             "M2", "pooled", ALL, ALL, fit.pooled_coef[j], fit.pooled_se[j], term=names[j],
             n_queries=fit.n_queries.max(initial=0), n_pairs=fit.n_pairs.sum(),
             n_parallel_pairs=n_par.sum(), df=fit.pooled_df))
-    return frame(blocks, prompt=prompt, kind=view.kind, encoding=view.encoding,
-                 sinks_excluded=pairs.sinks_excluded)
+    return blocks

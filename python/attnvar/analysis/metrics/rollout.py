@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .contrast import _aggregate
+from .contrast import aggregate_batch
 from .counting import CaptureView, Sinks, as_view
 from .frames import ALL, block, frame
 
@@ -80,6 +80,9 @@ def rollout(run: Any) -> torch.Tensor:
     """
     view = as_view(run)
     _check_complete(run, view)
+    hit = view.cache.get("rollout")
+    if hit is not None:  # a view's rollout is computed once (both sink rules read it)
+        return hit
     a = view.attention.double().mean(1)  # (layer, query, key)
     eye = torch.eye(view.num_slots, dtype=torch.float64)
     out = torch.empty_like(a)
@@ -87,6 +90,7 @@ def rollout(run: Any) -> torch.Tensor:
     for layer in range(a.shape[0]):
         r = (0.5 * a[layer] + 0.5 * eye) @ r
         out[layer] = r
+    view.cache["rollout"] = out
     return out
 
 
@@ -131,25 +135,22 @@ def rollout_masses(
             raise ValueError(f"the top_only run is not a replay of this run's tree "
                              f"(member {key} differs)")
     skip = _sink_steps(sinks) if exclude_sinks else set()
-    steps = [int(t) for t in np.unique(view.step[view.step >= 0])]
-    parallel = {t: bool(lab[view.step == t].any()) for t in steps}
-    members = {t: np.flatnonzero(view.step == t) for t in steps}
-    queries = [u for u in steps if (u, 0) in run_slot and (u, 0) in top_slot]
-    Q = len(queries)
-    w_run = np.zeros((2, Q, view.num_slots))  # (parallel | generated, query, key slot)
-    w_top = np.zeros((2, Q, top.num_slots))
-    n_pos = np.zeros(Q, dtype=np.int64)
-    n_keys = np.zeros(Q, dtype=np.int64)
-    for q, u in enumerate(queries):
-        for t in steps:
-            if t >= u or t in skip or (t, 0) not in top_slot:
-                continue
-            for kind in ((0, 1) if parallel[t] else (1,)):
-                w_run[kind, q, members[t]] = 1.0
-                w_top[kind, q, top_slot[(t, 0)]] = 1.0
-            if parallel[t]:
-                n_pos[q] += 1
-                n_keys[q] += len(members[t])
+    steps = np.unique(view.step[view.step >= 0])
+    member = (view.step[None, :] == steps[:, None]).astype(np.float64)  # (step, run slot)
+    parallel = (member.astype(bool) & lab[None, :]).any(1)
+    in_top = np.array([(int(t), 0) in top_slot for t in steps], dtype=bool)
+    top_member = np.zeros((len(steps), top.num_slots))  # (step, top slot): its rank-0 member
+    top_member[np.flatnonzero(in_top), [top_slot[(int(t), 0)] for t in steps[in_top]]] = 1.0
+    queries = [int(u) for u, ok in zip(steps, in_top, strict=True)
+               if ok and (int(u), 0) in run_slot]
+    # Each query reads the earlier steps that are not sinks and have a top_only member.
+    reads = ((steps[None, :] < np.asarray(queries, dtype=np.int64)[:, None])
+             & ~np.isin(steps, list(skip))[None, :] & in_top[None, :])  # (query, step)
+    kinds = np.stack([reads & parallel[None, :], reads]).astype(np.float64)
+    w_run = kinds @ member  # (parallel | generated, query, key slot)
+    w_top = kinds @ top_member
+    n_pos = (reads & parallel[None, :]).sum(1).astype(np.int64)
+    n_keys = ((reads & parallel[None, :]) @ member.sum(1)).astype(np.int64)
     rows_run = r_run[:, [run_slot[(u, 0)] for u in queries]].numpy()  # (layer, query, key)
     rows_top = r_top[:, [top_slot[(u, 0)] for u in queries]].numpy()
     mass_run = np.einsum("lqk,wqk->wlq", rows_run, w_run)
@@ -188,9 +189,15 @@ def rollout_contrast(
     rollout); log scale, negative = parallel positions carry less rollout mass.
     """
     view = as_view(run)
+    return frame(rollout_blocks(run, top_only, sinks, exclude_sinks, labels), prompt=prompt,
+                 kind=view.kind, encoding=view.encoding, sinks_excluded=exclude_sinks)
+
+
+def rollout_blocks(run: Any, top_only: Any, sinks: Sinks | None = None,
+                   exclude_sinks: bool = True, labels: np.ndarray | None = None) -> list[dict]:
+    """The M4 rows of :func:`rollout_contrast` as column blocks (no table)."""
     m = rollout_masses(run, top_only, sinks, exclude_sinks, labels)
     Q = m["mass_run"].shape[1]
-    zero = torch.zeros((), dtype=torch.float64)
     groups = torch.eye(Q, dtype=torch.float64)  # one query per step
     blocks = []
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -200,26 +207,28 @@ def rollout_contrast(
         "position_mass": (m["mass_run"], m["mass_top_only"], ("mass_run", "mass_top_only")),
         "generated_share": (share_run, share_top, ("share_run", "share_top_only")),
     }
-    for variant, (num, den, names) in pairs.items():
-        valid = (m["n_positions"] > 0)[None, :] & (num > 0) & (den > 0)
+    valid, stack = [], []
+    for num, den, _ in pairs.values():
+        ok = (m["n_positions"] > 0)[None, :] & (num > 0) & (den > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            log_ratio = np.where(valid, np.log(num) - np.log(den), 0.0)
-        v = torch.from_numpy(valid)[:, None, :]  # (layer, 1, query)
-        mean, se, nq, _ = _aggregate(torch.from_numpy(log_ratio)[:, None, :], v, groups)
-        extras = {name: _aggregate(torch.where(v, torch.from_numpy(x)[:, None, :], zero),
-                                   v, groups)[0][:, 0]
-                  for name, x in zip(names, (num, den), strict=True)}
-        n_pairs = (valid * m["n_positions"][None, :]).sum(-1)
-        n_par = (valid * m["n_member_keys"][None, :]).sum(-1)
+            log_ratio = np.where(ok, np.log(num) - np.log(den), 0.0)
+        valid += [ok] * 3
+        stack += [log_ratio, np.where(ok, num, 0.0), np.where(ok, den, 0.0)]
+    # One aggregation (over layers × queries) for both variants and their extra columns.
+    mean, se, nq, _ = aggregate_batch(torch.from_numpy(np.stack(stack))[:, :, None, :],
+                                      torch.from_numpy(np.stack(valid))[:, :, None, :], groups)
 
-        def with_full(x):
-            x = np.asarray(x, dtype=np.float64).reshape(-1)
-            return np.append(x, x[-1] if len(x) else math.nan)
+    def with_full(x):
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        return np.append(x, x[-1] if len(x) else math.nan)
 
+    for i, (variant, (_, _, names)) in enumerate(pairs.items()):
+        ok = valid[3 * i]
+        n_pairs = (ok * m["n_positions"][None, :]).sum(-1)
+        n_par = (ok * m["n_member_keys"][None, :]).sum(-1)
         blocks.append(block(
-            "M4", variant, np.append(m["layers"], ALL), ALL, with_full(mean[:, 0]),
-            with_full(se[:, 0]), n_queries=with_full(nq[:, 0]), n_pairs=with_full(n_pairs),
-            n_parallel_pairs=with_full(n_par),
-            **{name: with_full(x) for name, x in extras.items()}))
-    return frame(blocks, prompt=prompt, kind=view.kind, encoding=view.encoding,
-                 sinks_excluded=exclude_sinks)
+            "M4", variant, np.append(m["layers"], ALL), ALL, with_full(mean[3 * i][:, 0]),
+            with_full(se[3 * i][:, 0]), n_queries=with_full(nq[3 * i][:, 0]),
+            n_pairs=with_full(n_pairs), n_parallel_pairs=with_full(n_par),
+            **{name: with_full(mean[3 * i + 1 + j][:, 0]) for j, name in enumerate(names)}))
+    return blocks

@@ -77,6 +77,13 @@ def value_weighted(
     """
     pairs = _pairs(run, count_kwargs)
     view = pairs.view
+    return frame(value_weighted_blocks(pairs, weighting), prompt=prompt, kind=view.kind,
+                 encoding=view.encoding, sinks_excluded=pairs.sinks_excluded)
+
+
+def value_weighted_blocks(pairs: CountedPairs, weighting: str = "step") -> list[dict]:
+    """The M3 rows of :func:`value_weighted` as column blocks (no table)."""
+    view = pairs.view
     vn = _value_norms(pairs)
     if view.attention is None:
         raise ValueError("M3 needs attention probabilities (Capture(probabilities=True))")
@@ -127,5 +134,4 @@ def value_weighted(
         head_block("M3", "share", view.layers, view.heads,
                    _estimates(log_odds, ok, groups, pairs, in_p, **extra)),
     ]
-    return frame(blocks, prompt=prompt, kind=view.kind, encoding=view.encoding,
-                 sinks_excluded=pairs.sinks_excluded)
+    return blocks
