@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import io
 import json
 import re
 import shutil
@@ -31,6 +30,7 @@ from ..util.atomic import new_staging_dir, publish_dir
 from ..util.markdown import format_cell as _cell
 from ..util.markdown import markdown_table as _md_table
 from .findings import run_all
+from .plots import png_bytes
 
 REPORT_DIR = "report"
 
@@ -363,12 +363,6 @@ def _inline_md_to_html(text: str) -> str:
     return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
-
-
 def _write_files(staging: Path, res: StudyResults, findings: dict) -> None:
     """report.md, report.html, figures/ and tables/ into ``staging``."""
     (staging / "figures").mkdir()
@@ -402,7 +396,7 @@ def _write_files(staging: Path, res: StudyResults, findings: dict) -> None:
             while name in used:
                 name += "_"
             used.add(name)
-            data = _png(block.content)
+            data = png_bytes(block.content, dpi=110)
             (staging / "figures" / f"{name}.png").write_bytes(data)
             md.append(f"![{block.caption}](figures/{name}.png)")
             uri = base64.b64encode(data).decode()

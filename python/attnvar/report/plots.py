@@ -14,7 +14,9 @@ zero-valued cells.
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import math
 import os
 import textwrap
@@ -345,13 +347,11 @@ def _set_view_figure(run: Run, table: pd.DataFrame, layer, head, field: str,
     return fig
 
 
-def _png_data_uri(fig: Figure) -> str:
-    import base64
-    import io
-
+def png_bytes(fig: Figure, dpi: int) -> bytes:
+    """A figure rendered as PNG bytes (the report's figures and the exported run views)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
 
 
 def export_run_view(
@@ -370,8 +370,8 @@ def export_run_view(
 
     Parameters
     ----------
-    run : a run with ``field`` captured (a run whose capture was removed has no set view:
-        ``ValueError``)
+    run : a run with ``field`` captured (a run whose capture was removed raises the
+        ``ValueError`` reading its capture does)
     path : the page to write (atomically)
     layer, head, field : as for :func:`set_view`
 
@@ -380,18 +380,17 @@ def export_run_view(
     pathlib.Path
         ``path``.
     """
-    if getattr(run, "capture_removed", ""):
-        raise ValueError(f"the run has no capture to show ({run.capture_removed}); "
-                         "only its summary is left")
-    text_view = set_view(run, layer, head, output="html", field=field)
-    figure = set_view(run, layer, head, output="figure", field=field)
+    table = received_attention(run, layer, head, field)  # once for both views
+    text_view = _set_view_html(run, table, layer, head, field, None)
+    png = png_bytes(_set_view_figure(run, table, layer, head, field, False), dpi=80)
     title = f"attnvar {run.kind} run · {run.encoding}"
     body = (f"<h1 style='font-size:1.2em'>{html.escape(title)}</h1>"
             f"<section id='run'>{run._repr_html_()}</section>"
             f"<section id='set-view'><h2 style='font-size:1.05em'>Set view</h2>{text_view}"
             "</section>"
             f"<figure id='set-view-figure'><img alt='set view' "
-            f"src='{_png_data_uri(figure)}'/><figcaption>Mean "
+            f"src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'/>"
+            "<figcaption>Mean "
             f"{html.escape(FIELD_LABELS[field])} each slot receives from later queries "
             f"({html.escape(_selection_text(layer, head))})</figcaption></figure>")
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'/>"
