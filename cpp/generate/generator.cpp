@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
+#include <memory>
 
 #include "attnvar/error.h"
 #include "attnvar/generate/selection.h"
@@ -61,6 +63,34 @@ void check_prompt(const std::vector<int64_t>& prompt, int64_t vocab_size) {
   }
 }
 
+// A prompt's prefill pass, kept to start other sequences of the same prompt in a batch:
+// the prefill depends only on the tokens, the model and the capture spec (no edits), so
+// copying its output and cache rows gives each sequence exactly what its own pass would
+// (a study batches each prompt's conditions together: four prefills become one).
+struct Prefill {
+  ForwardOutput out;
+  KVCache cache;  // the prompt's slots only
+};
+
+// Whether a sequence's prefill is the same computation as any other's of the same prompt
+// (and capture, which a batch shares): no hook edits or functions act on it.
+bool prefill_shareable(const GenerateOptions& o) {
+  return o.edits.empty() && (o.callbacks == nullptr || o.callbacks->empty());
+}
+
+// A deep copy: each run owns its captured tensors.
+ForwardOutput copy_of(const ForwardOutput& o) {
+  const auto clone = [](const at::Tensor& t) { return t.defined() ? t.clone() : t; };
+  ForwardOutput c;
+  c.logits = clone(o.logits);
+  for (const LayerCapture& lc : o.captures) {
+    c.captures.push_back(LayerCapture{lc.layer, clone(lc.probabilities), clone(lc.scores),
+                                      clone(lc.value_norms)});
+  }
+  for (const auto& [name, t] : o.hooks) c.hooks.emplace(name, clone(t));
+  return c;
+}
+
 // One generation as a sequence of passes: its prefill, then one pass per set. generate()
 // runs one; generate_batch() runs several, their set passes through forward_batch. Both
 // call the same steps in the same order, so a sequence's result does not depend on the
@@ -81,20 +111,35 @@ class Sequence {
     r_.stop_reason = "max_steps";
   }
 
-  // The prefill pass and q_0. After it, done() when max_steps is 0.
-  void prefill() {
+  // The prefill pass and q_0. After it, done() when max_steps is 0. With `from`, the pass
+  // is not run again: its output and cache rows are copied from an identical prefill (see
+  // Prefill); with `keep`, this prefill is kept there for others.
+  void prefill(const Prefill* from = nullptr, std::shared_ptr<const Prefill>* keep = nullptr) {
     auto t0 = std::chrono::steady_clock::now();
     const auto& prompt = r_.tree.prompt;
-    auto dbl = at::TensorOptions().dtype(at::kDouble);
-    PassInput in{at::tensor(prompt, at::TensorOptions().dtype(at::kLong)), at::arange(0, P_, dbl),
-                 causal_visibility(P_, 0)};
     for (int64_t i = 0; i < P_; ++i) {
-      in.slots.push_back(SlotInfo{static_cast<double>(i), -1, 0, prompt[i]});
       r_.slots.push_back(SlotRecord{prompt[i], static_cast<double>(i), -1, -1});
     }
-    in.last_logits_only = true;
-    attach_edits(in);
-    auto out = model_.forward(cache_, in, o_.capture);
+    ForwardOutput out;
+    if (from != nullptr) {
+      cache_.copy_prefix_from(from->cache, P_);
+      out = copy_of(from->out);
+    } else {
+      auto dbl = at::TensorOptions().dtype(at::kDouble);
+      PassInput in{at::tensor(prompt, at::TensorOptions().dtype(at::kLong)),
+                   at::arange(0, P_, dbl), causal_visibility(P_, 0)};
+      for (int64_t i = 0; i < P_; ++i) {
+        in.slots.push_back(SlotInfo{static_cast<double>(i), -1, 0, prompt[i]});
+      }
+      in.last_logits_only = true;
+      attach_edits(in);
+      out = model_.forward(cache_, in, o_.capture);
+      if (keep != nullptr) {
+        auto kept = std::make_shared<Prefill>(Prefill{copy_of(out), model_.new_cache(P_)});
+        kept->cache.copy_prefix_from(cache_, P_);
+        *keep = std::move(kept);
+      }
+    }
     emit(PassCapture{-1, 0, P_, std::move(out.captures), std::move(out.hooks)});
     q_ = at::softmax(out.logits[0] / o_.temperature, -1);  // q_0
     r_.prefill_seconds = seconds_since(t0);
@@ -252,15 +297,31 @@ std::vector<GenerationResult> generate_batch(const LlamaModel& model,
   std::vector<GenerateOptions> prepared = options;
   for (GenerateOptions& o : prepared) o.edits = model.prepare_edits(o.edits);
   std::vector<GenerationResult> results(prompts.size());
+  // Shareable prefills by prompt, and how many sequences that could share each are still to
+  // start.
+  std::map<std::vector<int64_t>, std::shared_ptr<const Prefill>> prefills;
+  std::map<std::vector<int64_t>, int64_t> uses;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    if (prefill_shareable(prepared[i])) ++uses[prompts[i]];
+  }
   std::vector<std::pair<size_t, std::unique_ptr<Sequence>>> active;
   size_t next = 0;
   while (next < prompts.size() || !active.empty()) {
     if (interrupt) interrupt();
     // Refill: a new sequence's prefill is a pass of its own (its many rows would not be
-    // cheaper together, and a solo prefill is what its solo run computes).
+    // cheaper together, and a solo prefill is what its solo run computes), run once for
+    // every sequence of the same prompt (Prefill).
     while (static_cast<int64_t>(active.size()) < max_batch && next < prompts.size()) {
       auto seq = std::make_unique<Sequence>(model, prompts[next], prepared[next], PassSink{});
-      seq->prefill();
+      if (!prefill_shareable(prepared[next])) {
+        seq->prefill();
+      } else {
+        // Kept while a later sequence of the batch may still start from it.
+        auto& kept = prefills[prompts[next]];
+        const bool again = --uses[prompts[next]] > 0;
+        seq->prefill(kept.get(), kept == nullptr && again ? &kept : nullptr);
+        if (!again) prefills.erase(prompts[next]);
+      }
       if (seq->done()) {
         results[next] = seq->finish();
       } else {

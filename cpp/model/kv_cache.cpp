@@ -91,6 +91,19 @@ void KVCache::truncate(int64_t n) {
   slots_.resize(n);
 }
 
+void KVCache::copy_prefix_from(const KVCache& other, int64_t n) {
+  if (size() != 0 || other.num_layers_ != num_layers_ || other.num_kv_heads_ != num_kv_heads_ ||
+      other.head_dim_ != head_dim_ || other.keys_.scalar_type() != keys_.scalar_type() ||
+      other.keys_.device() != keys_.device()) {
+    throw Error("kv_cache: copy_prefix_from needs an empty cache of the source's shape");
+  }
+  other.check_slot_range(n, "copy of the first");
+  reserve(n);
+  keys_.narrow(2, 0, n).copy_(other.keys_.narrow(2, 0, n));
+  values_.narrow(2, 0, n).copy_(other.values_.narrow(2, 0, n));
+  slots_.assign(other.slots_.begin(), other.slots_.begin() + n);
+}
+
 void KVCache::remove_slots(std::vector<int64_t> slots) {
   std::sort(slots.begin(), slots.end());
   if (std::adjacent_find(slots.begin(), slots.end()) != slots.end()) {

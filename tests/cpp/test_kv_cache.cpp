@@ -65,6 +65,31 @@ TEST_CASE("kv cache truncate keeps a prefix; remove_slots compacts in order", "[
   CHECK(key_tag(cache, 1, 2) == 2 + 1000.0f);
 }
 
+TEST_CASE("kv cache copy_prefix_from copies a prefix into an empty cache, or refuses",
+          "[kv_cache]") {
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  KVCache source(2, 2, 4, f32, 8);
+  append_tagged(source, 6);
+  KVCache copy(2, 2, 4, f32, 1);  // grows to hold the prefix
+  copy.copy_prefix_from(source, 4);
+  REQUIRE(copy.size() == 4);
+  for (int64_t l = 0; l < 2; ++l) {
+    CHECK(at::equal(copy.keys(l, 4), source.keys(l, 4)));
+    CHECK(at::equal(copy.values(l, 4), source.values(l, 4)));
+  }
+  CHECK(copy.slots()[3].token_id == 3);
+  CHECK(copy.positions()[3].item<double>() == 1.5);
+  append_tagged(copy, 1);  // goes on after the copied prefix; the source is untouched
+  CHECK(key_tag(copy, 0, 4) == 4.0f);
+  CHECK(source.size() == 6);
+  CHECK_THROWS_AS(copy.copy_prefix_from(source, 2), Error);  // not empty
+  KVCache other_shape(2, 1, 4, f32, 8);
+  CHECK_THROWS_AS(other_shape.copy_prefix_from(source, 2), Error);
+  KVCache empty(2, 2, 4, f32, 8);
+  CHECK_THROWS_AS(empty.copy_prefix_from(source, 7), ConfigError);  // beyond its slots
+  CHECK(empty.size() == 0);
+}
+
 TEST_CASE("kv cache rejects bad slots and writes beyond its reservation", "[kv_cache]") {
   KVCache cache(1, 1, 4, at::TensorOptions().dtype(at::kFloat), 2);
   append_tagged(cache, 2);

@@ -129,3 +129,50 @@ def test_a_study_gives_the_same_runs_whatever_its_batch(bundled_path, tmp_path):
         b = load_run(tmp_path / "batched" / RUNS / name)
         assert tree_to_dict(a.tree) == tree_to_dict(b.tree), name
         assert torch.equal(a.scores, b.scores) and torch.equal(a.attention, b.attention), name
+
+
+def test_sequences_of_one_prompt_share_its_prefill_and_stay_their_solo_runs(tiny):
+    # generate_batch runs a prompt's prefill once for every sequence of that prompt (a
+    # study batches each prompt's conditions together) and copies its output and cache
+    # rows: each run must still be its solo run exactly, own its captured tensors, and
+    # runs whose hook edits act on the prefill must get their own pass.
+    prompts = [[5, 9, 14, 3], [22, 8], [5, 9, 14, 3, 40]]
+    reqs = []
+    for i in range(12):
+        reqs.append(dict(prompt=prompts[i % 3] if i < 9 else prompts[0],
+                         threshold=[0.02, 0.1, 0.3][i % 3], mode=["isolated", "visible"][i % 2],
+                         max_steps=[6, 0, 9, 4][i % 4], temperature=[1.0, 0.7][i // 6],
+                         keep_distributions=True, seed=i, sample=i % 5 == 0))
+    capture = attnvar.Capture(scores=True, value_norms=True,
+                              names=["blocks.0.hook_resid_pre", "blocks.1.attn.hook_k"])
+    solo = [tiny.generate(capture=capture, **r) for r in reqs]
+    for max_batch in (2, 5, 12):
+        many = tiny.generate_many(reqs, capture=capture, max_batch=max_batch)
+        bad = [i for i, (a, b) in enumerate(zip(solo, many, strict=True)) if not _same(a, b)]
+        assert not bad, f"sequences {bad} differ from their solo runs (max_batch {max_batch})"
+        for a, b in zip(solo, many, strict=True):
+            for name in ("blocks.0.hook_resid_pre", "blocks.1.attn.hook_k"):
+                assert torch.equal(a.hooks[name], b.hooks[name]), name
+    # Each run owns its prefill's tensors: changing one run's leaves its siblings alone.
+    many = tiny.generate_many(reqs[:4], capture=capture, max_batch=4)
+    first = many[3].passes[0].scores[0].clone()
+    with torch.inference_mode():  # the engine's tensors are inference tensors
+        many[0].passes[0].scores[0].add_(1.0)
+    assert torch.equal(many[3].passes[0].scores[0], first)
+    # Hook functions or edits act on the prompt: every sequence's prefill is its own pass
+    # (a function is called for each, as in the solo runs).
+    rows = []
+
+    def record(name, t):
+        rows.append(t.shape[0])
+
+    fns = {"blocks.0.hook_resid_pre": record}
+    for r in reqs[:6]:
+        tiny.generate(hook_fns=fns, **r)
+    solo_rows, rows[:] = list(rows), []
+    tiny.generate_many(reqs[:6], hook_fns=fns, max_batch=1)  # one pass at a time
+    assert rows == solo_rows
+    edit = attnvar.ZeroAblate("blocks.0.hook_resid_pre", slots=[1])
+    solo = [tiny.generate(interventions=[edit], **r) for r in reqs[:6]]
+    many = tiny.generate_many(reqs[:6], interventions=[edit], max_batch=6)
+    assert all(_same(a, b) for a, b in zip(solo, many, strict=True))

@@ -58,6 +58,10 @@ class KVCache {
   // Keeps slots [0, n).
   void truncate(int64_t n);
 
+  // Copies slots [0, n) of `other` (keys, values and metadata) into this cache, which must
+  // be empty and of the same shape: the cache a pass over those slots would leave.
+  void copy_prefix_from(const KVCache& other, int64_t n);
+
   // Deletes the given slots (any order, no duplicates) and compacts the rest, keeping
   // their order. The remaining rows are unchanged: they are NOT recomputed, so a row
   // that attended to a removed slot keeps that influence.
