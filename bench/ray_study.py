@@ -113,6 +113,7 @@ def main() -> int:
 
     import attnvar
     from attnvar.study import Study, prompts, ray_executor
+    from attnvar.study.runner import GENERATION_BATCH
 
     torch.set_num_threads(a.threads)
     pkg = Path(os.path.abspath(attnvar.__file__)).parent.parent
@@ -122,8 +123,9 @@ def main() -> int:
         [str(pkg)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     items = prompts.suite("core")
     items = items[: a.prompts] if a.prompts else items
+    # A fixed batch, so that both executors form the same groups whatever their threads.
     study = Study(prompts=items, thresholds=[0.1, 0.2], modes=["isolated", "visible"],
-                  replays=["serial", "top_only"], max_steps=a.steps)
+                  replays=["serial", "top_only"], max_steps=a.steps, batch=GENERATION_BATCH)
     cells = len(study.cells())
     model_path = Path(attnvar.load_model().identity.get("path") or "")
     print(f"# Ray executor vs local — {platform.processor() or platform.machine()}, "

@@ -176,3 +176,35 @@ def test_sequences_of_one_prompt_share_its_prefill_and_stay_their_solo_runs(tiny
     solo = [tiny.generate(interventions=[edit], **r) for r in reqs[:6]]
     many = tiny.generate_many(reqs[:6], interventions=[edit], max_batch=6)
     assert all(_same(a, b) for a, b in zip(solo, many, strict=True))
+
+
+def test_the_automatic_batch_follows_threads_and_memory(bundled_path, monkeypatch):
+    from attnvar.engine.model import max_set_width
+    from attnvar.study import Study, prompts, runner
+
+    model = attnvar.load_model(bundled_path)
+    items = prompts.suite("core")[:6]
+
+    def study(**kw):
+        return Study(prompts=items, thresholds=[0.1, 0.2], modes=["isolated"],
+                     max_steps=20, model_path=str(bundled_path), **kw)
+
+    assert study().batch is None
+    assert runner.batch_size(study(), model, threads=1) == 8
+    assert runner.batch_size(study(), model, threads=2) == 16
+    assert runner.batch_size(study(batch=5), model, threads=2) == 5
+    # A run's share: its most slots' capture and KV cache, as generate_many bounds them.
+    slots = max(len(model.encode(p.text)) for p in items) + 1 + 20 * max_set_width(0.1, 32)
+    dims = model.dims
+    capture = attnvar.Capture(scores=True)
+    per_run = (capture.estimate_bytes(model.num_layers, model.num_heads, slots, dims)
+               + 2 * model.num_layers * dims["kv_heads"] * dims["head_dim"] * 4 * slots)
+    tight = attnvar.Capture(scores=True, memory_budget=3 * per_run + 1)
+    assert runner.batch_size(study(capture=tight), model, threads=2) == 3
+    tighter = attnvar.Capture(scores=True, memory_budget=per_run // 2)
+    assert runner.batch_size(study(capture=tighter), model, threads=1) == 1  # never 0
+    # Half the machine's memory, shared by the workers, bounds it too.
+    monkeypatch.setattr(runner, "physical_memory", lambda: 2 * 4 * (5 * per_run + 1))
+    assert runner.batch_size(study(), model, threads=2, workers=4) == 5
+    with pytest.raises(ValueError, match="batch"):
+        study(batch=0)

@@ -18,7 +18,7 @@ from ..engine.interventions import from_spec, to_spec
 from . import prompts as prompt_suites
 from .preregistration import Preregistration
 from .prompts import Prompt
-from .runner import GENERATION_BATCH, run_study
+from .runner import run_study
 from .store import COMPAT_MODES, COMPAT_PRESET, Cell
 
 if sys.version_info >= (3, 11):
@@ -45,9 +45,11 @@ class Study:
     model_path : GGUF file or HF directory; None = the bundled default model
     device : where the model runs ("cpu", "cuda", "cuda:N"); not part of the design, so a
         study may be resumed on another device (each run records its device)
-    batch : generations run together (``Model.generate_many``; default 8): each is bit for
-        bit its solo run, so like ``device`` this changes the speed, never a result, and
-        is not part of the design
+    batch : generations run together (``Model.generate_many``); None (the default): 8 per
+        thread of each worker, fewer when their captures could pass the capture's
+        ``memory_budget`` or half this machine's memory (``runner.batch_size``). Each run
+        is bit for bit its solo run, so like ``device`` this changes the speed, never a
+        result, and is not part of the design
     weights : how a GGUF model's quantized weights are held ("quantized", the default, or
         "float32"; ``load_model(weights=...)``): both give every run bit for bit, so like
         ``device`` this changes memory and speed, never a result, and is not part of the
@@ -99,7 +101,7 @@ class Study:
     eos_ids: Sequence[int] | None = None
     emulate_mask_leak: bool = False
     min_new_steps: int | None = None
-    batch: int = GENERATION_BATCH
+    batch: int | None = None
     interventions: Sequence = ()
 
     def __post_init__(self) -> None:
@@ -132,8 +134,10 @@ class Study:
                     raise ValueError(f"{name}: {v!r} is not one of {', '.join(choices)}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be ≥ 0, got {self.max_steps}")
-        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
-            raise ValueError(f"batch must be an integer ≥ 1, got {self.batch!r}")
+        if self.batch is not None and (isinstance(self.batch, bool)
+                                       or not isinstance(self.batch, int) or self.batch < 1):
+            raise ValueError(f"batch must be an integer ≥ 1 or None (automatic), got "
+                             f"{self.batch!r}")
         if self.min_new_steps is None:
             self.min_new_steps = 0 if self.preset is not None else MIN_NEW_STEPS
         if isinstance(self.min_new_steps, bool) or not isinstance(self.min_new_steps, int) \

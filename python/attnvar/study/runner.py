@@ -4,19 +4,24 @@ tidy tables built from what is on disk."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import io
 import json
+import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+import torch
 
 from ..engine import KeyBias, MaskLeak, load_model, load_run
+from ..engine.capture import DEFAULT_MEMORY_BUDGET
 from ..engine.interventions import from_spec
+from ..engine.model import max_set_width
 from ..util.atomic import remove_stale, write_atomic
 from ..util.lock import directory_lock
 from ..util.markdown import markdown_table
@@ -59,10 +64,47 @@ def _cell_options(cell: Cell, prompt) -> dict:
     }
 
 
-# Generations run this many at a time (Model.generate_many): each step reads the weights
-# once for all of them, and every run is bit for bit its solo run, so the batch changes
-# the speed and never a result (Study.batch overrides it).
+# Generations run this many at a time per thread of a worker (Model.generate_many) unless
+# Study.batch says otherwise: each step reads the weights once for all of them, and every
+# run is bit for bit its solo run, so the batch changes the speed and never a result.
+# Measured on the bundled model (bench/batched_generation.py, study-shaped requests): one
+# thread, 8 and 16 sequences equally fast (2.8× solo); two threads, 16 faster than 8.
 GENERATION_BATCH = 8
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def batch_size(study: Study, model, threads: int, workers: int = 1) -> int:
+    """``study.batch``, or when it is None the batch of a worker with ``threads`` threads:
+    :data:`GENERATION_BATCH` sequences per thread, fewer when the captures and KV caches
+    the batch holds at once could pass the memory it may use — the capture's
+    ``memory_budget``, and no more than half this machine's memory shared by ``workers``.
+    A run's share is bounded by its most slots (longest prompt + max_steps × the widest
+    set θ and max_width allow), as ``generate_many`` bounds it."""
+    if study.batch is not None:
+        return study.batch
+    by_threads = GENERATION_BATCH * max(1, int(threads))
+    prompt = max(len(model.encode(p.text)) for p in study.prompts) + 1  # + a BOS
+    if study.preset is not None:  # the compat preset feeds one slot per step
+        slots = prompt + 1 + study.max_steps
+    else:
+        slots = prompt + study.max_steps * max(
+            max_set_width(t, study.max_width, study.sample) for t in study.thresholds)
+    dims = model.dims
+    kv = 2 * model.num_layers * dims["kv_heads"] * dims["head_dim"] * 4 * slots
+    capture = 0 if study.capture is None else study.capture.estimate_bytes(
+        model.num_layers, model.num_heads, slots, dims)
+    budget = DEFAULT_MEMORY_BUDGET if study.capture is None else study.capture.memory_budget
+    machine = physical_memory()
+    if machine is not None:
+        budget = min(budget, machine // (2 * max(1, workers)))
+    return max(1, min(by_threads, budget // max(1, capture + kv)))
 
 
 def _interventions(cell: Cell, replay: bool) -> list:
@@ -236,15 +278,17 @@ def run_study(study: Study, results: Path, workers: int = 1, progress: bool = Tr
                          "(executor='ray')")
     remote = None if ray_executor is None else functools.partial(
         ray_executor.run_on_ray, workers=workers, address=address, threads=threads)
+    if remote is None:
+        threads = worker_threads(workers) if workers > 1 else torch.get_num_threads()
     with directory_lock(results, "another study"):
-        return _run_study(study, results, workers, progress, after_cells, remote)
+        return _run_study(study, results, workers, progress, after_cells, remote, threads or 1)
 
 
 def _run_study(study: Study, results: Path, workers: int, progress: bool, after_cells,
-               remote=None):
+               remote=None, threads: int = 1):
     """The study under its lock. ``remote``: None (the local executor), or the remote
     executor's ``run(study, todo, prompts, results, model_sha, bar, after_cells)``,
-    which returns the steps generated."""
+    which returns the steps generated. ``threads``: each worker's (batch_size)."""
     results.mkdir(parents=True, exist_ok=True)
     runs_dir = results / RUNS
     runs_dir.mkdir(exist_ok=True)
@@ -259,6 +303,9 @@ def _run_study(study: Study, results: Path, workers: int, progress: bool, after_
         after_cells.prepare(results)
     model = _load(study.model_path, study.device, study.weights)
     sha = model.identity["sha256"]
+    if study.batch is None:  # every worker gets the batch its threads and memory allow
+        study = copy.copy(study)
+        study.batch = batch_size(study, model, threads, workers)
     prompts = {p.id: p for p in study.prompts}
     cells = study.cells()
 
