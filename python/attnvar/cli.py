@@ -179,7 +179,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="--executor ray: CPU threads per actor (default: the CPUs shared "
                         "by the workers)")
     s.add_argument("--batch", type=int, default=None,
-                   help="generations run together per worker (default 8; results do not "
+                   help="generations run together per worker (default: 8 per thread, fewer "
+                        "if their captures could pass the memory budget; results do not "
                         "depend on it)")
     s.add_argument("--full", action="store_true",
                    help="the full grid: core suite, θ 0.05/0.1/0.15, all modes and policies, "
