@@ -214,7 +214,9 @@ def _parser() -> argparse.ArgumentParser:
                             "(Markdown + HTML)")
     h.add_argument("results", help="a study results directory")
     h.add_argument("--out", help="report directory (default RESULTS/report)")
-    h.add_argument("--workers", type=int, default=1, help="processes for the per-run analysis")
+    h.add_argument("--workers", type=int, default=1,
+                   help="processes for the per-run analysis and the report's analyses and "
+                        "figures (default 1)")
     h.add_argument("--metric", help="override the preregistered metric (reported as a deviation)")
     h.add_argument("--variant", help="override the preregistered variant (a deviation)")
     h.add_argument("--no-exclusions", action="store_true",
@@ -339,7 +341,7 @@ def _cmd_study(a) -> int:
 def _report(results: Path, workers: int = 1, progress: bool = True, out: str | None = None,
             predict: bool = True, **load_kwargs) -> int:
     analyze_study(results, workers=workers, progress=progress)
-    path = write_report(results, out=out, predict=predict, **load_kwargs)
+    path = write_report(results, out=out, predict=predict, workers=workers, **load_kwargs)
     print(_answers(path))
     print(f"report: {path} (and {path.with_suffix('.md').name})")
     return 0

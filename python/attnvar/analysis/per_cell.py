@@ -36,12 +36,14 @@ import json
 import shutil
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .._core import MissingError
 from ..engine import load_run
@@ -372,18 +374,84 @@ def _positive_control(results: Path, deg: pd.DataFrame, placebo: PlaceboPlan,
     return frame
 
 
+# Threads reading the per-cell files: pyarrow decodes them without holding the GIL, so a
+# few threads overlap the file reads with each other and with the conversion.
+GATHER_THREADS = 4
+
+
 def write_analysis_tables(results: Path, cell_ids: list[str]) -> dict[str, pd.DataFrame]:
-    """Concatenate the per-cell files of ``cell_ids`` into ``tables/<name>.parquet``."""
+    """Concatenate the per-cell files of ``cell_ids`` into ``tables/<name>.parquet``.
+
+    Each table is exactly ``pd.concat`` of the cells' frames as ``pd.read_parquet``
+    reads them, empty ones left out (:func:`_concat_parquet`); the files are read as
+    Arrow tables by :data:`GATHER_THREADS` threads and converted to pandas once per
+    table rather than once per file."""
     adir = results / ANALYSIS
+    paths = {name: [p for p in (adir / f"{c}.{name}.parquet" for c in cell_ids) if p.exists()]
+             for name in TABLE_NAMES}
     out = {}
-    for name in TABLE_NAMES:
-        parts = [pd.read_parquet(adir / f"{c}.{name}.parquet") for c in cell_ids
-                 if (adir / f"{c}.{name}.parquet").exists()]
-        parts = [p for p in parts if len(p)]
-        frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-        write_atomic(results / TABLES / f"{name}.parquet", _parquet_bytes(frame))
-        out[name] = frame
+    with ThreadPoolExecutor(GATHER_THREADS) as pool, ThreadPoolExecutor(1) as writer:
+        # Every read is queued at once, and a second thread writes the tables: the next
+        # tables are read while this one is converted and the last one is written.
+        read = {name: pool.map(_read_arrow, paths[name]) for name in TABLE_NAMES}
+        written = []
+        for name in TABLE_NAMES:
+            out[name] = frame = _concat_parquet(paths[name], list(read[name]))
+            written.append(writer.submit(_write_table, results / TABLES / f"{name}.parquet",
+                                         frame))
+        for w in written:
+            w.result()
     return out
+
+
+def _write_table(path: Path, frame: pd.DataFrame) -> None:
+    write_atomic(path, _parquet_bytes(frame))
+
+
+def _read_arrow(path: Path) -> pa.Table:
+    with pq.ParquetFile(path) as f:
+        return f.read(use_pandas_metadata=True, use_threads=False)
+
+
+def _concat_parquet(paths: list[Path], tables: list[pa.Table] | None = None) -> pd.DataFrame:
+    """``pd.concat([pd.read_parquet(p) for p in paths if it has rows], ignore_index=True)``
+    (an empty DataFrame when none has), the same frame, built faster: ``tables`` are
+    the files' Arrow tables (read here when None), and each run of consecutive files
+    with one schema (types and pandas metadata) is concatenated as Arrow and converted
+    once. Files of different schemas (a column all null in one cell, typed ``null``)
+    stay apart until ``pd.concat``, which types their columns as it always did."""
+    if tables is None:
+        tables = [_read_arrow(p) for p in paths]
+    runs: list[tuple[list[Path], list[pa.Table]]] = []
+    for path, table in zip(paths, tables, strict=True):
+        if not table.num_rows:
+            continue
+        if runs and table.schema.equals(runs[-1][1][0].schema, check_metadata=True):
+            runs[-1][0].append(path)
+            runs[-1][1].append(table)
+        else:
+            runs.append(([path], [table]))
+    checked: list[pa.Schema] = []
+    frames = [_run_frame(*run, checked) for run in runs]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _run_frame(paths: list[Path], tables: list[pa.Table], checked: list[pa.Schema]
+               ) -> pd.DataFrame:
+    """One frame of files with one schema. Their conversion is pyarrow's ``to_pandas``,
+    which is what pandas' reader calls, unless a pandas/pyarrow pair maps some type its
+    own way (pandas ≥ 3 with pyarrow < 19 maps strings itself): the first file of each
+    schema (``checked``: the schemas found to agree), read both ways, tells, and where
+    they differ every file is read by pandas."""
+    schema = tables[0].schema
+    if not any(schema.equals(s, check_metadata=True) for s in checked):
+        probe = pd.read_parquet(paths[0])
+        first = tables[0].to_pandas()
+        if not (probe.equals(first) and probe.dtypes.equals(first.dtypes)
+                and probe.attrs == first.attrs):
+            return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+        checked.append(schema)
+    return pa.concat_tables(tables).to_pandas()
 
 
 def load_tables(results: str | Path) -> dict[str, pd.DataFrame]:

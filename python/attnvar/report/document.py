@@ -30,7 +30,7 @@ from ..util.atomic import new_staging_dir, publish_dir
 from ..util.markdown import format_cell as _cell
 from ..util.markdown import markdown_table as _md_table
 from .findings import run_all
-from .plots import png_bytes
+from .plots import png_bytes_all
 
 REPORT_DIR = "report"
 
@@ -363,8 +363,12 @@ def _inline_md_to_html(text: str) -> str:
     return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
 
 
-def _write_files(staging: Path, res: StudyResults, findings: dict) -> None:
-    """report.md, report.html, figures/ and tables/ into ``staging``."""
+FIGURE_DPI = 110
+
+
+def _write_files(staging: Path, res: StudyResults, findings: dict, workers: int = 1) -> None:
+    """report.md, report.html, figures/ and tables/ into ``staging``; the figures are
+    rendered by ``workers`` processes (:func:`attnvar.report.plots.png_bytes_all`)."""
     (staging / "figures").mkdir()
     (staging / "tables").mkdir()
     for key, f in findings.items():
@@ -373,7 +377,10 @@ def _write_files(staging: Path, res: StudyResults, findings: dict) -> None:
                 table.to_csv(staging / "tables" / f"{_slug(key)}__{_slug(name)}.csv", index=False)
     md, body = [], []
     used: set[str] = set()
-    for block in build_blocks(res, findings):
+    blocks = build_blocks(res, findings)
+    pngs = iter(png_bytes_all([b.content for b in blocks if b.kind == "figure"], FIGURE_DPI,
+                              workers))
+    for block in blocks:
         if block.kind in ("h1", "h2", "h3"):
             level = int(block.kind[1])
             md.append("#" * level + " " + block.content)
@@ -396,7 +403,7 @@ def _write_files(staging: Path, res: StudyResults, findings: dict) -> None:
             while name in used:
                 name += "_"
             used.add(name)
-            data = png_bytes(block.content, dpi=110)
+            data = next(pngs)
             (staging / "figures" / f"{name}.png").write_bytes(data)
             md.append(f"![{block.caption}](figures/{name}.png)")
             uri = base64.b64encode(data).decode()
@@ -417,17 +424,18 @@ def _write_files(staging: Path, res: StudyResults, findings: dict) -> None:
 
 
 def write_report(results: str | Path, out: str | Path | None = None, predict: bool = True,
-                 n_permutations: int = 200, **load_kwargs) -> Path:
+                 n_permutations: int = 200, workers: int = 1, **load_kwargs) -> Path:
     """Write the report of the study in ``results`` to ``out`` (default
     ``<results>/report``); returns the path of report.html. ``load_kwargs`` go to
     :func:`attnvar.analysis.hypotheses.load` (deviations from the plan are reported as
-    such)."""
+    such). ``workers``: processes computing the tables and rendering the figures (the
+    same report, byte for byte)."""
     res = load(results, **load_kwargs)
-    findings = run_all(res, predict=predict, n_permutations=n_permutations)
+    findings = run_all(res, predict=predict, n_permutations=n_permutations, workers=workers)
     out = Path(out) if out is not None else res.path / REPORT_DIR
     staging = new_staging_dir(out)
     try:
-        _write_files(staging, res, findings)
+        _write_files(staging, res, findings, workers)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

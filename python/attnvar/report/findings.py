@@ -23,6 +23,7 @@ from ..analysis.hypotheses import (
     effects,
     load,
 )
+from ..analysis.hypotheses.results import reading_tables
 from ..analysis.hypotheses.suite import DATA_ERRORS, NOT_COMPUTED
 from . import figures, prose
 
@@ -102,12 +103,15 @@ def family(findings: dict, res: StudyResults) -> pd.DataFrame:
     return compute.family(findings, res)
 
 
-def run_all(res: StudyResults, predict: bool = True, n_permutations: int = 200
-            ) -> dict[str, Finding]:
+def run_all(res: StudyResults, predict: bool = True, n_permutations: int = 200,
+            workers: int = 1) -> dict[str, Finding]:
     """Every finding of the report, in report order, plus ``family`` (a Finding whose
-    table ``family`` holds the corrected H1–H4 tests)."""
-    return {name: present(t, res) for name, t in
-            compute.compute_all(res, predict=predict, n_permutations=n_permutations).items()}
+    table ``family`` holds the corrected H1–H4 tests). ``workers``: processes computing
+    the tables (:func:`attnvar.analysis.hypotheses.compute_all`; the same numbers)."""
+    with reading_tables():
+        return {name: present(t, res) for name, t in
+                compute.compute_all(res, predict=predict, n_permutations=n_permutations,
+                                    workers=workers).items()}
 
 
 __all__ = ["Finding", "StudyResults", "contrast", "controls", "dataset", "degeneracy_report",

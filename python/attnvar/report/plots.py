@@ -18,9 +18,11 @@ import base64
 import html
 import io
 import math
+import multiprocessing as mp
 import os
 import textwrap
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -352,6 +354,30 @@ def png_bytes(fig: Figure, dpi: int) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
+
+
+def png_bytes_all(figures: Sequence[Figure], dpi: int, workers: int = 1) -> list[bytes]:
+    """:func:`png_bytes` of each figure, in order. ``workers`` > 1, where processes can
+    fork: rendered side by side by that many forked processes, which inherit the
+    figures (nothing is pickled but the PNGs coming back), the same bytes."""
+    if workers <= 1 or len(figures) <= 1 or "fork" not in mp.get_all_start_methods():
+        return [png_bytes(fig, dpi) for fig in figures]
+    with ProcessPoolExecutor(min(workers, len(figures)), mp_context=mp.get_context("fork"),
+                             initializer=_start_renderer, initargs=(list(figures), dpi)) as pool:
+        return list(pool.map(_render, range(len(figures))))
+
+
+_to_render: tuple[list, int] = ([], 0)  # a rendering worker's figures and dpi
+
+
+def _start_renderer(figures: list, dpi: int) -> None:
+    global _to_render
+    _to_render = figures, dpi
+
+
+def _render(index: int) -> bytes:
+    figures, dpi = _to_render
+    return png_bytes(figures[index], dpi)
 
 
 def export_run_view(

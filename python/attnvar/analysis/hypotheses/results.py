@@ -17,6 +17,8 @@ in % as reductions, 100·(1 − e^δ) (positive = less), as everywhere in attnva
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,19 +79,13 @@ class StudyResults:
     @property
     def design(self) -> str:
         """"replay" when the contrast replay exists in the study, else "observational"."""
-        enc = set(self.tables["metrics"].get("source", pd.Series(dtype=str)).unique())
+        enc = derived("sources", self.tables["metrics"], _sources)
         return "replay" if self.contrast_encoding in enc else "observational"
 
     def cells(self) -> pd.DataFrame:
         """One row per generated run: grid values, run summary, degeneracy decision."""
-        runs = self.tables["runs"]
-        gen = runs[runs["kind"].isin(GENERATED_KINDS)].rename(columns={"run_id": "cell_id"})
-        deg = self.tables["degeneracy"]
-        cols = [c for c in CELL_COLUMNS if c in gen]
-        out = gen[cols].merge(deg[["cell_id", "excluded"]], on="cell_id", how="left")
-        out["excluded"] = out["excluded"].fillna(False).astype(bool)
-        out["proportion_parallel"] = out["parallel_steps"] / out["steps"].where(out["steps"] > 0)
-        return out
+        # a copy of the kept view: the caller may change its frame
+        return derived("cells", self.tables, _cells).copy()
 
     def kept_cells(self) -> pd.DataFrame:
         c = self.cells()
@@ -113,6 +109,60 @@ def load(results: str | Path, metric: str | None = None, variant: str | None = N
         sinks_excluded=plan["sinks_excluded"] if sinks_excluded is None else sinks_excluded,
         contrast_encoding=contrast_encoding or plan["contrast_encoding"],
         apply_exclusions=apply_exclusions)
+
+
+# ---- views of the tables, derived once while they are only read ------------------------------
+_views: dict[tuple[str, int], tuple[Any, Any]] | None = None
+
+
+@contextmanager
+def reading_tables() -> Iterator[None]:
+    """Within the block, what :func:`derived` derives from a table (the prompt-level rows
+    of the metrics, the sources they hold, the cell table) is derived once per table and
+    reused, for code that only reads the tables: the hypothesis functions, which
+    :func:`~attnvar.analysis.hypotheses.compute_all` runs inside one, ask for the same
+    views of a core study's metrics table (1.7 million rows) a hundred times. Outside a
+    block every call derives afresh, so a table changed in place between calls is seen
+    as it is."""
+    global _views
+    if _views is not None:  # nested: the outer block's views serve
+        yield
+        return
+    _views = {}
+    try:
+        yield
+    finally:
+        _views = None
+
+
+def derived(name: str, table: Any, make: Callable[[Any], Any]) -> Any:
+    """``make(table)``, kept under ``name`` for this table (a frame, or the dict of a
+    study's tables) within :func:`reading_tables`."""
+    if _views is None:
+        return make(table)
+    key = (name, id(table))
+    if key not in _views:
+        _views[key] = (table, make(table))  # the table held, so its id stays its own
+    return _views[key][1]
+
+
+def _cells(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    runs = tables["runs"]
+    gen = runs[runs["kind"].isin(GENERATED_KINDS)].rename(columns={"run_id": "cell_id"})
+    deg = tables["degeneracy"]
+    cols = [c for c in CELL_COLUMNS if c in gen]
+    out = gen[cols].merge(deg[["cell_id", "excluded"]], on="cell_id", how="left")
+    out["excluded"] = out["excluded"].fillna(False).astype(bool)
+    out["proportion_parallel"] = out["parallel_steps"] / out["steps"].where(out["steps"] > 0)
+    return out
+
+
+def _sources(metrics: pd.DataFrame) -> set:
+    return set(metrics.get("source", pd.Series(dtype=str)).unique())
+
+
+def _prompt_level(metrics: pd.DataFrame) -> pd.DataFrame:
+    return metrics[(metrics["layer"] < 0) & (metrics["head"] < 0)]
 
 
 # ---- effects ----------------------------------------------------------------------------------
@@ -152,10 +202,12 @@ def prompt_rows(metrics: pd.DataFrame, metric: str, variant: str, sinks_excluded
     with sinks excluded or not (M0 legacy has one form, taken either way), the
     ``parallel`` term of M2 unless ``term`` names another, of one ``source`` (the
     generated run or a replay's encoding) when given."""
-    m = metrics
-    if "metric" not in m:  # a study without any analysable run
-        return m.iloc[:0]
-    sel = (m["metric"] == metric) & (m["variant"] == variant) & (m["layer"] < 0) & (m["head"] < 0)
+    if "metric" not in metrics:  # a study without any analysable run
+        return metrics.iloc[:0]
+    # the prompt-level rows first (a few % of the rows): the text columns compared below
+    # are slow to compare over all of them
+    m = derived("prompt_level", metrics, _prompt_level)
+    sel = (m["metric"] == metric) & (m["variant"] == variant)
     if (metric, variant) != ("M0", "legacy"):
         sel &= m["sinks_excluded"].astype(bool) == sinks_excluded
     if term is not None:
