@@ -70,6 +70,12 @@ class PassRecord:
         self.first_slot = first_slot
         self.num_queries = num_queries
         self._tensors = tensors
+        # Per field, the [layers, H', T, S] tensor whose rows are the loaded layers (a
+        # file's dense layers are built as one block): see :meth:`block`.
+        self._blocks: dict[str, torch.Tensor] = {}
+        # A loaded file's attention still to derive from its scores: (tensors by name,
+        # layers, blocks), see _fields.
+        self._pending: tuple | None = None
         self.source = source
         self.sha256 = sha256  # of the source file, checked when it is read (None: not)
 
@@ -84,32 +90,63 @@ class PassRecord:
         tensors["hooks"] = dict(p.hooks)
         return cls(p.step, p.first_slot, p.num_queries, tensors)
 
-    def _fields(self) -> dict[str, list[torch.Tensor]]:
+    def _fields(self, attention: bool = True) -> dict[str, list[torch.Tensor]]:
+        """The loaded tensors by field (the file read on first access). The attention a
+        file leaves out (the softmax of its scores) is computed when first wanted: not for
+        ``attention=False``, which readers of the other fields pass."""
         if self._tensors is None:
             meta: dict[str, str] = {}
             flat = load_tensors(self.source, meta, sha256=self.sha256)
             try:
-                _densify(flat, meta.get(SPARSE_TENSORS, ""))
-                for i in (int(x) for x in meta.get(ATTENTION_FROM_SCORES, "").split(",") if x):
-                    flat[f"layer{i:03d}.attention"] = attention_of(
-                        flat[f"layer{i:03d}.scores"])
+                blocks = _densify(flat, meta.get(SPARSE_TENSORS, ""))
+                derived = [int(x) for x in meta.get(ATTENTION_FROM_SCORES, "").split(",") if x]
+                blocks.update(_scores_block(flat, derived, blocks))
             except (KeyError, ValueError, RuntimeError, IndexError) as e:
-                raise FormatError(f"{self.source}: capture file inconsistent with its "
-                                  f"metadata ({e})") from None
-            self._tensors = {name: [] for name in FIELDS}
-            for name in FIELDS:
-                layer = 0
-                while f"layer{layer:03d}.{name}" in flat:
-                    self._tensors[name].append(flat[f"layer{layer:03d}.{name}"])
-                    layer += 1
+                raise self._inconsistent(e) from None
+            self._tensors = {name: _layers(flat, name) for name in FIELDS}
             self._tensors["hooks"] = {k[len(HOOK_PREFIX):]: t for k, t in flat.items()
                                       if k.startswith(HOOK_PREFIX)}
+            self._blocks = {}
+            self._pending = (flat, derived, blocks)
+            self._keep_blocks(blocks, ("scores", "value_norms"))
+            if not derived:
+                self._keep_blocks(blocks, ("attention",))
+                self._pending = None
+        if attention and self._pending is not None:
+            flat, derived, blocks = self._pending
+            try:
+                blocks.update(_derive_attention(flat, derived, blocks))
+            except (KeyError, ValueError, RuntimeError, IndexError) as e:
+                raise self._inconsistent(e) from None
+            self._tensors["attention"] = _layers(flat, "attention")
+            self._keep_blocks(blocks, ("attention",))
+            self._pending = None
         return self._tensors
+
+    def _inconsistent(self, e: Exception) -> FormatError:
+        return FormatError(f"{self.source}: capture file inconsistent with its metadata ({e})")
+
+    def _keep_blocks(self, blocks: dict[str, tuple[torch.Tensor, list[str]]],
+                     fields: tuple[str, ...]) -> None:
+        """Keep the blocks of ``fields`` whose rows are exactly the field's layers."""
+        for name in fields:
+            if name in blocks and blocks[name][1] == _layer_names(name,
+                                                                   len(self._tensors[name])):
+                self._blocks[name] = blocks[name][0]
+
+    def block(self, name: str) -> torch.Tensor | None:
+        """The loaded layers of field ``name`` as one [layers, H', T, S] tensor when they
+        were built as one (the dense fields of a pass file), else None: the same values
+        as ``torch.stack(getattr(record, name))`` without the copy."""
+        self._fields(attention=name == "attention")
+        return self._blocks.get(name)
 
     def release(self) -> None:
         """Drop loaded tensors of a record backed by a file (they reload on access)."""
         if self.source is not None:
             self._tensors = None
+            self._blocks = {}
+            self._pending = None
 
     @property
     def attention(self) -> list[torch.Tensor]:
@@ -117,15 +154,15 @@ class PassRecord:
 
     @property
     def scores(self) -> list[torch.Tensor]:
-        return self._fields()["scores"]
+        return self._fields(attention=False)["scores"]
 
     @property
     def value_norms(self) -> list[torch.Tensor]:
-        return self._fields()["value_norms"]
+        return self._fields(attention=False)["value_norms"]
 
     @property
     def hooks(self) -> dict[str, torch.Tensor]:
-        return self._fields().get("hooks", {})
+        return self._fields(attention=False).get("hooks", {})
 
     def write(self, path: Path) -> None:
         """Write this pass's tensors to one safetensors file, atomically."""
@@ -180,18 +217,86 @@ def _sparsify(flat: dict[str, torch.Tensor], scores: list[torch.Tensor]) -> list
     return names
 
 
-def _densify(flat: dict[str, torch.Tensor], sparse: str) -> None:
-    """Undo :func:`_sparsify` in place for the comma-separated tensor names ``sparse``."""
+def _layer_names(field: str, layers: int) -> list[str]:
+    return [f"layer{i:03d}.{field}" for i in range(layers)]
+
+
+def _densify(flat: dict[str, torch.Tensor],
+             sparse: str) -> dict[str, tuple[torch.Tensor, list[str]]]:
+    """Undo :func:`_sparsify` in place for the comma-separated tensor names ``sparse``.
+    The layers of a field whose stored entries have one shape and dtype are filled as
+    one [layers, H', T, S] block (each name then holds a row of it); returns those
+    blocks by field, with the names of their rows."""
     names = [n for n in sparse.split(",") if n]
     if not names:
-        return
+        return {}
     keep = flat.pop(STORED_ENTRIES)
+    by_field: dict[str, list[str]] = {}
     for name in names:
-        values = flat[name]
-        full = torch.full((values.shape[0], *keep.shape), MASKED_FILL[name.rsplit(".", 1)[1]],
-                          dtype=values.dtype)
-        full[:, keep] = values
-        flat[name] = full
+        by_field.setdefault(name.rsplit(".", 1)[1], []).append(name)
+    blocks = {}
+    for field, group in by_field.items():
+        fill = MASKED_FILL[field]
+        values = [flat[name] for name in group]
+        if len({(v.dtype, tuple(v.shape)) for v in values}) == 1 and values[0].dim() == 2:
+            full = torch.full((len(group), values[0].shape[0], *keep.shape), fill,
+                              dtype=values[0].dtype)
+            full[:, :, keep] = torch.stack(values)
+            for i, name in enumerate(group):
+                flat[name] = full[i]
+            blocks[field] = (full, group)
+            continue
+        for name, v in zip(group, values, strict=True):
+            full = torch.full((v.shape[0], *keep.shape), fill, dtype=v.dtype)
+            full[:, keep] = v
+            flat[name] = full
+    return blocks
+
+
+def _layers(flat: dict[str, torch.Tensor], field: str) -> list[torch.Tensor]:
+    """``layer000.<field>``, ``layer001.<field>``, … of ``flat`` while they exist."""
+    out = []
+    while f"layer{len(out):03d}.{field}" in flat:
+        out.append(flat[f"layer{len(out):03d}.{field}"])
+    return out
+
+
+def _scores_block(flat: dict[str, torch.Tensor], layers: list[int],
+                  blocks: dict[str, tuple[torch.Tensor, list[str]]]
+                  ) -> dict[str, tuple[torch.Tensor, list[str]]]:
+    """The scores of ``layers`` (those whose attention a file leaves out; each must be
+    there) as one block when no block holds them yet and they share a shape and dtype,
+    so that their softmax is computed at once (:func:`_derive_attention`); each name of
+    ``flat`` then holds a row of it. Returns the block made, by field, as
+    :func:`_densify`."""
+    names = [f"layer{i:03d}.scores" for i in layers]
+    values = [flat[name] for name in names]
+    if (not layers or "scores" in blocks
+            or len({(v.dtype, tuple(v.shape)) for v in values}) != 1):
+        return {}
+    block = torch.stack(values)
+    for i, name in enumerate(names):
+        flat[name] = block[i]
+    return {"scores": (block, names)}
+
+
+def _derive_attention(flat: dict[str, torch.Tensor], layers: list[int],
+                      blocks: dict[str, tuple[torch.Tensor, list[str]]]
+                      ) -> dict[str, tuple[torch.Tensor, list[str]]]:
+    """Put into ``flat`` the attention of ``layers`` (those a pass file leaves out), the
+    softmax of their scores: of their block at once when one holds exactly them (the
+    softmax of each row is the same computed alone or in a batch), else layer by layer.
+    Returns the block made, by field, as :func:`_densify`."""
+    names = [f"layer{i:03d}.attention" for i in layers]
+    scores = blocks.get("scores")
+    if layers and scores is not None and scores[1] == [f"layer{i:03d}.scores" for i in layers]:
+        block = attention_of(scores[0])
+        for i, name in enumerate(names):
+            flat[name] = block[i]
+        return {} if "attention" in blocks else {"attention": (block, names)}
+    for i, name in zip(layers, names, strict=True):
+        flat[name] = attention_of(flat[f"layer{i:03d}.scores"])
+    return {}
 
 
 def load_tensors(path: Path, metadata: dict | None = None,

@@ -115,53 +115,103 @@ class Run:
         is_prompt, is_parallel, probability, set_width."""
         import pandas as pd
 
-        rows = []
+        return pd.DataFrame(self._slot_columns()).set_index("slot")
+
+    def _slot_columns(self) -> dict[str, list]:
+        """The columns of :attr:`slots` (``slot`` first) as lists, without the frame."""
+        cols: dict[str, list] = {k: [] for k in (
+            "slot", "step", "rank", "token_id", "piece", "position", "is_prompt",
+            "is_parallel", "probability", "set_width")}
+        steps = self.tree.steps
         for i, s in enumerate(self.slot_records):
             step = s["step"]
-            member = self.tree.steps[step].members[s["member"]] if s["member"] >= 0 else None
-            width = len(self.tree.steps[step].members) if member is not None else 1
-            rows.append(
-                {
-                    "slot": i,
-                    "step": step,
-                    "rank": member.rank if member is not None else -1,
-                    "token_id": s["token_id"],
-                    "piece": self.pieces.get(s["token_id"], ""),
-                    "position": s["position"],
-                    "is_prompt": step < 0,
-                    "is_parallel": member is not None and width >= 2,
-                    "probability": member.probability if member is not None else float("nan"),
-                    "set_width": width,
-                }
-            )
-        return pd.DataFrame(rows).set_index("slot")
+            member = steps[step].members[s["member"]] if s["member"] >= 0 else None
+            width = len(steps[step].members) if member is not None else 1
+            cols["slot"].append(i)
+            cols["step"].append(step)
+            cols["rank"].append(member.rank if member is not None else -1)
+            cols["token_id"].append(s["token_id"])
+            cols["piece"].append(self.pieces.get(s["token_id"], ""))
+            cols["position"].append(s["position"])
+            cols["is_prompt"].append(step < 0)
+            cols["is_parallel"].append(member is not None and width >= 2)
+            cols["probability"].append(member.probability if member is not None
+                                       else float("nan"))
+            cols["set_width"].append(width)
+        return cols
 
     # ---- capture ----------------------------------------------------------------------
     def _assemble(self, name: str) -> torch.Tensor:
-        if name in self._dense:
-            return self._dense[name]
-        if self.capture_removed:
-            raise ValueError(f"this run's capture was removed: {self.capture_removed}")
-        if not self.passes or not getattr(self.passes[0], name):
-            raise ValueError(f"this run did not capture {name} (pass capture=Capture(...))")
-        if name == "value_norms":
-            # A slot's values never change: the pass that saw the most slots has them all.
-            widest = max(self.passes, key=lambda p: p.first_slot + p.num_queries)
-            out = torch.stack([t.float() for t in widest.value_norms])
-            widest.release()
-        else:
-            # Pass by pass, so records backed by files are loaded one at a time. Pairs no
-            # pass recorded read like masked ones: 0 attention, −inf score.
-            first = getattr(self.passes[0], name)
-            n = self.num_slots
-            out = torch.full((len(first), first[0].shape[0], n, n), MASKED_FILL[name])
-            for p in self.passes:
-                tensors = getattr(p, name)
-                self._check_pass(p, name, tensors, len(first), first[0].shape[0])
-                for layer, t in enumerate(tensors):
-                    out[layer, :, p.first_slot : p.first_slot + t.shape[1], : t.shape[2]] = t
-                p.release()
-        self._dense[name] = out
+        found = self._assemble_fields((name,))[name]
+        if isinstance(found, BaseException):
+            raise found
+        return found
+
+    def _assemble_fields(self, names: Sequence[str]) -> dict[str, torch.Tensor | ValueError]:
+        """Each of the capture fields ``names`` (attention, scores, value_norms) as
+        :meth:`attention`, :meth:`scores` and :meth:`value_norms` give it, or the
+        ValueError (FormatError included) reading it raised, in one sweep over the
+        passes: a pass file is read once for all the fields, then released."""
+        out: dict[str, torch.Tensor | ValueError] = {n: self._dense[n] for n in names
+                                                     if n in self._dense}
+        todo = [n for n in dict.fromkeys(names) if n not in out]
+        if not todo:
+            return out
+        # Per dense field: (the tensor being filled, layers, heads); value_norms: None.
+        live: dict[str, tuple[torch.Tensor, int, int] | None] = {}
+        for name in todo:
+            try:
+                if self.capture_removed:
+                    raise ValueError(f"this run's capture was removed: {self.capture_removed}")
+                if not self.passes or not getattr(self.passes[0], name):
+                    raise ValueError(f"this run did not capture {name} (pass "
+                                     "capture=Capture(...))")
+            except ValueError as e:
+                out[name] = e
+                continue
+            if name == "value_norms":
+                live[name] = None
+            else:
+                first = getattr(self.passes[0], name)
+                n = self.num_slots
+                live[name] = (torch.full((len(first), first[0].shape[0], n, n),
+                                         MASKED_FILL[name]), len(first), first[0].shape[0])
+        # A slot's values never change: the pass that saw the most slots has them all.
+        widest = (max(self.passes, key=lambda p: p.first_slot + p.num_queries)
+                  if "value_norms" in live else None)
+        # Pass by pass, so records backed by files are loaded one at a time. Pairs no pass
+        # recorded read like masked ones: 0 attention, −inf score.
+        for p in self.passes:
+            wanted = [n for n in live if n != "value_norms" or p is widest]
+            if not wanted:
+                continue
+            for name in wanted:
+                try:
+                    tensors = getattr(p, name)
+                    if name == "value_norms":
+                        out[name] = torch.stack([t.float() for t in tensors])
+                        del live[name]
+                        continue
+                    dense, layers, heads = live[name]
+                    self._check_pass(p, name, tensors, layers, heads)
+                except ValueError as e:
+                    out[name] = e
+                    del live[name]
+                    continue
+                block = p.block(name)
+                if block is not None:
+                    dense[:, :, p.first_slot : p.first_slot + block.shape[2],
+                          : block.shape[3]] = block
+                else:
+                    for layer, t in enumerate(tensors):
+                        dense[layer, :, p.first_slot : p.first_slot + t.shape[1],
+                              : t.shape[2]] = t
+            p.release()
+        for name, entry in live.items():  # the dense fields every pass filled
+            out[name] = entry[0]
+        for name in todo:
+            if not isinstance(out[name], BaseException):
+                self._dense[name] = out[name]
         return out
 
     def _check_pass(self, p: PassRecord, name: str, tensors: list, layers: int,
@@ -175,7 +225,11 @@ class Run:
         if len(tensors) != layers or layers != expected_layers:
             raise FormatError(f"{where}: {name} of {len(tensors)} layers, but the run "
                               f"captured {expected_layers} (run.json capture.layers)")
+        checked = set()  # (each shape is checked once: the test depends on nothing else)
         for layer, t in enumerate(tensors):
+            if t.shape in checked:
+                continue
+            checked.add(t.shape)
             if (t.dim() != 3 or t.shape[0] != expected_heads or t.shape[1] != p.num_queries
                     or p.first_slot + t.shape[1] > self.num_slots
                     or t.shape[2] > self.num_slots):

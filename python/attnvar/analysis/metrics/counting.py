@@ -110,12 +110,10 @@ class CaptureView:
         the engine applied (``attnvar.engine.visibility``), the emulated isolation bug
         included.
         """
-        slots = run.slots
-        # Value norms first: a run without them answers by reading its first pass, which
-        # the scores then use before it is released (the other order reads it twice).
-        value_norms = _captured(run, "value_norms")
-        scores = _captured(run, "scores")
-        attention = _captured(run, "attention")
+        slots = run._slot_columns()
+        # The three fields in one sweep over the passes (each pass file read once); a
+        # field the run did not capture, or could not read, is None.
+        value_norms, scores, attention = _captured(run, ("value_norms", "scores", "attention"))
         visibility = np.asarray(run.visibility, dtype=bool)  # what the engine applied
         dense = scores if scores is not None else attention
         heads = (list(run.capture_heads) if run.capture_heads is not None
@@ -126,15 +124,15 @@ class CaptureView:
             heads=heads,
             scores=scores,
             attention=attention,
-            step=slots["step"].to_numpy().astype(np.int64),
-            rank=slots["rank"].to_numpy().astype(np.int64),
-            position=slots["position"].to_numpy().astype(np.float64),
-            is_parallel=slots["is_parallel"].to_numpy().astype(bool),
-            set_width=slots["set_width"].to_numpy().astype(np.int64),
-            probability=slots["probability"].to_numpy().astype(np.float64),
+            step=np.asarray(slots["step"], dtype=np.int64),
+            rank=np.asarray(slots["rank"], dtype=np.int64),
+            position=np.asarray(slots["position"], dtype=np.float64),
+            is_parallel=np.asarray(slots["is_parallel"], dtype=bool),
+            set_width=np.asarray(slots["set_width"], dtype=np.int64),
+            probability=np.asarray(slots["probability"], dtype=np.float64),
             visibility=visibility,
             prompt_length=len(run.tree.prompt),
-            token_id=slots["token_id"].to_numpy().astype(np.int64),
+            token_id=np.asarray(slots["token_id"], dtype=np.int64),
             pieces=[str(p) for p in slots["piece"]],
             kind=run.kind,
             encoding=run.encoding,
@@ -144,11 +142,11 @@ class CaptureView:
         )
 
 
-def _captured(run: Any, name: str) -> torch.Tensor | None:
-    try:
-        return getattr(run, name).float()
-    except ValueError:
-        return None
+def _captured(run: Any, names: Sequence[str]) -> list[torch.Tensor | None]:
+    """The run's dense capture fields ``names`` in f32, None for each one it did not
+    capture or could not read (a ValueError reading it)."""
+    found = run._assemble_fields(names)
+    return [None if isinstance(found[n], ValueError) else found[n].float() for n in names]
 
 
 def as_view(obj: Any) -> CaptureView:

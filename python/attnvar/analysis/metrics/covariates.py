@@ -117,11 +117,16 @@ def token_covariates(run: Any, lang: str = "en"):
     zipf (float), sibling_rank (int, −1 for prompt slots), probability (float, NaN for
     prompt slots), is_parallel, set_width.
     """
-    view = as_view(run)
+    return cached_covariates(as_view(run), lang).copy()
+
+
+def cached_covariates(view, lang: str = "en"):
+    """:func:`token_covariates` of a CaptureView as the view keeps it (computed once per
+    view), not copied: for readers that do not modify it."""
     key = ("token_covariates", lang)
-    if key not in view.cache:  # a view's covariates are computed once
+    if key not in view.cache:
         view.cache[key] = _token_covariates(view, lang)
-    return view.cache[key].copy()
+    return view.cache[key]
 
 
 def _token_covariates(view, lang: str):

@@ -252,16 +252,16 @@ def solve_within(gram: np.ndarray, xty: np.ndarray, yty: np.ndarray, n: int,
     ``n_q`` queries (X̃, ỹ demeaned within queries). Columns are selected by
     :func:`select_columns`."""
     h, p = xty.shape
-    inv = _full_rank_inverse(gram)
-    if inv is not None:  # every column kept (select_columns' first test, its factor reused)
-        kept = list(range(p))
+    kept, inv = _candidate_inverse(gram)
+    if inv is not None and len(kept) == p:  # every column kept
         xk = xty
     else:
-        kept = select_columns(gram)
-        if not kept:
-            return Solution(kept, None, None, np.full((h, p), np.nan),
-                            np.full((h, p), np.nan), float(n - n_q))
-        inv = spd_inverse(gram[np.ix_(kept, kept)])
+        if inv is None:  # a candidate column is a combination of others: the greedy way
+            kept = select_columns(gram)
+            if not kept:
+                return Solution(kept, None, None, np.full((h, p), np.nan),
+                                np.full((h, p), np.nan), float(n - n_q))
+            inv = spd_inverse(gram[np.ix_(kept, kept)])
         xk = xty[:, kept]
     beta = xk @ inv
     rss = yty - np.einsum("bp,bp->b", beta, xk)
@@ -277,24 +277,34 @@ def solve_within(gram: np.ndarray, xty: np.ndarray, yty: np.ndarray, n: int,
     return Solution(kept, inv, beta, coef, se, float(dof))
 
 
-def _full_rank_inverse(gram: np.ndarray, tol: float = COLLINEAR_TOL) -> np.ndarray | None:
-    """(X'X)⁻¹ when :func:`select_columns` keeps every column (each column's own sum of
-    squares above ``tol`` times the largest, and each Cholesky pivot above ``tol`` times
-    its column's own): the same factor, computed once. None otherwise."""
-    if not gram.shape[0]:
-        return None
-    diag = np.diag(gram)
-    scale = max(float(np.max(np.abs(diag))), 1e-300)
-    if not np.all(diag > tol * scale):
-        return None
+def _candidate_inverse(gram: np.ndarray, tol: float = COLLINEAR_TOL
+                       ) -> tuple[list[int], np.ndarray | None]:
+    """:func:`select_columns`' fast path with its factor reused: the candidate columns
+    (own sum of squares above ``tol`` times the largest) and, when each Cholesky pivot of
+    their Gram matrix is above ``tol`` times its column's own (so that select_columns
+    keeps exactly them), (X'X)⁻¹ over them as :func:`spd_inverse` gives it; else None
+    (some candidate is a combination of others, or there is none)."""
+    p = gram.shape[0]
+    if not p:
+        return [], None
+    diag = gram.diagonal()
+    scale = max(float(np.abs(diag).max()), 1e-300)
+    cand = diag > tol * scale
+    if cand.all():
+        kept, sub, own = list(range(p)), gram, diag
+    else:
+        kept = np.flatnonzero(cand).tolist()
+        if not kept:
+            return kept, None
+        sub, own = gram[np.ix_(kept, kept)], diag[kept]
     try:
-        chol = np.linalg.cholesky(gram)
+        chol = np.linalg.cholesky(sub)
     except np.linalg.LinAlgError:
-        return None
-    if not np.all(np.diag(chol) ** 2 > tol * diag):
-        return None
+        return kept, None
+    if not (chol.diagonal() ** 2 > tol * own).all():
+        return kept, None
     linv = np.linalg.inv(chol)
-    return linv.T @ linv
+    return kept, linv.T @ linv
 
 
 @dataclass
@@ -399,10 +409,12 @@ def fit_columns(stats: ClusterStats, cols, clusters: int | None = None,
                           influence_of if influence else None)
 
 
-def collect_fits(parts, num_heads: int, p: int, n_clusters: int | None = None) -> WithinFit:
+def collect_fits(parts, num_heads: int, p: int, n_clusters: int | None = None,
+                 pooled: bool = True) -> WithinFit:
     """A :class:`WithinFit` of ``num_heads`` heads from group fits: ``parts`` lists
     (GroupFit or None, positions) with ``positions[i]`` the head that row i of the fit
-    is; the pooled fit adds the parts up in order. Heads no part fills have no pair."""
+    is; the pooled fit adds the parts up in order. Heads no part fills have no pair.
+    ``pooled=False``: the pooled fit is not computed (its fields are NaN)."""
     coef = np.full((num_heads, p), np.nan)
     se = np.full((num_heads, p), np.nan)
     df = np.zeros(num_heads)
@@ -424,6 +436,8 @@ def collect_fits(parts, num_heads: int, p: int, n_clusters: int | None = None) -
         se[hs] = fit.se
         if influence is not None and fit.influence is not None:
             influence[hs] = fit.influence
+        if not pooled:
+            continue
         pooled_xtx += fit.gram * len(hs)
         pooled_xty += fit.xty.sum(0)
         pooled_yty += float(fit.yty.sum())
@@ -432,6 +446,9 @@ def collect_fits(parts, num_heads: int, p: int, n_clusters: int | None = None) -
 
     pooled_coef = np.full(p, np.nan)
     pooled_se = np.full(p, np.nan)
+    if not pooled:
+        return WithinFit(coef, se, df, n_pairs, n_queries, pooled_coef, pooled_se, np.nan,
+                         influence)
     kept = select_columns(pooled_xtx) if pooled_n else []
     pooled_df = float(pooled_n - pooled_q - len(kept))
     if kept:

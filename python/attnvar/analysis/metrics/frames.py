@@ -68,7 +68,10 @@ def block(metric: str, variant: str, layer, head, estimate, se=math.nan, *, scal
     n = len(est)
 
     def col(v, dtype=None):
-        return np.broadcast_to(np.asarray(v, dtype=dtype), (n,)).copy()
+        a = np.asarray(v, dtype=dtype)
+        if a.ndim == 0:  # a scalar, the common case: filled without a broadcast view
+            return np.full(n, a, dtype=a.dtype)
+        return a.copy() if a.shape == (n,) else np.broadcast_to(a, (n,)).copy()
 
     se = col(se, np.float64)
     with np.errstate(over="ignore", invalid="ignore"):

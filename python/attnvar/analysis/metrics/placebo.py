@@ -19,6 +19,7 @@ siblings for the labels to hide.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -37,10 +38,64 @@ def placebo_labels_matrix(pairs: CountedPairs, n_labelled: int, draws: int,
     steps = np.unique(view.step[view.step >= 0])
     n = min(int(n_labelled), len(steps))
     # rng.choice of the steps' indices draws what rng.choice of the steps would.
-    chosen = np.array([rng.choice(len(steps), size=n, replace=False) for _ in range(draws)],
-                      dtype=np.int64).reshape(draws, n)
+    chosen = choice_rows(rng, len(steps), n, draws)
     keys_of = steps[:, None] == pairs.key_step[None, :]  # (step, key)
     return keys_of[chosen].any(1) if n else np.zeros((draws, len(pairs.key_step)), dtype=bool)
+
+
+FLOYD_MAX_POPULATION = 10000  # rng.choice without replacement samples by Floyd's up to here
+
+
+def choice_rows(rng: np.random.Generator, population: int, size: int,
+                draws: int) -> np.ndarray:
+    """[draws, size] int64: the rows ``draws`` calls of ``rng.choice(population, size,
+    replace=False)`` return, in order, leaving ``rng`` where they would; below
+    FLOYD_MAX_POPULATION the random numbers are drawn at once (:func:`_floyd_rows`), and
+    the first two rows checked against rng.choice itself (a generator that samples
+    otherwise gets rng.choice called row by row)."""
+    if not draws or not size or population > FLOYD_MAX_POPULATION:
+        return _choice_loop(rng, population, size, draws)
+    start = rng.bit_generator.state
+    probe = copy.deepcopy(rng)
+    out = _floyd_rows(rng, population, size, draws)
+    if all(np.array_equal(out[d], probe.choice(population, size=size, replace=False))
+           for d in range(min(draws, 2))):
+        return out
+    rng.bit_generator.state = start
+    return _choice_loop(rng, population, size, draws)
+
+
+def _choice_loop(rng: np.random.Generator, population: int, size: int,
+                 draws: int) -> np.ndarray:
+    return np.array([rng.choice(population, size=size, replace=False) for _ in range(draws)],
+                    dtype=np.int64).reshape(draws, size)
+
+
+def _floyd_rows(rng: np.random.Generator, population: int, size: int,
+                draws: int) -> np.ndarray:
+    """:func:`choice_rows` (size ≥ 1) as rng.choice samples without replacement from a
+    population up to FLOYD_MAX_POPULATION: each call takes ``size`` bounded integers for
+    Floyd's sample (the t-th in [0, population − size + t]; one already taken is replaced
+    by that bound), then ``size − 1`` for its shuffle (a Fisher–Yates from the last
+    position down), each as ``rng.integers(0, bound, endpoint=True)`` draws it; so every
+    draw's integers are taken in one call and the sampling is done across draws."""
+    floyd = np.arange(population - size, population)
+    shuffle = np.arange(size - 1, 0, -1)
+    bounds = np.concatenate([floyd, shuffle])
+    drawn = rng.integers(0, np.tile(bounds, draws), endpoint=True).reshape(draws, len(bounds))
+    out = np.empty((draws, size), dtype=np.int64)
+    for t, bound in enumerate(floyd):
+        value = drawn[:, t]
+        if t:
+            value = np.where((out[:, :t] == value[:, None]).any(1), bound, value)
+        out[:, t] = value
+    rows = np.arange(draws)
+    for s, i in enumerate(shuffle):
+        j = drawn[:, size + s]
+        swapped = out[rows, j]
+        out[rows, j] = out[:, i]
+        out[:, i] = swapped
+    return out
 
 
 def _demean(values: torch.Tensor, qi: torch.Tensor, n_per_query: torch.Tensor) -> torch.Tensor:
@@ -128,4 +183,4 @@ def placebo_contrasts(pairs: CountedPairs, n_labelled: int, draws: int,
                                         False, "step").prompt_estimate for row in labels])
 
 
-__all__ = ["matched_under_labels", "placebo_contrasts", "placebo_labels_matrix"]
+__all__ = ["choice_rows", "matched_under_labels", "placebo_contrasts", "placebo_labels_matrix"]

@@ -35,7 +35,7 @@ import torch
 
 from .contrast import contrast_estimates, distance_design
 from .counting import CountedPairs
-from .covariates import token_covariates
+from .covariates import cached_covariates
 from .fixed_effects import fit_within_query, mean_over_heads_se
 from .frames import lead_columns, table
 
@@ -175,12 +175,14 @@ def key_classes(pairs: CountedPairs) -> dict[str, np.ndarray]:
     non-parallel key; ``rank_1plus``: lower-ranked members, compared with all
     non-parallel keys since those have rank 0 by construction).
     """
-    cov = token_covariates(pairs.view).iloc[pairs.key_slots]
-    types = cov["piece_type"].astype(str).to_numpy()
-    initial = types == "word_initial"
-    closed = cov["closed_class"].to_numpy(dtype=bool)
-    rank = cov["sibling_rank"].to_numpy()
-    out = {f"piece:{t}": types == t for t in cov["piece_type"].cat.categories}
+    cov = cached_covariates(pairs.view)
+    slots = pairs.key_slots
+    piece = cov["piece_type"].array  # categorical: each type is a code
+    codes = np.asarray(piece.codes)[slots]
+    out = {f"piece:{t}": codes == i for i, t in enumerate(piece.categories)}
+    initial = out["piece:word_initial"]
+    closed = cov["closed_class"].to_numpy(dtype=bool)[slots]
+    rank = cov["sibling_rank"].to_numpy()[slots]
     out["word:closed_class"] = initial & closed
     out["word:open_class"] = initial & ~closed
     out["rank:0"] = rank <= 0

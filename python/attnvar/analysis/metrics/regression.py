@@ -24,7 +24,7 @@ import torch
 
 from .contrast import _pairs
 from .counting import CountedPairs
-from .covariates import COVARIATES, covariate_matrix, token_covariates
+from .covariates import COVARIATES, cached_covariates, covariate_matrix
 from .fixed_effects import WithinFit, fit_within_query
 from .frames import ALL, block, frame
 
@@ -71,7 +71,7 @@ def regression_design(
     if covariates:
         key = ("covariates", tuple(covariates))
         if key not in pairs.view.cache:
-            pairs.view.cache[key] = covariate_matrix(token_covariates(pairs.view), covariates)
+            pairs.view.cache[key] = covariate_matrix(cached_covariates(pairs.view), covariates)
         z, znames = pairs.view.cache[key]
         Q = len(pairs.query_slots)
         cols.append(np.broadcast_to(z[pairs.key_slots][None], (Q, *z[pairs.key_slots].shape)))

@@ -115,7 +115,7 @@ class RunPass:
         self._pattern_groups()
         lab = torch.from_numpy(pairs.key_parallel)
         self.set_keys = torch.stack([lab, ~lab], 1)  # P, N
-        sums = self._per_query(self.s0, self.set_keys)
+        sums = self._sums = self._per_query(self.s0, self.set_keys)
         counts = self._counts(self.set_keys)
         self.n_p, self.n_n = counts[..., 0], counts[..., 1]
         self.valid = (self.n_p > 0) & (self.n_n > 0)
@@ -137,6 +137,8 @@ class RunPass:
         self.x_dist = torch.from_numpy(x)
         self._stats = None
         self._m2 = None
+        self._classes_of = None
+        self._m1 = None
 
     # ---- shared state -------------------------------------------------------------------
     def _checked_grid(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,15 +221,17 @@ class RunPass:
         self.which, self.base_group = which, base_group
 
     def _collect(self, fits: list[GroupFit | None], rule: int, width: int,
-                 clusters: bool = False) -> WithinFit:
-        """The WithinFit of one rule from fits of every group (all its rows)."""
+                 clusters: bool = False, pooled: bool = False) -> WithinFit:
+        """The WithinFit of one rule from fits of every group (all its rows); the pooled
+        fit only with ``pooled`` (M2 reports it, nothing else reads it)."""
         parts = []
         for g, rows, hs in self.rule_parts[rule]:
             fit = fits[g]
             if fit is not None and len(rows) != len(fit.rows):
                 fit = _take_rows(fit, rows)
             parts.append((fit, hs))
-        return collect_fits(parts, self.B, width, self.n_clusters if clusters else None)
+        return collect_fits(parts, self.B, width, self.n_clusters if clusters else None,
+                            pooled=pooled)
 
     # ---- metrics (analyze) --------------------------------------------------------------
     def metric_parts(self, top: CaptureView | None = None) -> list[tuple[list[dict], bool]]:
@@ -375,7 +379,7 @@ class RunPass:
         """:func:`attnvar.metrics.profiles.distance_profile` of the rule with the
         exclusion."""
         total = self.n_p[0] + self.n_n[0]
-        qmean = (self._per_query(self.s0, self.set_keys)[0].sum(-1)
+        qmean = (self._sums[0].sum(-1)
                  / total.clamp(min=1)).reshape(self.B, self.Q, 1)
         include = self.base[None] & self.kept_keys[:, None, :]
         dm = torch.where(include, self.s0 - qmean, _ZERO)
@@ -386,7 +390,7 @@ class RunPass:
         run: the distance dummies, the parallel label, then each token class's two
         columns (the class, the class's parallel keys)."""
         if self._stats is None:
-            classes = {name: keys for name, keys in key_classes(self.pairs).items()
+            classes = {name: keys for name, keys in self._key_classes().items()
                        if (keys & self.pairs.key_parallel).any()
                        and (keys & ~self.pairs.key_parallel).any()}
             kp = self.pairs.key_parallel
@@ -399,11 +403,20 @@ class RunPass:
                            for g in self.groups]
         return self._stats
 
+    def _key_classes(self) -> dict[str, np.ndarray]:
+        """:func:`~attnvar.metrics.profiles.key_classes` of the run's pairs, once."""
+        if self._classes_of is None:
+            self._classes_of = key_classes(self.pairs)
+        return self._classes_of
+
     def _m1_fits(self) -> list[WithinFit]:
-        """M1 distance-matched under both rules."""
-        cols = np.arange(self.n_dist + 1)
-        fits = [fit_columns(st, cols, influence=True) for st in self._main_stats()]
-        return [self._collect(fits, v, len(cols), clusters=True) for v in (0, 1)]
+        """M1 distance-matched under both rules (once: the truncation to every step is
+        the fit with the exclusion)."""
+        if self._m1 is None:
+            cols = np.arange(self.n_dist + 1)
+            fits = [fit_columns(st, cols, influence=True) for st in self._main_stats()]
+            self._m1 = [self._collect(fits, v, len(cols), clusters=True) for v in (0, 1)]
+        return self._m1
 
     def regression_fits(self) -> tuple[list[WithinFit], list[str]]:
         """M2 under both rules (one fit each, shared by the metrics and the terms)."""
@@ -411,7 +424,8 @@ class RunPass:
             x, names = regression_design(self.pairs)
             x = torch.from_numpy(np.ascontiguousarray(x))
             fits = [fit_group(g, g.demean(x)) for g in self.groups]
-            self._m2 = ([self._collect(fits, v, x.shape[-1]) for v in (0, 1)], names)
+            self._m2 = ([self._collect(fits, v, x.shape[-1], pooled=True) for v in (0, 1)],
+                        names)
         return self._m2
 
     def terms_blocks(self) -> list[dict]:
@@ -498,7 +512,8 @@ class RunPass:
             else:
                 stats, parts = self._phase_stats(keys[i])
                 fit = collect_fits([(self._step_fit(st), hs) for st, (_, _, hs)
-                                    in zip(stats, parts, strict=True)], self.B, width)
+                                    in zip(stats, parts, strict=True)], self.B, width,
+                                   pooled=False)
             # Distance-matched: per step, the mean over the heads that identify δ_t.
             coef = fit.coef[:, self.n_dist:]
             ok = np.isfinite(coef)
@@ -541,8 +556,12 @@ class RunPass:
         for i, T in enumerate(lengths):
             # The query steps are the clusters, in order: steps < T are the first ones.
             first = int(np.searchsorted(self.query_steps, T))
-            fits = [fit_columns(st, cols, first, influence=True) for st in self._main_stats()]
-            fit = self._collect(fits, 0, len(cols), clusters=True)
+            if first == self.n_clusters:  # every query: M1's own fit
+                fit = self._m1_fits()[0]
+            else:
+                fits = [fit_columns(st, cols, first, influence=True)
+                        for st in self._main_stats()]
+                fit = self._collect(fits, 0, len(cols), clusters=True)
             coef = fit.coef[:, -1]
             rows.append(("distance_matched", int(T), _finite_mean(coef),
                          mean_over_heads_se(coef, fit.influence)))
@@ -554,7 +573,7 @@ class RunPass:
         """:func:`attnvar.metrics.profiles.class_contrasts` of the rule with the
         exclusion."""
         pairs = self.pairs
-        classes = key_classes(pairs)
+        classes = self._key_classes()
         names = list(classes)
         stats = self._main_stats()
         if names:
