@@ -149,7 +149,7 @@ bool cpu_has_avx2_fma() {
 
 bool use_avx2(GemvRowsKernel kernel) {
 #ifdef ATTNVAR_GEMV_ROWS_X86
-  return kernel == GemvRowsKernel::kAuto && cpu_has_avx2_fma();
+  return kernel != GemvRowsKernel::kPortable && cpu_has_avx2_fma();
 #else
   return false;
 #endif

@@ -1,8 +1,9 @@
 // Quantized weights (QuantizedMatrix, Linear): every supported ggml type, random valid blocks.
-// The decoders against dequantize_row (bit for bit), qgemv_rows against gemv_rows on the
-// decoded matrix (bit for bit, 1..16 rows, both kernels) and against at::matmul (printed),
-// and project()/project_segments() on a quantized Linear against the same on its dense
-// form.
+// The decoders against dequantize_row (bit for bit, every f16 scale pattern included), the
+// F16C half conversion against half_to_float (all 65536 patterns), qgemv_rows against
+// gemv_rows on the decoded matrix (bit for bit, 1..17 rows, every kernel: the AVX-512VL
+// tiles, the AVX2 fallback, portable) and against at::matmul (printed), and
+// project()/project_segments() on a quantized Linear against the same on its dense form.
 #include <ATen/ATen.h>
 
 #include <cstring>
@@ -29,6 +30,16 @@ namespace {
 const std::vector<GgmlType> kTypes = {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0,
                                       GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K,
                                       GgmlType::Q5_K, GgmlType::Q6_K};
+// The types with 32-element blocks, which qgemv_rows multiplies in its fused tiles.
+const std::vector<GgmlType> kTypes32 = {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0,
+                                        GgmlType::Q5_1, GgmlType::Q8_0};
+// kAuto (the AVX-512VL tiles where the CPU has it), the AVX2 fallback, portable.
+const std::vector<GemvRowsKernel> kKernels = {GemvRowsKernel::kAuto, GemvRowsKernel::kAvx2,
+                                              GemvRowsKernel::kPortable};
+
+std::string kernel_name(GemvRowsKernel k) {
+  return k == GemvRowsKernel::kAuto ? "auto" : k == GemvRowsKernel::kAvx2 ? "avx2" : "portable";
+}
 
 uint16_t half_bits(float f) {
   // Round-to-nearest f32 -> f16 for the finite, normal values used here.
@@ -93,6 +104,14 @@ at::Tensor run_qgemv(const at::Tensor& x, const QuantizedMatrix& m, const at::Te
   return y;
 }
 
+// qgemv_rows on stacked parts, x and y as given (their row strides).
+void run_qgemv_into(const at::Tensor& x, const std::vector<QuantizedMatrix>& parts,
+                    const at::Tensor& b, at::Tensor& y, GemvRowsKernel kernel) {
+  attnvar::qgemv_rows(x.data_ptr<float>(), x.stride(0), x.size(0), parts,
+                      b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(),
+                      y.stride(0), kernel);
+}
+
 at::Tensor run_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
                     GemvRowsKernel kernel) {
   auto y = at::empty({x.size(0), w.size(0)});
@@ -115,16 +134,19 @@ TEST_CASE("quantized decoders give dequantize_row's floats bit for bit", "[quant
     REQUIRE(attnvar::ggml_type_projectable(static_cast<uint32_t>(type)));
     const auto expected = scalar_dequantize(m);
     REQUIRE(bitwise_equal(attnvar::dequantize(m), expected));
-    auto portable = at::empty({m.rows(), m.cols});
-    attnvar::dequantize_rows(m, 0, m.rows(), portable.data_ptr<float>(),
-                             GemvRowsKernel::kPortable);
-    REQUIRE(bitwise_equal(portable, expected));
+    for (const auto kernel : kKernels) {
+      INFO(kernel_name(kernel));
+      auto got = at::empty({m.rows(), m.cols});
+      attnvar::dequantize_rows(m, 0, m.rows(), got.data_ptr<float>(), kernel);
+      REQUIRE(bitwise_equal(got, expected));
+    }
     // Finite values of the size the scales allow (|scale| ≤ 0.05 times quants under 256).
     REQUIRE(expected.abs().max().item<double>() < 1000.0);
   }
 }
 
-TEST_CASE("qgemv_rows is gemv_rows on the decoded weights, bit for bit, 1..16 rows", "[quantized]") {
+TEST_CASE("qgemv_rows is gemv_rows on the decoded weights, bit for bit, 1..17 rows",
+          "[quantized]") {
   std::mt19937 rng(7);
   auto g = at::make_generator<at::CPUGeneratorImpl>(3);
   for (GgmlType type : kTypes) {
@@ -137,10 +159,11 @@ TEST_CASE("qgemv_rows is gemv_rows on the decoded weights, bit for bit, 1..16 ro
       const auto dense = scalar_dequantize(m);
       auto b = at::randn({out}, g);
       double worst = 0;
-      for (const auto kernel : {GemvRowsKernel::kAuto, GemvRowsKernel::kPortable}) {
-        for (int64_t rows = 1; rows <= 16; ++rows) {
+      for (const auto kernel : kKernels) {
+        for (int64_t rows = 1; rows <= 17; ++rows) {
           auto x = at::randn({rows, cols}, g);
-          INFO(name(type) << " out " << out << " cols " << cols << " rows " << rows);
+          INFO(name(type) << " out " << out << " cols " << cols << " rows " << rows << " "
+                          << kernel_name(kernel));
           const auto got = run_qgemv(x, m, b, kernel);
           REQUIRE(bitwise_equal(got, run_gemv(x, dense, b, kernel)));
           REQUIRE(bitwise_equal(run_qgemv(x, m, {}, kernel), run_gemv(x, dense, {}, kernel)));
@@ -149,9 +172,147 @@ TEST_CASE("qgemv_rows is gemv_rows on the decoded weights, bit for bit, 1..16 ro
         }
       }
       std::cout << "[parity] qgemv_rows " << name(type) << " (" << out << " x " << cols
-                << ") vs at::matmul on the decoded weights, rows 1..16: max |diff| = " << worst
+                << ") vs at::matmul on the decoded weights, rows 1..17: max |diff| = " << worst
                 << "\n";
       CHECK(worst < 1e-3 * std::max(1.0, dense.abs().max().item<double>() * cols));
+    }
+  }
+}
+
+TEST_CASE("F16C half to float is half_to_float on all 65536 f16 patterns", "[quantized]") {
+  std::vector<uint16_t> h(65536);
+  for (size_t i = 0; i < h.size(); ++i) h[i] = static_cast<uint16_t>(i);
+  std::vector<float> vec(h.size()), scalar(h.size());
+  if (!attnvar::detail::half_to_float_f16c(h.data(), static_cast<int64_t>(h.size()), vec.data(),
+                                           scalar.data())) {
+    WARN("no F16C on this CPU: the AVX2 decoders are not used, nothing to compare");
+    return;
+  }
+  const auto bits = [](float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+  };
+  int64_t nans = 0;
+  for (size_t i = 0; i < h.size(); ++i) {
+    const uint32_t want = bits(attnvar::half_to_float(h[i]));
+    INFO("f16 0x" << std::hex << i);
+    const bool nan = (i & 0x7C00) == 0x7C00 && (i & 0x3FF) != 0;
+    if (nan) {
+      // F16C quiets a signalling NaN (sets the top mantissa bit), half_to_float keeps it as
+      // it is; both keep the sign and the payload. Every decoder multiplies or adds a scale
+      // before it stores anything, which quiets it in either case (the next test).
+      ++nans;
+      REQUIRE(bits(vec[i]) == (want | 0x00400000u));
+      REQUIRE(bits(scalar[i]) == (want | 0x00400000u));
+    } else {
+      REQUIRE(bits(vec[i]) == want);  // zeros, subnormals, normals, infinities: exact
+      REQUIRE(bits(scalar[i]) == want);
+    }
+  }
+  REQUIRE(nans == 2 * 1023);
+}
+
+TEST_CASE("quantized decoders give dequantize_row's floats for every f16 scale pattern",
+          "[quantized]") {
+  // Every f16 bit pattern as d (and as m / dmin, paired differently): zeros, subnormals,
+  // infinities and NaNs included, through the AVX2 decoders (kAuto, kAvx2) and portable.
+  std::mt19937 rng(13);
+  for (GgmlType type : kTypes) {
+    const auto t = static_cast<uint32_t>(type);
+    const int64_t block = attnvar::ggml_block_size(t), bytes = attnvar::ggml_type_size(t);
+    const std::vector<int> offsets = scale_offsets(type);
+    const int64_t per_chunk = 4096;  // blocks per matrix: 65536 patterns in 16 matrices
+    for (int64_t first = 0; first < 65536; first += per_chunk) {
+      auto m = random_matrix(type, per_chunk, block, rng);  // one block per row
+      uint8_t* p = m.blocks.data_ptr<uint8_t>();
+      for (int64_t b = 0; b < per_chunk; ++b) {
+        for (size_t k = 0; k < offsets.size(); ++k) {
+          const auto h = static_cast<uint16_t>((first + b) * (k == 0 ? 1 : 40503) + 7 * k);
+          std::memcpy(p + b * bytes + offsets[k], &h, 2);
+        }
+      }
+      const auto expected = scalar_dequantize(m);
+      for (const auto kernel : kKernels) {
+        INFO(name(type) << " patterns from " << first << " " << kernel_name(kernel));
+        auto got = at::empty({m.rows(), m.cols});
+        attnvar::dequantize_rows(m, 0, m.rows(), got.data_ptr<float>(), kernel);
+        REQUIRE(bitwise_equal(got, expected));
+      }
+    }
+  }
+}
+
+TEST_CASE("qgemv_rows' fused tiles equal gemv_rows bit for bit: every 32-element type, "
+          "1..17 rows, partial tiles, strided rows, AVX-512VL and AVX2",
+          "[quantized]") {
+  std::cout << "[quantized] qgemv_rows kernel here: " << attnvar::qgemv_rows_auto_kernel()
+            << "\n";
+  if (std::string(attnvar::qgemv_rows_auto_kernel()) != "avx512vl") {
+    WARN("no AVX-512VL here: kAuto runs the AVX2 tiles, as kAvx2 does");
+  }
+  std::mt19937 rng(17);
+  auto g = at::make_generator<at::CPUGeneratorImpl>(5);
+  for (GgmlType type : kTypes32) {
+    // 1, 18 (the model's 576 columns) and 48 blocks (1536: the down projection, where the
+    // AVX2 tiles group rows by four); 1, 7, 13 and 37 weight rows, none a multiple of the
+    // tiles' 2, 4 or 8 (nor of qgemv_rows' 8-row steps), so every narrower tile runs too.
+    // 1..17 rows: one group and two, of every size.
+    for (const int64_t cols : {32, 576, 1536}) {
+      for (const int64_t out : {1, 7, 13, 37}) {
+        auto m = random_matrix(type, out, cols, rng);
+        const auto dense = scalar_dequantize(m);
+        auto b = at::randn({out}, g);
+        for (int64_t rows = 1; rows <= 17; ++rows) {
+          // x and y with row strides past their widths (x rows are packed for the tiles).
+          auto x = at::randn({rows, cols + 8}, g).narrow(1, 0, cols);
+          const auto x_dense = x.contiguous();
+          const auto want = run_gemv(x_dense, dense, b, GemvRowsKernel::kAuto);
+          const auto want_portable = run_gemv(x_dense, dense, b, GemvRowsKernel::kPortable);
+          for (const auto kernel : kKernels) {
+            INFO(name(type) << " cols " << cols << " out " << out << " rows " << rows << " "
+                            << kernel_name(kernel));
+            auto y = at::full({rows, out + 5}, 7.0f).narrow(1, 0, out);
+            run_qgemv_into(x, {m}, b, y, kernel);
+            REQUIRE(bitwise_equal(y, kernel == GemvRowsKernel::kPortable ? want_portable : want));
+            // Nothing written past the outputs.
+            REQUIRE(at::equal(y.as_strided({rows, 5}, {out + 5, 1}, out),
+                              at::full({rows, 5}, 7.0f)));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("qgemv_rows gives each row what a call with that row alone gives, mixed parts",
+          "[quantized]") {
+  // Batched generation stacks sequences' rows into one call; each row's outputs must be
+  // its solo call's, bit for bit, whatever the rows around it. Four parts of four types, a
+  // K type among them (decoded into the buffer), as a fused q/k/v stacks its weights.
+  std::mt19937 rng(19);
+  auto g = at::make_generator<at::CPUGeneratorImpl>(6);
+  const int64_t cols = 512;
+  const std::vector<QuantizedMatrix> parts = {random_matrix(GgmlType::Q4_1, 21, cols, rng),
+                                              random_matrix(GgmlType::Q8_0, 11, cols, rng),
+                                              random_matrix(GgmlType::Q4_K, 9, cols, rng),
+                                              random_matrix(GgmlType::Q5_0, 5, cols, rng)};
+  const int64_t out = 21 + 11 + 9 + 5;
+  auto b = at::randn({out}, g);
+  auto x = at::randn({17, cols}, g);
+  for (const auto kernel : kKernels) {
+    std::vector<at::Tensor> solo;
+    for (int64_t r = 0; r < 17; ++r) {
+      auto y = at::empty({1, out});
+      run_qgemv_into(x.narrow(0, r, 1), parts, b, y, kernel);
+      solo.push_back(y);
+    }
+    for (int64_t rows = 1; rows <= 17; ++rows) {
+      INFO(kernel_name(kernel) << " rows " << rows);
+      auto y = at::empty({rows, out});
+      run_qgemv_into(x.narrow(0, 0, rows), parts, b, y, kernel);
+      const std::vector<at::Tensor> first(solo.begin(), solo.begin() + rows);
+      REQUIRE(bitwise_equal(y, at::cat(first)));
     }
   }
 }

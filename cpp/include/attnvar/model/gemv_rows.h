@@ -10,6 +10,8 @@ namespace attnvar {
 enum class GemvRowsKernel {
   kAuto,      // AVX2 + FMA when the CPU has them (checked at run time), else portable
   kPortable,  // plain C++ (what runs on CPUs without AVX2/FMA); for tests
+  kAvx2,      // as kAuto, but no AVX-512 kernels where the CPU has them (qgemv_rows' fused
+              // tiles; gemv_rows has none): the AVX2 fallback, for tests
 };
 
 // y[r, o] = Σ_i x[r, i] · w[o, i] (+ bias[o]) for r < rows, o < out, i < in.

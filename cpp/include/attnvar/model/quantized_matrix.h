@@ -1,17 +1,21 @@
 // A linear weight kept in its GGUF blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)
 // instead of f32: a quarter to an eighth of the bytes to hold and to stream per decode step.
 //
-// Products are exact to the f32 path: a block of weight rows is decoded (AVX2 where the CPU
-// has it) into a small f32 buffer with the same operations dequantize_row uses, and the
-// f32 kernel (gemv_rows) multiplies it; so every output is bit for bit what the f32 model
-// built from the dequantized file computes, and the two weight modes generate the same
-// tokens. Up to 16 rows go through that path; more rows (a prefill, a replay) dequantize
-// the whole matrix for one BLAS call, exactly as the f32 path calls it.
+// Products are exact to the f32 path: the weights are decoded with the same operations
+// dequantize_row uses (AVX2 + F16C where the CPU has them), and multiplied with gemv_rows'
+// multiply-adds in gemv_rows' order: the 32-element types in registers, a tile of weight
+// rows against a group of rows of x (wider tiles with AVX-512VL's 32 registers), the K
+// types from a small f32 buffer by gemv_rows itself. So every output is bit for bit what
+// the f32 model built from the dequantized file computes, whatever the rows in the call,
+// and the two weight modes generate the same tokens. Up to 16 rows go through that path;
+// more rows (a prefill, a replay) dequantize the whole matrix for one BLAS call, exactly as
+// the f32 path calls it.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "attnvar/model/gemv_rows.h"
@@ -56,5 +60,22 @@ void qgemv_rows(const float* x, int64_t ldx, int64_t rows, const QuantizedMatrix
 void qgemv_rows(const float* x, int64_t ldx, int64_t rows,
                 const std::vector<QuantizedMatrix>& parts, const float* bias, float* y,
                 int64_t ldy, GemvRowsKernel kernel = GemvRowsKernel::kAuto);
+
+// The kernels kAuto picks on this CPU for the 32-element types: "avx512vl" (AVX2 + FMA +
+// F16C code with AVX-512VL's 32 registers), "avx2+fma" or "portable".
+const char* qgemv_rows_auto_kernel();
+
+// The register tiles kAuto's fused kernels use for `rows` rows of x of `in` columns, as
+// rows x weight rows per tile for each group of rows: "8x2 + 8x2" for 16 rows with
+// AVX-512VL. For benchmarks.
+std::string qgemv_rows_tiles(int64_t rows, int64_t in);
+
+namespace detail {
+// f16 bit patterns h[0 .. n) to float with the CPU's F16C instructions as the AVX2 decoders
+// use them: the eight-lane broadcast of the 32-element types' scales (lane 0 into
+// vector_out) and the scalar conversion of the K types' (scalar_out). False (nothing
+// written) where the CPU lacks F16C. For tests.
+bool half_to_float_f16c(const uint16_t* h, int64_t n, float* vector_out, float* scalar_out);
+}  // namespace detail
 
 }  // namespace attnvar
