@@ -4,6 +4,10 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <map>
+#include <string>
+#include <type_traits>
+
 #include "attnvar/capture/pass_capture.h"
 #include "attnvar/error.h"
 #include "attnvar/generate/compat_tempo.h"
@@ -39,6 +43,39 @@ CaptureField field_from_string(const std::string& f) {
       py::arg("hooks") = py::none(), py::arg("edits") = py::list(),                      \
       py::arg("hook_fns") = py::none()
 
+using HookCallbacks = std::map<std::string, HookCallback>;
+
+// Binds `name`(model, prompts, options: one dict per prompt, max_batch, ATTNVAR_CAPTURE_ARGS)
+// to a batch function. options_from(dict, capture, edits, callbacks) gives one sequence's
+// options (the callbacks outlive the call); batch(model, prompts, options, max_batch,
+// interrupt) runs them with the GIL released.
+template <class OptionsFrom, class Batch>
+void def_batch(py::module_& m, const char* name, OptionsFrom options_from, Batch batch,
+               const char* doc) {
+  using Options = std::invoke_result_t<OptionsFrom, const py::dict&, const CaptureSpec&,
+                                       const std::vector<HookEdit>&, const HookCallbacks*>;
+  m.def(
+      name,
+      [options_from, batch](
+          const LlamaModel& model, const std::vector<std::vector<int64_t>>& prompts,
+          const std::vector<py::dict>& options, int64_t max_batch, bool capture,
+          std::optional<std::vector<int64_t>> layers, std::optional<std::vector<int64_t>> heads,
+          bool probabilities, bool scores, bool value_norms, const std::string& capture_dtype,
+          std::optional<std::vector<std::string>> hooks, const py::list& edits,
+          const py::object& hook_fns) {
+        const CaptureSpec spec = capture_spec(capture, layers, heads, probabilities, scores,
+                                              value_norms, capture_dtype, hooks);
+        const auto edit_list = hook_edits(edits);
+        const auto callbacks = hook_callbacks(hook_fns);
+        std::vector<Options> opts;
+        for (const auto& d : options) opts.push_back(options_from(d, spec, edit_list, &callbacks));
+        py::gil_scoped_release release;
+        return batch(model, prompts, opts, max_batch, check_signals);
+      },
+      py::arg("model"), py::arg("prompts"), py::arg("options"), py::arg("max_batch") = 8,
+      ATTNVAR_CAPTURE_ARGS, doc);
+}
+
 // One sequence's generation options from a dict with generate()'s keyword names (any
 // subset; the others keep generate()'s defaults). Unknown keys are a ConfigError.
 GenerateOptions generate_options_from(const py::dict& d) {
@@ -62,6 +99,29 @@ GenerateOptions generate_options_from(const py::dict& d) {
     else throw ConfigError("generate_batch: unknown option '" + key + "'");
   }
   return o;
+}
+
+// One compat run's options from a dict with generate_tempo2025()'s keyword names (any
+// subset; the others keep its defaults). leaked_masks is read so that the batch can refuse it
+// by name. Unknown keys are a ConfigError.
+TempoOptions tempo_options_from(const py::dict& d) {
+  TempoOptions o;
+  for (const auto& item : d) {
+    const auto key = item.first.cast<std::string>();
+    const py::handle v = item.second;
+    if (key == "threshold") o.threshold = v.cast<double>();
+    else if (key == "max_steps") o.max_steps = v.cast<int64_t>();
+    else if (key == "emulate_isolation_bug") o.emulate_isolation_bug = v.cast<bool>();
+    else if (key == "eos_ids") o.eos_ids = v.cast<std::optional<std::vector<int64_t>>>();
+    else if (key == "leaked_masks") o.leaked_masks = v.cast<std::vector<at::Tensor>>();
+    else throw ConfigError("generate_tempo2025_batch: unknown option '" + key + "'");
+  }
+  return o;
+}
+
+// The compat preset runs the prototype as it was: no hook edits or functions.
+[[noreturn]] void refuse_hook_edits() {
+  throw ConfigError("the compat preset tempo-2025 takes no hook edits or hook_fns");
 }
 
 }  // namespace
@@ -227,30 +287,17 @@ void bind_generate(py::module_& m) {
       "`sink`, each pass's capture is handed to sink(PassCapture) as it is computed and "
       "the result keeps none.");
 
-  m.def(
-      "generate_batch",
-      [](const LlamaModel& model, const std::vector<std::vector<int64_t>>& prompts,
-         const std::vector<py::dict>& options, int64_t max_batch, bool capture,
-         std::optional<std::vector<int64_t>> layers, std::optional<std::vector<int64_t>> heads,
-         bool probabilities, bool scores, bool value_norms, const std::string& capture_dtype,
-         std::optional<std::vector<std::string>> hooks, const py::list& edits,
-         const py::object& hook_fns) {
-        const CaptureSpec spec = capture_spec(capture, layers, heads, probabilities, scores,
-                                              value_norms, capture_dtype, hooks);
-        const auto edit_list = hook_edits(edits);
-        const auto callbacks = hook_callbacks(hook_fns);
-        std::vector<GenerateOptions> opts;
-        for (const auto& d : options) {
-          opts.push_back(generate_options_from(d));
-          opts.back().capture = spec;
-          opts.back().edits = edit_list;
-          opts.back().callbacks = &callbacks;
-        }
-        py::gil_scoped_release release;
-        return generate_batch(model, prompts, opts, max_batch, check_signals);
+  def_batch(
+      m, "generate_batch",
+      [](const py::dict& d, const CaptureSpec& spec, const std::vector<HookEdit>& edits,
+         const HookCallbacks* callbacks) {
+        GenerateOptions o = generate_options_from(d);
+        o.capture = spec;
+        o.edits = edits;
+        o.callbacks = callbacks;
+        return o;
       },
-      py::arg("model"), py::arg("prompts"), py::arg("options"), py::arg("max_batch") = 8,
-      ATTNVAR_CAPTURE_ARGS,
+      &generate_batch,
       "Several generations at once (one pass per step for all active sequences); "
       "options[i]: generate()'s keyword arguments for prompts[i]. Each result is bit for bit "
       "generate() of that prompt alone.");
@@ -303,9 +350,7 @@ void bind_generate(py::module_& m) {
          bool value_norms, const std::string& capture_dtype,
          std::optional<std::vector<std::string>> hooks, const py::list& edits,
          const py::object& hook_fns) {
-        if (!edits.empty() || !hook_fns.is_none()) {
-          throw ConfigError("the compat preset tempo-2025 takes no hook edits or hook_fns");
-        }
+        if (!edits.empty() || !hook_fns.is_none()) refuse_hook_edits();
         TempoOptions o;
         o.threshold = threshold;
         o.max_steps = max_steps;
@@ -325,6 +370,22 @@ void bind_generate(py::module_& m) {
       "eos_ids: None = the model config's; [] = never stop on EOS. leaked_masks: the "
       "tempo_leak_mask of every earlier isolated-mode run of the emulated process, oldest "
       "first; [] = a clean start.");
+
+  def_batch(
+      m, "generate_tempo2025_batch",
+      [](const py::dict& d, const CaptureSpec& spec, const std::vector<HookEdit>& edits,
+         const HookCallbacks* callbacks) {
+        if (!edits.empty() || !callbacks->empty()) refuse_hook_edits();
+        TempoOptions o = tempo_options_from(d);
+        o.capture = spec;
+        return o;
+      },
+      &generate_tempo2025_batch,
+      "Several compat runs at once (one pass per round for the active runs' one-token "
+      "passes); options[i]: generate_tempo2025()'s keyword arguments for prompts[i] "
+      "(threshold, max_steps, emulate_isolation_bug, eos_ids). Each result is bit for bit "
+      "generate_tempo2025() of that prompt alone. leaked_masks are refused: leaking runs "
+      "depend on the runs before them and go one after another.");
 }
 
 }  // namespace attnvar::python

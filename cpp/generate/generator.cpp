@@ -5,11 +5,11 @@
 
 #include <algorithm>
 #include <chrono>
-#include <map>
 #include <memory>
 
 #include "attnvar/error.h"
 #include "attnvar/generate/selection.h"
+#include "attnvar/generate/sequence_run.h"
 
 namespace attnvar {
 namespace {
@@ -63,39 +63,16 @@ void check_prompt(const std::vector<int64_t>& prompt, int64_t vocab_size) {
   }
 }
 
-// A prompt's prefill pass, kept to start other sequences of the same prompt in a batch:
-// the prefill depends only on the tokens, the model and the capture spec (no edits), so
-// copying its output and cache rows gives each sequence exactly what its own pass would
-// (a study batches each prompt's conditions together: four prefills become one).
-struct Prefill {
-  ForwardOutput out;
-  KVCache cache;  // the prompt's slots only
-};
-
 // Whether a sequence's prefill is the same computation as any other's of the same prompt
 // (and capture, which a batch shares): no hook edits or functions act on it.
 bool prefill_shareable(const GenerateOptions& o) {
   return o.edits.empty() && (o.callbacks == nullptr || o.callbacks->empty());
 }
 
-// A deep copy: each run owns its captured tensors.
-ForwardOutput copy_of(const ForwardOutput& o) {
-  const auto clone = [](const at::Tensor& t) { return t.defined() ? t.clone() : t; };
-  ForwardOutput c;
-  c.logits = clone(o.logits);
-  for (const LayerCapture& lc : o.captures) {
-    c.captures.push_back(LayerCapture{lc.layer, clone(lc.probabilities), clone(lc.scores),
-                                      clone(lc.value_norms)});
-  }
-  for (const auto& [name, t] : o.hooks) c.hooks.emplace(name, clone(t));
-  return c;
-}
-
 // One generation as a sequence of passes: its prefill, then one pass per set. generate()
-// runs one; generate_batch() runs several, their set passes through forward_batch. Both
-// call the same steps in the same order, so a sequence's result does not depend on the
-// company it keeps.
-class Sequence {
+// runs one (run_alone); generate_batch() runs several (run_batch), their set passes through
+// forward_batch.
+class Sequence final : public SequenceRun {
  public:
   Sequence(const LlamaModel& model, const std::vector<int64_t>& prompt, const GenerateOptions& o,
            const PassSink& sink)
@@ -111,20 +88,14 @@ class Sequence {
     r_.stop_reason = "max_steps";
   }
 
-  // The prefill pass and q_0. After it, done() when max_steps is 0. With `from`, the pass
-  // is not run again: its output and cache rows are copied from an identical prefill (see
-  // Prefill); with `keep`, this prefill is kept there for others.
-  void prefill(const Prefill* from = nullptr, std::shared_ptr<const Prefill>* keep = nullptr) {
+  // The prefill pass and q_0. After it, done() when max_steps is 0.
+  void prefill(const Prefill* from, std::shared_ptr<const Prefill>* keep) override {
     auto t0 = std::chrono::steady_clock::now();
     const auto& prompt = r_.tree.prompt;
     for (int64_t i = 0; i < P_; ++i) {
       r_.slots.push_back(SlotRecord{prompt[i], static_cast<double>(i), -1, -1});
     }
-    ForwardOutput out;
-    if (from != nullptr) {
-      cache_.copy_prefix_from(from->cache, P_);
-      out = copy_of(from->out);
-    } else {
+    ForwardOutput out = shared_prefill(model_, cache_, P_, from, keep, [&] {
       auto dbl = at::TensorOptions().dtype(at::kDouble);
       PassInput in{at::tensor(prompt, at::TensorOptions().dtype(at::kLong)),
                    at::arange(0, P_, dbl), causal_visibility(P_, 0)};
@@ -133,13 +104,8 @@ class Sequence {
       }
       in.last_logits_only = true;
       attach_edits(in);
-      out = model_.forward(cache_, in, o_.capture);
-      if (keep != nullptr) {
-        auto kept = std::make_shared<Prefill>(Prefill{copy_of(out), model_.new_cache(P_)});
-        kept->cache.copy_prefix_from(cache_, P_);
-        *keep = std::move(kept);
-      }
-    }
+      return model_.forward(cache_, in, o_.capture);
+    });
     emit(PassCapture{-1, 0, P_, std::move(out.captures), std::move(out.hooks)});
     q_ = at::softmax(out.logits[0] / o_.temperature, -1);  // q_0
     r_.prefill_seconds = seconds_since(t0);
@@ -149,7 +115,7 @@ class Sequence {
 
   // Selects S_t and records it in the tree. Returns true with *in filled when the set
   // has members to feed; false when it has none (the run then stops).
-  bool select(PassInput* in) {
+  bool select(PassInput* in) override {
     const int64_t t = t_;
     if (o_.keep_distributions) kept_.push_back(q_);
     TreeStep step;
@@ -195,13 +161,13 @@ class Sequence {
 
   // After the set's pass (when select() asked for one): its capture and q_{t+1}; then
   // whether the run goes on.
-  void after_pass(ForwardOutput&& out) {
+  void after_pass(ForwardOutput&& out) override {
     emit(PassCapture{t_, first_, static_cast<int64_t>(fed_ids_.size()),
                      std::move(out.captures), std::move(out.hooks)});
     if (!last_) q_ = next_distribution(out.logits, fed_probs_, o_.policy, o_.temperature);
   }
 
-  void end_step(bool fed) {
+  void end_step(bool fed) override {
     if (stop_ || !fed) {
       r_.stop_reason = "eos";
       done_ = true;
@@ -210,10 +176,10 @@ class Sequence {
     }
   }
 
-  bool done() const { return done_; }
-  KVCache* cache() { return &cache_; }
+  bool done() const override { return done_; }
+  KVCache* cache() override { return &cache_; }
 
-  GenerationResult finish() {
+  GenerationResult finish() override {
     if (o_.keep_distributions && !kept_.empty()) r_.distributions = at::stack(kept_).cpu();
     r_.generate_seconds = seconds_since(started_);
     return std::move(r_);
@@ -266,99 +232,28 @@ GenerationResult generate(const LlamaModel& model, const std::vector<int64_t>& p
   GenerateOptions prepared = o;
   prepared.edits = model.prepare_edits(o.edits);
   Sequence seq(model, prompt, prepared, sink);
-  seq.prefill();
-  while (!seq.done()) {
-    if (interrupt) interrupt();
-    PassInput in;
-    const bool fed = seq.select(&in);
-    if (fed) seq.after_pass(model.forward(*seq.cache(), in, prepared.capture));
-    seq.end_step(fed);
-  }
-  return seq.finish();
+  return run_alone(model, seq, prepared.capture, interrupt);
 }
 
 std::vector<GenerationResult> generate_batch(const LlamaModel& model,
                                              const std::vector<std::vector<int64_t>>& prompts,
                                              const std::vector<GenerateOptions>& options,
                                              int64_t max_batch, const InterruptCheck& interrupt) {
-  if (prompts.size() != options.size()) {
-    throw ConfigError(fmt::format("generate_batch: {} prompts for {} option sets", prompts.size(),
-                                  options.size()));
-  }
-  if (max_batch < 1) throw ConfigError(fmt::format("max_batch must be ≥ 1, got {}", max_batch));
+  check_batch("generate_batch", prompts.size(), options.size(), max_batch,
+              [&](size_t i) -> const CaptureSpec& { return options[i].capture; });
   for (size_t i = 0; i < prompts.size(); ++i) {
     validate(options[i], model.config().vocab_size);
     check_prompt(prompts[i], model.config().vocab_size);
-    if (!(options[i].capture == options[0].capture)) {
-      throw ConfigError("generate_batch: every sequence must capture the same layers, heads "
-                        "and fields (one pass computes them together)");
-    }
   }
   std::vector<GenerateOptions> prepared = options;
   for (GenerateOptions& o : prepared) o.edits = model.prepare_edits(o.edits);
-  std::vector<GenerationResult> results(prompts.size());
-  // Shareable prefills by prompt, and how many sequences that could share each are still to
-  // start.
-  std::map<std::vector<int64_t>, std::shared_ptr<const Prefill>> prefills;
-  std::map<std::vector<int64_t>, int64_t> uses;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    if (prefill_shareable(prepared[i])) ++uses[prompts[i]];
-  }
-  std::vector<std::pair<size_t, std::unique_ptr<Sequence>>> active;
-  size_t next = 0;
-  while (next < prompts.size() || !active.empty()) {
-    if (interrupt) interrupt();
-    // Refill: a new sequence's prefill is a pass of its own (its many rows would not be
-    // cheaper together, and a solo prefill is what its solo run computes), run once for
-    // every sequence of the same prompt (Prefill).
-    while (static_cast<int64_t>(active.size()) < max_batch && next < prompts.size()) {
-      auto seq = std::make_unique<Sequence>(model, prompts[next], prepared[next], PassSink{});
-      if (!prefill_shareable(prepared[next])) {
-        seq->prefill();
-      } else {
-        // Kept while a later sequence of the batch may still start from it.
-        auto& kept = prefills[prompts[next]];
-        const bool again = --uses[prompts[next]] > 0;
-        seq->prefill(kept.get(), kept == nullptr && again ? &kept : nullptr);
-        if (!again) prefills.erase(prompts[next]);
-      }
-      if (seq->done()) {
-        results[next] = seq->finish();
-      } else {
-        active.emplace_back(next, std::move(seq));
-      }
-      ++next;
-    }
-    if (active.empty()) continue;
-    std::vector<PassInput> inputs;
-    std::vector<KVCache*> caches;
-    std::vector<Sequence*> fed_seqs;
-    std::vector<bool> fed(active.size());
-    for (size_t i = 0; i < active.size(); ++i) {
-      PassInput in;
-      fed[i] = active[i].second->select(&in);
-      if (fed[i]) {
-        inputs.push_back(std::move(in));
-        caches.push_back(active[i].second->cache());
-        fed_seqs.push_back(active[i].second.get());
-      }
-    }
-    if (!inputs.empty()) {
-      auto outs = model.forward_batch(caches, inputs, options[active.front().first].capture);
-      for (size_t k = 0; k < outs.size(); ++k) fed_seqs[k]->after_pass(std::move(outs[k]));
-    }
-    std::vector<std::pair<size_t, std::unique_ptr<Sequence>>> still;
-    for (size_t i = 0; i < active.size(); ++i) {
-      active[i].second->end_step(fed[i]);
-      if (active[i].second->done()) {
-        results[active[i].first] = active[i].second->finish();
-      } else {
-        still.push_back(std::move(active[i]));
-      }
-    }
-    active = std::move(still);
-  }
-  return results;
+  return run_batch(
+      model, prompts.size(),
+      [&](size_t i) {
+        return std::make_unique<Sequence>(model, prompts[i], prepared[i], PassSink{});
+      },
+      [&](size_t i) { return prefill_shareable(prepared[i]) ? &prompts[i] : nullptr; },
+      prepared.empty() ? CaptureSpec{} : prepared.front().capture, max_batch, interrupt);
 }
 
 }  // namespace attnvar

@@ -8,7 +8,7 @@ import typing
 
 import torch
 
-__all__: list[str] = ['AttnvarError', 'ConfigError', 'FormatError', 'GenerationResult', 'KVCache', 'LayerCapture', 'Layout', 'Member', 'MissingError', 'Model', 'PassCapture', 'ReplayResult', 'SlotRecord', 'Tokenizer', 'Tree', 'TreeStep', 'causal_visibility', 'config_from_hf_json', 'encode', 'generate', 'generate_batch', 'generate_tempo2025', 'gguf_dequantize', 'gguf_metadata', 'gguf_tensor_infos', 'hook_point_names', 'kernel_info', 'load_model', 'load_weights', 'next_distribution', 'printed_set_starts', 'project', 'replay', 'rope_apply', 'rope_inv_freq', 'safetensors_read', 'select_set', 'set_visibility', 'tempo_bug_visibility', 'tempo_leak_mask']
+__all__: list[str] = ['AttnvarError', 'ConfigError', 'FormatError', 'GenerationResult', 'KVCache', 'LayerCapture', 'Layout', 'Member', 'MissingError', 'Model', 'PassCapture', 'ReplayResult', 'SlotRecord', 'Tokenizer', 'Tree', 'TreeStep', 'causal_visibility', 'config_from_hf_json', 'encode', 'generate', 'generate_batch', 'generate_tempo2025', 'generate_tempo2025_batch', 'gguf_dequantize', 'gguf_metadata', 'gguf_tensor_infos', 'hook_point_names', 'kernel_info', 'load_model', 'load_weights', 'next_distribution', 'printed_set_starts', 'project', 'replay', 'rope_apply', 'rope_inv_freq', 'safetensors_read', 'select_set', 'set_visibility', 'tempo_bug_visibility', 'tempo_leak_mask']
 class AttnvarError(RuntimeError):
     """
     Base of every error attnvar raises.
@@ -408,6 +408,10 @@ def generate_batch(model: Model, prompts: collections.abc.Sequence[collections.a
 def generate_tempo2025(model: Model, prompt: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], threshold: typing.SupportsFloat | typing.SupportsIndex = 0.15, max_steps: typing.SupportsInt | typing.SupportsIndex = 30, emulate_isolation_bug: bool = False, eos_ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, leaked_masks: collections.abc.Sequence[torch.Tensor] = [], capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32', hooks: collections.abc.Sequence[str] | None = None, edits: list = [], hook_fns: typing.Any = None) -> GenerationResult:
     """
     The compat preset `tempo-2025` (the prototype's bookkeeping, not the mechanism). eos_ids: None = the model config's; [] = never stop on EOS. leaked_masks: the tempo_leak_mask of every earlier isolated-mode run of the emulated process, oldest first; [] = a clean start.
+    """
+def generate_tempo2025_batch(model: Model, prompts: collections.abc.Sequence[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]], options: collections.abc.Sequence[dict], max_batch: typing.SupportsInt | typing.SupportsIndex = 8, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32', hooks: collections.abc.Sequence[str] | None = None, edits: list = [], hook_fns: typing.Any = None) -> list[GenerationResult]:
+    """
+    Several compat runs at once (one pass per round for the active runs' one-token passes); options[i]: generate_tempo2025()'s keyword arguments for prompts[i] (threshold, max_steps, emulate_isolation_bug, eos_ids). Each result is bit for bit generate_tempo2025() of that prompt alone. leaked_masks are refused: leaking runs depend on the runs before them and go one after another.
     """
 def gguf_dequantize(path: str, name: str) -> torch.Tensor:
     """

@@ -64,6 +64,32 @@ def _generate_defaults() -> dict:
                                            "stop_on", "min_new_steps")}
 
 
+def _check_max_batch(max_batch) -> int:
+    if isinstance(max_batch, bool) or int(max_batch) < 1:
+        raise ValueError(f"max_batch must be an integer ≥ 1, got {max_batch!r}")
+    return int(max_batch)
+
+
+def _checked_requests(where: str, requests: Sequence, options: Sequence[str],
+                      refused: dict[str, str] | None = None) -> list[dict]:
+    """A batch's requests as dicts (a bare prompt becomes ``{"prompt": prompt}``), each
+    with a ``prompt`` and otherwise only keys of ``options``; ValueError naming the request
+    and the key otherwise (``refused``: keys refused with a reason of their own)."""
+    out = []
+    for i, req in enumerate(requests):
+        req = dict(req) if isinstance(req, dict) else {"prompt": req}
+        if "prompt" not in req:
+            raise ValueError(f"{where}: request {i} has no 'prompt'")
+        for key, reason in (refused or {}).items():
+            if key in req:
+                raise ValueError(f"{where}: request {i}: {key}: {reason}")
+        unknown = set(req) - {"prompt", *options}
+        if unknown:
+            raise ValueError(f"{where}: request {i}: unknown options {sorted(unknown)}")
+        out.append(req)
+    return out
+
+
 def _hook_fns(fns: dict | None, num_layers: int) -> dict | None:
     """``hook_fns`` checked: a dict of hook point name -> callable (names of this model;
     the attention views and the final norm cannot be edited)."""
@@ -600,21 +626,15 @@ class Model:
         min_new_steps), which override ``common``. One ``capture`` for all (streaming is
         not available here). Raises ValueError naming the request for bad options.
         """
-        if isinstance(max_batch, bool) or int(max_batch) < 1:
-            raise ValueError(f"max_batch must be an integer ≥ 1, got {max_batch!r}")
+        max_batch = _check_max_batch(max_batch)
         unknown = set(common) - set(self._PER_SEQUENCE)
         if unknown:
             raise ValueError(f"generate_many: unknown options {sorted(unknown)}")
         defaults = _generate_defaults()
         prompts, options, settings = [], [], []
-        for i, req in enumerate(requests):
-            req = dict(req) if isinstance(req, dict) else {"prompt": req}
-            if "prompt" not in req:
-                raise ValueError(f"generate_many: request {i} has no 'prompt'")
+        for i, req in enumerate(_checked_requests("generate_many", requests,
+                                                  self._PER_SEQUENCE)):
             opts = {**common, **{k: v for k, v in req.items() if k != "prompt"}}
-            unknown = set(opts) - set(self._PER_SEQUENCE)
-            if unknown:
-                raise ValueError(f"generate_many: request {i}: unknown options {sorted(unknown)}")
             mode = opts.get("mode", "isolated")
             _check_choice("mode", mode, MODES)
             _check_choice("policy", opts.get("policy", "mixture"), POLICIES)
@@ -641,7 +661,7 @@ class Model:
         biases, edits, described = prepare_interventions(interventions)
         if biases:
             raise ConfigError("generate_many: key biases and knockouts belong to replay()")
-        results = _core.generate_batch(self.core, prompts, options, max_batch=int(max_batch),
+        results = _core.generate_batch(self.core, prompts, options, max_batch=max_batch,
                                        edits=edits, hook_fns=_hook_fns(hook_fns, self.num_layers),
                                        **kw)
         runs = []
@@ -685,37 +705,93 @@ class Model:
         finished run is recorded into it (an isolated-mode run adds its own). None (the
         default) starts clean, as in a fresh process. The run's options record how many
         kept masks were applied (``mask_leak``; None without one), and ``run.visibility``
-        is the mask the engine applied, leak included."""
+        is the mask the engine applied, leak included. Several runs without a leak are
+        faster together: :meth:`tempo2025_many`."""
         if mask_leak is not None and not isinstance(mask_leak, MaskLeak):
             raise ValueError("mask_leak must be an attnvar.engine.MaskLeak or None")
-        if not 0 < threshold <= 1:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-        if int(max_steps) < 0:
-            raise ValueError(f"max_steps must be ≥ 0, got {max_steps}")
-        if add_bos is not None and not isinstance(prompt, str):
-            raise ValueError("tempo2025: add_bos applies to text prompts; a prompt given as "
-                             "ids is used as it is (prepend the BOS id yourself)")
-        if add_bos is None:
-            add_bos = (isinstance(prompt, str) and self.tokenizer is not None
-                       and self.tokenizer.bos_id is not None)
-        ids = self.encode(prompt, add_bos=add_bos if isinstance(prompt, str) else None)
-        eos = list(self.eos_ids) if eos_ids is None else _id_list("eos_ids", eos_ids)
-        kw, layers, heads, hooks = self._capture_kwargs(capture, len(ids) + max_steps + 1)
+        ids, engine, options = self._tempo_request("tempo2025", prompt, threshold, max_steps,
+                                                   emulate_isolation_bug, add_bos, eos_ids)
+        kw, layers, heads, hooks = self._capture_kwargs(capture,
+                                                        len(ids) + engine["max_steps"] + 1)
         leaked = [] if mask_leak is None else list(mask_leak.masks)
-        res = _core.generate_tempo2025(self.core, ids, threshold=float(threshold),
-                                       max_steps=int(max_steps),
-                                       emulate_isolation_bug=emulate_isolation_bug,
-                                       eos_ids=eos, leaked_masks=leaked, **kw)
-        options = dict(prompt_text=prompt if isinstance(prompt, str) else None,
-                       threshold=threshold, max_steps=max_steps,
-                       emulate_isolation_bug=emulate_isolation_bug, preset="tempo-2025",
-                       add_bos=add_bos if isinstance(prompt, str) else None, eos_ids=eos,
-                       mask_leak=None if mask_leak is None else len(leaked))
-        run = self._run("tempo-2025", "tempo-2025", res, options, layers, heads,
-                        visibility=res.visibility, hooks=hooks)
+        res = _core.generate_tempo2025(self.core, ids, leaked_masks=leaked, **engine, **kw)
+        run = self._tempo_run(res, options, None if mask_leak is None else len(leaked),
+                              layers, heads, hooks)
         if mask_leak is not None:
             mask_leak.record(run)
         return run
+
+    # Keyword arguments of tempo2025() that tempo2025_many() takes per request.
+    _TEMPO_PER_REQUEST = ("threshold", "max_steps", "emulate_isolation_bug", "add_bos",
+                          "eos_ids")
+
+    def tempo2025_many(self, requests: Sequence, capture: Capture | None = None,
+                       max_batch: int = 8) -> list[Run]:
+        """Several compat runs at once; ``result[i]`` is bit for bit what ``tempo2025``
+        gives alone for ``requests[i]`` and ``capture`` — tree, slots, every
+        captured field, ``run.visibility``, options — while each round the one-token passes
+        of all active runs go through one forward pass that reads each weight once for all
+        of them (up to ``max_batch`` runs at a time; a finished one makes room for the
+        next), and runs of one prompt share its prefill.
+
+        ``requests``: prompts (text or ids), or dicts with ``prompt`` and any of
+        tempo2025()'s ``threshold``, ``max_steps``, ``emulate_isolation_bug``, ``add_bos``,
+        ``eos_ids``. ``mask_leak`` is refused: under the stale-mask leak each run depends
+        on the runs before it, so such runs go one after another through
+        ``tempo2025(mask_leak=...)``. Raises ValueError naming the request for bad
+        options."""
+        max_batch = _check_max_batch(max_batch)
+        checked = [self._tempo_request(f"tempo2025_many: request {i}",
+                                       **{**_TEMPO_DEFAULTS, **req})
+                   for i, req in enumerate(_checked_requests(
+                       "tempo2025_many", requests, self._TEMPO_PER_REQUEST,
+                       refused={"mask_leak": "a run under the stale-mask leak depends on the "
+                                "runs before it, so leaking runs go one after another "
+                                "through tempo2025(mask_leak=...)"}))]
+        longest = max((len(ids) + engine["max_steps"] + 1 for ids, engine, _ in checked),
+                      default=0)
+        kw, layers, heads, hooks = self._capture_kwargs(capture, longest)
+        results = _core.generate_tempo2025_batch(
+            self.core, [ids for ids, _, _ in checked], [engine for _, engine, _ in checked],
+            max_batch=max_batch, **kw)
+        return [self._tempo_run(res, options, None, layers, heads, hooks)
+                for res, (_, _, options) in zip(results, checked, strict=True)]
+
+    def _tempo_request(self, where: str, prompt, threshold, max_steps, emulate_isolation_bug,
+                       add_bos, eos_ids) -> tuple[list[int], dict, dict]:
+        """One compat run's arguments checked (ValueError starting with ``where`` and
+        naming the option): the prompt's ids, the engine's options, and the options the
+        run records (but ``mask_leak``)."""
+        if not 0 < threshold <= 1:
+            raise ValueError(f"{where}: threshold must be in (0, 1], got {threshold!r}")
+        if int(max_steps) < 0:
+            raise ValueError(f"{where}: max_steps must be ≥ 0, got {max_steps}")
+        is_text = isinstance(prompt, str)
+        if add_bos is not None and not is_text:
+            raise ValueError(f"{where}: add_bos applies to text prompts; a prompt given as "
+                             "ids is used as it is (prepend the BOS id yourself)")
+        if add_bos is None:
+            add_bos = is_text and self.tokenizer is not None and \
+                self.tokenizer.bos_id is not None
+        try:
+            ids = self.encode(prompt, add_bos=add_bos if is_text else None)
+        except ValueError as e:
+            raise type(e)(f"{where}: {e}") from None
+        eos = list(self.eos_ids) if eos_ids is None else _id_list(f"{where}: eos_ids", eos_ids)
+        engine = dict(threshold=float(threshold), max_steps=int(max_steps),
+                      emulate_isolation_bug=emulate_isolation_bug, eos_ids=eos)
+        options = dict(prompt_text=prompt if is_text else None, threshold=threshold,
+                       max_steps=max_steps, emulate_isolation_bug=emulate_isolation_bug,
+                       preset="tempo-2025", add_bos=add_bos if is_text else None, eos_ids=eos)
+        return ids, engine, options
+
+    def _tempo_run(self, res, options: dict, mask_leak: int | None, layers, heads,
+                   hooks) -> Run:
+        """A compat run from the engine's result: ``options`` as _tempo_request records
+        them, plus how many kept masks it was given (``mask_leak``; None without a
+        MaskLeak)."""
+        return self._run("tempo-2025", "tempo-2025", res, {**options, "mask_leak": mask_leak},
+                         layers, heads, visibility=res.visibility, hooks=hooks)
 
     def _run(self, kind, encoding, res, options, layers, heads, tree=None, slots=None,
              visibility=None, passes=None, hooks=None) -> Run:
@@ -741,3 +817,7 @@ class Model:
         )
 
 
+# tempo2025()'s defaults of the options a tempo2025_many request may set, read from its
+# signature (so a batched run is the solo run of the same request).
+_TEMPO_DEFAULTS = {k: inspect.signature(Model.tempo2025).parameters[k].default
+                   for k in Model._TEMPO_PER_REQUEST}

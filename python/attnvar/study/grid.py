@@ -45,11 +45,12 @@ class Study:
     model_path : GGUF file or HF directory; None = the bundled default model
     device : where the model runs ("cpu", "cuda", "cuda:N"); not part of the design, so a
         study may be resumed on another device (each run records its device)
-    batch : generations run together (``Model.generate_many``); None (the default): 8 per
-        thread of each worker, fewer when their captures could pass the capture's
-        ``memory_budget`` or half this machine's memory (``runner.batch_size``). Each run
-        is bit for bit its solo run, so like ``device`` this changes the speed, never a
-        result, and is not part of the design
+    batch : generations run together (``Model.generate_many``, or ``Model.tempo2025_many``
+        for the compat preset); None (the default): 8 per thread of each worker, fewer when
+        their captures could pass the capture's ``memory_budget`` or half this machine's
+        memory (``runner.batch_size``). Each run is bit for bit its solo run, so like
+        ``device`` this changes the speed, never a result, and is not part of the design.
+        A study with ``emulate_mask_leak`` runs its compat cells one by one, in order
     weights : how a GGUF model's quantized weights are held ("quantized", the default, or
         "float32"; ``load_model(weights=...)``): both give every run bit for bit, so like
         ``device`` this changes memory and speed, never a result, and is not part of the

@@ -64,11 +64,12 @@ def _cell_options(cell: Cell, prompt) -> dict:
     }
 
 
-# Generations run this many at a time per thread of a worker (Model.generate_many) unless
-# Study.batch says otherwise: each step reads the weights once for all of them, and every
-# run is bit for bit its solo run, so the batch changes the speed and never a result.
-# Measured on the bundled model (bench/batched_generation.py, study-shaped requests): one
-# thread, 8 and 16 sequences equally fast (2.8× solo); two threads, 16 faster than 8.
+# Generations run this many at a time per thread of a worker (Model.generate_many, and
+# Model.tempo2025_many for a compat study without the mask leak) unless Study.batch says
+# otherwise: each step reads the weights once for all of them, and every run is bit for bit
+# its solo run, so the batch changes the speed and never a result. Measured on the bundled
+# model (bench/batched_generation.py, study-shaped requests): one thread, 8 and 16
+# sequences equally fast (2.8× solo); two threads, 16 faster than 8.
 GENERATION_BATCH = 8
 
 
@@ -123,33 +124,47 @@ def _generate_request(cell: Cell) -> dict:
                 sample=cell.sample, seed=cell.seed, min_new_steps=cell.min_new_steps or 0)
 
 
+def _tempo_request(cell: Cell) -> dict:
+    return dict(prompt=cell.prompt_text, threshold=cell.threshold, max_steps=cell.max_steps,
+                emulate_isolation_bug=cell.emulate_isolation_bug, add_bos=cell.add_bos,
+                eos_ids=None if cell.eos_ids is None else list(cell.eos_ids))
+
+
 def _generate(model, study: Study, cell: Cell, mask_leak=None):
     if cell.preset is not None:
-        return model.tempo2025(cell.prompt_text, threshold=cell.threshold,
-                               max_steps=cell.max_steps,
-                               emulate_isolation_bug=cell.emulate_isolation_bug,
-                               capture=study.capture, add_bos=cell.add_bos,
-                               eos_ids=None if cell.eos_ids is None else list(cell.eos_ids),
-                               mask_leak=mask_leak)
+        request = _tempo_request(cell)
+        return model.tempo2025(request.pop("prompt"), capture=study.capture,
+                               mask_leak=mask_leak, **request)
     request = _generate_request(cell)
     return model.generate(request.pop("prompt"), capture=study.capture,
                           interventions=_interventions(cell, replay=False), **request)
 
 
+def _generate_together(model, study: Study, group: list[Cell]) -> list:
+    """The generations of cells of one condition, run together (bit for bit their solo
+    runs)."""
+    if group[0].preset is not None:
+        return model.tempo2025_many([_tempo_request(c) for c in group],
+                                    capture=study.capture, max_batch=study.batch)
+    return model.generate_many([_generate_request(c) for c in group],
+                               capture=study.capture, max_batch=study.batch,
+                               interventions=_interventions(group[0], replay=False))
+
+
 def run_cells(model, study: Study, cells: list[Cell], prompts: dict, runs_dir: Path) -> int:
-    """:func:`run_cell` for several cells, their missing generations (compat preset
-    excepted) run together by ``Model.generate_many``; returns steps generated."""
+    """:func:`run_cell` for several cells, their missing generations run together by
+    ``Model.generate_many`` (``Model.tempo2025_many`` for the compat preset); returns steps
+    generated. A leaking compat study's cells are not batched: each run there depends on
+    the runs before it (:func:`_run_leak_chains` runs them in order)."""
     sha = model.identity["sha256"]
-    batchable = [c for c in cells if c.preset is None
+    batchable = [c for c in cells if not (c.preset is not None and study.emulate_mask_leak)
                  and not (runs_dir / c.key(sha) / "run.json").exists()]
     generated = {}
-    # One batch per intervention condition (a batch shares its interventions).
-    for condition in dict.fromkeys(c.interventions for c in batchable):
-        group = [c for c in batchable if c.interventions == condition]
+    # One batch per condition (a batch shares its preset and its interventions).
+    for condition in dict.fromkeys((c.preset, c.interventions) for c in batchable):
+        group = [c for c in batchable if (c.preset, c.interventions) == condition]
         if len(group) > 1:
-            runs = model.generate_many([_generate_request(c) for c in group],
-                                       capture=study.capture, max_batch=study.batch,
-                                       interventions=_interventions(group[0], replay=False))
+            runs = _generate_together(model, study, group)
             generated.update({c.key(sha): r for c, r in zip(group, runs, strict=True)})
     return sum(run_cell(model, study, c, prompts[c.prompt_id], runs_dir,
                         generated=generated.get(c.key(sha))) for c in cells)

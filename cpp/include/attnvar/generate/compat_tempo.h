@@ -66,4 +66,19 @@ GenerationResult generate_tempo2025(const LlamaModel& model, const std::vector<i
                                     const TempoOptions& options,
                                     const InterruptCheck& interrupt = {});
 
+// Several compat runs at once: up to max_batch sequences are active; each round, every
+// active sequence's next one-token pass goes through one forward_batch() pass (each weight
+// read once for all of them); a run that stops leaves and the next takes its place. Runs of
+// the same prompt share its prefill pass (it depends on the prompt and the capture only).
+// results[i] is bit for bit generate_tempo2025(model, prompts[i], options[i]) — tree, slots,
+// captures, visibility — whatever the batch. Every option set must have the same capture
+// spec, and none may have leaked_masks: under the stale-mask leak each run depends on the
+// runs before it, so those runs go one after another through generate_tempo2025. Throws
+// ConfigError for those, mismatched lengths, max_batch < 1, or what generate_tempo2025 would
+// throw for any sequence (before any pass runs).
+std::vector<GenerationResult> generate_tempo2025_batch(
+    const LlamaModel& model, const std::vector<std::vector<int64_t>>& prompts,
+    const std::vector<TempoOptions>& options, int64_t max_batch = 8,
+    const InterruptCheck& interrupt = {});
+
 }  // namespace attnvar
