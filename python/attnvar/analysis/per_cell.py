@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from .._core import MissingError
 from ..engine import load_run
@@ -61,7 +62,13 @@ from ..study.store import (
 from ..util.atomic import remove_stale, write_atomic
 from ..util.lock import directory_lock
 from ..util.progress import progress_bar
-from ..util.threads import limit_worker_threads, one_thread, worker_threads
+from ..util.threads import (
+    check_not_bootstrapping,
+    limit_worker_threads,
+    one_thread,
+    start_context,
+    worker_threads,
+)
 from .controls import POSITIVE_TABLE, positive_control
 from .metrics import Sinks, as_view, count_pairs, find_sinks
 from .metrics.placebo import placebo_contrasts
@@ -311,6 +318,7 @@ def analyze_study(results: str | Path, workers: int = 1, progress: bool = True,
     replays. Cells analysed by an earlier call (same analysis version) are not redone.
     Holds the directory's lock (util.lock) while it writes.
     """
+    check_not_bootstrapping("analyze_study")
     results = Path(results)
     runs_path = results / TABLES / "runs.parquet"
     if not runs_path.exists():
@@ -346,15 +354,30 @@ def _analyze_study(results: Path, workers: int, progress: bool,
             for job in jobs:
                 finished(_analyze_one(*job))
     else:
-        with ProcessPoolExecutor(workers, initializer=limit_worker_threads,
-                                 initargs=(worker_threads(workers),)) as pool:
+        threads = worker_threads(workers)
+        with ProcessPoolExecutor(workers, mp_context=start_context(threads),
+                                 initializer=limit_worker_threads, initargs=(threads,)) as pool:
             for f in as_completed([pool.submit(_analyze_one, *job) for job in jobs]):
                 finished(f.result())
     if bar is not None:
         bar.close()
-    tables = write_analysis_tables(results, list(gen["run_id"]))
-    tables[POSITIVE_TABLE] = _positive_control(results, tables["degeneracy"], placebo,
-                                               read_study(results).get("model_path"))
+    cell_ids = list(gen["run_id"])
+    model_path = read_study(results).get("model_path")
+    if (results / ANALYSIS / f"{POSITIVE_TABLE}.parquet").exists():
+        tables = write_analysis_tables(results, cell_ids)
+        tables[POSITIVE_TABLE] = _positive_control(results, tables["degeneracy"], placebo,
+                                                   model_path)
+        return tables
+    # The positive control loads a model and replays runs with a full capture: in a worker
+    # process, while this one gathers the tables, it costs no memory on top of the tables
+    # (and its time overlaps theirs). It needs only the small degeneracy table, read first.
+    deg = _concat_parquet(_table_paths(results, cell_ids)["degeneracy"])
+    threads = torch.get_num_threads()
+    with ProcessPoolExecutor(1, mp_context=start_context(threads),
+                             initializer=limit_worker_threads, initargs=(threads,)) as pool:
+        control = pool.submit(_positive_control, results, deg, placebo, model_path)
+        tables = write_analysis_tables(results, cell_ids)
+        tables[POSITIVE_TABLE] = control.result()
     return tables
 
 
@@ -386,9 +409,7 @@ def write_analysis_tables(results: Path, cell_ids: list[str]) -> dict[str, pd.Da
     reads them, empty ones left out (:func:`_concat_parquet`); the files are read as
     Arrow tables by :data:`GATHER_THREADS` threads and converted to pandas once per
     table rather than once per file."""
-    adir = results / ANALYSIS
-    paths = {name: [p for p in (adir / f"{c}.{name}.parquet" for c in cell_ids) if p.exists()]
-             for name in TABLE_NAMES}
+    paths = _table_paths(results, cell_ids)
     out = {}
     with ThreadPoolExecutor(GATHER_THREADS) as pool, ThreadPoolExecutor(1) as writer:
         # Every read is queued at once, and a second thread writes the tables: the next
@@ -402,6 +423,13 @@ def write_analysis_tables(results: Path, cell_ids: list[str]) -> dict[str, pd.Da
         for w in written:
             w.result()
     return out
+
+
+def _table_paths(results: Path, cell_ids: list[str]) -> dict[str, list[Path]]:
+    """Per table name, the per-cell files of ``cell_ids`` that exist, in that order."""
+    adir = results / ANALYSIS
+    return {name: [p for p in (adir / f"{c}.{name}.parquet" for c in cell_ids) if p.exists()]
+            for name in TABLE_NAMES}
 
 
 def _write_table(path: Path, frame: pd.DataFrame) -> None:

@@ -26,7 +26,12 @@ from ..util.atomic import remove_stale, write_atomic
 from ..util.lock import directory_lock
 from ..util.markdown import markdown_table
 from ..util.progress import progress_bar
-from ..util.threads import limit_worker_threads, worker_threads
+from ..util.threads import (
+    check_not_bootstrapping,
+    limit_worker_threads,
+    start_context,
+    worker_threads,
+)
 from . import preregistration
 from .store import (
     GENERATED_KINDS,
@@ -279,7 +284,11 @@ def run_study(study: Study, results: Path, workers: int = 1, progress: bool = Tr
     or on a Ray instance of this machine that attnvar starts and stops when it is None.
     ``threads``: each Ray actor's CPU threads (Ray executor only; default in
     :func:`.ray_executor.run_on_ray`). With Ray, ``after_cells`` runs in this process,
-    on each group as it arrives. The runs, keys and tables are the same either way."""
+    on each group as it arrives. The runs, keys and tables are the same either way.
+    Workers of more than one thread each start from a clean process (util.threads), which
+    imports the calling script: a script must run its study under
+    ``if __name__ == "__main__":``."""
+    check_not_bootstrapping("run_study")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be ≥ 1, got {workers!r}")
     if executor not in EXECUTORS:
@@ -351,9 +360,11 @@ def _run_study(study: Study, results: Path, workers: int, progress: bool, after_
                 bar.update(len(group))
                 bar.set_postfix(steps=steps)
     else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker,
-                                 initargs=(study.model_path, study.device,
-                                           worker_threads(workers), study.weights)) as pool:
+        per_worker = worker_threads(workers)
+        with ProcessPoolExecutor(workers, mp_context=start_context(per_worker),
+                                 initializer=_init_worker,
+                                 initargs=(study.model_path, study.device, per_worker,
+                                           study.weights)) as pool:
             futures = {pool.submit(_worker_cells, study, group, prompts, str(runs_dir),
                                    after_cells):
                        len(group) for group in _groups(todo, study.batch)}

@@ -10,7 +10,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pandas as pd
 
-from ...util.threads import limit_worker_threads, worker_threads
+from ...util.threads import can_fork, limit_forked_threads, worker_threads
 from .. import stats
 from .checks import dataset, degeneracy, heads, predictability, prototype, robustness
 from .context import h4_context
@@ -104,7 +104,7 @@ _worker: tuple[StudyResults, list[Step]] | None = None  # a pool worker's (_star
 def _start_worker(res: StudyResults, steps: list[Step], threads: int) -> None:
     global _worker
     _worker = res, steps
-    limit_worker_threads(threads)
+    limit_forked_threads(threads)
     # What the worker inherited stays for its life: out of the collector's sight, a full
     # collection (statsmodels' Holm correction runs one per call) scans only the
     # worker's own objects, and inherited pages are not written to by the collector.
@@ -127,9 +127,9 @@ def _in_processes(res: StudyResults, steps: list[Step], workers: int
     tables. The analyses share no state: each seeds its own generators (stats, the
     predictability folds and permutations) and only reads ``res``, so each returns what
     it returns in one process. Each worker gets an equal share of the BLAS threads, as
-    the study's own workers do."""
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    the study's own workers do, and one torch thread (more would hang a forked child:
+    util.threads)."""
+    context = multiprocessing.get_context("fork" if can_fork() else None)
     order = sorted(range(len(steps)), key=lambda i: -COST.get(steps[i][0], 0.0))
     workers = min(workers, len(steps))
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
