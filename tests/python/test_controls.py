@@ -17,7 +17,6 @@ import pytest
 
 import attnvar
 from attnvar import hypotheses, prompts
-from attnvar.analysis import analyze_study
 from attnvar.analysis.hypotheses.controls import controls, placebo_summary
 from attnvar.analysis.metrics.placebo import matched_under_labels, placebo_labels_matrix
 from attnvar.analysis.per_cell import PLACEBO_DRAWS
@@ -47,19 +46,8 @@ def test_placebo_projection_equals_a_fit_per_draw():
     assert np.isnan(none).all()
 
 
-@pytest.fixture(scope="module")
-def small_study(bundled_path, tmp_path_factory):
-    items = [p for p in prompts.suite("core") if p.pair][:4]
-    study = Study(prompts=items, thresholds=[0.1], modes=["isolated", "visible"],
-                  replays=["serial", "top_only"], max_steps=8, model_path=str(bundled_path))
-    out = tmp_path_factory.mktemp("controls")
-    study.run(out, progress=False)
-    analyze_study(out, progress=False)
-    return out
-
-
-def test_positive_control_recovers_the_injected_bias(small_study):
-    res = hypotheses.load(small_study)
+def test_positive_control_recovers_the_injected_bias(small_core_study):
+    res = hypotheses.load(small_core_study)
     pc = res.tables["positive_control"]
     assert len(pc) >= 4 and (pc["note"] == "").all()
     err = float((pc["m2_shift"] - pc["delta"]).abs().max())
@@ -74,10 +62,10 @@ def test_positive_control_recovers_the_injected_bias(small_study):
     assert t.tables["positive"]["ok"].iloc[0] and not t.facts["failed"]
 
 
-def test_placebo_summary_recomputed_from_the_draws(small_study):
+def test_placebo_summary_recomputed_from_the_draws(small_core_study):
     from scipy import stats as sps
 
-    res = hypotheses.load(small_study)
+    res = hypotheses.load(small_core_study)
     table = placebo_summary(res)
     draws = res.tables["placebo"].merge(res.kept_cells()[["cell_id", "prompt_id", "mode"]],
                                         on="cell_id")
@@ -99,8 +87,8 @@ def test_placebo_summary_recomputed_from_the_draws(small_study):
         assert abs(row["rate_low"] - ci.low) < 1e-12 and abs(row["rate_high"] - ci.high) < 1e-12
 
 
-def test_a_failed_control_withholds_every_verdict(small_study):
-    res = hypotheses.load(small_study)
+def test_a_failed_control_withholds_every_verdict(small_core_study):
+    res = hypotheses.load(small_core_study)
     findings = hypotheses.run_all(res, predict=False)
     ok = document.summary_table(findings)
     assert not ok["verdict"].str.startswith("withheld").any()

@@ -12,13 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from attnvar import prompts
-from attnvar.analysis import TABLE_NAMES, analyze_study, per_cell
+from attnvar.analysis import TABLE_NAMES, per_cell
 from attnvar.analysis import hypotheses as compute
 from attnvar.analysis.hypotheses import suite
 from attnvar.analysis.hypotheses.results import prompt_rows, reading_tables
 from attnvar.report import document, plots
-from attnvar.study import Study
 
 PERMUTATIONS = 19
 
@@ -110,17 +108,6 @@ def test_one_schema_gathers_in_one_piece_and_keeps_the_cell_order(tmp_path):
 
 
 # ---- the report computed by several processes ----------------------------------------------
-@pytest.fixture(scope="module")
-def study_dir(bundled_path, tmp_path_factory):
-    items = [p for p in prompts.suite("core") if p.pair][:4]
-    study = Study(prompts=items, thresholds=[0.1], modes=["isolated", "visible"],
-                  replays=["serial", "top_only"], max_steps=6, model_path=str(bundled_path))
-    out = tmp_path_factory.mktemp("parallel")
-    study.run(out, progress=False)
-    analyze_study(out, progress=False)
-    return out
-
-
 def _same_value(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
@@ -132,8 +119,8 @@ def _same_value(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
-def test_compute_all_in_two_processes_equals_one_exactly(study_dir):
-    res = compute.load(study_dir)
+def test_compute_all_in_two_processes_equals_one_exactly(small_core_study):
+    res = compute.load(small_core_study)
     before = {k: v.copy() for k, v in res.tables.items()}
     one = compute.compute_all(res, n_permutations=PERMUTATIONS)
     two = compute.compute_all(res, n_permutations=PERMUTATIONS, workers=2)
@@ -154,11 +141,11 @@ def test_compute_all_in_two_processes_equals_one_exactly(study_dir):
         pd.testing.assert_frame_equal(res.tables[name], table, check_exact=True)
 
 
-def test_views_of_the_tables_are_kept_only_while_reading(study_dir):
+def test_views_of_the_tables_are_kept_only_while_reading(small_core_study):
     """compute_all keeps the views the analyses derive from the tables (reading_tables):
     the same numbers as views derived afresh, and outside a block a table changed in
     place is seen as it is."""
-    res = compute.load(study_dir)
+    res = compute.load(small_core_study)
     fresh = compute.robustness(res).tables["specifications"]
     metrics = res.tables["metrics"]
     with reading_tables():
@@ -174,8 +161,8 @@ def test_views_of_the_tables_are_kept_only_while_reading(study_dir):
     assert not len(prompt_rows(metrics, "M1", "plain", True, source=res.contrast_encoding))
 
 
-def test_an_analysis_error_in_a_worker_is_raised_here(study_dir, monkeypatch):
-    res = compute.load(study_dir)
+def test_an_analysis_error_in_a_worker_is_raised_here(small_core_study, monkeypatch):
+    res = compute.load(small_core_study)
 
     def broken(res, **kw):
         raise RuntimeError("not a data error")
@@ -211,9 +198,9 @@ def test_figures_rendered_by_two_processes_are_the_same_png_bytes():
     assert plots.png_bytes_all(_figures(), document.FIGURE_DPI) == one
 
 
-def test_the_report_written_by_two_processes_is_the_same_files(study_dir, tmp_path):
-    a = document.write_report(study_dir, out=tmp_path / "one", predict=False).parent
-    b = document.write_report(study_dir, out=tmp_path / "two", predict=False,
+def test_the_report_written_by_two_processes_is_the_same_files(small_core_study, tmp_path):
+    a = document.write_report(small_core_study, out=tmp_path / "one", predict=False).parent
+    b = document.write_report(small_core_study, out=tmp_path / "two", predict=False,
                               workers=2).parent
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
