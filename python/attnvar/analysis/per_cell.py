@@ -363,7 +363,7 @@ def _analyze_study(results: Path, workers: int, progress: bool,
         bar.close()
     cell_ids = list(gen["run_id"])
     model_path = read_study(results).get("model_path")
-    if (results / ANALYSIS / f"{POSITIVE_TABLE}.parquet").exists():
+    if _positive_path(results).exists():  # computed before: read, no model to load
         tables = write_analysis_tables(results, cell_ids)
         tables[POSITIVE_TABLE] = _positive_control(results, tables["degeneracy"], placebo,
                                                    model_path)
@@ -381,11 +381,15 @@ def _analyze_study(results: Path, workers: int, progress: bool,
     return tables
 
 
+def _positive_path(results: Path) -> Path:
+    return results / ANALYSIS / f"{POSITIVE_TABLE}.parquet"
+
+
 def _positive_control(results: Path, deg: pd.DataFrame, placebo: PlaceboPlan,
                       model_path: str | None) -> pd.DataFrame:
     """The positive control (controls.py), computed once per analysis version and kept in
     ``analysis/`` like the cells' tables, then copied to ``tables/``."""
-    done = results / ANALYSIS / f"{POSITIVE_TABLE}.parquet"
+    done = _positive_path(results)
     if done.exists():
         frame = pd.read_parquet(done)
     else:
