@@ -243,3 +243,76 @@ def test_every_tensor_file_is_checksummed_and_a_changed_byte_is_caught(model, tm
     extras.unlink()
     with pytest.raises(attnvar.FormatError, match="extras.safetensors is missing"):
         load_run(tmp_path / "run")
+
+
+def _reference_file(rec: PassRecord) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """What a pass file holds under the storage rules, decided one layer and one tensor at
+    a time (as attnvar first wrote them): attention left out where ``torch.equal`` to the
+    softmax of its scores; the mask where a score is −∞ in every layer and head; each
+    3-D score (and α that is +0.0 at every masked entry) cut to its stored entries."""
+    flat = {f"layer{i:03d}.{n}": t for n in ("attention", "scores", "value_norms")
+            for i, t in enumerate(getattr(rec, n))}
+    derived = [i for i, (a, s) in enumerate(zip(rec.attention, rec.scores, strict=False))
+               if a.dtype == s.dtype == torch.float32 and a.shape == s.shape
+               and torch.equal(torch.softmax(s, dim=-1, dtype=torch.float32), a)]
+    for i in derived:
+        del flat[f"layer{i:03d}.attention"]
+    meta = {ATTENTION_FROM_SCORES: ",".join(map(str, derived))} if derived else {}
+    masked = torch.ones(rec.scores[0].shape[1:], dtype=torch.bool)
+    for s in rec.scores:
+        masked &= torch.isneginf(s).all(0)
+    sparse = []
+    for name in sorted(flat):
+        t, field = flat[name], name.rsplit(".", 1)[1]
+        if not masked.any() or field not in ("scores", "attention") or t.dim() != 3:
+            continue
+        if field == "attention" and not ((t[:, masked] == 0) & ~torch.signbit(t[:, masked])).all():
+            continue
+        flat[name] = t[:, ~masked]
+        sparse.append(name)
+    if sparse:
+        flat[STORED_ENTRIES] = ~masked
+        meta[SPARSE_TENSORS] = ",".join(sparse)
+    return flat, meta
+
+
+def test_pass_files_hold_what_the_rules_decided_layer_by_layer(model, tmp_path):
+    """The writer decides for all layers at once (one softmax, one gather per field); its
+    files hold exactly what the per-layer rules give: the same tensors bit for bit, the
+    same metadata, for generation, replays, a knockout in some layers, f16 captures and
+    edited records (NaN, α ≠ 0 or −0.0 under the mask, one layer's α perturbed)."""
+    capture = attnvar.Capture(scores=True)
+    run = model.generate("The cat sat on the", threshold=0.1, max_steps=6, capture=capture)
+    parallel = [int(i) for i in run.slots["is_parallel"].to_numpy().nonzero()[0]]
+    knocked = model.replay(run, "shared_isolated", capture=capture,
+                           interventions=[{"layer_begin": 2, "layer_end": 4,
+                                           "key_slots": parallel, "delta": float("-inf")}])
+    half = model.generate("Once upon a time", threshold=0.1, max_steps=3,
+                          capture=attnvar.Capture(scores=True, dtype="float16"))
+    records = [*run.passes, model.replay(run, "serial", capture=capture).passes[0],
+               knocked.passes[0], *half.passes]
+    base = records[-len(half.passes) - 2]  # the serial replay: causal, half masked
+    scores = [t.clone() for t in base.scores]
+    attention = [t.clone() for t in base.attention]
+    scores[1][0, 1, 0] = float("nan")
+    qi, ki = torch.isneginf(scores[4][0]).nonzero()[0].tolist()
+    attention[4][0, qi, ki] = 1e-3
+    attention[5][0, qi, ki] = -0.0
+    attention[7][2, 3, 1] = torch.nextafter(attention[7][2, 3, 1], torch.tensor(2.0))
+    records.append(PassRecord(base.step, base.first_slot, base.num_queries,
+                              {"attention": attention, "scores": scores, "value_norms": []}))
+    seen_derived = seen_stored_attention = 0
+    for n, rec in enumerate(records):
+        path = tmp_path / f"{n}.safetensors"
+        rec.write(path)
+        want, want_meta = _reference_file(rec)
+        with safe_open(str(path), "pt") as f:
+            got = {k: f.get_tensor(k) for k in f.keys()}
+            got_meta = f.metadata() or {}
+        assert got_meta == want_meta, n
+        assert sorted(got) == sorted(want), n
+        for k, t in want.items():
+            assert _same_bits(got[k], t.contiguous()), (n, k)
+        seen_derived += ATTENTION_FROM_SCORES in got_meta
+        seen_stored_attention += any(k.endswith(".attention") for k in got)
+    assert seen_derived and seen_stored_attention  # both rules were exercised

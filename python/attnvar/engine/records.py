@@ -10,7 +10,7 @@ import torch
 
 from .. import _core
 from .._core import FormatError
-from ..util.atomic import write_with
+from .tensor_file import write_tensor_file
 
 FIELDS = ("attention", "scores", "value_norms")
 # safetensors metadata key: the layers whose attention a pass file does not store, because
@@ -164,24 +164,38 @@ class PassRecord:
     def hooks(self) -> dict[str, torch.Tensor]:
         return self._fields(attention=False).get("hooks", {})
 
-    def write(self, path: Path) -> None:
-        """Write this pass's tensors to one safetensors file, atomically."""
-        from safetensors.torch import save_file
-
+    def write(self, path: Path, *, in_staging: bool = False) -> str:
+        """Write this pass's tensors to one safetensors file, atomically (``in_staging``:
+        into a run's staging directory, see :func:`attnvar.util.atomic.write_atomic`).
+        Returns the file's SHA-256 (hex)."""
         fields = self._fields()
         flat = {f"layer{i:03d}.{name}": t.contiguous()
                 for name in FIELDS for i, t in enumerate(fields[name])}
         flat.update({HOOK_PREFIX + name: t.contiguous()
                      for name, t in fields.get("hooks", {}).items()})
-        derived = [i for i, (a, s) in enumerate(zip(fields["attention"], fields["scores"],
-                                                     strict=False)) if recomputable(a, s)]
+        derived = _recomputable_layers(fields["attention"], fields["scores"])
         for i in derived:
             del flat[f"layer{i:03d}.attention"]
         meta = {ATTENTION_FROM_SCORES: ",".join(str(i) for i in derived)} if derived else {}
         sparse = _sparsify(flat, fields["scores"])
         if sparse:
             meta[SPARSE_TENSORS] = ",".join(sparse)
-        write_with(path, lambda tmp: save_file(flat, tmp, metadata=meta or None))
+        return write_tensor_file(path, flat, meta or None, in_staging=in_staging)
+
+
+def _recomputable_layers(attention: list[torch.Tensor], scores: list[torch.Tensor]) -> list[int]:
+    """The layers whose attention is :func:`recomputable` from their scores. Layers of one
+    shape are checked together: one softmax of all their scores (a row's softmax is the
+    same computed alone or in a batch, which is how :func:`_derive_attention` recomputes
+    them on load)."""
+    pairs = list(zip(attention, scores, strict=False))
+    if (len(pairs) > 1 and len({(a.shape, s.shape) for a, s in pairs}) == 1
+            and pairs[0][0].shape == pairs[0][1].shape
+            and all(a.dtype == torch.float32 and s.dtype == torch.float32 for a, s in pairs)):
+        a = torch.stack([a for a, _ in pairs])
+        same = (attention_of(torch.stack([s for _, s in pairs])) == a).flatten(1).all(1)
+        return [i for i, ok in enumerate(same.tolist()) if ok]
+    return [i for i, (a, s) in enumerate(pairs) if recomputable(a, s)]
 
 
 def _is_fill(t: torch.Tensor, fill: float) -> torch.Tensor:
@@ -194,27 +208,41 @@ def _is_fill(t: torch.Tensor, fill: float) -> torch.Tensor:
 def _sparsify(flat: dict[str, torch.Tensor], scores: list[torch.Tensor]) -> list[str]:
     """Replace in ``flat`` each layer's scores (and each stored α that is +0.0 wherever
     they are masked) by its entries outside the pass's mask; add the mask. Returns the
-    names stored that way (none when nothing is masked, or the layers' shapes differ)."""
+    names stored that way (none when nothing is masked, or the layers' shapes differ).
+
+    The tensors of one field and dtype are gathered at once (their heads concatenated,
+    then the kept entries taken by one index), and each name then holds its rows of the
+    result: the same values as taking each tensor's entries alone."""
     if not scores or len({tuple(t.shape[1:]) for t in scores}) != 1:
         return []
-    masked = torch.ones(scores[0].shape[1:], dtype=torch.bool)
-    for t in scores:
-        masked &= _is_fill(t, MASKED_FILL["scores"]).all(dim=0)
+    all_scores = scores[0] if len(scores) == 1 else torch.cat(scores)
+    masked = _is_fill(all_scores, MASKED_FILL["scores"]).all(dim=0)
     if not masked.any():
         return []
     keep = ~masked
-    names = []
+    candidates: dict[tuple[str, torch.dtype], list[str]] = {}
     for name in sorted(flat):
         field = name.rsplit(".", 1)[1]
         t = flat[name]
-        if field not in MASKED_FILL or t.dim() != 3 or tuple(t.shape[1:]) != tuple(keep.shape):
-            continue
-        if field == "attention" and not bool(_is_fill(t[:, masked], 0.0).all()):
-            continue
-        flat[name] = t[:, keep].contiguous()
-        names.append(name)
+        if field in MASKED_FILL and t.dim() == 3 and tuple(t.shape[1:]) == tuple(keep.shape):
+            candidates.setdefault((field, t.dtype), []).append(name)
+    names = []
+    for (field, _), group in candidates.items():
+        parts = [flat[name] for name in group]
+        whole = parts[0] if len(parts) == 1 else torch.cat(parts)
+        rows = [t.shape[0] for t in parts]
+        if field == "attention":  # stored sparse only where +0.0 at every masked entry
+            at_mask = _is_fill(whole[:, masked], 0.0)
+            ok = [bool(block.all()) for block in at_mask.split(rows)]
+        else:
+            ok = [True] * len(group)
+        kept = whole[:, keep]
+        for name, block, use in zip(group, kept.split(rows), ok, strict=True):
+            if use:
+                flat[name] = block
+                names.append(name)
     flat[STORED_ENTRIES] = keep
-    return names
+    return sorted(names)
 
 
 def _layer_names(field: str, layers: int) -> list[str]:

@@ -22,8 +22,9 @@ import torch
 
 from .._build_info import ATTNVAR_VERSION
 from .._core import FormatError, MissingError
-from ..util.atomic import new_staging_dir, publish_dir, write_atomic, write_with
+from ..util.atomic import fsync_dir, fsync_file, new_staging_dir, publish_dir, write_atomic
 from .records import PassRecord, load_tensors, tree_from_dict, tree_to_dict
+from .tensor_file import write_tensor_file
 
 if TYPE_CHECKING:
     from .run import Run
@@ -60,8 +61,9 @@ class PassStream:
     def __call__(self, core_pass) -> None:
         rec = PassRecord.from_core(core_pass)
         path = pass_file(self.staging, len(self.records))
-        rec.write(path)
-        self.records.append(PassRecord(rec.step, rec.first_slot, rec.num_queries, source=path))
+        sha = rec.write(path, in_staging=True)
+        self.records.append(PassRecord(rec.step, rec.first_slot, rec.num_queries, source=path,
+                                       sha256=sha))
 
 
 def run_to_dict(run: Run) -> dict:
@@ -101,28 +103,29 @@ def save_run(run: Run, path: str | os.PathLike, staging: Path | None = None) -> 
     target = Path(path)
     staging = staging or new_staging(target)
     try:
+        hashes = []
         for i, p in enumerate(run.passes):
             dest = pass_file(staging, i)
-            if p.source is not None and Path(p.source) == dest:
-                continue
-            if p.source is not None and Path(p.source).exists():
+            if p.source is not None and Path(p.source) == dest:  # streamed here
+                hashes.append(p.sha256 or file_sha256(dest))
+            elif p.source is not None and Path(p.source).exists():
                 shutil.copyfile(p.source, dest)
+                fsync_file(dest)
+                hashes.append(file_sha256(dest))
             else:
-                p.write(dest)
+                hashes.append(p.write(dest, in_staging=True))
         extras = {}
         if run.distributions is not None:
             extras["distributions"] = run.distributions.contiguous()
         if run.visibility is not None:
             extras["visibility"] = run.visibility.contiguous()
-        if extras:
-            from safetensors.torch import save_file
-
-            write_with(staging / EXTRAS_FILE, lambda tmp: save_file(extras, tmp))
         meta = run_to_dict(run)
-        for i, entry in enumerate(meta["capture"]["passes"]):
-            entry["sha256"] = file_sha256(pass_file(staging, i))
-        if (staging / EXTRAS_FILE).exists():
-            meta["extras_sha256"] = file_sha256(staging / EXTRAS_FILE)
+        for entry, sha in zip(meta["capture"]["passes"], hashes, strict=True):
+            entry["sha256"] = sha
+        if extras:
+            meta["extras_sha256"] = write_tensor_file(staging / EXTRAS_FILE, extras,
+                                                      in_staging=True)
+        fsync_dir(staging / CAPTURE_DIR)  # the files written in place above
         write_atomic(staging / RUN_JSON, json.dumps(meta))
         publish_dir(staging, target)
     except BaseException:

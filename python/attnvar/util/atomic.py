@@ -14,7 +14,7 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 TMP_MARK = ".tmp-"
@@ -43,7 +43,8 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: str | os.PathLike) -> None:
+    """Make the content of the file ``path`` durable."""
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
 
@@ -57,7 +58,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = temp_sibling(path)
     try:
         yield tmp
-        _fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -66,12 +67,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fsync_dir(path.parent)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write ``data`` (str is UTF-8 encoded) to ``path`` atomically and durably."""
+def write_atomic(path: str | os.PathLike, data: bytes | str | Sequence, *,
+                 in_staging: bool = False) -> None:
+    """Write ``data`` (str is UTF-8 encoded; a sequence of bytes-like buffers is written
+    one after the other) to ``path`` atomically and durably.
+
+    ``in_staging``: ``path`` lies in a directory from :func:`new_staging_dir` that nobody
+    reads before :func:`publish_dir` renames it into place. The file is then written under
+    its own name and fsync'd, without a temporary sibling, a rename or a directory fsync:
+    the staging directory is unseen until published, a writer killed before leaves only
+    the staging directory (which :func:`remove_stale` deletes), and the one who publishes
+    fsyncs the directories the files are in first (:func:`fsync_dir`)."""
     if isinstance(data, str):
         data = data.encode("utf-8")
+    parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+    if in_staging:
+        path = Path(path)
+        try:
+            with open(path, "wb") as f:
+                f.writelines(parts)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            raise
+        return
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
+        f.writelines(parts)
 
 
 def write_with(path: str | os.PathLike, writer: Callable[[str], object]) -> None:
@@ -134,5 +157,5 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["atomic_path", "fsync_dir", "new_staging_dir", "publish_dir", "remove_stale",
-           "temp_sibling", "write_atomic", "write_with"]
+__all__ = ["atomic_path", "fsync_dir", "fsync_file", "new_staging_dir", "publish_dir",
+           "remove_stale", "temp_sibling", "write_atomic", "write_with"]
