@@ -3,6 +3,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <fmt/format.h>
 
 #include <map>
 #include <string>
@@ -332,6 +333,50 @@ void bind_generate(py::module_& m) {
       py::arg("logits") = true,
       "Teacher-force a tree under an encoding (one pass, or chunks of whole steps). "
       "logits=False skips the output projection: no logits, no distributions.");
+
+  m.def(
+      "replay_batch",
+      [](const LlamaModel& model, const std::vector<Tree>& trees,
+         const std::vector<std::string>& encodings, const std::vector<py::list>& interventions,
+         const std::vector<py::list>& edit_lists, int64_t max_batch, const std::string& policy,
+         double temperature, bool capture, std::optional<std::vector<int64_t>> layers,
+         std::optional<std::vector<int64_t>> heads, bool probabilities, bool scores,
+         bool value_norms, const std::string& capture_dtype,
+         std::optional<std::vector<std::string>> hooks, const py::object& hook_fns,
+         bool logits) {
+        if (encodings.size() != trees.size() || interventions.size() != trees.size() ||
+            edit_lists.size() != trees.size()) {
+          throw ConfigError(fmt::format(
+              "replay_batch: {} trees, {} encodings, {} intervention lists, {} edit lists",
+              trees.size(), encodings.size(), interventions.size(), edit_lists.size()));
+        }
+        const CaptureSpec spec = capture_spec(capture, layers, heads, probabilities, scores,
+                                              value_norms, capture_dtype, hooks);
+        const auto callbacks = hook_callbacks(hook_fns);
+        std::vector<ReplayOptions> opts(trees.size());
+        for (size_t i = 0; i < trees.size(); ++i) {
+          ReplayOptions& o = opts[i];
+          o.encoding = encoding_from_string(encodings[i]);
+          o.logits = logits;
+          o.interventions = key_biases(interventions[i]);
+          o.policy = next_step_policy_from_string(policy);
+          o.temperature = temperature;
+          o.capture = spec;
+          o.edits = hook_edits(edit_lists[i]);
+          o.callbacks = &callbacks;
+        }
+        py::gil_scoped_release release;
+        return replay_batch(model, trees, opts, max_batch);
+      },
+      py::arg("model"), py::arg("trees"), py::arg("encodings"), py::arg("interventions"),
+      py::arg("edit_lists"), py::arg("max_batch") = 8, py::arg("policy") = "mixture",
+      py::arg("temperature") = 1.0, py::arg("capture") = false, py::arg("layers") = py::none(),
+      py::arg("heads") = py::none(), py::arg("probabilities") = true, py::arg("scores") = false,
+      py::arg("value_norms") = false, py::arg("capture_dtype") = "float32",
+      py::arg("hooks") = py::none(), py::arg("hook_fns") = py::none(), py::arg("logits") = true,
+      "Several replays (one pass each), up to max_batch per forward pass; trees[i] under "
+      "encodings[i] with interventions[i] and edits[i]. Each result is bit for bit replay() "
+      "of that tree alone.");
 
   m.def("printed_set_starts", &printed_set_starts, py::arg("tree"),
         "Printed-sequence index of each set's first member (compat bookkeeping).");

@@ -40,9 +40,10 @@ bool gemv_rows_kernel_applies(const at::Tensor& x, const Linear& w, const at::Te
 
 // Runs of rows that the gemv kernels take are gathered across sequences, up to 16 rows per
 // call; any other sequence gets its own call (project_segments' contract).
-template <typename W>
+// `alone(segment)` projects a sequence that gets its own call.
+template <typename W, typename Alone>
 at::Tensor segments(const at::Tensor& x, const std::vector<int64_t>& rows, const W& w,
-                    const at::Tensor& b) {
+                    const at::Tensor& b, const Alone& alone) {
   if (rows.size() <= 1) return project(x, w, b);
   const bool gemv = gemv_rows_kernel_applies(x, w, b);
   std::vector<at::Tensor> parts;
@@ -62,7 +63,7 @@ at::Tensor segments(const at::Tensor& x, const std::vector<int64_t>& rows, const
       run_rows += n;
     } else {
       flush();
-      parts.push_back(project(x.narrow(0, offset, n), w, b));
+      parts.push_back(alone(x.narrow(0, offset, n)));
     }
     offset += n;
   }
@@ -109,7 +110,7 @@ at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
 
 at::Tensor project_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
                             const at::Tensor& w, const at::Tensor& b) {
-  return segments(x, rows, w, b);
+  return segments(x, rows, w, b, [&](const at::Tensor& xs) { return project(xs, w, b); });
 }
 
 at::Tensor project(const at::Tensor& x, const Linear& w, const at::Tensor& b) {
@@ -130,8 +131,18 @@ at::Tensor project(const at::Tensor& x, const Linear& w, const at::Tensor& b) {
 
 at::Tensor project_segments(const at::Tensor& x, const std::vector<int64_t>& rows,
                             const Linear& w, const at::Tensor& b) {
-  if (!w.quantized()) return segments(x, rows, w.dense(), b);
-  return segments(x, rows, w, b);
+  if (!w.quantized()) return project_segments(x, rows, w.dense(), b);
+  // The sequences projected alone (more rows than the gemv kernels take: a replay, a
+  // prefill) share one decoded matrix: decoded once per call, not once per sequence. Each
+  // product is the same linear() on the same values as project() would make alone.
+  at::Tensor dense;
+  return segments(x, rows, w, b, [&](const at::Tensor& xs) {
+    if (!(gemv_rows_kernel_applies(xs, w, b) && xs.size(0) <= kGemvRowsMax)) {
+      if (!dense.defined()) dense = dequantized_for_gemm(w);
+      return b.defined() ? at::linear(xs, dense, b) : at::linear(xs, dense);
+    }
+    return project(xs, w, b);
+  });
 }
 
 }  // namespace attnvar

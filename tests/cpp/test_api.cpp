@@ -167,3 +167,63 @@ TEST_CASE("min_new_steps selects without EOS before it, from q_t renormalised", 
   o.min_new_steps = -1;
   CHECK_THROWS_AS(generate(model, prompt, o), ConfigError);
 }
+
+TEST_CASE("replay_batch gives each tree bit for bit its own replay()", "[api]") {
+  const LlamaModel model = testing::tiny_model();
+  // Trees of several lengths and set widths (one of 20 members: more rows than the gemv
+  // kernels take), replayed under every encoding, with and without a key bias.
+  std::vector<Tree> trees;
+  const std::vector<std::vector<int64_t>> prompts = {{3, 4, 5}, {9}, {1, 2, 3, 4, 5, 6, 7}};
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    GenerateOptions g;
+    g.threshold = i == 2 ? 1e-6 : 0.05;
+    g.max_width = 20;
+    g.max_steps = 3 + static_cast<int64_t>(i);
+    g.eos_ids = {};
+    trees.push_back(generate(model, prompts[i], g).tree);
+  }
+  CaptureSpec spec;
+  spec.enabled = true;
+  spec.scores = true;
+  std::vector<Tree> batch_trees;
+  std::vector<ReplayOptions> options;
+  for (const Encoding e : {Encoding::kSharedIsolated, Encoding::kSharedVisible,
+                           Encoding::kSharedCausal, Encoding::kSerial, Encoding::kFractional,
+                           Encoding::kTopOnly}) {
+    for (size_t i = 0; i < trees.size(); ++i) {
+      ReplayOptions o;
+      o.encoding = e;
+      o.capture = spec;
+      if (i == 1) o.interventions.push_back(KeyBias{0, 1, {}, {0}, -0.75});
+      if (i == 2 && e == Encoding::kSerial) o.chunk_size = 4;  // chunked: runs alone
+      batch_trees.push_back(trees[i]);
+      options.push_back(o);
+    }
+  }
+  for (const int64_t max_batch : {1, 4, 64}) {
+    const auto got = replay_batch(model, batch_trees, options, max_batch);
+    REQUIRE(got.size() == batch_trees.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      const ReplayResult want = replay(model, batch_trees[i], options[i]);
+      CHECK(at::equal(got[i].logits, want.logits));
+      CHECK(at::equal(got[i].distributions, want.distributions));
+      REQUIRE(got[i].passes.size() == want.passes.size());
+      for (size_t p = 0; p < want.passes.size(); ++p) {
+        CHECK(got[i].passes[p].first_slot == want.passes[p].first_slot);
+        REQUIRE(got[i].passes[p].layers.size() == want.passes[p].layers.size());
+        for (size_t l = 0; l < want.passes[p].layers.size(); ++l) {
+          CHECK(at::equal(got[i].passes[p].layers[l].scores, want.passes[p].layers[l].scores));
+          CHECK(at::equal(got[i].passes[p].layers[l].probabilities,
+                          want.passes[p].layers[l].probabilities));
+        }
+      }
+    }
+  }
+  CHECK(trees[2].steps.front().members.size() > 16);
+  // One capture for the batch; lengths must match; max_batch at least 1.
+  std::vector<ReplayOptions> mixed = {options[0], options[1]};
+  mixed[1].capture = CaptureSpec{};
+  CHECK_THROWS_AS(replay_batch(model, {trees[0], trees[1]}, mixed), ConfigError);
+  CHECK_THROWS_AS(replay_batch(model, {trees[0]}, {options[0], options[1]}), ConfigError);
+  CHECK_THROWS_AS(replay_batch(model, {trees[0]}, {options[0]}, 0), ConfigError);
+}

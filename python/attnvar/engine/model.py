@@ -567,27 +567,12 @@ class Model:
         model's) is refused: its token ids mean other tokens here, even where they fit
         the vocabulary. ``other_model=True`` replays it anyway (e.g. a model and its
         fine-tune sharing a tokenizer); a bare tree carries no model and is not checked."""
-        if isinstance(tree, Run):
-            made_by = (tree.model or {}).get("sha256")
-            if made_by and made_by != self.identity.get("sha256") and not other_model:
-                raise ValueError(
-                    f"replay: this run was made by another model ({tree.model.get('path')}, "
-                    f"sha256 {made_by[:12]}…) than this one ({self.path}, sha256 "
-                    f"{str(self.identity.get('sha256'))[:12]}…); its token ids name other "
-                    "tokens here. Pass other_model=True to replay it anyway")
-            tree = tree.tree
-        _check_choice("encoding", encoding, ENCODINGS)
         if isinstance(chunk_size, bool) or int(chunk_size) < 0:
             raise ValueError(f"chunk_size must be an integer ≥ 0 (0: one pass), got "
                              f"{chunk_size!r}")
         _check_choice("policy", policy, POLICIES)
-        layout_ids = _core.encode(tree, encoding).token_ids.tolist()
-        biases, edits, described = prepare_interventions(interventions, layout_ids)
-        n = tree.prompt_length + sum(len(s.members) for s in tree.steps)
-        # Positions: one per slot under serial; one per step (shared or fractional within
-        # it) otherwise.
-        positions = n if encoding == "serial" else tree.prompt_length + len(tree.steps)
-        self._check_context(positions, "replay", f"{n} slots under {encoding}", beyond_context)
+        tree, biases, edits, described, n = self._replay_request(
+            "replay", tree, encoding, interventions, other_model, beyond_context)
         kw, layers, heads, hooks = self._capture_kwargs(capture, n)
         res = _core.replay(self.core, tree, encoding, interventions=biases, edits=edits,
                            hook_fns=_hook_fns(hook_fns, self.num_layers),
@@ -598,6 +583,94 @@ class Model:
                        logits=bool(logits), **_hook_fn_record(hook_fns))
         return self._run("replay", encoding, res, options, layers, heads, tree=tree,
                          slots=res.layout.slots, visibility=res.layout.visibility, hooks=hooks)
+
+    def _replay_request(self, where: str, tree, encoding: str, interventions: Sequence,
+                        other_model: bool, beyond_context: bool) -> tuple:
+        """One replay's checked inputs: the bare tree, its interventions as _core takes
+        them (key biases, hook edits) and as a run records them, and its slot count."""
+        if isinstance(tree, Run):
+            made_by = (tree.model or {}).get("sha256")
+            if made_by and made_by != self.identity.get("sha256") and not other_model:
+                raise ValueError(
+                    f"{where}: this run was made by another model ({tree.model.get('path')}, "
+                    f"sha256 {made_by[:12]}…) than this one ({self.path}, sha256 "
+                    f"{str(self.identity.get('sha256'))[:12]}…); its token ids name other "
+                    "tokens here. Pass other_model=True to replay it anyway")
+            tree = tree.tree
+        if not isinstance(tree, _core.Tree):
+            raise TypeError(f"{where}: tree must be a Run or an attnvar Tree, got "
+                            f"{type(tree).__name__}")
+        _check_choice("encoding", encoding, ENCODINGS)
+        layout_ids = _core.encode(tree, encoding).token_ids.tolist()
+        biases, edits, described = prepare_interventions(interventions, layout_ids)
+        n = tree.prompt_length + sum(len(s.members) for s in tree.steps)
+        # Positions: one per slot under serial; one per step (shared or fractional within
+        # it) otherwise.
+        positions = n if encoding == "serial" else tree.prompt_length + len(tree.steps)
+        self._check_context(positions, where, f"{n} slots under {encoding}", beyond_context)
+        return tree, biases, edits, described, n
+
+    def replay_many(
+        self,
+        requests: Sequence,
+        capture: Capture | None = None,
+        max_batch: int = 8,
+        policy: str = "mixture",
+        temperature: float = 1.0,
+        logits: bool = True,
+        other_model: bool = False,
+        beyond_context: bool = False,
+    ) -> list[Run]:
+        """Several one-pass :meth:`replay` calls, up to ``max_batch`` trees in one forward
+        pass: every weight is read (and a quantized one decoded) once for all their rows.
+        Each request is a dict with ``tree`` (a Run or a Tree), ``encoding`` (default
+        ``shared_isolated``) and ``interventions`` (default none), or a ``(tree, encoding)``
+        pair. Each Run is bit for bit ``replay()`` of that request alone with the same
+        ``capture``, ``policy``, ``temperature`` and ``logits``. Python functions at hook
+        points (``hook_fns``) and chunked replays are :meth:`replay`'s alone. Raises
+        ValueError naming the request for bad input, before any pass runs."""
+        max_batch = _check_max_batch(max_batch)
+        _check_choice("policy", policy, POLICIES)
+        if isinstance(requests, (str, bytes, dict)) or not isinstance(requests, Sequence):
+            raise ValueError("replay_many: requests must be a list of dicts or "
+                             "(tree, encoding) pairs")
+        trees, encodings, biases, edits, described, longest = [], [], [], [], [], 0
+        for i, req in enumerate(requests):
+            where = f"replay_many: request {i}"
+            if isinstance(req, dict):
+                unknown = set(req) - {"tree", "encoding", "interventions"}
+                if unknown or "tree" not in req:
+                    raise ValueError(f"{where}: a request has 'tree' and optionally "
+                                     f"'encoding' and 'interventions' (got {sorted(req)})")
+                tree, encoding = req["tree"], req.get("encoding", "shared_isolated")
+                interventions = req.get("interventions", ())
+            elif isinstance(req, (tuple, list)) and len(req) == 2:
+                (tree, encoding), interventions = req, ()
+            else:
+                raise ValueError(f"{where}: a dict or a (tree, encoding) pair, got "
+                                 f"{type(req).__name__}")
+            tree, b, e, d, n = self._replay_request(where, tree, encoding, interventions,
+                                                     other_model, beyond_context)
+            trees.append(tree)
+            encodings.append(encoding)
+            biases.append(b)
+            edits.append(e)
+            described.append(d)
+            longest = max(longest, n)
+        if not trees:
+            return []
+        kw, layers, heads, hooks = self._capture_kwargs(capture, longest)
+        results = _core.replay_batch(self.core, trees, encodings, biases, edits,
+                                     max_batch=max_batch, policy=policy,
+                                     temperature=float(temperature), logits=bool(logits), **kw)
+        return [
+            self._run("replay", enc, res,
+                      dict(encoding=enc, interventions=d, chunk_size=0, policy=policy,
+                           temperature=temperature, logits=bool(logits)),
+                      layers, heads, tree=tree, slots=res.layout.slots,
+                      visibility=res.layout.visibility, hooks=hooks)
+            for tree, enc, d, res in zip(trees, encodings, described, results, strict=True)
+        ]
 
     # Keyword arguments of generate() that generate_many() passes per sequence.
     _PER_SEQUENCE = ("threshold", "max_steps", "mode", "policy", "max_width", "temperature",

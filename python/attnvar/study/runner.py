@@ -158,9 +158,11 @@ def _generate_together(model, study: Study, group: list[Cell]) -> list:
 
 def run_cells(model, study: Study, cells: list[Cell], prompts: dict, runs_dir: Path) -> int:
     """:func:`run_cell` for several cells, their missing generations run together by
-    ``Model.generate_many`` (``Model.tempo2025_many`` for the compat preset); returns steps
-    generated. A leaking compat study's cells are not batched: each run there depends on
-    the runs before it (:func:`_run_leak_chains` runs them in order)."""
+    ``Model.generate_many`` (``Model.tempo2025_many`` for the compat preset) and then
+    their missing replays together by ``Model.replay_many``; returns steps generated. A
+    leaking compat study's cells are not batched: each run there depends on the runs
+    before it (:func:`_run_leak_chains` runs them in order). Each run is bit for bit the
+    one its cell would give alone."""
     sha = model.identity["sha256"]
     batchable = [c for c in cells if not (c.preset is not None and study.emulate_mask_leak)
                  and not (runs_dir / c.key(sha) / "run.json").exists()]
@@ -171,8 +173,15 @@ def run_cells(model, study: Study, cells: list[Cell], prompts: dict, runs_dir: P
         if len(group) > 1:
             runs = _generate_together(model, study, group)
             generated.update({c.key(sha): r for c, r in zip(group, runs, strict=True)})
-    return sum(run_cell(model, study, c, prompts[c.prompt_id], runs_dir,
-                        generated=generated.get(c.key(sha))) for c in cells)
+    steps, trees = 0, {}
+    for c in cells:
+        n, tree = _run_generation(model, study, c, prompts[c.prompt_id], runs_dir,
+                                  generated=generated.get(c.key(sha)))
+        steps += n
+        trees[c.key(sha)] = tree
+    _run_replays(model, study, [(c, prompts[c.prompt_id], trees[c.key(sha)]) for c in cells],
+                 runs_dir)
+    return steps
 
 
 def run_cell(model, study: Study, cell: Cell, prompt, runs_dir: Path, mask_leak=None,
@@ -182,30 +191,56 @@ def run_cell(model, study: Study, cell: Cell, prompt, runs_dir: Path, mask_leak=
 
     ``mask_leak``: for a leaking compat study, the chain's :class:`attnvar.engine.MaskLeak`;
     a cell already on disk is recorded into it, so a resumed chain goes on as it was."""
+    steps, tree = _run_generation(model, study, cell, prompt, runs_dir, mask_leak, generated)
+    _run_replays(model, study, [(cell, prompt, tree)], runs_dir)
+    return steps
+
+
+def _run_generation(model, study: Study, cell: Cell, prompt, runs_dir: Path, mask_leak=None,
+                    generated=None) -> tuple[int, object]:
+    """A cell's generation saved unless on disk (``generated``: already run); returns the
+    steps generated and the run's tree when it is in memory (None: read it from disk if a
+    replay needs it)."""
     key = cell.key(model.identity["sha256"])
     gen_dir = runs_dir / key
-    missing = [e for e in study.replays
-               if not (runs_dir / replay_key(key, e) / "run.json").exists()]
-    run = None
-    if not (gen_dir / "run.json").exists():
-        run = generated if generated is not None else _generate(model, study, cell, mask_leak)
-        run.options.update(_cell_options(cell, prompt), run_id=key, parent=None)
-        run.save(gen_dir)
-    elif mask_leak is not None:
-        mask_leak.record(load_run(gen_dir))
-    if missing:
-        tree = run.tree if run is not None else load_run(gen_dir).tree
-        for enc in missing:
-            rid = replay_key(key, enc)
-            # Captures only: the analysis never reads a replay's next-step distributions,
-            # which would be most of its bytes on disk (steps × vocabulary f32).
-            rep = model.replay(tree, enc, capture=study.capture, logits=False,
-                               interventions=_interventions(cell, replay=True))
-            rep.options.update(_cell_options(cell, prompt), run_id=rid, parent=key,
-                               threshold=cell.threshold, mode=cell.mode, policy=cell.policy,
-                               seed=cell.seed)
-            rep.save(runs_dir / rid)
-    return len(run.tree.steps) if run is not None else 0
+    if (gen_dir / "run.json").exists():
+        if mask_leak is not None:
+            mask_leak.record(load_run(gen_dir))
+        return 0, None
+    run = generated if generated is not None else _generate(model, study, cell, mask_leak)
+    run.options.update(_cell_options(cell, prompt), run_id=key, parent=None)
+    run.save(gen_dir)
+    return len(run.tree.steps), run.tree
+
+
+def _run_replays(model, study: Study, cells: list[tuple[Cell, object, object]],
+                 runs_dir: Path) -> None:
+    """The missing replays of ``cells`` ((cell, prompt, tree or None) each), run together
+    (``Model.replay_many``, up to the study's batch per pass) and saved. Captures only: the
+    analysis never reads a replay's next-step distributions, which would be most of its
+    bytes on disk (steps × vocabulary f32)."""
+    sha = model.identity["sha256"]
+    todo = []  # (cell, prompt, generation key, encoding)
+    trees = {}
+    for cell, prompt, tree in cells:
+        key = cell.key(sha)
+        for enc in study.replays:
+            if not (runs_dir / replay_key(key, enc) / "run.json").exists():
+                todo.append((cell, prompt, key, enc))
+                if key not in trees:
+                    trees[key] = tree if tree is not None else load_run(runs_dir / key).tree
+    if not todo:
+        return
+    runs = model.replay_many(
+        [dict(tree=trees[key], encoding=enc, interventions=_interventions(cell, replay=True))
+         for cell, _, key, enc in todo],
+        capture=study.capture, logits=False, max_batch=study.batch or GENERATION_BATCH)
+    for (cell, prompt, key, enc), rep in zip(todo, runs, strict=True):
+        rid = replay_key(key, enc)
+        rep.options.update(_cell_options(cell, prompt), run_id=rid, parent=key,
+                           threshold=cell.threshold, mode=cell.mode, policy=cell.policy,
+                           seed=cell.seed)
+        rep.save(runs_dir / rid)
 
 
 def _run_group(model, study: Study, cells: list[Cell], prompts: dict, runs_dir: Path,

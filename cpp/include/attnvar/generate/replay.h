@@ -43,4 +43,13 @@ struct ReplayResult {
 // equally). A step with no fed member ends the distributions.
 ReplayResult replay(const LlamaModel& model, const Tree& tree, const ReplayOptions& options);
 
+// Several replays, up to max_batch of them in one forward pass (LlamaModel::forward_batch:
+// every weight read, and a quantized one decoded, once for all their rows). Each result is
+// bit for bit replay() of that tree alone. A replay in chunks (chunk_size smaller than its
+// tree) runs alone. Every option set must capture the same (one CaptureSpec per pass);
+// everything is checked before any pass runs (ConfigError naming the problem).
+std::vector<ReplayResult> replay_batch(const LlamaModel& model, const std::vector<Tree>& trees,
+                                       const std::vector<ReplayOptions>& options,
+                                       int64_t max_batch = 8);
+
 }  // namespace attnvar
