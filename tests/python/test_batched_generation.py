@@ -206,5 +206,11 @@ def test_the_automatic_batch_follows_threads_and_memory(bundled_path, monkeypatc
     # Half the machine's memory, shared by the workers, bounds it too.
     monkeypatch.setattr(runner, "physical_memory", lambda: 2 * 4 * (5 * per_run + 1))
     assert runner.batch_size(study(), model, threads=2, workers=4) == 5
+    monkeypatch.undo()
+    # The KV cache is counted in the model's dtype: at 2 bytes a value, more runs fit.
+    half_kv = per_run - model.num_layers * dims["kv_heads"] * dims["head_dim"] * 4 * slots
+    monkeypatch.setattr(model, "dtype", torch.bfloat16)
+    roomy = attnvar.Capture(scores=True, memory_budget=4 * half_kv + 1)
+    assert runner.batch_size(study(capture=roomy), model, threads=2) == 4
     with pytest.raises(ValueError, match="batch"):
         study(batch=0)

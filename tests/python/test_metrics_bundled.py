@@ -4,6 +4,7 @@ an independent implementation of the prototype's metric, and the placebo on top_
 from __future__ import annotations
 
 import math
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 import attnvar
 import attnvar.metrics as am
+from attnvar.util.threads import limit_forked_threads, start_context
 
 PROMPT = "The cat sat on the"
 STEPS = [[" mat", " floor"], [" and"], [" the", " a"], [" dog"], [" was", " is"], [" very"],
@@ -154,10 +156,26 @@ def top_only_views(bundled, count, tokens, layers):
 
 
 def placebo_rejections(views, draws, seed, fraction=LABELLED_FRACTION,
-                       metrics=("M1", "M1 distance-matched", "M2")):
+                       metrics=("M1", "M1 distance-matched", "M2"), workers=1):
     """Share of draws where a one-sample t-test across prompts rejects at α = .05.
     Prompts without an estimate in a draw (a short generation with no pair of P and N
-    keys, or β not identified) are left out of that draw's test."""
+    keys, or β not identified) are left out of that draw's test. ``workers`` > 1 splits
+    the draws between that many one-thread processes, worker k drawing from seed + k."""
+    if workers == 1:
+        counts = _placebo_rejected(views, draws, seed, fraction, metrics)
+    else:
+        shares = [draws // workers + (k < draws % workers) for k in range(workers)]
+        with ProcessPoolExecutor(workers, mp_context=start_context(1),
+                                 initializer=limit_forked_threads, initargs=(1,)) as pool:
+            parts = list(pool.map(_placebo_rejected, [views] * workers, shares,
+                                  [seed + k for k in range(workers)], [fraction] * workers,
+                                  [metrics] * workers))
+        counts = {m: sum(part[m] for part in parts) for m in metrics}
+    return {m: r / draws for m, r in counts.items()}
+
+
+def _placebo_rejected(views, draws, seed, fraction, metrics) -> dict[str, int]:
+    """How many of ``draws`` placebo draws (rng seeded ``seed``) each metric rejects."""
     from scipy import stats
 
     rng = np.random.default_rng(seed)
@@ -180,7 +198,7 @@ def placebo_rejections(views, draws, seed, fraction=LABELLED_FRACTION,
         for m in metrics:
             if stats.ttest_1samp(est[m], 0.0, nan_policy="omit").pvalue < 0.05:
                 rejected[m] += 1
-    return {m: r / draws for m, r in rejected.items()}
+    return rejected
 
 
 def test_placebo_on_top_only_runs_rejects_at_the_nominal_rate(bundled):
@@ -210,7 +228,8 @@ def test_placebo_full_model_generated_trees(bundled):
     steps = [int((v.step >= 0).sum()) for v in views]
     print(f"[placebo slow] labelled fraction of the generations: {fraction:.3f}; "
           f"steps per generation: {steps}")
-    rates = placebo_rejections(views, draws=400, seed=7, fraction=fraction)
+    # Two processes (CI has two cores, and this is its longest test): 200 draws each.
+    rates = placebo_rejections(views, draws=400, seed=7, fraction=fraction, workers=2)
     print(f"[placebo slow] rejection rates over 400 draws: {rates}")
     for rate in rates.values():
         assert 0.02 <= rate <= 0.09

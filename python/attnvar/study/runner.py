@@ -103,7 +103,9 @@ def batch_size(study: Study, model, threads: int, workers: int = 1) -> int:
         slots = prompt + study.max_steps * max(
             max_set_width(t, study.max_width, study.sample) for t in study.thresholds)
     dims = model.dims
-    kv = 2 * model.num_layers * dims["kv_heads"] * dims["head_dim"] * 4 * slots
+    # The KV cache holds keys and values in the model's dtype (f32 on the CPU by default).
+    kv = (2 * model.num_layers * dims["kv_heads"] * dims["head_dim"] * model.dtype.itemsize
+          * slots)
     capture = 0 if study.capture is None else study.capture.estimate_bytes(
         model.num_layers, model.num_heads, slots, dims)
     budget = DEFAULT_MEMORY_BUDGET if study.capture is None else study.capture.memory_budget
