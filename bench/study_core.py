@@ -12,8 +12,9 @@ Three phases, each in a fresh process with its threads pinned and printed:
     raw captures: ``--tables-only`` drops them after each cell's analysis).
 ``attnvar``
     The study's generations through ``Model.generate_many`` (``--batch`` at a time) with
-    scores and α captured, then each tree replayed in the serial encoding with capture
-    (no next-step distributions, as a study's replays): what the HF phase does.
+    scores and α captured, then their trees replayed in the serial encoding with capture
+    through ``Model.replay_many`` (``--batch`` per pass; no next-step distributions, as a
+    study's replays): what the HF phase does.
 ``hf``
     HF transformers, eager attention (needed for α), the same GGUF's weights in f32:
     prompts batched ``--batch`` at a time with left padding; every step feeds each
@@ -119,7 +120,8 @@ def phase_attnvar(spec: dict) -> dict:
         runs = model.generate_many(requests[begin:begin + chunk], capture=cap,
                                    max_batch=spec["batch"])
         t1 = time.perf_counter()
-        reps = [model.replay(r.tree, "serial", capture=cap, logits=False) for r in runs]
+        reps = model.replay_many([(r.tree, "serial") for r in runs], capture=cap,
+                                 logits=False, max_batch=spec["batch"])
         t2 = time.perf_counter()
         gen_s += t1 - t0
         rep_s += t2 - t1

@@ -73,36 +73,55 @@ for s in "/usr/lib/llvm-${cxx#clang++-}/bin/llvm-symbolizer" "$(command -v llvm-
   if [[ -x $s ]]; then export ASAN_SYMBOLIZER_PATH=$s; break; fi
 done
 data=tests/data/fuzz
-status=0
-printf '%-15s %10s %8s %8s %8s  %s\n' target runs exec/s corpus slowest result
-for t in "${targets[@]}"; do
-  bin=$BUILD/fuzz_$t
-  log=$BUILD/logs/$t.log
-  mkdir -p "$BUILD/logs" "$BUILD/artifacts/$t" "$BUILD/corpus/$t"
-  common=(-timeout="$timeout" -malloc_limit_mb=64 -rss_limit_mb=2048
-          -artifact_prefix="$BUILD/artifacts/$t/" -print_final_stats=1)
+row() { printf '%-15s %10s %8s %8s %8s  %s\n' "$@"; }
+
+# One target: replay, then fuzz; its table row goes to logs/<target>.row, the tail of its
+# log (on a failure) to logs/<target>.tail; exit 1 on a failure.
+fuzz_one() {
+  local t=$1 bin=$BUILD/fuzz_$1 log=$BUILD/logs/$1.log out=$BUILD/logs/$1
+  mkdir -p "$BUILD/artifacts/$t" "$BUILD/corpus/$t"
+  rm -f "$out.row" "$out.tail"
+  local common=(-timeout="$timeout" -malloc_limit_mb=64 -rss_limit_mb=2048
+                -artifact_prefix="$BUILD/artifacts/$t/" -print_final_stats=1)
   # Replay: every regression and seed input once (a crash fails here, before fuzzing).
-  replay=("$data/seeds/$t"/*)
+  local replay=("$data/seeds/$t"/*)
   [[ -d $data/regressions/$t ]] && replay+=("$data/regressions/$t"/*)
   if ! "$bin" "${common[@]}" "${replay[@]}" >"$log" 2>&1; then
-    printf '%-15s %10s %8s %8s %8s  %s\n' "$t" - - - - "FAILED replaying (see $log)"
-    tail -n 30 "$log"; status=1; continue
+    row "$t" - - - - "FAILED replaying (see $log)" >"$out.row"
+    tail -n 30 "$log" >"$out.tail"
+    return 1
   fi
   if ((replay_only)); then
-    printf '%-15s %10s %8s %8s %8s  %s\n' "$t" "${#replay[@]}" - - - "replayed"
-    continue
+    row "$t" "${#replay[@]}" - - - "replayed" >"$out.row"
+    return 0
   fi
-  if "$bin" "${common[@]}" -max_total_time="$seconds" -report_slow_units=0 \
-       "$BUILD/corpus/$t" "$data/seeds/$t" >>"$log" 2>&1; then
-    result=ok
-  else
-    result="FAILED (see $log)"; status=1
-  fi
+  local result=ok
+  "$bin" "${common[@]}" -max_total_time="$seconds" -report_slow_units=0 \
+    "$BUILD/corpus/$t" "$data/seeds/$t" >>"$log" 2>&1 || result="FAILED (see $log)"
+  local runs rate corpus slowest
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo 0)
   rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo 0)
   corpus=$(find "$BUILD/corpus/$t" -type f | wc -l)
   slowest=$(grep -o 'Slowest unit: [0-9]* s' "$log" | grep -o '[0-9]*' | sort -n | tail -1 || true)
-  printf '%-15s %10s %8s %8s %8s  %s\n' "$t" "$runs" "$rate" "$corpus" "${slowest:-<1}s" "$result"
-  [[ $result == ok ]] || tail -n 40 "$log"
+  row "$t" "$runs" "$rate" "$corpus" "${slowest:-<1}s" "$result" >"$out.row"
+  [[ $result == ok ]] || { tail -n 40 "$log" >"$out.tail"; return 1; }
+}
+
+# The targets run side by side, one per core (each fuzzer is one process on one thread):
+# five targets of 60 s take ~3 min of wall time on two cores instead of 5.
+mkdir -p "$BUILD/logs"
+jobs_max=$(nproc)
+for t in "${targets[@]}"; do
+  while (($(jobs -rp | wc -l) >= jobs_max)); do wait -n || true; done
+  rm -f "$BUILD/logs/$t.status"
+  { fuzz_one "$t" && rc=0 || rc=$?; echo "$rc" >"$BUILD/logs/$t.status"; } &
+done
+wait || true
+status=0
+row target runs exec/s corpus slowest result
+for t in "${targets[@]}"; do
+  cat "$BUILD/logs/$t.row" 2>/dev/null || row "$t" - - - - "FAILED (no result)"
+  [[ -f $BUILD/logs/$t.tail ]] && cat "$BUILD/logs/$t.tail"
+  [[ $(cat "$BUILD/logs/$t.status" 2>/dev/null) == 0 ]] || status=1
 done
 exit $status
