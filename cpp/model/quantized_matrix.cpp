@@ -242,6 +242,78 @@ ATTNVAR_INLINE ATTNVAR_FUSED_AVX2 void fused_tile_body(const float* x, const uin
   detail::store_tile<R, O>(acc, bias, y, ldy);  // gemv_rows' sums (gemv_tile_avx2.h)
 }
 
+// The by-chunk tile with 512-bit registers: rows r and r + 1 of x side by side in one
+// register (the packing puts a chunk's rows next to each other), each decoded weight chunk
+// copied into both halves, so one 512-bit multiply-add does the two rows' 256-bit ones.
+// Every lane gets the same multiply-adds in the same order as in fused_tile_body, and the
+// accumulators split back into the 256-bit ones that store_tile sums: the outputs are bit
+// for bit the same. Half the multiply-add instructions, which counts on cores with two
+// 512-bit FMA units (Xeon); an odd last row keeps a 256-bit accumulator. From 6 rows: with
+// 2 or 4 the copy of each chunk into both halves cost more than it saved (2 rows 14.0 ->
+// 18.8 ms a pass over the bundled model's projections).
+constexpr int kMin512Rows = 6;
+template <class T, int R, int O>
+ATTNVAR_INLINE ATTNVAR_FUSED_AVX512 void fused_tile_body_512(const float* x, const uint8_t* w,
+                                                             int64_t row_bytes, int64_t blocks,
+                                                             const float* bias, float* y,
+                                                             int64_t ldy) {
+  constexpr int P = R / 2;  // pairs of rows
+  constexpr bool kOdd = R % 2 == 1;
+  __m512 acc2[O * P];
+  __m256 acc1[O];
+#pragma GCC unroll 32
+  for (int j = 0; j < O * P; ++j) acc2[j] = _mm512_setzero_ps();
+#pragma GCC unroll 32
+  for (int o = 0; o < O; ++o) acc1[o] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float* xb = x + 32 * R * b;
+    const uint8_t* wb = w + b * T::kBytes;
+    const auto* next = reinterpret_cast<const char*>(w + O * row_bytes + b * O * T::kBytes);
+#pragma GCC unroll 8
+    for (int64_t i = 0; i < O * T::kBytes; i += 64) _mm_prefetch(next + i, _MM_HINT_T0);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      __m256 wv[O];
+      __m512 wz[O];
+#pragma GCC unroll 32
+      for (int o = 0; o < O; ++o) {
+        wv[o] = T::at(wb + o * row_bytes).chunk(k);
+        const __m512 z = _mm512_castps256_ps512(wv[o]);
+        // 128-bit lanes 0, 1, 0, 1 (the all-ones mask forms, whose pass-through is zero:
+        // GCC 12 warns of the unmasked ones' undefined pass-through operand; so below).
+        wz[o] = _mm512_maskz_shuffle_f32x4(0xFFFF, z, z, 0x44);
+      }
+#pragma GCC unroll 32
+      for (int p = 0; p < P; ++p) {
+        __m512 xv = _mm512_loadu_ps(xb + 8 * (k * R + 2 * p));
+        asm("" : "+v"(xv));
+#pragma GCC unroll 32
+        for (int o = 0; o < O; ++o) acc2[o * P + p] = _mm512_fmadd_ps(wz[o], xv, acc2[o * P + p]);
+      }
+      if constexpr (kOdd) {
+        __m256 xv = _mm256_loadu_ps(xb + 8 * (k * R + R - 1));
+        asm("" : "+v"(xv));
+#pragma GCC unroll 32
+        for (int o = 0; o < O; ++o) acc1[o] = _mm256_fmadd_ps(wv[o], xv, acc1[o]);
+      }
+#pragma GCC unroll 32
+      for (int o = 0; o < O; ++o) asm("" : : "v"(wz[o]), "v"(wv[o]));
+    }
+  }
+  __m256 acc[O * R];
+#pragma GCC unroll 32
+  for (int o = 0; o < O; ++o) {
+#pragma GCC unroll 32
+    for (int p = 0; p < P; ++p) {
+      const __m512d a = _mm512_castps_pd(acc2[o * P + p]);
+      acc[o * R + 2 * p] = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, a, 0));
+      acc[o * R + 2 * p + 1] = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, a, 1));
+    }
+    if constexpr (kOdd) acc[o * R + R - 1] = acc1[o];
+  }
+  detail::store_tile<R, O>(acc, bias, y, ldy);
+}
+
 // The tile compiled for each instruction set (same body, same operations; AVX-512VL only
 // adds registers).
 struct Avx2 {};
@@ -256,7 +328,11 @@ template <class T, int R, int O, bool ByChunk>
 ATTNVAR_FUSED_AVX512 void fused_tile(Avx512, const float* x, const uint8_t* w,
                                      int64_t row_bytes, int64_t blocks, const float* bias,
                                      float* y, int64_t ldy) {
-  fused_tile_body<T, R, O, ByChunk>(x, w, row_bytes, blocks, bias, y, ldy);
+  if constexpr (ByChunk && R >= kMin512Rows) {
+    fused_tile_body_512<T, R, O>(x, w, row_bytes, blocks, bias, y, ldy);
+  } else {
+    fused_tile_body<T, R, O, ByChunk>(x, w, row_bytes, blocks, bias, y, ldy);
+  }
 }
 
 // Register tiles: O weight rows per tile for R rows of x (a group).
@@ -272,13 +348,14 @@ constexpr bool tile_by_chunk(Avx2, int, int) { return false; }
 constexpr int tile_outputs(Avx512, int r) { return r == 1 ? 8 : r == 2 ? 4 : 2; }
 constexpr bool tile_by_chunk(Avx512, int r, int o) { return r > 1 && o > 1; }
 
-// Rows of x per group, the R of the tiles. AVX-512VL: up to 12 in one group, so a block is
-// decoded once for all of them (9-12 rows 43-44 GMAC/s, against 37-39 in two groups; 13-16
-// rows go in two). AVX2: 8, as its tiles' registers allow, while a group's packed rows fit
+// Rows of x per group, the R of the tiles. AVX-512: up to 16 in one group, so a block is
+// decoded once for all of them (256-bit tiles on Zen 4: 9-12 rows 43-44 GMAC/s, against
+// 37-39 in two groups; with the 512-bit tiles on a Xeon, 16 rows in one group 47.0 ms a pass
+// over the bundled model against 62.8 in two groups of 8, bench/microbench_qgemv_rows). AVX2: 8, as its tiles' registers allow, while a group's packed rows fit
 // in L1: its tiles load x once per multiply-add, and from L2 (the down projection's 1536
 // columns, 48 KB for 8 rows) 8-row groups ran at 28 GMAC/s, 4-row ones at 36.
 constexpr int64_t max_group_rows(Avx2) { return 8; }
-constexpr int64_t max_group_rows(Avx512) { return 12; }
+constexpr int64_t max_group_rows(Avx512) { return 16; }
 int64_t group_rows(bool avx512, int64_t in) {
   return avx512 ? max_group_rows(Avx512{}) : in <= 768 ? max_group_rows(Avx2{}) : 4;
 }

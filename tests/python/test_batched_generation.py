@@ -19,6 +19,7 @@ from attnvar.engine.records import tree_to_dict
 
 pytest.importorskip("transformers")
 
+from run_compare import same_captures  # noqa: E402
 from tiny_models import tiny_llama_model  # noqa: E402
 
 
@@ -44,18 +45,8 @@ def _requests(n: int, seed: int = 0) -> list[dict]:
 
 
 def _same(a, b) -> bool:
-    if tree_to_dict(a.tree) != tree_to_dict(b.tree) or a.slot_records != b.slot_records:
-        return False
-    if len(a.passes) != len(b.passes):
-        return False
-    for pa, pb in zip(a.passes, b.passes, strict=True):
-        for name in ("scores", "attention", "value_norms"):
-            xs, ys = getattr(pa, name), getattr(pb, name)
-            if len(xs) != len(ys) or not all(torch.equal(x, y) for x, y in zip(xs, ys,
-                                                                                  strict=True)):
-                return False
-    da, db = a.distributions, b.distributions
-    return (da is None) == (db is None) and (da is None or torch.equal(da, db))
+    return (tree_to_dict(a.tree) == tree_to_dict(b.tree) and a.slot_records == b.slot_records
+            and same_captures(a, b))
 
 
 @pytest.mark.parametrize("max_batch", [1, 2, 5, 16])

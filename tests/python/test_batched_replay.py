@@ -17,6 +17,7 @@ from attnvar.engine import ENCODINGS
 
 pytest.importorskip("transformers")
 
+from run_compare import same_captures  # noqa: E402
 from tiny_models import tiny_llama_model  # noqa: E402
 
 
@@ -43,21 +44,8 @@ def tiny_trees(tiny):
 def _same(a, b) -> bool:
     """Equal bit for bit: slots, visibility, every pass's captured fields and hook points,
     the distributions."""
-    if a.slot_records != b.slot_records or not torch.equal(a.visibility, b.visibility):
-        return False
-    if len(a.passes) != len(b.passes):
-        return False
-    for pa, pb in zip(a.passes, b.passes, strict=True):
-        for name in ("scores", "attention", "value_norms"):
-            xs, ys = getattr(pa, name), getattr(pb, name)
-            if len(xs) != len(ys) or not all(torch.equal(x, y) for x, y in zip(xs, ys,
-                                                                                  strict=True)):
-                return False
-        if pa.hooks.keys() != pb.hooks.keys() or not all(
-                torch.equal(pa.hooks[k], pb.hooks[k]) for k in pa.hooks):
-            return False
-    da, db = a.distributions, b.distributions
-    return (da is None) == (db is None) and (da is None or torch.equal(da, db))
+    return (a.slot_records == b.slot_records and torch.equal(a.visibility, b.visibility)
+            and same_captures(a, b, hooks=True))
 
 
 def _requests(trees) -> list[dict]:
