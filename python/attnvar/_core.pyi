@@ -8,7 +8,7 @@ import typing
 
 import torch
 
-__all__: list[str] = ['AttnvarError', 'ConfigError', 'FormatError', 'GenerationResult', 'KVCache', 'LayerCapture', 'Layout', 'Member', 'MissingError', 'Model', 'PassCapture', 'ReplayResult', 'SlotRecord', 'Tokenizer', 'Tree', 'TreeStep', 'causal_visibility', 'config_from_hf_json', 'encode', 'generate', 'generate_batch', 'generate_tempo2025', 'generate_tempo2025_batch', 'gguf_dequantize', 'gguf_metadata', 'gguf_tensor_infos', 'hook_point_names', 'kernel_info', 'load_model', 'load_weights', 'next_distribution', 'printed_set_starts', 'project', 'replay', 'rope_apply', 'rope_inv_freq', 'safetensors_read', 'select_set', 'set_visibility', 'tempo_bug_visibility', 'tempo_leak_mask']
+__all__: list[str] = ['AttnvarError', 'ConfigError', 'FormatError', 'GenerationResult', 'KVCache', 'LayerCapture', 'Layout', 'Member', 'MissingError', 'Model', 'PassCapture', 'ReplayResult', 'SlotRecord', 'Tokenizer', 'Tree', 'TreeStep', 'causal_visibility', 'config_from_hf_json', 'encode', 'generate', 'generate_batch', 'generate_tempo2025', 'generate_tempo2025_batch', 'gguf_dequantize', 'gguf_metadata', 'gguf_tensor_infos', 'hook_point_names', 'kernel_info', 'load_model', 'load_weights', 'next_distribution', 'printed_set_starts', 'project', 'replay', 'replay_batch', 'rope_apply', 'rope_inv_freq', 'safetensors_read', 'select_set', 'set_visibility', 'tempo_bug_visibility', 'tempo_leak_mask']
 class AttnvarError(RuntimeError):
     """
     Base of every error attnvar raises.
@@ -454,6 +454,10 @@ def project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> 
 def replay(model: Model, tree: Tree, encoding: str = 'shared_isolated', interventions: list = [], chunk_size: typing.SupportsInt | typing.SupportsIndex = 0, policy: str = 'mixture', temperature: typing.SupportsFloat | typing.SupportsIndex = 1.0, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32', hooks: collections.abc.Sequence[str] | None = None, edits: list = [], hook_fns: typing.Any = None, logits: bool = True) -> ReplayResult:
     """
     Teacher-force a tree under an encoding (one pass, or chunks of whole steps). logits=False skips the output projection: no logits, no distributions.
+    """
+def replay_batch(model: Model, trees: collections.abc.Sequence[Tree], encodings: collections.abc.Sequence[str], interventions: collections.abc.Sequence[list], edit_lists: collections.abc.Sequence[list], max_batch: typing.SupportsInt | typing.SupportsIndex = 8, policy: str = 'mixture', temperature: typing.SupportsFloat | typing.SupportsIndex = 1.0, capture: bool = False, layers: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, heads: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None = None, probabilities: bool = True, scores: bool = False, value_norms: bool = False, capture_dtype: str = 'float32', hooks: collections.abc.Sequence[str] | None = None, hook_fns: typing.Any = None, logits: bool = True) -> list[ReplayResult]:
+    """
+    Several replays (one pass each), up to max_batch per forward pass; trees[i] under encodings[i] with interventions[i] and edits[i]. Each result is bit for bit replay() of that tree alone.
     """
 def rope_apply(x: torch.Tensor, positions: torch.Tensor, theta: typing.SupportsFloat | typing.SupportsIndex = 10000.0, scaling: str = 'default', factor: typing.SupportsFloat | typing.SupportsIndex = 1.0, low_freq_factor: typing.SupportsFloat | typing.SupportsIndex = 1.0, high_freq_factor: typing.SupportsFloat | typing.SupportsIndex = 4.0, original_max_position_embeddings: typing.SupportsInt | typing.SupportsIndex = 8192) -> torch.Tensor:
     """
