@@ -93,6 +93,20 @@ at::Tensor dequantized_for_gemm(const Linear& w) {
   return dense;
 }
 
+// A quantized matrix's product where the gemv kernels do not take it (more rows, or inputs
+// they do not handle): one linear() on the dequantized matrix, as the f32 path does.
+// `dense`: that matrix, decoded here on first use and kept there for the caller's next call.
+at::Tensor project_decoded(const at::Tensor& x, const Linear& w, const at::Tensor& b,
+                           at::Tensor& dense) {
+  if (!dense.defined()) dense = dequantized_for_gemm(w);
+  return b.defined() ? at::linear(x, dense, b) : at::linear(x, dense);
+}
+
+// Whether project() sends x through qgemv_rows (else project_decoded).
+bool qgemv_takes(const at::Tensor& x, const Linear& w, const at::Tensor& b) {
+  return gemv_rows_kernel_applies(x, w, b) && x.size(0) <= kGemvRowsMax;
+}
+
 }  // namespace
 
 at::Tensor project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
@@ -115,10 +129,9 @@ at::Tensor project_segments(const at::Tensor& x, const std::vector<int64_t>& row
 
 at::Tensor project(const at::Tensor& x, const Linear& w, const at::Tensor& b) {
   if (!w.quantized()) return project(x, w.dense(), b);
-  if (!(gemv_rows_kernel_applies(x, w, b) && x.size(0) <= kGemvRowsMax)) {
-    // As the f32 path does with more rows: one linear() on the (dequantized) matrix.
-    const at::Tensor dense = dequantized_for_gemm(w);
-    return b.defined() ? at::linear(x, dense, b) : at::linear(x, dense);
+  if (!qgemv_takes(x, w, b)) {
+    at::Tensor dense;
+    return project_decoded(x, w, b, dense);
   }
   const int64_t rows = x.size(0), out = w.out_features();
   const at::Tensor xr = x.stride(1) == 1 ? x : x.contiguous();
@@ -137,11 +150,7 @@ at::Tensor project_segments(const at::Tensor& x, const std::vector<int64_t>& row
   // product is the same linear() on the same values as project() would make alone.
   at::Tensor dense;
   return segments(x, rows, w, b, [&](const at::Tensor& xs) {
-    if (!(gemv_rows_kernel_applies(xs, w, b) && xs.size(0) <= kGemvRowsMax)) {
-      if (!dense.defined()) dense = dequantized_for_gemm(w);
-      return b.defined() ? at::linear(xs, dense, b) : at::linear(xs, dense);
-    }
-    return project(xs, w, b);
+    return qgemv_takes(xs, w, b) ? project(xs, w, b) : project_decoded(xs, w, b, dense);
   });
 }
 

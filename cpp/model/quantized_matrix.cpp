@@ -170,6 +170,18 @@ ATTNVAR_AVX2 void block_32(const uint8_t* b, float* y) {
   for (int k = 0; k < 4; ++k) _mm256_storeu_ps(y + 8 * k, t.chunk(k));
 }
 
+// At block b of a tile over O weight rows from w: the next tile's weight rows (the O rows
+// after these, contiguous), a block's share per block. The hardware prefetcher does not
+// follow O interleaved rows of a few hundred bytes (1 row 18.8 -> 9.1 ms per pass over the
+// model, 8 rows 32.7 -> 26.9, 16 rows 58.3 -> 52.9; bench/microbench_qgemv_rows, 1 thread,
+// 2026-12-07). A prefetch never faults, even past the matrix.
+template <class T, int O>
+ATTNVAR_INLINE void prefetch_next_tile(const uint8_t* w, int64_t row_bytes, int64_t b) {
+  const auto* next = reinterpret_cast<const char*>(w + O * row_bytes + b * O * T::kBytes);
+#pragma GCC unroll 8
+  for (int64_t i = 0; i < O * T::kBytes; i += 64) _mm_prefetch(next + i, _MM_HINT_T0);
+}
+
 // R rows of x against O weight rows of a 32-element block type, each block decoded in
 // registers once for all R rows: per accumulator the same multiply-adds in the same order
 // as gemv_rows' tiles on the decoded weights (eight columns at a time, ascending), then the
@@ -190,14 +202,7 @@ ATTNVAR_INLINE ATTNVAR_FUSED_AVX2 void fused_tile_body(const float* x, const uin
   for (int64_t b = 0; b < blocks; ++b) {
     const float* xb = x + 32 * R * b;
     const uint8_t* wb = w + b * T::kBytes;
-    // The next tile's weight rows (the O rows after these, contiguous), a block's share per
-    // block: the hardware prefetcher does not follow O interleaved rows of a few hundred
-    // bytes (1 row 18.8 -> 9.1 ms per pass over the model, 8 rows 32.7 -> 26.9, 16 rows
-    // 58.3 -> 52.9; bench/microbench_qgemv_rows, 1 thread, 2026-12-07). A prefetch never
-    // faults, even past the matrix.
-    const auto* next = reinterpret_cast<const char*>(w + O * row_bytes + b * O * T::kBytes);
-#pragma GCC unroll 8
-    for (int64_t i = 0; i < O * T::kBytes; i += 64) _mm_prefetch(next + i, _MM_HINT_T0);
+    prefetch_next_tile<T, O>(w, row_bytes, b);
     if constexpr (ByChunk) {
 #pragma GCC unroll 4
       for (int k = 0; k < 4; ++k) {
@@ -268,9 +273,7 @@ ATTNVAR_INLINE ATTNVAR_FUSED_AVX512 void fused_tile_body_512(const float* x, con
   for (int64_t b = 0; b < blocks; ++b) {
     const float* xb = x + 32 * R * b;
     const uint8_t* wb = w + b * T::kBytes;
-    const auto* next = reinterpret_cast<const char*>(w + O * row_bytes + b * O * T::kBytes);
-#pragma GCC unroll 8
-    for (int64_t i = 0; i < O * T::kBytes; i += 64) _mm_prefetch(next + i, _MM_HINT_T0);
+    prefetch_next_tile<T, O>(w, row_bytes, b);
 #pragma GCC unroll 4
     for (int k = 0; k < 4; ++k) {
       __m256 wv[O];
