@@ -280,7 +280,8 @@ def test_pass_files_hold_what_the_rules_decided_layer_by_layer(model, tmp_path):
     """The writer decides for all layers at once (one softmax, one gather per field); its
     files hold exactly what the per-layer rules give: the same tensors bit for bit, the
     same metadata, for generation, replays, a knockout in some layers, f16 captures and
-    edited records (NaN, α ≠ 0 or −0.0 under the mask, one layer's α perturbed)."""
+    edited records (NaN, α ≠ 0 or −0.0 under the mask, one layer's α perturbed, a pair −∞
+    in every layer and head but one)."""
     capture = attnvar.Capture(scores=True)
     run = model.generate("The cat sat on the", threshold=0.1, max_steps=6, capture=capture)
     parallel = [int(i) for i in run.slots["is_parallel"].to_numpy().nonzero()[0]]
@@ -299,6 +300,10 @@ def test_pass_files_hold_what_the_rules_decided_layer_by_layer(model, tmp_path):
     attention[4][0, qi, ki] = 1e-3
     attention[5][0, qi, ki] = -0.0
     attention[7][2, 3, 1] = torch.nextafter(attention[7][2, 3, 1], torch.tensor(2.0))
+    # −∞ in every layer and head but the first head of the first layer: not masked.
+    qf, kf = (~torch.isneginf(scores[0][0])).nonzero()[-1].tolist()
+    for i, t in enumerate(scores):
+        t[(1 if i == 0 else 0):, qf, kf] = float("-inf")
     records.append(PassRecord(base.step, base.first_slot, base.num_queries,
                               {"attention": attention, "scores": scores, "value_norms": []}))
     seen_derived = seen_stored_attention = 0

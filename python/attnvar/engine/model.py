@@ -130,6 +130,14 @@ def _hook_fn_record(fns: dict | None) -> dict:
                          for k, v in fns.items()}}
 
 
+def _replay_options(encoding: str, interventions: list, chunk_size, policy: str,
+                    temperature, logits, hook_fns: dict | None = None) -> dict:
+    """What a replay's run records as its options (``replay`` and ``replay_many`` alike)."""
+    return dict(encoding=encoding, interventions=interventions, chunk_size=chunk_size,
+                policy=policy, temperature=temperature, logits=bool(logits),
+                **_hook_fn_record(hook_fns))
+
+
 def max_set_width(threshold: float, max_width: int, sample: bool = False) -> int:
     """The most members a set can have: every member has q ≥ θ and q sums to 1, so at
     most ⌊1/θ⌋ (a little slack for rounding), one more when a drawn token joins
@@ -578,9 +586,8 @@ class Model:
                            hook_fns=_hook_fns(hook_fns, self.num_layers),
                            chunk_size=int(chunk_size), policy=policy,
                            temperature=float(temperature), logits=bool(logits), **kw)
-        options = dict(encoding=encoding, interventions=described,
-                       chunk_size=chunk_size, policy=policy, temperature=temperature,
-                       logits=bool(logits), **_hook_fn_record(hook_fns))
+        options = _replay_options(encoding, described, chunk_size, policy, temperature, logits,
+                                  hook_fns)
         return self._run("replay", encoding, res, options, layers, heads, tree=tree,
                          slots=res.layout.slots, visibility=res.layout.visibility, hooks=hooks)
 
@@ -665,8 +672,7 @@ class Model:
                                      temperature=float(temperature), logits=bool(logits), **kw)
         return [
             self._run("replay", enc, res,
-                      dict(encoding=enc, interventions=d, chunk_size=0, policy=policy,
-                           temperature=temperature, logits=bool(logits)),
+                      _replay_options(enc, d, 0, policy, temperature, logits),
                       layers, heads, tree=tree, slots=res.layout.slots,
                       visibility=res.layout.visibility, hooks=hooks)
             for tree, enc, d, res in zip(trees, encodings, described, results, strict=True)

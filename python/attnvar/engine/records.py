@@ -173,27 +173,37 @@ class PassRecord:
                 for name in FIELDS for i, t in enumerate(fields[name])}
         flat.update({HOOK_PREFIX + name: t.contiguous()
                      for name, t in fields.get("hooks", {}).items()})
-        derived = _recomputable_layers(fields["attention"], fields["scores"])
+        scores = fields["scores"]
+        # Every layer's scores as one [Σ H', T, S] tensor when their (T, S) agree: what the
+        # attention check and the sparse cut both read.
+        block = None
+        if scores and len({tuple(t.shape[1:]) for t in scores}) == 1:
+            block = scores[0] if len(scores) == 1 else torch.cat(scores)
+        derived = _recomputable_layers(fields["attention"], scores, block)
         for i in derived:
             del flat[f"layer{i:03d}.attention"]
         meta = {ATTENTION_FROM_SCORES: ",".join(str(i) for i in derived)} if derived else {}
-        sparse = _sparsify(flat, fields["scores"])
+        sparse = _sparsify(flat, block)
         if sparse:
             meta[SPARSE_TENSORS] = ",".join(sparse)
         return write_tensor_file(path, flat, meta or None, in_staging=in_staging)
 
 
-def _recomputable_layers(attention: list[torch.Tensor], scores: list[torch.Tensor]) -> list[int]:
-    """The layers whose attention is :func:`recomputable` from their scores. Layers of one
-    shape are checked together: one softmax of all their scores (a row's softmax is the
-    same computed alone or in a batch, which is how :func:`_derive_attention` recomputes
-    them on load)."""
+def _recomputable_layers(attention: list[torch.Tensor], scores: list[torch.Tensor],
+                         block: torch.Tensor | None) -> list[int]:
+    """The layers whose attention is :func:`recomputable` from their scores. When every
+    layer has one shape and both are f32, all are checked together on ``block`` (the
+    scores concatenated): one softmax of all their scores (a row's softmax is the same
+    computed alone or in a batch, which is how :func:`_derive_attention` recomputes them
+    on load)."""
     pairs = list(zip(attention, scores, strict=False))
-    if (len(pairs) > 1 and len({(a.shape, s.shape) for a, s in pairs}) == 1
+    if (len(pairs) > 1 and len(pairs) == len(scores) and block is not None
+            and len({(a.shape, s.shape) for a, s in pairs}) == 1
             and pairs[0][0].shape == pairs[0][1].shape
             and all(a.dtype == torch.float32 and s.dtype == torch.float32 for a, s in pairs)):
-        a = torch.stack([a for a, _ in pairs])
-        same = (attention_of(torch.stack([s for _, s in pairs])) == a).flatten(1).all(1)
+        a = torch.stack(attention)
+        s = block.view(len(scores), *scores[0].shape)
+        same = (attention_of(s) == a).flatten(1).all(1)
         return [i for i, ok in enumerate(same.tolist()) if ok]
     return [i for i, (a, s) in enumerate(pairs) if recomputable(a, s)]
 
@@ -205,18 +215,18 @@ def _is_fill(t: torch.Tensor, fill: float) -> torch.Tensor:
     return t == fill
 
 
-def _sparsify(flat: dict[str, torch.Tensor], scores: list[torch.Tensor]) -> list[str]:
+def _sparsify(flat: dict[str, torch.Tensor], block: torch.Tensor | None) -> list[str]:
     """Replace in ``flat`` each layer's scores (and each stored α that is +0.0 wherever
-    they are masked) by its entries outside the pass's mask; add the mask. Returns the
-    names stored that way (none when nothing is masked, or the layers' shapes differ).
+    they are masked) by its entries outside the pass's mask; add the mask. ``block``: every
+    layer's scores concatenated ([Σ H', T, S]), None when there are none or their (T, S)
+    differ. Returns the names stored that way (none when nothing is masked, or no block).
 
     The tensors of one field and dtype are gathered at once (their heads concatenated,
     then the kept entries taken by one index), and each name then holds its rows of the
     result: the same values as taking each tensor's entries alone."""
-    if not scores or len({tuple(t.shape[1:]) for t in scores}) != 1:
+    if block is None:
         return []
-    all_scores = scores[0] if len(scores) == 1 else torch.cat(scores)
-    masked = _is_fill(all_scores, MASKED_FILL["scores"]).all(dim=0)
+    masked = _is_fill(block, MASKED_FILL["scores"]).all(dim=0)
     if not masked.any():
         return []
     keep = ~masked

@@ -175,14 +175,13 @@ def run_cells(model, study: Study, cells: list[Cell], prompts: dict, runs_dir: P
         if len(group) > 1:
             runs = _generate_together(model, study, group)
             generated.update({c.key(sha): r for c, r in zip(group, runs, strict=True)})
-    steps, trees = 0, {}
+    steps, done = 0, []
     for c in cells:
         n, tree = _run_generation(model, study, c, prompts[c.prompt_id], runs_dir,
                                   generated=generated.get(c.key(sha)))
         steps += n
-        trees[c.key(sha)] = tree
-    _run_replays(model, study, [(c, prompts[c.prompt_id], trees[c.key(sha)]) for c in cells],
-                 runs_dir)
+        done.append((c, prompts[c.prompt_id], tree))
+    _run_replays(model, study, done, runs_dir)
     return steps
 
 
