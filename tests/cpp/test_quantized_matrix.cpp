@@ -6,6 +6,7 @@
 // project()/project_segments() on a quantized Linear against the same on its dense form.
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <cstring>
 #include <iostream>
 #include <random>
@@ -239,6 +240,61 @@ TEST_CASE("quantized decoders give dequantize_row's floats for every f16 scale p
         attnvar::dequantize_rows(m, 0, m.rows(), got.data_ptr<float>(), kernel);
         REQUIRE(bitwise_equal(got, expected));
       }
+    }
+  }
+}
+
+TEST_CASE("the AVX-512VL tiles' decoders give dequantize_row's floats for every f16 scale "
+          "pattern, 256- and 512-bit",
+          "[quantized]") {
+  // The fused tiles decode with their own decoders where one is faster (Q4_1 by table
+  // lookup); the tile test below draws finite scales, so here every f16 pattern as d (and
+  // as m, paired differently), as the decoders' previous test does for dequantize_rows.
+  // The tiles are compiled for FMA, which may contract d·q + m: only a NaN's payload can
+  // differ then (an infinite d times a zero quant plus a NaN m), so a NaN must stay a NaN.
+  // The 512-bit decoder must give a chunk in both halves of its register alike.
+  std::mt19937 rng(23);
+  const auto bits = [](float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+  };
+  for (GgmlType type : kTypes32) {
+    const auto t = static_cast<uint32_t>(type);
+    const int64_t bytes = attnvar::ggml_type_size(t);
+    const std::vector<int> offsets = scale_offsets(type);
+    auto m = random_matrix(type, 65536, 32, rng);  // one block per row, one per pattern
+    uint8_t* p = m.blocks.data_ptr<uint8_t>();
+    for (int64_t b = 0; b < 65536; ++b) {
+      for (size_t k = 0; k < offsets.size(); ++k) {
+        const auto h = static_cast<uint16_t>(b * (k == 0 ? 1 : 40503) + 7 * k);
+        std::memcpy(p + b * bytes + offsets[k], &h, 2);
+      }
+    }
+    const auto expected = scalar_dequantize(m);
+    const float* want = expected.const_data_ptr<float>();
+    for (const bool wide : {false, true}) {
+      std::vector<float> got(65536 * 32);
+      if (!attnvar::detail::decode_blocks_avx512(t, p, 65536, wide, got.data())) {
+        WARN("no AVX-512VL here: its tiles' decoders do not run, nothing to compare");
+        return;
+      }
+      int64_t differ = 0, nan_payloads = 0, halves_apart = 0;
+      for (size_t i = 0; i < got.size(); ++i) {
+        halves_apart += bits(got[i]) == 0xFFC007FFu;
+        if (std::isnan(want[i]) && std::isnan(got[i])) {
+          nan_payloads += bits(want[i]) != bits(got[i]);
+        } else {
+          differ += bits(want[i]) != bits(got[i]);
+        }
+      }
+      std::cout << "[quantized] " << name(type) << (wide ? " 512-bit" : " 256-bit")
+                << " tile decoder, every f16 scale: " << differ << " floats differ, "
+                << nan_payloads << " NaN payloads differ, " << halves_apart
+                << " chunks' halves apart\n";
+      INFO(name(type) << (wide ? " 512-bit" : " 256-bit"));
+      REQUIRE(differ == 0);
+      REQUIRE(halves_apart == 0);
     }
   }
 }

@@ -76,6 +76,13 @@ namespace detail {
 // vector_out) and the scalar conversion of the K types' (scalar_out). False (nothing
 // written) where the CPU lacks F16C. For tests.
 bool half_to_float_f16c(const uint16_t* h, int64_t n, float* vector_out, float* scalar_out);
+// Blocks [0, n) of a 32-element type decoded by the AVX-512VL tiles' decoders (for Q4_1 the
+// table lookups), 32 floats per block into out: the 256-bit decoder, or with `wide` the
+// 512-bit one, each chunk taken from both halves of its register (a half that differs from
+// the low one gives NaN there with a set sign and payload 0x7FF, so a test sees it).
+// False (nothing written) without AVX-512VL or for another type.
+bool decode_blocks_avx512(uint32_t type, const uint8_t* blocks, int64_t n, bool wide,
+                          float* out);
 }  // namespace detail
 
 }  // namespace attnvar
