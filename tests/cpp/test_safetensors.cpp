@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <random>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -308,21 +309,46 @@ TEST_CASE("safetensors: load_weights names a missing or misshapen tensor", "[saf
   expect_error<MissingError>([] { attnvar::load_weights(tmp_dir("hf_empty")); }, {"hf_empty"});
 }
 
-TEST_CASE("sha256: FIPS 180-4 test vectors", "[safetensors][sha256]") {
-  auto hash = [](const std::string& s) {
-    attnvar::Sha256 h;
-    h.update(s.data(), s.size());
-    return h.hex_digest();
-  };
-  CHECK(hash("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-  CHECK(hash("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-  CHECK(hash("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq") ==
-        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
-  // Fed in uneven pieces: a million 'a'.
-  attnvar::Sha256 h;
-  const std::string chunk(997, 'a');
-  size_t fed = 0;
-  while (fed + chunk.size() <= 1000000) h.update(chunk.data(), chunk.size()), fed += chunk.size();
-  h.update(chunk.data(), 1000000 - fed);
-  CHECK(h.hex_digest() == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+TEST_CASE("sha256: FIPS 180-4 test vectors, SHA instructions and portable", "[safetensors][sha256]") {
+  for (const auto kernel : {attnvar::Sha256Kernel::kAuto, attnvar::Sha256Kernel::kPortable}) {
+    INFO((kernel == attnvar::Sha256Kernel::kAuto ? "auto" : "portable"));
+    auto hash = [kernel](const std::string& s) {
+      attnvar::Sha256 h(kernel);
+      h.update(s.data(), s.size());
+      return h.hex_digest();
+    };
+    CHECK(hash("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    CHECK(hash("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    CHECK(hash("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq") ==
+          "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+    // Fed in uneven pieces: a million 'a'.
+    attnvar::Sha256 h(kernel);
+    const std::string chunk(997, 'a');
+    size_t fed = 0;
+    while (fed + chunk.size() <= 1000000) h.update(chunk.data(), chunk.size()), fed += chunk.size();
+    h.update(chunk.data(), 1000000 - fed);
+    CHECK(h.hex_digest() == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  }
+}
+
+TEST_CASE("sha256: the SHA instructions' digest is the portable one, any length and split",
+          "[safetensors][sha256]") {
+  std::mt19937 rng(29);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::string data(70000, '\0');
+  for (char& c : data) c = static_cast<char>(byte(rng));
+  std::uniform_int_distribution<size_t> cut(0, 200);
+  for (size_t n : {size_t{0}, size_t{1}, size_t{55}, size_t{56}, size_t{63}, size_t{64},
+                   size_t{65}, size_t{119}, size_t{127}, size_t{128}, size_t{129}, size_t{4096},
+                   size_t{70000}}) {
+    attnvar::Sha256 whole(attnvar::Sha256Kernel::kPortable), pieces;
+    whole.update(data.data(), n);
+    for (size_t fed = 0; fed < n;) {  // uneven pieces, blocks split across them
+      const size_t take = std::min(n - fed, cut(rng));
+      pieces.update(data.data() + fed, take);
+      fed += take;
+    }
+    INFO("length " << n);
+    CHECK(pieces.hex_digest() == whole.hex_digest());
+  }
 }

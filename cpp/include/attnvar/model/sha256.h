@@ -9,9 +9,13 @@
 
 namespace attnvar {
 
+// kAuto: the CPU's SHA instructions where it has them (x86 SHA-NI), else portable C++;
+// both give the same digest (tested), kPortable forces the second.
+enum class Sha256Kernel { kAuto, kPortable };
+
 class Sha256 {
  public:
-  Sha256();
+  explicit Sha256(Sha256Kernel kernel = Sha256Kernel::kAuto);
   // Feeds `n` bytes; may be called any number of times.
   void update(const void* data, size_t n);
   // Finishes and returns the digest as 64 lowercase hex characters. The object must not
@@ -19,9 +23,11 @@ class Sha256 {
   std::string hex_digest();
 
  private:
-  void compress(const uint8_t* block);  // one 64-byte block
+  void compress(const uint8_t* blocks, size_t n);  // n 64-byte blocks
+  void compress_one(const uint8_t* block);          // portable, one block
 
   std::array<uint32_t, 8> state_;
+  bool sha_ni_ = false;
   std::array<uint8_t, 64> buffer_{};
   size_t buffered_ = 0;
   uint64_t total_bytes_ = 0;
