@@ -127,6 +127,12 @@ ATTNVAR_FUSED_AVX512 inline __m256 half_of(__m512 z, int h) {
   return _mm256_castpd_ps(h == 0 ? _mm512_maskz_extractf64x4_pd(0xFF, d, 0)
                                  : _mm512_maskz_extractf64x4_pd(0xFF, d, 1));
 }
+// Eight floats in both halves of a 512-bit register (128-bit lanes 0, 1, 0, 1; the all-ones
+// mask form, whose pass-through is zero, for the same reason).
+ATTNVAR_FUSED_AVX512 inline __m512 twice(__m256 v) {
+  const __m512 z = _mm512_castps256_ps512(v);
+  return _mm512_maskz_shuffle_f32x4(0xFFFF, z, z, 0x44);
+}
 
 // Q4_1 for the AVX-512VL tiles, by table: a block's sixteen possible values d·q + m
 // (q = 0 .. 15) computed once, with Q4_1::chunk's multiply and add, and each element then
@@ -162,7 +168,7 @@ struct Q4_1Table512 {
   ATTNVAR_FUSED_AVX512 static Q4_1Table512 at(const uint8_t* b) {
     int32_t dm;
     std::memcpy(&dm, b, 4);
-    // (The all-ones mask forms here and below: see fused_tile_body_512.)
+    // (The all-ones mask forms here and below: see half_of.)
     const __m512 both = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_set1_epi32(dm));  // d, m, d, m..
     const __m512 d = _mm512_maskz_permute_ps(0xFFFF, both, 0x00);
     const __m512 m = _mm512_maskz_permute_ps(0xFFFF, both, 0x55);
@@ -261,8 +267,7 @@ ATTNVAR_FUSED_AVX512 void decode_wide(const uint8_t* b, float* y) {
     if constexpr (requires { t.chunk2(k); }) {
       z = t.chunk2(k);
     } else {
-      const __m512 c = _mm512_castps256_ps512(t.chunk(k));
-      z = _mm512_maskz_shuffle_f32x4(0xFFFF, c, c, 0x44);
+      z = twice(t.chunk(k));
     }
     const __m256 low = half_of(z, 0), high = half_of(z, 1);
     const __m256i same = _mm256_cmpeq_epi32(_mm256_castps_si256(low), _mm256_castps_si256(high));
@@ -386,10 +391,7 @@ ATTNVAR_INLINE ATTNVAR_FUSED_AVX512 void fused_tile_body_512(const float* x, con
           wv[o] = half_of(wz[o], 0);
         } else {
           wv[o] = T::at(wb + o * row_bytes).chunk(k);
-          const __m512 z = _mm512_castps256_ps512(wv[o]);
-          // 128-bit lanes 0, 1, 0, 1 (the all-ones mask forms, whose pass-through is zero:
-          // GCC 12 warns of the unmasked ones' undefined pass-through operand; so below).
-          wz[o] = _mm512_maskz_shuffle_f32x4(0xFFFF, z, z, 0x44);
+          wz[o] = twice(wv[o]);
         }
       }
 #pragma GCC unroll 32
