@@ -37,12 +37,14 @@ CaptureField field_from_string(const std::string& f) {
   throw ConfigError("capture field '" + f + "' is not one of probabilities, scores");
 }
 
-#define ATTNVAR_CAPTURE_ARGS                                                          \
+// The arguments of capture_spec(), then hook edits and functions.
+#define ATTNVAR_CAPTURE_SPEC_ARGS                                                     \
   py::arg("capture") = false, py::arg("layers") = py::none(), py::arg("heads") = py::none(), \
       py::arg("probabilities") = true, py::arg("scores") = false,                     \
       py::arg("value_norms") = false, py::arg("capture_dtype") = "float32",              \
-      py::arg("hooks") = py::none(), py::arg("edits") = py::list(),                      \
-      py::arg("hook_fns") = py::none()
+      py::arg("hooks") = py::none()
+#define ATTNVAR_CAPTURE_ARGS \
+  ATTNVAR_CAPTURE_SPEC_ARGS, py::arg("edits") = py::list(), py::arg("hook_fns") = py::none()
 
 using HookCallbacks = std::map<std::string, HookCallback>;
 
@@ -117,6 +119,24 @@ TempoOptions tempo_options_from(const py::dict& d) {
     else if (key == "leaked_masks") o.leaked_masks = v.cast<std::vector<at::Tensor>>();
     else throw ConfigError("generate_tempo2025_batch: unknown option '" + key + "'");
   }
+  return o;
+}
+
+// One replay's options from replay()'s and replay_batch()'s Python arguments (the
+// callbacks outlive the replay).
+ReplayOptions replay_options(const std::string& encoding, const py::list& interventions,
+                             const std::string& policy, double temperature, bool logits,
+                             const CaptureSpec& spec, const py::list& edits,
+                             const HookCallbacks* callbacks) {
+  ReplayOptions o;
+  o.encoding = encoding_from_string(encoding);
+  o.logits = logits;
+  o.interventions = key_biases(interventions);
+  o.policy = next_step_policy_from_string(policy);
+  o.temperature = temperature;
+  o.capture = spec;
+  o.edits = hook_edits(edits);
+  o.callbacks = callbacks;
   return o;
 }
 
@@ -312,18 +332,13 @@ void bind_generate(py::module_& m) {
          bool value_norms, const std::string& capture_dtype,
          std::optional<std::vector<std::string>> hooks, const py::list& edits,
          const py::object& hook_fns, bool logits) {
-        ReplayOptions o;
-        o.encoding = encoding_from_string(encoding);
-        o.logits = logits;
-        o.interventions = key_biases(interventions);
-        o.chunk_size = chunk_size;
-        o.policy = next_step_policy_from_string(policy);
-        o.temperature = temperature;
-        o.capture = capture_spec(capture, layers, heads, probabilities, scores, value_norms,
-                                 capture_dtype, hooks);
-        o.edits = hook_edits(edits);
         const auto callbacks = hook_callbacks(hook_fns);
-        o.callbacks = &callbacks;
+        ReplayOptions o = replay_options(
+            encoding, interventions, policy, temperature, logits,
+            capture_spec(capture, layers, heads, probabilities, scores, value_norms,
+                         capture_dtype, hooks),
+            edits, &callbacks);
+        o.chunk_size = chunk_size;
         py::gil_scoped_release release;
         return replay(model, tree, o);
       },
@@ -353,27 +368,18 @@ void bind_generate(py::module_& m) {
         const CaptureSpec spec = capture_spec(capture, layers, heads, probabilities, scores,
                                               value_norms, capture_dtype, hooks);
         const auto callbacks = hook_callbacks(hook_fns);
-        std::vector<ReplayOptions> opts(trees.size());
+        std::vector<ReplayOptions> opts;
         for (size_t i = 0; i < trees.size(); ++i) {
-          ReplayOptions& o = opts[i];
-          o.encoding = encoding_from_string(encodings[i]);
-          o.logits = logits;
-          o.interventions = key_biases(interventions[i]);
-          o.policy = next_step_policy_from_string(policy);
-          o.temperature = temperature;
-          o.capture = spec;
-          o.edits = hook_edits(edit_lists[i]);
-          o.callbacks = &callbacks;
+          opts.push_back(replay_options(encodings[i], interventions[i], policy, temperature,
+                                        logits, spec, edit_lists[i], &callbacks));
         }
         py::gil_scoped_release release;
         return replay_batch(model, trees, opts, max_batch);
       },
       py::arg("model"), py::arg("trees"), py::arg("encodings"), py::arg("interventions"),
       py::arg("edit_lists"), py::arg("max_batch") = 8, py::arg("policy") = "mixture",
-      py::arg("temperature") = 1.0, py::arg("capture") = false, py::arg("layers") = py::none(),
-      py::arg("heads") = py::none(), py::arg("probabilities") = true, py::arg("scores") = false,
-      py::arg("value_norms") = false, py::arg("capture_dtype") = "float32",
-      py::arg("hooks") = py::none(), py::arg("hook_fns") = py::none(), py::arg("logits") = true,
+      py::arg("temperature") = 1.0, ATTNVAR_CAPTURE_SPEC_ARGS, py::arg("hook_fns") = py::none(),
+      py::arg("logits") = true,
       "Several replays (one pass each), up to max_batch per forward pass; trees[i] under "
       "encodings[i] with interventions[i] and edits[i]. Each result is bit for bit replay() "
       "of that tree alone.");
