@@ -677,7 +677,7 @@ def test_run_json_disagreeing_with_its_pass_files_is_a_format_error(saved_run, t
 def test_a_failed_write_leaves_no_temporary_file_and_the_old_file_intact(tmp_path):
     import errno
 
-    from attnvar.util.atomic import write_atomic, write_with
+    from attnvar.util.atomic import atomic_path, write_atomic
 
     target = tmp_path / "tables" / "runs.parquet"
     target.parent.mkdir()
@@ -688,8 +688,8 @@ def test_a_failed_write_leaves_no_temporary_file_and_the_old_file_intact(tmp_pat
             f.write(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
 
-    with pytest.raises(OSError, match="No space left"):
-        write_with(target, disk_full)
+    with pytest.raises(OSError, match="No space left"), atomic_path(target) as tmp:
+        disk_full(str(tmp))
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in target.parent.iterdir()) == ["runs.parquet"]
     write_atomic(target, b"new")

@@ -14,7 +14,7 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 TMP_MARK = ".tmp-"
@@ -97,12 +97,6 @@ def write_atomic(path: str | os.PathLike, data: bytes | str | Sequence, *,
         f.writelines(parts)
 
 
-def write_with(path: str | os.PathLike, writer: Callable[[str], object]) -> None:
-    """Atomically create ``path`` with ``writer(temporary_file_name)``."""
-    with atomic_path(path) as tmp:
-        writer(str(tmp))
-
-
 def new_staging_dir(target: str | os.PathLike) -> Path:
     """A fresh, empty temporary directory beside ``target`` (parents created)."""
     target = Path(target)
@@ -158,4 +152,4 @@ def _remove(path: Path) -> None:
 
 
 __all__ = ["atomic_path", "fsync_dir", "fsync_file", "new_staging_dir", "publish_dir",
-           "remove_stale", "temp_sibling", "write_atomic", "write_with"]
+           "remove_stale", "temp_sibling", "write_atomic"]
