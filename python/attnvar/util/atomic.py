@@ -5,7 +5,9 @@ fsync'd, then renamed over its final name; a directory is built in a temporary s
 and renamed into place. A reader therefore sees the old content or the new content,
 never a partial one, and a process killed mid-write leaves only temporary siblings,
 whose names start with "." so that directory scans skip them, and which
-:func:`remove_stale` deletes on the next run.
+:func:`remove_stale` deletes on the next run. Files inside a directory still being built
+(``write_atomic(..., in_staging=True)``) are written under their own names instead: nobody
+sees that directory before it is renamed into place.
 """
 
 from __future__ import annotations
