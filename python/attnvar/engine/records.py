@@ -243,13 +243,13 @@ def _sparsify(flat: dict[str, torch.Tensor], block: torch.Tensor | None) -> list
         rows = [t.shape[0] for t in parts]
         if field == "attention":  # stored sparse only where +0.0 at every masked entry
             at_mask = _is_fill(whole[:, masked], 0.0)
-            ok = [bool(block.all()) for block in at_mask.split(rows)]
+            ok = [bool(part.all()) for part in at_mask.split(rows)]
         else:
             ok = [True] * len(group)
         kept = whole[:, keep]
-        for name, block, use in zip(group, kept.split(rows), ok, strict=True):
+        for name, part, use in zip(group, kept.split(rows), ok, strict=True):
             if use:
-                flat[name] = block
+                flat[name] = part
                 names.append(name)
     flat[STORED_ENTRIES] = keep
     return sorted(names)
